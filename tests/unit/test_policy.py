@@ -1,0 +1,436 @@
+"""
+Tests for lvsfeedback.director.policy: properties over random inputs, then
+one concrete example per rule.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+
+from hypothesis import given, settings as hypothesis_settings, strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from lvsfeedback.director.policy import (
+    DRAINED,
+    Agent,
+    AgentState,
+    Decision,
+    HealthReport,
+    LostAgentAction,
+    Mode,
+    Pinned,
+    PolicySettings,
+    PolicyState,
+    Reason,
+    ServerInput,
+    ServiceInput,
+    decide,
+)
+from lvsfeedback.ipvs.model import MAX_WEIGHT, DestCounters, DestKey, ServiceKey
+
+SERVICE = ServiceKey.for_address("tcp", "192.0.2.1", 80)
+A, B, C, D = (DestKey.of(f"198.51.100.{n}", 80) for n in (1, 2, 3, 4))
+
+# Smoothing and slow start off, so each example shows one rule alone.
+PLAIN = PolicySettings(smoothing_half_life=0, slow_start=0)
+CONNECTED = Agent(AgentState.CONNECTED, since=0.0)
+NOW = 100.0
+
+
+def reporting(health: int, base: int = 100, at: float = NOW, **fields) -> ServerInput:
+    """A server whose agent is connected and has just reported `health`."""
+    return ServerInput(base, CONNECTED, HealthReport(health, at), **fields)
+
+
+def decide_once(servers, settings=PLAIN, now=NOW, state=PolicyState()):
+    decisions, next_state = decide({SERVICE: ServiceInput(settings, servers)}, state, now)
+    return decisions[SERVICE], next_state
+
+
+# Strategies ---------------------------------------------------------------
+
+policy_settings = st.builds(
+    PolicySettings,
+    mode=st.sampled_from(Mode),
+    smoothing_half_life=st.floats(0, 30),
+    hysteresis=st.floats(0, 0.5),
+    floor=st.integers(1, 20),
+    ceiling=st.integers(20, MAX_WEIGHT),
+    slow_start=st.floats(0, 60),
+    lost_agent=st.sampled_from(LostAgentAction),
+    stale_after=st.floats(1, 30),
+    panic_threshold=st.floats(0, 1),
+    min_utilisation=st.floats(0.01, 1),
+)
+
+agents = st.builds(Agent, st.sampled_from(AgentState), st.floats(0, NOW))
+reports = st.builds(HealthReport, st.integers(0, 100), st.floats(NOW - 40, NOW))
+server_inputs = st.builds(
+    ServerInput,
+    base_weight=st.one_of(st.integers(1, 200), st.integers(1, MAX_WEIGHT)),
+    agent=agents,
+    report=st.none() | reports,
+    counters=st.none() | st.builds(DestCounters, connection_rate=st.integers(0, 10_000)),
+    current_weight=st.none() | st.integers(0, MAX_WEIGHT),
+    override=st.sampled_from([None, None, None, DRAINED]) | st.builds(Pinned, st.integers(0, MAX_WEIGHT)),
+)
+dests = st.builds(DestKey.of, st.ip_addresses(v=4).map(str), st.integers(1, 65535))
+server_maps = st.dictionaries(dests, server_inputs, min_size=1, max_size=6)
+
+
+@st.composite
+def scenarios(draw):
+    """Settings, servers, and a state left by an earlier pass over the same servers."""
+    settings = draw(policy_settings)
+    servers = draw(server_maps)
+    earlier = draw(server_maps.map(lambda extra: {**extra, **servers}))
+    _, state = decide_once(earlier, settings, now=NOW - draw(st.floats(0.5, 30)))
+    return settings, servers, state
+
+
+def live_feedback(server: ServerInput, settings: PolicySettings) -> int | None:
+    """The health of a server that follows feedback right now, else None."""
+    if server.override is not None or server.agent.state is not AgentState.CONNECTED or server.report is None:
+        return None
+    if NOW - server.report.time > settings.stale_after:
+        return None
+    return server.report.value
+
+
+class PolicyPropertyTests(SynchronousTestCase):
+    @hypothesis_settings(max_examples=200, deadline=None)
+    @given(scenarios())
+    def test_weights_are_integers_within_the_ipvs_range(self, scenario):
+        settings, servers, state = scenario
+        result, _ = decide_once(servers, settings, state=state)
+        for decision in result.servers.values():
+            self.assertIsInstance(decision.weight, int)
+            self.assertTrue(0 <= decision.weight <= MAX_WEIGHT, decision)
+
+    @hypothesis_settings(max_examples=200, deadline=None)
+    @given(scenarios())
+    def test_positive_health_never_gives_weight_zero(self, scenario):
+        settings, servers, state = scenario
+        result, _ = decide_once(servers, settings, state=state)
+        for dest, server in servers.items():
+            if (live_feedback(server, settings) or 0) > 0:
+                self.assertGreaterEqual(result.servers[dest].weight, settings.floor)
+
+    @hypothesis_settings(max_examples=200, deadline=None)
+    @given(scenarios())
+    def test_health_zero_gives_weight_zero_unless_panic(self, scenario):
+        settings, servers, state = scenario
+        result, _ = decide_once(servers, settings, state=state)
+        for dest, server in servers.items():
+            if live_feedback(server, settings) == 0:
+                decision = result.servers[dest]
+                if result.panic:
+                    self.assertEqual(decision.reason, Reason.PANIC)
+                else:
+                    self.assertEqual((decision.weight, decision.remove), (0, False))
+
+    @hypothesis_settings(max_examples=200, deadline=None)
+    @given(
+        policy_settings.map(lambda s: replace(s, mode=Mode.HEALTH)),
+        st.integers(1, MAX_WEIGHT),
+        st.integers(0, 100),
+        st.integers(0, 100),
+        st.none() | st.integers(0, MAX_WEIGHT),
+    )
+    def test_health_mode_weight_grows_with_health(self, settings, base, health_a, health_b, current):
+        low, high = sorted((health_a, health_b))
+        servers = {
+            A: reporting(low, base, current_weight=current),
+            B: reporting(high, base, current_weight=current),
+        }
+        result, _ = decide_once(servers, settings)
+        self.assertLessEqual(result.servers[A].weight, result.servers[B].weight)
+
+    @hypothesis_settings(max_examples=200, deadline=None)
+    @given(scenarios())
+    def test_panic_never_leaves_a_service_without_weight(self, scenario):
+        settings, servers, state = scenario
+        result, _ = decide_once(servers, settings, state=state)
+        automatic = [result.servers[dest] for dest, server in servers.items() if server.override is None]
+        if settings.panic_threshold > 0 and automatic:
+            self.assertTrue(any(d.weight > 0 and not d.remove for d in automatic), result)
+
+    @hypothesis_settings(max_examples=200, deadline=None)
+    @given(scenarios())
+    def test_decide_is_pure(self, scenario):
+        settings, servers, state = scenario
+        inputs = copy.deepcopy((settings, servers, state))
+        first = decide_once(servers, settings, state=state)
+        second = decide_once(servers, settings, state=state)
+        self.assertEqual(first, second)
+        self.assertEqual((settings, servers, state), inputs)
+
+
+class HealthModeTests(SynchronousTestCase):
+    def test_weight_is_base_times_health(self):
+        result, _ = decide_once({A: reporting(73, base=200)})
+        self.assertEqual(result.servers[A].weight, 146)
+        self.assertEqual(result.servers[A].reason, Reason.HEALTH)
+
+    def test_floor_keeps_a_healthy_server_in_rotation(self):
+        settings = PolicySettings(floor=3, slow_start=0)
+        result, _ = decide_once({A: reporting(1, base=20), B: reporting(50, base=20)}, settings)
+        self.assertEqual(result.servers[A].weight, 3)
+
+    def test_ceiling_caps_the_weight(self):
+        result, _ = decide_once({A: reporting(100, base=1000)}, PolicySettings(ceiling=500, slow_start=0))
+        self.assertEqual(result.servers[A].weight, 500)
+
+    def test_health_zero_quiesces(self):
+        result, _ = decide_once({A: reporting(0, current_weight=50), B: reporting(90)})
+        self.assertEqual(result.servers[A], Decision(0, Reason.HEALTH, write=True, detail="health 0: quiesced"))
+
+    def test_agent_never_seen_gets_static_base_weight(self):
+        result, _ = decide_once({A: ServerInput(40)})
+        self.assertEqual((result.servers[A].weight, result.servers[A].reason), (40, Reason.STATIC))
+
+    def test_connected_agent_without_report_gets_static_base_weight(self):
+        result, _ = decide_once({A: ServerInput(40, CONNECTED)})
+        self.assertEqual((result.servers[A].weight, result.servers[A].reason), (40, Reason.STATIC))
+
+
+class SmoothingTests(SynchronousTestCase):
+    settings = PolicySettings(smoothing_half_life=4.0, slow_start=0)
+
+    def test_one_half_life_moves_halfway(self):
+        _, state = decide_once({A: reporting(100, at=0.0)}, self.settings, now=0.0)
+        result, _ = decide_once({A: reporting(20, at=4.0)}, self.settings, now=4.0, state=state)
+        self.assertEqual(result.servers[A].weight, 60)
+
+    def test_report_after_long_silence_counts_almost_fully(self):
+        _, state = decide_once({A: reporting(100, at=0.0)}, self.settings, now=0.0)
+        result, _ = decide_once({A: reporting(20, at=60.0)}, self.settings, now=60.0, state=state)
+        self.assertEqual(result.servers[A].weight, 20)
+
+    def test_same_report_is_folded_in_once(self):
+        _, state = decide_once({A: reporting(100, at=0.0)}, self.settings, now=0.0)
+        servers = {A: reporting(20, at=4.0)}
+        first, state = decide_once(servers, self.settings, now=4.0, state=state)
+        second, _ = decide_once(servers, self.settings, now=6.0, state=state)
+        self.assertEqual(first.servers[A].weight, second.servers[A].weight)
+
+
+class HysteresisTests(SynchronousTestCase):
+    settings = PolicySettings(smoothing_half_life=0, slow_start=0, hysteresis=0.05)
+
+    def write(self, server: ServerInput) -> bool:
+        result, _ = decide_once({A: server, B: reporting(100)}, self.settings)
+        return result.servers[A].write
+
+    def test_small_change_is_not_written(self):
+        self.assertFalse(self.write(reporting(104, current_weight=100)))
+
+    def test_change_beyond_threshold_is_written(self):
+        self.assertTrue(self.write(reporting(95, current_weight=100)))
+
+    def test_unchanged_weight_is_not_written(self):
+        self.assertFalse(self.write(reporting(100, current_weight=100)))
+
+    def test_change_from_zero_is_always_written(self):
+        self.assertTrue(self.write(reporting(1, base=100, current_weight=0)))
+
+    def test_change_to_zero_is_always_written(self):
+        self.assertTrue(self.write(reporting(0, current_weight=1)))
+
+    def test_small_change_by_operator_is_written(self):
+        self.assertTrue(self.write(reporting(100, current_weight=100, override=Pinned(101))))
+
+    def test_server_missing_from_the_kernel_is_written(self):
+        self.assertTrue(self.write(reporting(100)))
+
+
+class SlowStartTests(SynchronousTestCase):
+    settings = PolicySettings(smoothing_half_life=0, slow_start=20, floor=1)
+
+    def test_joining_server_ramps_linearly_from_floor_to_target(self):
+        state = PolicyState()
+        seen = []
+        for now in (0.0, 5.0, 10.0, 20.0, 25.0):
+            result, state = decide_once({A: reporting(100, at=now)}, self.settings, now=now, state=state)
+            seen.append((result.servers[A].weight, result.servers[A].reason))
+        self.assertEqual(
+            seen,
+            [
+                (1, Reason.SLOW_START),
+                (26, Reason.SLOW_START),  # 1 + 99 * 5/20 = 25.75
+                (51, Reason.SLOW_START),  # 1 + round(49.5)
+                (100, Reason.HEALTH),
+                (100, Reason.HEALTH),
+            ],
+        )
+
+    def test_server_already_weighted_in_kernel_does_not_ramp(self):
+        result, _ = decide_once({A: reporting(100, current_weight=80)}, self.settings)
+        self.assertEqual((result.servers[A].weight, result.servers[A].reason), (100, Reason.HEALTH))
+
+    def test_recovery_from_health_zero_ramps_again(self):
+        _, state = decide_once({A: reporting(100, current_weight=100)}, self.settings, now=0.0)
+        _, state = decide_once({A: reporting(0, at=1.0)}, self.settings, now=1.0, state=state)
+        result, _ = decide_once({A: reporting(100, at=11.0)}, self.settings, now=11.0, state=state)
+        self.assertEqual((result.servers[A].weight, result.servers[A].reason), (1, Reason.SLOW_START))
+
+    def test_undrained_server_ramps(self):
+        _, state = decide_once({A: reporting(100, at=0.0, override=DRAINED)}, self.settings, now=0.0)
+        result, _ = decide_once({A: reporting(100, at=10.0)}, self.settings, now=10.0, state=state)
+        self.assertEqual(result.servers[A].reason, Reason.SLOW_START)
+
+    def test_pinned_weight_does_not_ramp(self):
+        result, _ = decide_once({A: reporting(100, override=Pinned(70))}, self.settings)
+        self.assertEqual((result.servers[A].weight, result.servers[A].reason), (70, Reason.PINNED))
+
+
+class OverrideTests(SynchronousTestCase):
+    def test_drained_server_gets_zero(self):
+        result, _ = decide_once({A: reporting(100, override=DRAINED), B: reporting(100)})
+        self.assertEqual((result.servers[A].weight, result.servers[A].reason), (0, Reason.DRAINED))
+
+    def test_pinned_server_gets_its_weight_even_above_ceiling(self):
+        settings = PolicySettings(ceiling=500, slow_start=0)
+        result, _ = decide_once({A: reporting(5, override=Pinned(900))}, settings)
+        self.assertEqual((result.servers[A].weight, result.servers[A].reason), (900, Reason.PINNED))
+
+
+class LostAgentTests(SynchronousTestCase):
+    lost = Agent(AgentState.LOST, since=NOW - 12)
+
+    def decide_lost(self, action: LostAgentAction, **fields):
+        settings = PolicySettings(smoothing_half_life=0, slow_start=0, lost_agent=action, panic_threshold=0)
+        server = ServerInput(60, self.lost, HealthReport(90, NOW - 12), **fields)
+        result, _ = decide_once({A: server}, settings)
+        return result.servers[A]
+
+    def test_keep_leaves_the_kernel_weight(self):
+        decision = self.decide_lost(LostAgentAction.KEEP, current_weight=37)
+        self.assertEqual((decision.weight, decision.write), (37, False))
+        self.assertEqual((decision.reason, decision.lost_action), (Reason.LOST_AGENT, LostAgentAction.KEEP))
+
+    def test_keep_without_kernel_weight_uses_base(self):
+        self.assertEqual(self.decide_lost(LostAgentAction.KEEP).weight, 60)
+
+    def test_static_uses_base_weight(self):
+        decision = self.decide_lost(LostAgentAction.STATIC, current_weight=37)
+        self.assertEqual((decision.weight, decision.lost_action), (60, LostAgentAction.STATIC))
+
+    def test_quiesce_sets_weight_zero(self):
+        decision = self.decide_lost(LostAgentAction.QUIESCE, current_weight=37)
+        self.assertEqual((decision.weight, decision.remove, decision.write), (0, False, True))
+        self.assertEqual(decision.detail, "agent lost 12.0s ago; quiesce")
+
+    def test_remove_asks_to_delete_the_dest(self):
+        decision = self.decide_lost(LostAgentAction.REMOVE, current_weight=37)
+        self.assertEqual(
+            (decision.remove, decision.write, decision.lost_action), (True, True, LostAgentAction.REMOVE)
+        )
+
+    def test_remove_of_a_dest_not_in_the_kernel_needs_no_write(self):
+        self.assertFalse(self.decide_lost(LostAgentAction.REMOVE).write)
+
+    def test_stale_report_applies_the_lost_agent_action(self):
+        settings = PolicySettings(smoothing_half_life=0, slow_start=0, stale_after=10, panic_threshold=0)
+        result, _ = decide_once({A: reporting(90, at=NOW - 11, current_weight=90)}, settings)
+        self.assertEqual(
+            (result.servers[A].weight, result.servers[A].reason, result.servers[A].lost_action),
+            (0, Reason.STALE, LostAgentAction.QUIESCE),
+        )
+
+    def test_health_zero_quiesces_even_when_lost_agents_are_removed(self):
+        settings = PolicySettings(smoothing_half_life=0, slow_start=0, lost_agent=LostAgentAction.REMOVE)
+        result, _ = decide_once({A: reporting(0, current_weight=10), B: reporting(100)}, settings)
+        self.assertEqual((result.servers[A].weight, result.servers[A].remove), (0, False))
+
+
+class PanicTests(SynchronousTestCase):
+    settings = PolicySettings(smoothing_half_life=0, slow_start=0, panic_threshold=0.5)
+
+    def test_too_few_serving_servers_restores_base_weights(self):
+        servers = {
+            A: reporting(80, base=10),
+            B: reporting(0, base=20),
+            C: reporting(0, base=30),
+            D: reporting(0, base=40),
+        }
+        result, _ = decide_once(servers, self.settings)
+        self.assertTrue(result.panic)
+        self.assertEqual((result.serving, result.considered), (1, 4))
+        self.assertEqual({d: r.weight for d, r in result.servers.items()}, {A: 10, B: 20, C: 30, D: 40})
+        self.assertEqual({r.reason for r in result.servers.values()}, {Reason.PANIC})
+
+    def test_half_serving_is_not_panic(self):
+        servers = {A: reporting(80), B: reporting(80), C: reporting(0), D: reporting(0)}
+        result, _ = decide_once(servers, self.settings)
+        self.assertFalse(result.panic)
+        self.assertEqual(result.servers[C].weight, 0)
+
+    def test_panic_keeps_operator_overrides(self):
+        servers = {A: reporting(0), B: reporting(80, override=DRAINED), C: reporting(80, override=Pinned(7))}
+        result, _ = decide_once(servers, self.settings)
+        self.assertTrue(result.panic)
+        self.assertEqual([result.servers[d].weight for d in (A, B, C)], [100, 0, 7])
+
+    def test_panic_keeps_servers_that_would_be_removed(self):
+        settings = PolicySettings(smoothing_half_life=0, slow_start=0, lost_agent=LostAgentAction.REMOVE)
+        server = ServerInput(60, Agent(AgentState.LOST, 0.0), current_weight=60)
+        result, _ = decide_once({A: server}, settings)
+        self.assertEqual((result.servers[A].weight, result.servers[A].remove), (60, False))
+
+    def test_threshold_zero_disables_panic(self):
+        settings = PolicySettings(smoothing_half_life=0, slow_start=0, panic_threshold=0)
+        result, _ = decide_once({A: reporting(0), B: reporting(0)}, settings)
+        self.assertFalse(result.panic)
+        self.assertEqual([r.weight for r in result.servers.values()], [0, 0])
+
+
+class CapacityModeTests(SynchronousTestCase):
+    settings = PolicySettings(mode=Mode.CAPACITY, smoothing_half_life=0, slow_start=0)
+
+    @staticmethod
+    def rate(cps: int) -> DestCounters:
+        return DestCounters(connection_rate=cps)
+
+    def test_weight_is_rate_over_utilisation_in_units_of_base(self):
+        # A: 30 conn/s at utilisation 0.6 -> capacity 50 conn/s
+        # B: 30 conn/s at utilisation 0.3 -> capacity 100 conn/s
+        # capacity per unit of base weight: (50 + 100) / (100 + 100) = 0.75
+        # weights: 50 / 0.75 = 66.7 -> 67; 100 / 0.75 = 133.3 -> 133
+        # C has no rate yet: assumed average, so its base weight, 100.
+        servers = {
+            A: reporting(40, counters=self.rate(30)),
+            B: reporting(70, counters=self.rate(30)),
+            C: reporting(90, counters=self.rate(0)),
+        }
+        result, _ = decide_once(servers, self.settings)
+        self.assertEqual({d: r.weight for d, r in result.servers.items()}, {A: 67, B: 133, C: 100})
+        self.assertEqual({r.reason for r in result.servers.values()}, {Reason.CAPACITY})
+
+    def test_idle_server_utilisation_is_clamped(self):
+        # A: 10 / max(0, 0.1) = 100; B: 10 / 0.5 = 20; per unit of base: 120 / 200 = 0.6
+        # weights: 100 / 0.6 = 166.7 -> 167; 20 / 0.6 = 33.3 -> 33
+        settings = replace(self.settings, min_utilisation=0.1)
+        servers = {A: reporting(100, counters=self.rate(10)), B: reporting(50, counters=self.rate(10))}
+        result, _ = decide_once(servers, settings)
+        self.assertEqual((result.servers[A].weight, result.servers[B].weight), (167, 33))
+
+    def test_without_any_rate_falls_back_to_health_mode(self):
+        servers = {A: reporting(40, counters=self.rate(0)), B: reporting(70)}
+        result, _ = decide_once(servers, self.settings)
+        self.assertEqual(
+            [(r.weight, r.reason) for r in result.servers.values()], [(40, Reason.HEALTH), (70, Reason.HEALTH)]
+        )
+
+    def test_health_zero_still_quiesces(self):
+        servers = {A: reporting(0, counters=self.rate(50)), B: reporting(50, counters=self.rate(50))}
+        result, _ = decide_once(servers, self.settings)
+        self.assertEqual(result.servers[A].weight, 0)
+
+
+class StateTests(SynchronousTestCase):
+    def test_servers_no_longer_given_are_forgotten(self):
+        _, state = decide_once({A: reporting(50), B: reporting(50)})
+        _, state = decide_once({A: reporting(50)}, state=state)
+        self.assertEqual(set(state.servers), {(SERVICE, A)})
