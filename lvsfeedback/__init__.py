@@ -1,0 +1,3 @@
+"""lvsfeedback: dynamic-feedback load balancing for Linux Virtual Server."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,79 @@
+"""
+The kernel-VM runner: how it finds a kernel, and how each of its failures is
+one line with a non-zero status instead of a hang or a traceback.
+"""
+
+import os
+import subprocess
+import sys
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from lvsfeedback.testing import vm
+
+
+def run_runner(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "lvsfeedback.testing.vm", *args],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+
+
+class KernelDiscoveryTests(SynchronousTestCase):
+    def makeKernels(self, versions_with_ipvs, versions_without=()):
+        root = self.mktemp()
+        boot, modules = os.path.join(root, "boot"), os.path.join(root, "modules")
+        os.makedirs(boot)
+        for version in (*versions_with_ipvs, *versions_without):
+            open(os.path.join(boot, f"vmlinuz-{version}"), "w").close()
+            folder = os.path.join(modules, version, "kernel/net/netfilter/ipvs")
+            os.makedirs(folder)
+            if version in versions_with_ipvs:
+                open(os.path.join(folder, "ip_vs.ko.xz"), "w").close()
+        return boot, modules
+
+    def test_newest_kernel_with_ip_vs_is_chosen(self):
+        boot, modules = self.makeKernels(["6.1.0-9-amd64", "6.1.0-56-amd64"], ["6.12.0-1-amd64"])
+        self.assertEqual(vm.find_kernel(boot, modules), os.path.join(boot, "vmlinuz-6.1.0-56-amd64"))
+
+    def test_no_kernel_with_ip_vs_names_the_package_to_install(self):
+        boot, modules = self.makeKernels([], ["6.1.0-56-amd64"])
+        error = self.assertRaises(vm.RunnerError, vm.find_kernel, boot, modules)
+        self.assertIn("apt-get install linux-image-amd64", str(error))
+
+
+class RunnerFailureTests(SynchronousTestCase):
+    """Each failure provoked for real, through the command line."""
+
+    def assertOneLineFailure(self, result, status, text):
+        self.assertEqual(result.returncode, status, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        self.assertEqual(len(lines), 1, result.stderr)
+        self.assertTrue(lines[0].startswith("lvsfeedback-vm: "), lines[0])
+        self.assertIn(text, lines[0])
+
+    def test_missing_kernel_package_is_one_line_and_status_2(self):
+        empty = self.mktemp()
+        os.makedirs(empty)
+        result = run_runner("--native", "never", "--boot-dir", empty, "--", "true")
+        self.assertOneLineFailure(result, vm.EXIT_RUNNER_ERROR, "no kernel with an ip_vs module in " + empty)
+
+    def test_missing_qemu_is_one_line_and_status_2(self):
+        result = run_runner("--native", "never", "--", "true", env={**os.environ, "PATH": "/nonexistent"})
+        self.assertOneLineFailure(result, vm.EXIT_RUNNER_ERROR, "qemu-system-x86_64 not found")
+
+    def test_boot_timeout_is_named_and_status_124(self):
+        result = run_runner("--native", "never", "--boot-timeout", "1", "--", "true")
+        self.assertOneLineFailure(result, vm.EXIT_BOOT_TIMEOUT, "VM boot timed out after 1 s")
+
+    def test_command_timeout_is_named_and_status_125(self):
+        # A real boot: the guest becomes ready, then the command overstays.
+        result = run_runner("--native", "never", "--timeout", "2", "--", "sleep", "120")
+        self.assertOneLineFailure(result, vm.EXIT_COMMAND_TIMEOUT, "command timed out after 2 s")
+
+    def test_guest_command_status_and_output_come_back(self):
+        result = run_runner("--native", "never", "--", "sh", "-c", "echo from-guest; grep -c ip_vs /proc/modules; exit 7")
+        self.assertEqual(result.returncode, 7, result.stderr)
+        lines = result.stdout.split()
+        self.assertIn("from-guest", lines)
+        self.assertGreaterEqual(int(lines[lines.index("from-guest") + 1]), 1)
