@@ -16,7 +16,9 @@ from lvsfeedback.agent.metrics.environment import MetricEnvironment
 from lvsfeedback.agent.metrics.interfaces import ILoadMetric, IMetricFactory, OnError
 from lvsfeedback.agent.metrics.spec import MetricRegistry
 
-BUILTIN = {"cgroup", "command", "connections", "cpu", "http", "loadavg", "memory", "pressure", "probe"}
+BUILTIN = {
+    "cgroup", "command", "connections", "cpu", "http", "loadavg", "memory", "pressure", "probe"
+}
 
 # A site's metric as a third party would write it: no lvsfeedback helper
 # classes, only the two interfaces.
@@ -59,7 +61,9 @@ class BuiltinPluginTests(SynchronousTestCase):
 
     def test_only_probe_counts_failures_as_zero(self) -> None:
         registry = MetricRegistry.discover()
-        zeroed = {name for name in BUILTIN if registry.factory(name).on_error_default is OnError.ZERO}
+        zeroed = {
+            name for name in BUILTIN if registry.factory(name).on_error_default is OnError.ZERO
+        }
         self.assertEqual(zeroed, {"probe"})
 
     def test_plugin_module_imports_no_implementation(self) -> None:

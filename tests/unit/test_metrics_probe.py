@@ -60,7 +60,8 @@ class ProbeTests(TestCase):
         port = reactor.listenTCP(0, Accepting(), interface="127.0.0.1")
         number = port.getHost().port
         yield port.stopListening()
-        error = yield self.assertFailure(self.metric(f"probe:port={number}").sample(), MetricReadError)
+        reading = self.metric(f"probe:port={number}").sample()
+        error = yield self.assertFailure(reading, MetricReadError)
         self.assertRegex(str(error), rf"^cannot connect to 127.0.0.1 port {number}: .*refused")
 
 
@@ -91,4 +92,6 @@ class ProbeConfigTests(SynchronousTestCase):
             "probe:port=80,host=localhost",
             MetricEnvironment(Clock()),
         )
-        self.assertEqual(str(error), "metric 'probe': key 'host' must be an IP address, got 'localhost'")
+        self.assertEqual(
+            str(error), "metric 'probe': key 'host' must be an IP address, got 'localhost'"
+        )

@@ -62,7 +62,8 @@ class PressureTests(ProcfsTestCase):
         self.assertAlmostEqual(self.health("pressure"), 100 - 0.84)
 
     def test_resource_kind_and_window_pick_the_figure(self) -> None:
-        self.assertAlmostEqual(self.health("pressure:resource=io,kind=full,window=avg60"), 100 - 2.16)
+        health = self.health("pressure:resource=io,kind=full,window=avg60")
+        self.assertAlmostEqual(health, 100 - 2.16)
 
     def test_bounds_scale_the_percentage(self) -> None:
         self.assertAlmostEqual(self.health("pressure:resource=io,low=2.06,high=22.06"), 50.0)

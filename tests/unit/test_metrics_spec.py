@@ -96,8 +96,19 @@ class MetricOptionsTests(SynchronousTestCase):
             self.assertEqual(str(error), f"metric 'm': key 'a' must be a number, got {value!r}")
 
     def test_number_bounds(self) -> None:
-        self.assertRaises(MetricSpecError, MetricOptions("m", {"a": "0"}).number, "a", positive=True)
-        self.assertRaises(MetricSpecError, MetricOptions("m", {"a": "-1"}).number, "a", minimum=0)
+        above = self.assertRaises(
+            MetricSpecError, MetricOptions("m", {"a": "0"}).number, "a", positive=True
+        )
+        least = self.assertRaises(
+            MetricSpecError, MetricOptions("m", {"a": "-1"}).number, "a", minimum=0
+        )
+        self.assertEqual(
+            (str(above), str(least)),
+            (
+                "metric 'm': key 'a' must be above 0, got '0'",
+                "metric 'm': key 'a' must be at least 0, got '-1'",
+            ),
+        )
 
     def test_integer_range(self) -> None:
         self.assertEqual(MetricOptions("m", {"p": "80"}).integer("p", minimum=1, maximum=65535), 80)
@@ -111,7 +122,8 @@ class MetricOptionsTests(SynchronousTestCase):
             )
 
     def test_missing_required_key(self) -> None:
-        error = self.assertRaises(MetricSpecError, MetricOptions("probe", {}).integer, "port", minimum=1, maximum=2)
+        options = MetricOptions("probe", {})
+        error = self.assertRaises(MetricSpecError, options.integer, "port", minimum=1, maximum=2)
         self.assertEqual(str(error), "metric 'probe': missing key 'port'")
 
     def test_choice_lists_the_choices(self) -> None:
@@ -183,7 +195,9 @@ class RegistryTests(SynchronousTestCase):
         self.assertEqual(str(error), "unknown metric 'cpu' (known metrics: alive, constant)")
 
     def test_unknown_key_is_refused(self) -> None:
-        error = self.assertRaises(MetricSpecError, registry().build, "constant:helth=1", self.environment)
+        error = self.assertRaises(
+            MetricSpecError, registry().build, "constant:helth=1", self.environment
+        )
         self.assertEqual(
             str(error),
             "metric 'constant': unknown key 'helth' (known keys: health, on_error, weight)",

@@ -99,7 +99,9 @@ class HTTPMetric:
             except KeyError:
                 raise MetricReadError(f"{self.url} has no field {self.field!r}") from None
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise MetricReadError(f"field {self.field!r} of {self.url} is {value!r:.60}, not a number")
+                raise MetricReadError(
+                    f"field {self.field!r} of {self.url} is {value!r:.60}, not a number"
+                )
             number = float(value)
         if not math.isfinite(number):
             raise MetricReadError(f"{self.url} answered {number}, not a finite number")

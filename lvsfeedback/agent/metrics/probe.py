@@ -54,4 +54,5 @@ def build(options, environment) -> ProbeMetric:
     host = options.text("host", "127.0.0.1")
     if not (isIPAddress(host) or isIPv6Address(host)):
         raise options.error(f"key 'host' must be an IP address, got {host!r}")
-    return ProbeMetric(environment.reactor, host, port, options.number("timeout", 1.0, positive=True))
+    timeout = options.number("timeout", 1.0, positive=True)
+    return ProbeMetric(environment.reactor, host, port, timeout)

@@ -174,7 +174,9 @@ class MetricRegistry:
         spec = parse_spec(text)
         factory = self.factory(spec.name)
         values = dict(spec.options)
-        common = MetricOptions(spec.name, {key: values.pop(key) for key in COMMON_KEYS if key in values})
+        common = MetricOptions(
+            spec.name, {key: values.pop(key) for key in COMMON_KEYS if key in values}
+        )
         weight = common.number(WEIGHT_KEY, None, positive=True)
         on_error = OnError(
             common.choice(ON_ERROR_KEY, [choice.value for choice in OnError],
