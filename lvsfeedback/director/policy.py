@@ -260,9 +260,7 @@ def _decide_service(
     return ServiceDecision(panic, serving, len(automatic), decisions), memories
 
 
-def _fold_report(
-    memory: ServerMemory, report: HealthReport | None, settings: PolicySettings
-) -> ServerMemory:
+def _fold_report(memory: ServerMemory, report: HealthReport | None, settings: PolicySettings) -> ServerMemory:
     """The EWMA with `report` folded in, once per report."""
     if report is None or (memory.smoothed_at is not None and report.time <= memory.smoothed_at):
         return memory
@@ -359,9 +357,7 @@ def _capacity_weights(
     A server without a rate yet (just joined, or starved) is assumed to be
     average, so it gets its base weight and a chance to show its rate.
     """
-    capacities = {
-        dest: rate / _utilisation(feedback[dest], settings) for dest, rate in rates.items()
-    }
+    capacities = {dest: rate / _utilisation(feedback[dest], settings) for dest, rate in rates.items()}
     per_base = sum(capacities.values()) / sum(servers[dest].base_weight for dest in capacities)
     weights: dict[DestKey, _Assessment] = {}
     for dest, health in feedback.items():

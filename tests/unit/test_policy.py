@@ -184,7 +184,9 @@ class HealthModeTests(SynchronousTestCase):
 
     def test_health_zero_quiesces(self):
         result, _ = decide_once({A: reporting(0, current_weight=50), B: reporting(90)})
-        self.assertEqual(result.servers[A], Decision(0, Reason.HEALTH, write=True, detail="health 0: quiesced"))
+        self.assertEqual(
+            result.servers[A], Decision(0, Reason.HEALTH, write=True, detail="health 0: quiesced")
+        )
 
     def test_agent_never_seen_gets_static_base_weight(self):
         result, _ = decide_once({A: ServerInput(40)})
@@ -420,7 +422,8 @@ class CapacityModeTests(SynchronousTestCase):
         servers = {A: reporting(40, counters=self.rate(0)), B: reporting(70)}
         result, _ = decide_once(servers, self.settings)
         self.assertEqual(
-            [(r.weight, r.reason) for r in result.servers.values()], [(40, Reason.HEALTH), (70, Reason.HEALTH)]
+            [(r.weight, r.reason) for r in result.servers.values()],
+            [(40, Reason.HEALTH), (70, Reason.HEALTH)],
         )
 
     def test_health_zero_still_quiesces(self):

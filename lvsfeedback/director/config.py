@@ -1,0 +1,614 @@
+"""
+The director's configuration file: TOML in, typed frozen values out.
+
+`load_config` reads the whole file before it complains, and then complains
+about everything at once, one line per problem, as ``FILE: KEY: reason``
+(``director.toml: service[1].real[0].weight: must be an integer 1..65535,
+got "ten"``). Unknown keys are problems too: a misspelt knob must not be
+silently ignored. The sample ``tap/director.toml`` documents every key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import ipaddress
+import json
+import math
+import os
+import re
+import socket
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, TypeVar
+
+from twisted.internet.endpoints import serverFromString
+
+from lvsfeedback.director.policy import LostAgentAction, Mode, PolicySettings
+from lvsfeedback.ipvs.model import (
+    FORWARDING,
+    MAX_WEIGHT,
+    PROTOCOLS,
+    DestKey,
+    ServiceKey,
+    VirtualService,
+)
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+DEFAULT_LISTEN = "tcp:3262"
+DEFAULT_STATUS_LISTEN = "tcp:9101:interface=127.0.0.1"
+# Health mode multiplies the base weight by health/100, so a base of 100
+# gives weights in 1% steps; a base of 1 could only ever be 0 or 1.
+DEFAULT_WEIGHT = 100
+DEFAULT_SCHEDULER = "wlc"
+SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh", "twos")
+FAMILIES = {"inet": socket.AF_INET, "inet6": socket.AF_INET6}
+MAX_FWMARK = 0xFFFFFFFF
+# The kernel keeps the persistence timeout in jiffies in 32 bits; at HZ=1000
+# this is the largest number of seconds that fits.
+MAX_PERSISTENCE = 0xFFFFFFFF // 1000
+# The iptables multiport match takes at most 15 ports.
+MAX_MARK_PORTS = 15
+EVERYWHERE = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
+
+
+class OnLeave(enum.StrEnum):
+    """What happens to an auto-joined real server when its agent stops the service or goes."""
+
+    REMOVE = "remove"
+    QUIESCE = "quiesce"
+
+
+class ConfigError(Exception):
+    """The configuration file has problems; `problems` lists every one."""
+
+    def __init__(self, problems: Iterable[str]):
+        self.problems = tuple(problems)
+        super().__init__("\n".join(self.problems))
+
+
+@dataclass(frozen=True)
+class DirectorSettings:
+    listen: str  # Twisted server endpoint for agents
+    secret_file: Path | None  # shared NECP secret; None: no authentication
+    allow: tuple[Network, ...]  # agent source networks
+    update_interval: float  # seconds between policy passes
+    observe: bool  # compute and expose weights, never touch the kernel
+    weights_only: bool  # only edit weights of real servers already in the kernel
+
+
+@dataclass(frozen=True)
+class StatusSettings:
+    listen: str  # Twisted server endpoint for the status and control listener
+    token_file: Path | None  # bearer token for the control API; None: read-only
+
+
+@dataclass(frozen=True)
+class RealConfig:
+    dest_key: DestKey
+    base_weight: int
+    forwarding: str  # "nat", "dr" or "tun"
+
+
+@dataclass(frozen=True)
+class MarkRule:
+    """The packets an iptables MARK rule gives a fwmark service's mark."""
+
+    destination: Network
+    protocol: str  # "tcp", "udp" or "sctp"
+    ports: tuple[int, ...]  # destination ports; empty: every port
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    name: str
+    key: ServiceKey
+    scheduler: str
+    persistence: int  # seconds; 0: not persistent
+    forwarding: str  # default for its real servers
+    reals: tuple[RealConfig, ...]
+    policy: PolicySettings  # [policy] with this service's overrides applied
+    auto_join: tuple[Network, ...]  # agents from here that START this service join it
+    auto_join_weight: int
+    on_leave: OnLeave
+    mark: MarkRule | None  # None: the mark is set by rules the director does not own
+
+    def virtual_service(self) -> VirtualService:
+        return VirtualService(self.key, self.scheduler, self.persistence)
+
+
+@dataclass(frozen=True)
+class DirectorConfig:
+    path: Path
+    director: DirectorSettings
+    status: StatusSettings
+    policy: PolicySettings  # the [policy] table; each service has its effective one
+    services: tuple[ServiceConfig, ...]
+
+
+def load_config(path: str | os.PathLike[str]) -> DirectorConfig:
+    """The configuration in `path`; ConfigError listing every problem otherwise."""
+    reader = _Reader(Path(path))
+    config = reader.read()
+    if reader.problems or config is None:
+        raise ConfigError(reader.problems)
+    return config
+
+
+def check_config(path: str | os.PathLike[str]) -> list[str]:
+    """Every problem in the configuration file at `path`; empty when it is fine."""
+    try:
+        load_config(path)
+    except ConfigError as error:
+        return list(error.problems)
+    return []
+
+
+# Reading ------------------------------------------------------------------
+
+E = TypeVar("E", bound=enum.StrEnum)
+
+
+class _Invalid(Exception):
+    """A value that does not fit its key; the message is the reason."""
+
+
+_REQUIRED: Any = object()
+
+
+def _show(value: object) -> str:
+    """A value as it would be written in TOML, near enough for a message."""
+    return json.dumps(value, default=str)
+
+
+class _Reader:
+    def __init__(self, path: Path):
+        self.path = path
+        self.problems: list[str] = []
+
+    def problem(self, key: str, reason: str) -> None:
+        self.problems.append(f"{self.path}: {key}: {reason}")
+
+    def read(self) -> DirectorConfig | None:
+        try:
+            content = self.path.read_bytes()
+        except OSError as error:
+            self.problems.append(f"{self.path}: cannot read: {error.strerror}")
+            return None
+        try:
+            text = content.decode("utf-8")
+        except UnicodeDecodeError as error:
+            line = content.count(b"\n", 0, error.start) + 1
+            self.problems.append(f"{self.path}: line {line}: not UTF-8 text")
+            return None
+        try:
+            document = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as error:
+            self.problems.append(f"{self.path}: {_syntax_problem(str(error))}")
+            return None
+        top = _Table(self, "", document)
+        director = self._director(top.table("director"))
+        status = self._status(top.table("status"))
+        policy = self._policy(top.table("policy"), PolicySettings(), "policy")
+        services = self._services(top.tables("service"), policy)
+        top.finish()
+        return DirectorConfig(self.path, director, status, policy, services)
+
+    def _director(self, table: _Table) -> DirectorSettings:
+        settings = DirectorSettings(
+            listen=table.take("listen", _endpoint, DEFAULT_LISTEN),
+            secret_file=table.take("secret_file", self._readable_file, None),
+            allow=table.take_list("allow", _network, EVERYWHERE, allow_empty=False),
+            update_interval=table.take("update_interval", _seconds(lambda n: n > 0, "> 0"), 2.0),
+            observe=table.take("observe", _boolean, False),
+            weights_only=table.take("weights_only", _boolean, False),
+        )
+        table.finish()
+        return settings
+
+    def _status(self, table: _Table) -> StatusSettings:
+        settings = StatusSettings(
+            listen=table.take("listen", _endpoint, DEFAULT_STATUS_LISTEN),
+            token_file=table.take("token_file", self._readable_file, None),
+        )
+        table.finish()
+        return settings
+
+    def _readable_file(self, value: object) -> Path:
+        """A path, relative to the configuration file's folder, of a readable non-empty file."""
+        name = _string(value)
+        path = self.path.parent / name
+        try:
+            content = path.read_bytes()
+        except OSError as error:
+            raise _Invalid(f"cannot read {path}: {error.strerror}") from None
+        if not content.strip():
+            raise _Invalid(f"{path} is empty")
+        return path
+
+    def _policy(self, table: _Table, base: PolicySettings, where: str) -> PolicySettings:
+        """`base` with the knobs `table` sets; invalid ones keep the base value."""
+        changes: dict[str, Any] = {}
+        for knob in fields(PolicySettings):
+            value = table.take(knob.name, _POLICY_KNOBS[knob.name], None)
+            if value is not None:
+                changes[knob.name] = value
+        table.finish()
+        settings = replace(base, **changes)
+        if ("floor" in changes or "ceiling" in changes) and settings.floor > settings.ceiling:
+            self.problem(
+                f"{where}.{'floor' if 'floor' in changes else 'ceiling'}",
+                f"floor ({settings.floor}) must not be greater than ceiling ({settings.ceiling})",
+            )
+        return settings
+
+    def _services(self, tables: list[_Table], policy: PolicySettings) -> tuple[ServiceConfig, ...]:
+        services: list[ServiceConfig] = []
+        names: dict[str, str] = {}
+        keys: dict[ServiceKey, str] = {}
+        for table in tables:
+            service = self._service(table, policy)
+            name = table.data.get("name")
+            if isinstance(name, str):
+                if name in names:
+                    self.problem(
+                        table.key("name"), f"duplicate service name {_show(name)}, also {names[name]}"
+                    )
+                names.setdefault(name, table.path)
+            if service is None:
+                continue
+            if service.key in keys:
+                self.problem(table.path, f"duplicate virtual service {service.key}, also {keys[service.key]}")
+            keys.setdefault(service.key, table.path)
+            services.append(service)
+        return tuple(services)
+
+    def _service(self, table: _Table, policy: PolicySettings) -> ServiceConfig | None:
+        """The service in `table`, or None when its identity could not be read."""
+        name = table.take("name", _name)
+        protocol = table.take("protocol", _choice((*PROTOCOLS, "fwmark")))
+        key: ServiceKey | None = None
+        mark: MarkRule | None = None
+        if protocol == "fwmark":
+            for only_address in ("address", "port"):
+                table.forbid(
+                    only_address, "only for tcp, udp and sctp services; a fwmark service has its mark"
+                )
+            fwmark = table.take("fwmark", _integer(1, MAX_FWMARK))
+            family = table.take("family", _family_name_choice, socket.AF_INET)
+            if fwmark is not None and family is not None:
+                key = ServiceKey.for_fwmark(fwmark, family)
+            mark_table = table.optional_table("mark")
+            if mark_table is not None:
+                mark = self._mark(mark_table, family)
+        elif protocol is not None:
+            for only_fwmark in ("fwmark", "family", "mark"):
+                table.forbid(only_fwmark, 'only for protocol "fwmark"')
+            address = table.take("address", _address)
+            port = table.take("port", _integer(1, 65535))
+            if address is not None and port is not None:
+                key = ServiceKey.for_address(protocol, address, port)
+        else:
+            # The protocol decides which of these belong here; without one,
+            # judging them would only bury the real problem in noise.
+            table.skip("address", "port", "fwmark", "family", "mark")
+        scheduler = table.take("scheduler", _choice(SCHEDULERS), DEFAULT_SCHEDULER)
+        persistence = table.take("persistence", _integer(0, MAX_PERSISTENCE), 0)
+        forwarding = table.take("forwarding", _choice(tuple(FORWARDING)), "nat")
+        auto_join = table.take_list("auto_join", _network, ())
+        auto_join_weight = table.take("auto_join_weight", _integer(1, MAX_WEIGHT), DEFAULT_WEIGHT)
+        on_leave = table.take("on_leave", _enum(OnLeave), OnLeave.REMOVE)
+        service_policy = self._policy(table.table("policy"), policy, f"{table.path}.policy")
+        if key is not None:
+            for index, network in enumerate(auto_join):
+                if _family(network) != key.family:
+                    self.problem(
+                        f"{table.key('auto_join')}[{index}]", f"{network} is not {_family_name(key.family)}"
+                    )
+        reals = self._reals(table.tables("real"), key, forwarding)
+        table.finish()
+        if key is None or name is None:
+            return None
+        return ServiceConfig(
+            name=name,
+            key=key,
+            scheduler=scheduler,
+            persistence=persistence,
+            forwarding=forwarding,
+            reals=reals,
+            policy=service_policy,
+            auto_join=auto_join,
+            auto_join_weight=auto_join_weight,
+            on_leave=on_leave,
+            mark=mark,
+        )
+
+    def _mark(self, table: _Table, family: int | None) -> MarkRule:
+        destination = table.take("destination", _network)
+        if destination is not None and family is not None and _family(destination) != family:
+            self.problem(table.key("destination"), f"{destination} is not {_family_name(family)}")
+        rule = MarkRule(
+            destination=destination,
+            protocol=table.take("protocol", _choice(tuple(PROTOCOLS)), "tcp"),
+            ports=table.take_list("ports", _integer(1, 65535), ()),
+        )
+        if len(rule.ports) > MAX_MARK_PORTS:
+            self.problem(
+                table.key("ports"),
+                f"at most {MAX_MARK_PORTS} ports (the iptables multiport match's limit), "
+                f"got {len(rule.ports)}",
+            )
+        table.finish()
+        return rule
+
+    def _reals(
+        self, tables: list[_Table], service: ServiceKey | None, forwarding: str
+    ) -> tuple[RealConfig, ...]:
+        reals: list[RealConfig] = []
+        seen: dict[DestKey, str] = {}
+        for table in tables:
+            real = self._real(table, service, forwarding)
+            if real is None:
+                continue
+            if real.dest_key in seen:
+                self.problem(table.path, f"duplicate real server {real.dest_key}, also {seen[real.dest_key]}")
+            seen.setdefault(real.dest_key, table.path)
+            reals.append(real)
+        return tuple(reals)
+
+    def _real(self, table: _Table, service: ServiceKey | None, default_forwarding: str) -> RealConfig | None:
+        address = table.take("address", _address)
+        forwarding = table.take("forwarding", _choice(tuple(FORWARDING)), default_forwarding)
+        weight = table.take("weight", _integer(1, MAX_WEIGHT), DEFAULT_WEIGHT)
+        # A fwmark service has no port of its own: 0 keeps the port the client asked for.
+        port = table.take("port", _integer(0 if service is None or service.is_fwmark else 1, 65535), None)
+        table.finish()
+        if service is None or address is None or weight is None:
+            return None
+        if port is None:
+            port = service.port
+        elif forwarding in ("dr", "tun") and not service.is_fwmark and port != service.port:
+            # Direct routing and tunnelling do not rewrite the packet, so the
+            # real server sees the service's port whatever is written here.
+            self.problem(
+                table.key("port"),
+                f"must be the service port {service.port} with forwarding {_show(forwarding)}, got {port}",
+            )
+        dest = DestKey.of(address, port)
+        if dest.family != service.family:
+            self.problem(
+                table.key("address"), f"{address} is not {_family_name(service.family)}, as the service is"
+            )
+        return RealConfig(dest, weight, forwarding)
+
+
+class _Table:
+    """One TOML table being read. It remembers which keys were read, so that
+    `finish` can report the others as unknown."""
+
+    def __init__(self, reader: _Reader, path: str, data: Mapping[str, Any]):
+        self.reader = reader
+        self.path = path
+        self.data = data
+        self.read: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def take(self, name: str, parse: Callable[[Any], Any], default: Any = _REQUIRED) -> Any:
+        """The parsed value of `name`, `default` when absent, None (reported) when invalid."""
+        self.read.add(name)
+        if name not in self.data:
+            if default is _REQUIRED:
+                self.reader.problem(self.key(name), "is required")
+                return None
+            return default
+        try:
+            return parse(self.data[name])
+        except _Invalid as error:
+            self.reader.problem(self.key(name), str(error))
+            return None
+
+    def take_list(
+        self, name: str, parse: Callable[[Any], Any], default: tuple[Any, ...], allow_empty: bool = True
+    ) -> tuple[Any, ...]:
+        """Like `take` for a list, checking each item; invalid items are left out."""
+        self.read.add(name)
+        if name not in self.data:
+            return default
+        value = self.data[name]
+        if not isinstance(value, list):
+            self.reader.problem(self.key(name), f"must be a list, got {_show(value)}")
+            return default
+        if not value and not allow_empty:
+            self.reader.problem(self.key(name), "must not be empty (leave it out for the default)")
+        items = []
+        for index, item in enumerate(value):
+            try:
+                items.append(parse(item))
+            except _Invalid as error:
+                self.reader.problem(f"{self.key(name)}[{index}]", str(error))
+        return tuple(items)
+
+    def forbid(self, name: str, reason: str) -> None:
+        """`name` must not be given here."""
+        self.read.add(name)
+        if name in self.data:
+            self.reader.problem(self.key(name), reason)
+
+    def skip(self, *names: str) -> None:
+        """Leave `names` unjudged, neither read nor unknown."""
+        self.read.update(names)
+
+    def optional_table(self, name: str) -> _Table | None:
+        self.read.add(name)
+        if name not in self.data:
+            return None
+        value = self.data[name]
+        if not isinstance(value, dict):
+            self.reader.problem(self.key(name), f"must be a table ([{self.key(name)}]), got {_show(value)}")
+            return None
+        return _Table(self.reader, self.key(name), value)
+
+    def table(self, name: str) -> _Table:
+        """The table `name`, empty when absent or invalid (and then reported)."""
+        return self.optional_table(name) or _Table(self.reader, self.key(name), {})
+
+    def tables(self, name: str) -> list[_Table]:
+        """The array of tables `name` ([[name]]), each keyed name[index]."""
+        self.read.add(name)
+        value = self.data.get(name, [])
+        if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+            self.reader.problem(
+                self.key(name), f"must be an array of tables ([[{self.key(name)}]]), got {_show(value)}"
+            )
+            return []
+        return [_Table(self.reader, f"{self.key(name)}[{index}]", item) for index, item in enumerate(value)]
+
+    def finish(self) -> None:
+        """Report the keys nobody read: most likely typos."""
+        known = sorted(self.read)
+        for name in self.data:
+            if name in self.read:
+                continue
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {_show(close[0])}?" if close else f"expected one of: {', '.join(known)}"
+            self.reader.problem(self.key(name), f"unknown key; {hint}")
+
+
+# Value parsers: each returns the parsed value or raises _Invalid(reason).
+
+
+def _string(value: object) -> str:
+    if not isinstance(value, str):
+        raise _Invalid(f"must be a string, got {_show(value)}")
+    return value
+
+
+def _name(value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _Invalid(f"must be a non-empty string, got {_show(value)}")
+    return value
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[object], str]:
+    def parse(value: object) -> str:
+        if value not in choices:
+            raise _Invalid(f"must be one of {', '.join(choices)}; got {_show(value)}")
+        return str(value)
+
+    return parse
+
+
+def _enum(kind: type[E]) -> Callable[[object], E]:
+    choose = _choice(tuple(kind))
+
+    def parse(value: object) -> E:
+        return kind(choose(value))
+
+    return parse
+
+
+def _integer(low: int, high: int) -> Callable[[object], int]:
+    def parse(value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise _Invalid(f"must be an integer {low}..{high}, got {_show(value)}")
+        return value
+
+    return parse
+
+
+def _number(check: Callable[[float], bool], description: str) -> Callable[[object], float]:
+    def parse(value: object) -> float:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or not check(value)
+        ):
+            raise _Invalid(f"must be {description}, got {_show(value)}")
+        return float(value)
+
+    return parse
+
+
+def _seconds(check: Callable[[float], bool], bound: str) -> Callable[[object], float]:
+    return _number(check, f"a number of seconds {bound}")
+
+
+def _boolean(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid(f"must be true or false, got {_show(value)}")
+    return value
+
+
+def _address(value: object) -> str:
+    try:
+        address = ipaddress.ip_address(_string(value))
+    except ValueError:
+        raise _Invalid(f"must be an IPv4 or IPv6 address, got {_show(value)}") from None
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
+        raise _Invalid(f"must be an address without a %scope, got {_show(value)}")
+    return str(address)
+
+
+def _network(value: object) -> Network:
+    try:
+        return ipaddress.ip_network(_string(value))
+    except ValueError as error:
+        if "has host bits set" in str(error):
+            network = ipaddress.ip_network(str(value), strict=False)
+            raise _Invalid(f"{value} has host bits set; did you mean {network}?") from None
+        raise _Invalid(f"must be an address or network such as 192.0.2.0/24, got {_show(value)}") from None
+
+
+def _endpoint(value: object) -> str:
+    description = _string(value)
+    try:
+        # Parsing a server endpoint only builds an object (ssl: reads its
+        # certificate files); nothing listens, so no reactor is needed.
+        serverFromString(None, description)
+    except Exception as error:  # the endpoint parsers raise whatever they meet
+        raise _Invalid(f"not a Twisted server endpoint ({error}), got {_show(value)}") from None
+    return description
+
+
+def _family_name_choice(value: object) -> int:
+    return FAMILIES[_choice(tuple(FAMILIES))(value)]
+
+
+def _family(network: Network) -> int:
+    return socket.AF_INET6 if network.version == 6 else socket.AF_INET
+
+
+def _family_name(family: int) -> str:
+    return "IPv6" if family == socket.AF_INET6 else "IPv4"
+
+
+_POLICY_KNOBS: dict[str, Callable[[object], Any]] = {
+    "mode": _enum(Mode),
+    "smoothing_half_life": _seconds(lambda n: n >= 0, ">= 0"),
+    "hysteresis": _number(lambda n: 0 <= n < 1, "a number 0 <= h < 1"),
+    "floor": _integer(1, MAX_WEIGHT),
+    "ceiling": _integer(1, MAX_WEIGHT),
+    "slow_start": _seconds(lambda n: n >= 0, ">= 0"),
+    "lost_agent": _enum(LostAgentAction),
+    "stale_after": _seconds(lambda n: n > 0, "> 0"),
+    "panic_threshold": _number(lambda n: 0 <= n <= 1, "a number 0..1"),
+    "min_utilisation": _number(lambda n: 0 < n <= 1, "a number 0 < u <= 1"),
+}
+
+_SYNTAX_LOCATION = re.compile(
+    r"^(?P<message>.*?)\s*\((?:at line (?P<line>\d+), column (?P<column>\d+)|at end of document)\)$"
+)
+
+
+def _syntax_problem(message: str) -> str:
+    """tomllib's message with the place first: 'line 3, column 7: invalid TOML: ...'."""
+    match = _SYNTAX_LOCATION.match(message)
+    if match is None:
+        return f"invalid TOML: {message}"
+    where = f"line {match['line']}, column {match['column']}" if match["line"] else "end of file"
+    return f"{where}: invalid TOML: {match['message']}"
