@@ -6,6 +6,7 @@ import json
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
@@ -62,6 +63,15 @@ class HTTPMetricTests(TestCase):
         metric = self.metric(f"http:url={self.base}/load")
         self.assertEqual((yield metric.reading()), 42.0)
         self.assertEqual((yield metric.sample()), 58.0)
+
+    @inlineCallbacks
+    def test_client_does_not_log_each_connection(self):
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        yield self.metric(f"http:url={self.base}/load").sample()
+        client_events = [formatEvent(e) for e in events if "Client" in formatEvent(e)]
+        self.assertEqual(client_events, [])
 
     @inlineCallbacks
     def test_json_field_by_dotted_path(self):

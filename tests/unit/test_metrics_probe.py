@@ -9,6 +9,7 @@ from twisted.internet.error import TimeoutError as ConnectTimeoutError
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -44,6 +45,16 @@ class ProbeTests(TestCase):
         self.addCleanup(port.stopListening)
         health = yield self.metric(f"probe:port={port.getHost().port}").sample()
         self.assertEqual((health, factory.accepted), (100.0, 1))
+
+    @inlineCallbacks
+    def test_probing_does_not_log_each_connection(self):
+        port = reactor.listenTCP(0, Accepting(), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        yield self.metric(f"probe:port={port.getHost().port}").sample()
+        self.assertEqual([formatEvent(event) for event in events], [])
 
     @inlineCallbacks
     def test_ipv6_host(self):

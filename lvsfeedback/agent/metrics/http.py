@@ -11,7 +11,13 @@ from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, ResponseFailed, readBody
+from twisted.web.client import (
+    Agent,
+    HTTPConnectionPool,
+    ResponseFailed,
+    _HTTP11ClientFactory,
+    readBody,
+)
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
@@ -20,6 +26,20 @@ from lvsfeedback.agent.metrics.interfaces import ILoadMetric
 from lvsfeedback.agent.metrics.scale import HealthScale
 
 _HEADERS = Headers({b"User-Agent": [b"lvsfeedback-agent"]})
+
+
+class _QuietClientFactory(_HTTP11ClientFactory):
+    # The stock factory logs two lines per connection: one GET a second.
+    noisy = False
+
+
+class _QuietConnectionPool(HTTPConnectionPool):
+    """A non-persistent pool whose connections do not log their lives."""
+
+    _factory = _QuietClientFactory
+
+    def __init__(self, reactor):
+        super().__init__(reactor, persistent=False)
 
 
 def field_value(document: object, field: str) -> object:
@@ -46,7 +66,9 @@ class HTTPMetric:
 
     def __init__(self, reactor, url: str, field: str | None, timeout: float, scale: HealthScale):
         self._reactor = reactor
-        self._agent = Agent(reactor, connectTimeout=timeout)
+        self._agent = Agent(
+            reactor, connectTimeout=timeout, pool=_QuietConnectionPool(reactor)
+        )
         self.url = url
         self.field = field
         self.timeout = timeout

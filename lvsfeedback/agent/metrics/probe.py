@@ -10,14 +10,20 @@ from __future__ import annotations
 
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Protocol
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from lvsfeedback.agent.metrics.errors import MetricReadError
 from lvsfeedback.agent.metrics.interfaces import ILoadMetric
 from lvsfeedback.agent.metrics.scale import HEALTH_MAX
+
+
+class _ProbeFactory(Factory):
+    # A default factory logs two lines per connection: one probe a second.
+    noisy = False
+    protocol = Protocol
 
 
 @implementer(ILoadMetric)
@@ -32,7 +38,7 @@ class ProbeMetric:
         self.timeout = timeout
 
     def sample(self) -> Deferred[float]:
-        connecting = connectProtocol(self._endpoint, Protocol())
+        connecting = self._endpoint.connect(_ProbeFactory())
         connecting.addCallbacks(self._connected, self._failed)
         return connecting
 
