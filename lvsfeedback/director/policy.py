@@ -407,7 +407,8 @@ def _ramp(assessment: _Assessment, ramp_start: float, settings: PolicySettings, 
     target = assessment.weight
     if target <= settings.floor:
         return assessment
-    share = (now - ramp_start) / settings.slow_start
+    # Never below 0: a wall clock stepped backwards must not push the weight under the floor.
+    share = max(now - ramp_start, 0) / settings.slow_start
     weight = settings.floor + round((target - settings.floor) * share)
     return replace(
         assessment,

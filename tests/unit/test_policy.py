@@ -267,6 +267,11 @@ class SlowStartTests(SynchronousTestCase):
             ],
         )
 
+    def test_clock_stepping_back_keeps_the_ramp_at_floor(self):
+        _, state = decide_once({A: reporting(100, at=10.0)}, self.settings, now=10.0)
+        result, _ = decide_once({A: reporting(100, at=10.0)}, self.settings, now=4.0, state=state)
+        self.assertEqual((result.servers[A].weight, result.servers[A].reason), (1, Reason.SLOW_START))
+
     def test_server_already_weighted_in_kernel_does_not_ramp(self):
         result, _ = decide_once({A: reporting(100, current_weight=80)}, self.settings)
         self.assertEqual((result.servers[A].weight, result.servers[A].reason), (100, Reason.HEALTH))
