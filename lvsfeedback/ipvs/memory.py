@@ -20,6 +20,7 @@ from lvsfeedback.ipvs.model import (
     AddService,
     Change,
     DeleteDest,
+    DeleteMarkRule,
     DeleteService,
     Dest,
     DestCounters,
@@ -29,6 +30,7 @@ from lvsfeedback.ipvs.model import (
     IPVSError,
     ServiceEntry,
     ServiceKey,
+    SetMarkRule,
 )
 
 
@@ -36,6 +38,7 @@ class MemoryIPVS:
     def __init__(self):
         self._services: dict[ServiceKey, ServiceEntry] = {}
         self.applied: list[Change] = []  # every change accepted, in order
+        self.marks: dict[int, SetMarkRule] = {}  # the MARK rules, by mark
 
     def snapshot(self):
         return succeed(self.table())
@@ -86,6 +89,10 @@ class MemoryIPVS:
                     raise IPVSError(change, "ENOENT")
                 kept = entry.dests[server.key].counters
                 self._services[service] = replace(entry, dests={**entry.dests, server.key: Dest(server, kept)})
+            case SetMarkRule(fwmark):
+                self.marks[fwmark] = change
+            case DeleteMarkRule(fwmark):
+                self.marks.pop(fwmark, None)
             case DeleteDest(service, key):
                 entry = self._entry(change, service)
                 if key not in entry.dests:

@@ -164,7 +164,23 @@ class DeleteDest:
     key: DestKey
 
 
-Change = AddService | EditService | DeleteService | AddDest | EditDest | DeleteDest
+@dataclass(frozen=True)
+class SetMarkRule:
+    """Mark packets to `destination` (a network), `protocol`, `ports` with `fwmark`."""
+
+    fwmark: int
+    destination: str
+    protocol: str
+    ports: tuple[int, ...] = ()  # empty: every port
+
+
+@dataclass(frozen=True)
+class DeleteMarkRule:
+    fwmark: int
+    family: int = socket.AF_INET
+
+
+Change = AddService | EditService | DeleteService | AddDest | EditDest | DeleteDest | SetMarkRule | DeleteMarkRule
 
 
 class IPVSError(Exception):

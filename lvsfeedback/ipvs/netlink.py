@@ -31,12 +31,14 @@ from lvsfeedback.ipvs.model import (
     DeleteService,
     Dest,
     DestCounters,
+    DeleteMarkRule,
     DestKey,
     EditDest,
     EditService,
     IPVSError,
     RealServer,
     ServiceEntry,
+    SetMarkRule,
     ServiceKey,
     VirtualService,
     FORWARDING,
@@ -118,6 +120,7 @@ class KernelIPVS:
 
     def __init__(self):
         self._socket: IPVS | None = None
+        self._marks = None  # FirewallMarks, made on first use: python-iptables is costly to load
 
     @property
     def _ipvs(self) -> IPVS:
@@ -152,12 +155,30 @@ class KernelIPVS:
             failures = []
             for change in changes:
                 try:
-                    await self._request(ipvs.asyncore, change)
+                    if isinstance(change, (SetMarkRule, DeleteMarkRule)):
+                        self._apply_mark(change)
+                    else:
+                        await self._request(ipvs.asyncore, change)
                 except NetlinkError as error:
                     failures.append(IPVSError(change, errno.errorcode.get(error.code, str(error.code))))
+                except IPVSError as error:
+                    failures.append(IPVSError(change, error.reason))
             return failures
 
         return ipvs._run_with_cleanup(apply_all)
+
+    def _apply_mark(self, change: SetMarkRule | DeleteMarkRule) -> None:
+        from lvsfeedback.ipvs.fwmark import FirewallMarks
+
+        if self._marks is None:
+            self._marks = FirewallMarks()
+        try:
+            if isinstance(change, SetMarkRule):
+                self._marks.set(change)
+            else:
+                self._marks.delete(change)
+        except Exception as error:  # noqa: BLE001 - python-iptables raises its own IPTCError and ValueError
+            raise IPVSError(change, f"iptables: {error}") from error
 
     @staticmethod
     async def _request(asyncore, change: Change):
@@ -184,23 +205,29 @@ class KernelIPVS:
 class NetlinkIPVS:
     """
     The kernel's IPVS table for the reactor thread: every call runs on one
-    dedicated worker thread, in order, and returns a Deferred.
+    dedicated worker thread, in order, and returns a Deferred. The thread
+    starts with the first call, so building this before twistd forks is safe.
     """
 
     def __init__(self, reactor, kernel: KernelIPVS | None = None):
         self._reactor = reactor
         self._kernel = kernel or KernelIPVS()
-        self._pool = ThreadPool(minthreads=1, maxthreads=1, name="ipvs-netlink")
-        self._pool.start()
-        self._shutdown = reactor.addSystemEventTrigger("during", "shutdown", self.close)
+        self._pool: ThreadPool | None = None
+
+    def _call(self, function, *args):
+        if self._pool is None:
+            self._pool = ThreadPool(minthreads=1, maxthreads=1, name="ipvs-netlink")
+            self._pool.start()
+            self._reactor.addSystemEventTrigger("during", "shutdown", self.close)
+        return deferToThreadPool(self._reactor, self._pool, function, *args)
 
     def snapshot(self):
-        return deferToThreadPool(self._reactor, self._pool, self._kernel.snapshot)
+        return self._call(self._kernel.snapshot)
 
     def apply(self, changes: Iterable[Change]):
-        return deferToThreadPool(self._reactor, self._pool, self._kernel.apply, list(changes))
+        return self._call(self._kernel.apply, list(changes))
 
     def close(self) -> None:
-        if self._pool.started:
+        if self._pool is not None and self._pool.started:
             self._pool.callInThread(self._kernel.close)
             self._pool.stop()

@@ -1,0 +1,204 @@
+"""
+What the director knows about its agents: facts, no decisions.
+
+The NE protocol reports events here (an agent came up, started or stopped
+services, answered a health query, was lost). The registry keeps, per agent
+address, the services it started and its latest health per service, and
+answers the updater's one question: what is known about real server D of
+virtual service S? It also decides nothing about weights; the policy does.
+
+An agent speaks only for its own address: a START for a service that no
+configured real server at that address provides (and no auto_join network
+admits) is refused and logged.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from twisted.logger import Logger
+
+from lvsfeedback.director.policy import Agent, AgentState, HealthReport
+from lvsfeedback.ipvs.model import PROTOCOLS, DestKey, RealServer, ServiceKey
+
+ServicePort = tuple[int, int]  # (IP protocol number, port), as NECP names a service
+
+# NECP's forwarding codes in START units, by IPVS's names for them.
+NECP_FORWARDING = {1: "dr", 2: "tun", 3: "nat"}
+
+
+@dataclass
+class AgentSession:
+    """One connected agent: what it started and what it last reported."""
+
+    handle: object
+    address: str
+    connected_at: float
+    started: dict[ServicePort, str] = field(default_factory=dict)  # -> forwarding name
+    health: dict[ServicePort, HealthReport] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ServerFacts:
+    """What the registry knows of one real server, in the policy's terms."""
+
+    agent: Agent
+    report: HealthReport | None
+    stopped: bool  # its agent is connected but has not started (or has stopped) the service
+
+
+class Registry:
+    log = Logger()
+
+    def __init__(self, config, clock):
+        self._clock = clock
+        self._sessions: dict[object, AgentSession] = {}
+        self._by_address: dict[str, AgentSession] = {}
+        self._lost_at: dict[str, float] = {}
+        self.auto_joined: dict[ServiceKey, dict[DestKey, RealServer]] = {}
+        self.configure(config)
+
+    def configure(self, config) -> None:
+        """Take a (re)loaded config; what agents said so far still stands."""
+        self._config = config
+        self.auto_joined = {
+            service.key: self.auto_joined.get(service.key, {}) for service in config.services if service.auto_join
+        }
+
+    # Events from the NE protocol.
+
+    def agentUp(self, agent) -> None:
+        address = _address_of(agent)
+        session = AgentSession(agent, address, self._clock.seconds())
+        previous = self._by_address.get(address)
+        if previous is not None:
+            # A new INIT from the same server replaces what it said before.
+            self._sessions.pop(previous.handle, None)
+        self._sessions[agent] = session
+        self._by_address[address] = session
+        self._lost_at.pop(address, None)
+        self.log.info("agent {address} up", address=address)
+
+    def servicesStarted(self, agent, services) -> list:
+        session = self._sessions.get(agent)
+        if session is None:
+            return list(services)
+        refused = []
+        for unit in services:
+            port = (unit.protocol, unit.port)
+            if self._serves(session.address, port) or self._auto_join(session.address, port):
+                session.started[port] = NECP_FORWARDING.get(unit.forwarding, "")
+            else:
+                refused.append(unit)
+                self.log.warn(
+                    "agent {address} started {protocol}/{port}, which no configured real server "
+                    "at its address provides: refused",
+                    address=session.address, protocol=unit.protocol, port=unit.port,
+                )
+        return refused
+
+    def servicesStopped(self, agent, services) -> list:
+        session = self._sessions.get(agent)
+        if session is not None:
+            for unit in services:
+                port = (unit.protocol, unit.port)
+                session.started.pop(port, None)
+                session.health.pop(port, None)
+            self._forget_auto_joined(session.address)
+        return []
+
+    def healthReported(self, agent, service, health: int, when: float) -> None:
+        session = self._sessions.get(agent)
+        port = (service.protocol, service.port)
+        if session is not None and port in session.started:
+            session.health[port] = HealthReport(health, when)
+
+    def agentLost(self, agent, reason) -> None:
+        session = self._sessions.pop(agent, None)
+        if session is None or self._by_address.get(session.address) is not session:
+            return
+        del self._by_address[session.address]
+        self._lost_at[session.address] = self._clock.seconds()
+        self._forget_auto_joined(session.address)
+        self.log.warn("agent {address} lost: {reason}", address=session.address, reason=reason)
+
+    def exceptionAdded(self, agent, exception) -> None:
+        """Exceptions are kept by the NE protocol; IPVS has nothing to apply them to."""
+
+    exceptionRemoved = exceptionAdded
+    exceptionsReset = exceptionAdded
+
+    # Queries.
+
+    @property
+    def sessions(self) -> list[AgentSession]:
+        return list(self._sessions.values())
+
+    def facts(self, service, dest: DestKey) -> ServerFacts:
+        session = self._by_address.get(dest.address)
+        if session is None:
+            lost_at = self._lost_at.get(dest.address)
+            if lost_at is None:
+                return ServerFacts(Agent(AgentState.NEVER_SEEN), None, False)
+            return ServerFacts(Agent(AgentState.LOST, lost_at), None, False)
+        ports = [port for port in session.started if _port_matches(service, dest, port)]
+        agent = Agent(AgentState.CONNECTED, session.connected_at)
+        if not ports:
+            return ServerFacts(agent, None, True)
+        reports = [session.health[port] for port in ports if port in session.health]
+        if not reports:
+            return ServerFacts(agent, None, False)
+        # A fwmark service may gather several ports: the worst one speaks.
+        worst = min(reports, key=lambda report: (report.value, -report.time))
+        return ServerFacts(agent, worst, False)
+
+    # Internals.
+
+    def _serves(self, address: str, port: ServicePort) -> bool:
+        return any(
+            real.dest_key.address == address and _port_matches(service, real.dest_key, port)
+            for service in self._config.services
+            for real in service.reals
+        )
+
+    def _auto_join(self, address: str, port: ServicePort) -> bool:
+        joined = False
+        for service in self._config.services:
+            if not any(ipaddress.ip_address(address) in network for network in service.auto_join):
+                continue
+            dest = DestKey.of(address, 0 if service.key.is_fwmark else port[1])
+            if not _port_matches(service, dest, port):
+                continue
+            members = self.auto_joined.setdefault(service.key, {})
+            if dest not in members:
+                members[dest] = RealServer(dest, service.auto_join_weight, service.forwarding)
+                self.log.info("{dest} joins {service}", dest=str(dest), service=str(service.key))
+            joined = True
+        return joined
+
+    def _forget_auto_joined(self, address: str) -> None:
+        """Auto-joined servers of services whose on_leave is `remove` leave with their agent."""
+        for service in self._config.services:
+            members = self.auto_joined.get(service.key, {})
+            if service.on_leave == "remove":
+                for dest in [dest for dest in members if dest.address == address]:
+                    del members[dest]
+
+
+def _port_matches(service, dest: DestKey, port: ServicePort) -> bool:
+    """Does the agent's (protocol, port) describe this real server of this service?"""
+    protocol, number = port
+    key = service.key
+    if key.is_fwmark:
+        mark = service.mark
+        return (
+            mark is not None
+            and PROTOCOLS.get(mark.protocol) == protocol
+            and (number in mark.ports or (dest.port and number == dest.port))
+        )
+    return PROTOCOLS[key.protocol] == protocol and number == (dest.port or key.port)
+
+
+def _address_of(agent) -> str:
+    return str(ipaddress.ip_address(agent.host))

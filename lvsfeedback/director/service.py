@@ -1,0 +1,93 @@
+"""
+The director as one Twisted service: the NECP listener, the registry of
+agents, and the weight updater, reloaded together on SIGHUP.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+
+from twisted.application import strports
+from twisted.application.service import MultiService
+from twisted.logger import Logger
+
+from lvsfeedback.director.config import ConfigError, DirectorConfig, load_config
+from lvsfeedback.director.protocol import NEFactory
+from lvsfeedback.director.registry import Registry
+from lvsfeedback.director.updater import WeightUpdater
+
+
+def read_secret(config: DirectorConfig) -> bytes | None:
+    path = config.director.secret_file
+    return None if path is None else path.read_bytes().strip()
+
+
+class GuardedNEFactory(NEFactory):
+    """The NE factory, refusing connections from outside the allowed networks."""
+
+    log = Logger()
+
+    def __init__(self, events, allow, **kwargs):
+        super().__init__(events, **kwargs)
+        self.allow = allow
+
+    def buildProtocol(self, addr):
+        host = getattr(addr, "host", None)
+        if self.allow and (host is None or not any(ipaddress.ip_address(host) in net for net in self.allow)):
+            self.log.warn("refused an agent connection from {host}: not in [director] allow", host=host)
+            return None
+        return super().buildProtocol(addr)
+
+
+def kernel_table(reactor, observe: bool):
+    """The kernel's table; in observe mode without ip_vs, an empty stand-in."""
+    if observe and not os.path.exists("/proc/net/ip_vs"):
+        from lvsfeedback.ipvs.memory import MemoryIPVS
+
+        return MemoryIPVS()
+    from lvsfeedback.ipvs.netlink import NetlinkIPVS
+
+    return NetlinkIPVS(reactor)
+
+
+class DirectorService(MultiService):
+    log = Logger()
+
+    def __init__(self, config: DirectorConfig, reactor, *, observe: bool | None = None, table=None, **timing):
+        super().__init__()
+        self.config = config
+        self.reactor = reactor
+        self.registry = Registry(config, reactor)
+        observing = config.director.observe if observe is None else observe
+        self.table = table if table is not None else kernel_table(reactor, observing)
+        self.updater = WeightUpdater(config, self.registry, self.table, reactor, observe=observe)
+        self.updater.setServiceParent(self)
+        self.factory = GuardedNEFactory(
+            self.registry, config.director.allow, clock=reactor, secret=read_secret(config), **timing
+        )
+        self.listener = strports.service(config.director.listen, self.factory, reactor=reactor)
+        self.listener.setServiceParent(self)
+
+    def reload_on_sighup(self) -> None:
+        """For the daemon process: SIGHUP rereads the config (in the reactor thread)."""
+        signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
+
+    def reload(self) -> bool:
+        """Reread the config file; a bad one is refused and the running one stays."""
+        try:
+            new = load_config(self.config.path)
+            secret = read_secret(new)
+        except (ConfigError, OSError) as error:
+            self.log.error("config reload refused, the running config stays:\n{problems}", problems=str(error))
+            return False
+        if new.director.listen != self.config.director.listen:
+            self.log.warn("[director] listen changed to {listen}: takes effect on restart", listen=new.director.listen)
+        self.factory.allow = new.director.allow
+        self.factory.secret = secret
+        self.registry.configure(new)
+        self.updater.configure(new)
+        self.config = new
+        self.log.info("config reloaded from {path}: {count} services", path=str(new.path), count=len(new.services))
+        return True

@@ -1,0 +1,280 @@
+"""
+The weight updater: the only writer to the IPVS table.
+
+Every `update_interval` seconds one pass reads the table (weights and
+counters), asks the registry what the agents said, runs the policy, and
+writes only the differences. A `LoopingCall` waits for the Deferred a pass
+returns, so two passes never overlap; a pass that fails is logged and the
+next one starts from a fresh read, so nothing is lost by retrying.
+
+Restarts change nothing the policy would not change: the first pass adopts
+the kernel's table as it is, and for a short grace period a real server
+whose agent has not spoken yet keeps the weight the kernel already gives it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from twisted.application.service import Service
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from lvsfeedback.director.policy import (
+    DRAINED,
+    Decision,
+    Override,
+    PolicyState,
+    Reason,
+    ServerInput,
+    ServiceDecision,
+    ServiceInput,
+    decide,
+)
+from lvsfeedback.ipvs.model import (
+    AddDest,
+    AddService,
+    Change,
+    DeleteDest,
+    DeleteMarkRule,
+    DeleteService,
+    DestKey,
+    EditDest,
+    EditService,
+    RealServer,
+    ServiceEntry,
+    ServiceKey,
+    SetMarkRule,
+)
+
+
+@dataclass
+class PassResult:
+    """What one pass saw, decided and wrote: the director's status."""
+
+    time: float
+    kernel: dict[ServiceKey, ServiceEntry]
+    decisions: dict[ServiceKey, ServiceDecision]
+    changes: list[Change]
+    refused: list = field(default_factory=list)
+    held: set[tuple[ServiceKey, DestKey]] = field(default_factory=set)
+    duration: float = 0.0
+
+
+class WeightUpdater(Service):
+    log = Logger()
+
+    def __init__(self, config, registry, table, clock, *, observe: bool | None = None, adoption_grace: float = 15.0):
+        self.registry = registry
+        self.table = table
+        self.clock = clock
+        self.observe = observe
+        self.adoption_grace = adoption_grace
+        self.overrides: dict[tuple[ServiceKey, DestKey], Override] = {}
+        self.state = PolicyState()
+        self.last: PassResult | None = None
+        self.writes = 0
+        self.passes = 0
+        self.failed_passes = 0
+        self._managed: set[ServiceKey] = set()
+        self._marks_set: dict[ServiceKey, SetMarkRule] = {}
+        self._first_seen_weight: dict[tuple[ServiceKey, DestKey], int] = {}
+        self._panic: set[ServiceKey] = set()
+        self._adopt_until = 0.0
+        self._loop = LoopingCall(self.run_pass)
+        self._loop.clock = clock
+        self.configure(config)
+
+    def configure(self, config) -> None:
+        """Take a (re)loaded config; the next pass reconciles the kernel to it."""
+        self.config = config
+        self._managed |= {service.key for service in config.services}
+        if self._loop.running and self._loop.interval != config.director.update_interval:
+            self._loop.stop()
+            self._loop.start(config.director.update_interval, now=False)
+
+    @property
+    def observing(self) -> bool:
+        return self.config.director.observe if self.observe is None else self.observe
+
+    def startService(self):
+        super().startService()
+        self._adopt_until = self.clock.seconds() + self.adoption_grace
+        self._loop.start(self.config.director.update_interval, now=True)
+
+    def stopService(self):
+        super().stopService()
+        if self._loop.running:
+            self._loop.stop()
+
+    def run_pass(self):
+        started = time.perf_counter()
+        now = self.clock.seconds()
+        reading = self.table.snapshot()
+        reading.addCallback(self._plan_and_apply, now, started)
+        reading.addErrback(self._pass_failed)
+        return reading
+
+    def _pass_failed(self, failure) -> None:
+        self.failed_passes += 1
+        self.log.failure("weight update pass failed; the next pass retries", failure)
+
+    def _plan_and_apply(self, kernel, now: float, started: float):
+        plan = self.plan(kernel, now)
+        self.passes += 1
+        self._report_panic(plan.decisions)
+        if self.observing or not plan.changes:
+            return self._finish(plan, [], started)
+        applying = self.table.apply(plan.changes)
+        applying.addCallback(lambda refused: self._finish(plan, refused, started))
+        return applying
+
+    def _finish(self, plan: PassResult, refused: list, started: float) -> None:
+        plan.refused = refused
+        plan.duration = time.perf_counter() - started
+        failed = {id(error.change) for error in refused}
+        if not self.observing:
+            for change in plan.changes:
+                if id(change) not in failed:
+                    self.writes += 1
+                    self._log_change(change, plan)
+        for error in refused:
+            self.log.error("the kernel refused {change}: {reason}", change=str(error.change), reason=error.reason)
+        self.last = plan
+
+    def plan(self, kernel: dict[ServiceKey, ServiceEntry], now: float) -> PassResult:
+        """The changes that bring the kernel to what config, agents and policy want."""
+        weights_only = self.config.director.weights_only
+        inputs: dict[ServiceKey, ServiceInput] = {}
+        members_by_service: dict[ServiceKey, dict[DestKey, RealServer]] = {}
+        changes: list[Change] = []
+        for service in self.config.services:
+            entry = kernel.get(service.key)
+            if weights_only:
+                if entry is None:
+                    continue
+                members = {dest: d.server for dest, d in entry.dests.items()}
+            else:
+                members = {real.dest_key: RealServer(real.dest_key, real.base_weight, real.forwarding) for real in service.reals}
+                for dest, server in self.registry.auto_joined.get(service.key, {}).items():
+                    members.setdefault(dest, server)
+                desired = service.virtual_service()
+                if entry is None:
+                    changes.append(AddService(desired))
+                elif entry.service != desired:
+                    changes.append(EditService(desired))
+                changes += self._mark_changes(service)
+                if entry is not None:
+                    changes += [DeleteDest(service.key, dest) for dest in entry.dests if dest not in members]
+            members_by_service[service.key] = members
+            inputs[service.key] = ServiceInput(
+                service.policy,
+                {dest: self._server_input(service, entry, dest, server) for dest, server in members.items()},
+            )
+        if not weights_only:
+            # A service an earlier config declared and this one does not.
+            for key in sorted(self._managed - set(inputs)):
+                if key in kernel:
+                    changes.append(DeleteService(key))
+                if self._marks_set.pop(key, None) is not None:
+                    changes.append(DeleteMarkRule(key.fwmark, key.family))
+        decisions, self.state = decide(inputs, self.state, now)
+        held = set()
+        for key, service_decision in decisions.items():
+            entry = kernel.get(key)
+            for dest, decision in service_decision.servers.items():
+                current = self._current(entry, dest)
+                if self._hold(decision, current, now):
+                    held.add((key, dest))
+                    continue
+                change = self._change_for(key, members_by_service[key][dest], decision, current, weights_only)
+                if change is not None:
+                    changes.append(change)
+        return PassResult(now, kernel, decisions, changes, held=held)
+
+    def _mark_changes(self, service) -> list[Change]:
+        """The MARK rule a fwmark service needs, set once per run and on change."""
+        if service.mark is None:
+            return []
+        rule = SetMarkRule(service.key.fwmark, str(service.mark.destination), service.mark.protocol, service.mark.ports)
+        if self._marks_set.get(service.key) == rule:
+            return []
+        self._marks_set[service.key] = rule
+        return [rule]
+
+    def _server_input(self, service, entry: ServiceEntry | None, dest: DestKey, server: RealServer) -> ServerInput:
+        facts = self.registry.facts(service, dest)
+        kernel_dest = entry.dests.get(dest) if entry is not None else None
+        override = self.overrides.get((service.key, dest))
+        if override is None and facts.stopped:
+            override = DRAINED
+        return ServerInput(
+            base_weight=self._base_weight(service.key, dest, server, kernel_dest),
+            agent=facts.agent,
+            report=facts.report,
+            counters=kernel_dest.counters if kernel_dest else None,
+            current_weight=kernel_dest.server.weight if kernel_dest else None,
+            override=override,
+        )
+
+    def _base_weight(self, key: ServiceKey, dest: DestKey, server: RealServer, kernel_dest) -> int:
+        if not self.config.director.weights_only:
+            return server.weight
+        # Beside keepalived the configured weight lives in keepalived's
+        # config; the weight the kernel had when first seen stands for it.
+        first = self._first_seen_weight.setdefault((key, dest), kernel_dest.server.weight if kernel_dest else 1)
+        return max(first, 1)
+
+    @staticmethod
+    def _current(entry: ServiceEntry | None, dest: DestKey) -> int | None:
+        if entry is None or dest not in entry.dests:
+            return None
+        return entry.dests[dest].server.weight
+
+    def _hold(self, decision: Decision, current: int | None, now: float) -> bool:
+        """During adoption, a server nobody has spoken for keeps its kernel weight."""
+        return now < self._adopt_until and current is not None and decision.reason is Reason.STATIC
+
+    @staticmethod
+    def _change_for(key: ServiceKey, member: RealServer, decision: Decision, current: int | None, weights_only: bool):
+        if decision.remove and not weights_only:
+            return DeleteDest(key, member.key) if current is not None else None
+        weight = 0 if decision.remove else decision.weight
+        server = RealServer(member.key, weight, member.forwarding)
+        if current is None:
+            return None if weights_only else AddDest(key, server)
+        if weight != current and (decision.write or decision.remove):
+            return EditDest(key, server)
+        return None
+
+    def _report_panic(self, decisions: dict[ServiceKey, ServiceDecision]) -> None:
+        for key, decision in decisions.items():
+            if decision.panic and key not in self._panic:
+                self.log.critical(
+                    "PANIC on {service}: only {serving} of {considered} servers would keep a weight; "
+                    "using static weights until more recover",
+                    service=str(key), serving=decision.serving, considered=decision.considered,
+                )
+            elif not decision.panic and key in self._panic:
+                self.log.warn("{service} left panic mode", service=str(key))
+        self._panic = {key for key, decision in decisions.items() if decision.panic}
+
+    def _log_change(self, change: Change, plan: PassResult) -> None:
+        match change:
+            case EditDest(service, server) | AddDest(service, server):
+                decision = plan.decisions[service].servers.get(server.key)
+                old = self._current(plan.kernel.get(service), server.key)
+                self.log.info(
+                    "{service} {dest}: weight {old} -> {new} ({reason}: {detail})",
+                    service=str(service), dest=str(server.key), old="none" if old is None else old,
+                    new=server.weight, reason=decision.reason if decision else "config",
+                    detail=decision.detail if decision else "",
+                )
+            case DeleteDest(service, dest):
+                self.log.info("{service} {dest}: removed", service=str(service), dest=str(dest))
+            case AddService(service) | EditService(service):
+                self.log.info("{service}: {scheduler}, persistence {persistence}",
+                              service=str(service.key), scheduler=service.scheduler, persistence=service.persistence)
+            case DeleteService(key):
+                self.log.info("{service}: removed", service=str(key))

@@ -1,0 +1,281 @@
+"""
+The weight updater against the in-memory IPVS table: what it writes, what it
+leaves alone, and how it survives failures. Time is a task.Clock.
+"""
+
+import os
+import textwrap
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from lvsfeedback.director.config import load_config
+from lvsfeedback.director.policy import DRAINED, Reason
+from lvsfeedback.director.protocol import Agent
+from lvsfeedback.director.registry import Registry
+from lvsfeedback.director.updater import WeightUpdater
+from lvsfeedback.ipvs.memory import MemoryIPVS
+from lvsfeedback.ipvs.model import (
+    AddDest,
+    AddService,
+    DeleteDest,
+    DeleteMarkRule,
+    DeleteService,
+    DestKey,
+    EditDest,
+    RealServer,
+    ServiceKey,
+    SetMarkRule,
+    VirtualService,
+)
+from lvsfeedback.necp.codec import Service
+
+WEB = ServiceKey.for_address("tcp", "10.0.0.1", 80)
+RS = [DestKey.of(f"10.1.0.{n}", 80) for n in (1, 2, 3)]
+HTTP = Service(forwarding=3, protocol=6, port=80)
+
+CONFIG = """
+[director]
+update_interval = 2.0
+{director}
+
+[policy]
+smoothing_half_life = 0
+hysteresis = 0
+slow_start = 0
+panic_threshold = 0.3
+
+[[service]]
+name = "web"
+protocol = "tcp"
+address = "10.0.0.1"
+port = 80
+scheduler = "wlc"
+forwarding = "nat"
+{reals}
+{extra}
+"""
+REAL = """
+[[service.real]]
+address = "{address}"
+weight = 100
+"""
+
+
+def write_config(case, director="", reals=("10.1.0.1", "10.1.0.2", "10.1.0.3"), extra=""):
+    path = os.path.join(case.mktemp() + ".toml")
+    text = CONFIG.format(director=director, reals="".join(REAL.format(address=a) for a in reals), extra=extra)
+    with open(path, "w") as file:
+        file.write(textwrap.dedent(text))
+    return load_config(path)
+
+
+class FailingTable:
+    """A table whose reads fail until told otherwise, like a kernel without ip_vs loaded yet."""
+
+    def __init__(self, table):
+        self.table = table
+        self.failing = True
+
+    def snapshot(self):
+        if self.failing:
+            return defer.fail(OSError("netlink: no such family"))
+        return self.table.snapshot()
+
+    def apply(self, changes):
+        return self.table.apply(changes)
+
+
+class UpdaterTestCase(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.table = MemoryIPVS()
+
+    def start(self, config, table=None, **kwargs):
+        self.config = config
+        self.registry = Registry(config, self.clock)
+        self.updater = WeightUpdater(config, self.registry, table or self.table, self.clock, **kwargs)
+        self.updater.startService()
+        self.addCleanup(self.updater.stopService)
+        return self.updater
+
+    def weights(self):
+        return {dest: d.server.weight for dest, d in self.table.table()[WEB].dests.items()}
+
+    def connect(self, n, health=None, port=40000):
+        agent = Agent(f"10.1.0.{n}", port, n)
+        self.registry.agentUp(agent)
+        self.assertEqual(list(self.registry.servicesStarted(agent, [HTTP])), [])
+        if health is not None:
+            self.registry.healthReported(agent, HTTP, health, self.clock.seconds())
+        return agent
+
+    def tick(self, seconds=2.0):
+        self.clock.advance(seconds)
+
+
+class ReconcileTests(UpdaterTestCase):
+    def test_first_pass_creates_the_configured_service_with_base_weights(self):
+        self.start(write_config(self))
+        self.assertEqual(self.table.table()[WEB].service, VirtualService(WEB, "wlc", 0))
+        self.assertEqual(self.weights(), {dest: 100 for dest in RS})
+
+    def test_a_pass_with_nothing_new_writes_nothing(self):
+        self.start(write_config(self))
+        written = len(self.table.applied)
+        self.tick()
+        self.tick()
+        self.assertEqual(len(self.table.applied), written)
+
+    def test_restart_adopts_kernel_weights_until_agents_speak(self):
+        self.table.apply([AddService(VirtualService(WEB, "wlc"))] + [AddDest(WEB, RealServer(d, 37, "nat")) for d in RS])
+        self.start(write_config(self), adoption_grace=15)
+        self.tick()
+        self.assertEqual(self.weights(), {dest: 37 for dest in RS}, "a restart must not reset weights")
+        self.connect(1, health=50)
+        self.tick()
+        self.assertEqual(self.weights()[RS[0]], 50)
+        self.assertEqual(self.weights()[RS[1]], 37)
+
+    def test_real_servers_and_services_leave_the_kernel_when_they_leave_the_config(self):
+        updater = self.start(write_config(self))
+        updater.configure(write_config(self, reals=("10.1.0.1", "10.1.0.2")))
+        self.tick()
+        self.assertEqual(set(self.weights()), {RS[0], RS[1]})
+        self.assertIn(DeleteDest(WEB, RS[2]), self.table.applied)
+        other = write_config(self, reals=()).services[0]
+        renamed = load_config(self._rename(other))
+        updater.configure(renamed)
+        self.tick()
+        self.assertIn(DeleteService(WEB), self.table.applied)
+
+    def _rename(self, service):
+        path = self.mktemp() + ".toml"
+        with open(path, "w") as file:
+            file.write('[[service]]\nname = "dns"\nprotocol = "udp"\naddress = "10.0.0.2"\nport = 53\n')
+        return path
+
+    def test_services_the_config_never_declared_are_left_alone(self):
+        foreign = VirtualService(ServiceKey.for_address("tcp", "10.9.9.9", 443))
+        self.table.apply([AddService(foreign)])
+        self.start(write_config(self))
+        self.tick()
+        self.assertIn(foreign.key, self.table.table())
+
+    def test_fwmark_service_gets_its_mark_rule_and_loses_it_with_the_service(self):
+        fwmark = """
+[[service]]
+name = "marked"
+protocol = "fwmark"
+fwmark = 5
+scheduler = "rr"
+[service.mark]
+destination = "10.0.0.5"
+protocol = "tcp"
+ports = [80, 443]
+"""
+        updater = self.start(write_config(self, extra=fwmark))
+        mark_key = ServiceKey.for_fwmark(5)
+        self.assertIn(mark_key, self.table.table())
+        self.assertEqual(self.table.marks[5], SetMarkRule(5, "10.0.0.5/32", "tcp", (80, 443)))
+        updater.configure(write_config(self))
+        self.tick()
+        self.assertNotIn(mark_key, self.table.table())
+        self.assertNotIn(5, self.table.marks)
+        self.assertIn(DeleteMarkRule(5), self.table.applied)
+
+
+class FeedbackTests(UpdaterTestCase):
+    def test_weight_follows_health(self):
+        self.start(write_config(self))
+        agent = self.connect(1, health=40)
+        self.tick()
+        self.assertEqual(self.weights()[RS[0]], 40)
+        self.registry.healthReported(agent, HTTP, 90, self.clock.seconds())
+        self.tick()
+        self.assertEqual(self.weights()[RS[0]], 90)
+
+    def test_health_zero_quiesces_but_never_removes(self):
+        self.start(write_config(self))
+        self.connect(2, health=0)
+        self.tick()
+        self.assertEqual(self.weights()[RS[1]], 0)
+        self.assertIn(RS[1], self.weights())
+
+    def test_lost_agent_is_quiesced_by_default(self):
+        self.start(write_config(self))
+        agent = self.connect(3, health=80)
+        self.tick()
+        self.assertEqual(self.weights()[RS[2]], 80)
+        self.registry.agentLost(agent, "3 keepalives unanswered")
+        self.tick()
+        self.assertEqual(self.weights()[RS[2]], 0)
+        decision = self.updater.last.decisions[WEB].servers[RS[2]]
+        self.assertEqual(decision.reason, Reason.LOST_AGENT)
+
+    def test_stopped_service_gets_no_new_connections(self):
+        self.start(write_config(self))
+        agent = self.connect(1, health=80)
+        self.tick()
+        self.registry.servicesStopped(agent, [HTTP])
+        self.tick()
+        self.assertEqual(self.weights()[RS[0]], 0)
+
+    def test_operator_drain_wins_over_feedback(self):
+        self.start(write_config(self))
+        self.connect(1, health=100)
+        self.updater.overrides[WEB, RS[0]] = DRAINED
+        self.tick()
+        self.assertEqual(self.weights()[RS[0]], 0)
+
+    def test_agent_may_not_start_a_service_for_a_server_it_is_not(self):
+        self.start(write_config(self))
+        stranger = Agent("10.1.0.99", 40000, 9)
+        self.registry.agentUp(stranger)
+        self.assertEqual(list(self.registry.servicesStarted(stranger, [HTTP])), [HTTP])
+
+    def test_only_changed_weights_are_written(self):
+        self.start(write_config(self))
+        self.connect(1, health=50)
+        before = len(self.table.applied)
+        self.tick()
+        self.assertEqual(self.table.applied[before:], [EditDest(WEB, RealServer(RS[0], 50, "nat"))])
+
+
+class ModeTests(UpdaterTestCase):
+    def test_observe_computes_weights_and_writes_nothing(self):
+        self.start(write_config(self, director="observe = true"))
+        self.connect(1, health=30)
+        self.tick()
+        self.assertEqual(self.table.table(), {})
+        self.assertEqual(self.updater.last.decisions[WEB].servers[RS[0]].weight, 30)
+
+    def test_weights_only_weights_kernel_servers_and_adds_or_removes_nothing(self):
+        stranger = DestKey.of("10.1.0.77", 80)
+        self.table.apply([AddService(VirtualService(WEB, "wlc")), AddDest(WEB, RealServer(RS[0], 10, "dr")),
+                          AddDest(WEB, RealServer(stranger, 20, "dr"))])
+        setup = len(self.table.applied)
+        self.start(write_config(self, director="weights_only = true"), adoption_grace=0)
+        self.connect(1, health=50)
+        self.tick()
+        self.assertEqual(self.weights(), {RS[0]: 5, stranger: 20})
+        self.assertTrue(all(isinstance(change, EditDest) for change in self.table.applied[setup:]))
+
+
+class FailureTests(UpdaterTestCase):
+    def test_a_failed_pass_is_logged_and_the_next_one_retries(self):
+        table = FailingTable(self.table)
+        self.start(write_config(self), table=table)
+        self.assertEqual(self.updater.failed_passes, 1)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        table.failing = False
+        self.tick()
+        self.assertEqual(self.weights(), {dest: 100 for dest in RS})
+
+    def test_a_refused_change_is_retried_on_the_next_pass(self):
+        self.start(write_config(self))
+        self.table.apply([DeleteDest(WEB, RS[0])])  # someone removed it behind our back
+        self.tick()
+        self.assertIn(RS[0], self.weights())
