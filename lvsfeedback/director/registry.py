@@ -195,7 +195,7 @@ def _port_matches(service, dest: DestKey, port: ServicePort) -> bool:
         return (
             mark is not None
             and PROTOCOLS.get(mark.protocol) == protocol
-            and (number in mark.ports or (dest.port and number == dest.port))
+            and (not mark.ports or number in mark.ports or (dest.port and number == dest.port))
         )
     return PROTOCOLS[key.protocol] == protocol and number == (dest.port or key.port)
 
