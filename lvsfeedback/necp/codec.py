@@ -959,7 +959,7 @@ class Decoder:
             length -= CREDENTIAL_SIZE
         elif authenticator is not None and authenticator.required:
             raise AuthenticationFailed(
-                "credential missing on an authenticated connection", opcode, request_id, flags
+                "credential missing where one is required", opcode, request_id, flags
             )
 
         if length % UNIT_SIZE:

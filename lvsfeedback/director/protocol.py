@@ -1,0 +1,445 @@
+"""
+The network element's end of NECP: the director accepting agents.
+
+L{NEFactory} listens (TCP 3262 by convention); each L{NEProtocol} runs one
+agent's session: INIT -> INIT_ACK (refusing agents that do not authenticate
+when the director holds a secret), START/STOP of services, a health query for
+every started service on every keepalive, and exceptions with their TTLs.
+
+Events out, not policy in: what happens is reported to the L{IAgentEvents}
+provider the factory is given (the registry). Nothing here decides weights.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random as _random
+from dataclasses import dataclass
+from ipaddress import IPv4Address, ip_address
+from typing import Callable
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from zope.interface import Interface
+
+from lvsfeedback.necp.codec import (
+    ANY_ADDRESS,
+    HEALTH_QUERY,
+    Authenticator,
+    IPVS_FORWARDING,
+    SCOPE_NOT_TO_FARM,
+    Answer,
+    ErrorReply,
+    ExceptionAdd,
+    ExceptionAddAck,
+    ExceptionDel,
+    ExceptionDelAck,
+    ExceptionQuery,
+    ExceptionReset,
+    ExceptionResetAck,
+    ExceptionResp,
+    ExceptionRule,
+    Flag,
+    Init,
+    InitAck,
+    InstalledException,
+    KeepaliveAck,
+    Message,
+    Opcode,
+    Query,
+    Service,
+    Start,
+    StartAck,
+    Stop,
+    StopAck,
+)
+from lvsfeedback.necp.protocol import NECPFactory, NECPProtocol
+
+# IP protocols IPVS balances.
+BALANCED_PROTOCOLS = frozenset({6, 17, 132})
+
+
+@dataclass(frozen=True, order=True)
+class Agent:
+    """
+    One agent session as the director sees it: the peer's address and a
+    connection number unique within the factory. A reconnecting agent is a
+    new L{Agent}.
+    """
+
+    host: str
+    port: int
+    connection: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}#{self.connection}"
+
+
+class IAgentEvents(Interface):
+    """
+    What the director learns from its agents, as it happens. The NE protocol
+    calls these and decides nothing itself. An exception raised here is
+    logged and does not end the session.
+    """
+
+    def agentUp(agent):
+        """C{agent} (an L{Agent}) finished INIT; none of its services is started yet."""
+
+    def servicesStarted(agent, services):
+        """
+        C{agent} is ready for new flows of C{services} (a tuple of L{Service},
+        none already started on this session).
+
+        @return: an iterable of the services refused (empty to accept all);
+            their units go back to the agent in an error START_ACK.
+        """
+
+    def servicesStopped(agent, services):
+        """C{agent} wants no new flows of C{services} (each one it had started)."""
+
+    def healthReported(agent, service, health, when):
+        """
+        C{agent} answered a keepalive: C{service} (a started L{Service}) has
+        C{health} 0..100 (0: send it no work) at C{when} (the clock's seconds).
+        """
+
+    def exceptionAdded(agent, rule):
+        """C{agent} installed C{rule} (an L{ExceptionRule}), or refreshed its TTL."""
+
+    def exceptionRemoved(agent, rule):
+        """C{rule} of C{agent} is gone: deleted by the agent, or its TTL ran out."""
+
+    def exceptionsReset(agent):
+        """C{agent} dropped all its exceptions."""
+
+    def agentLost(agent, reason):
+        """
+        The session of C{agent} ended, for C{reason} (a readable string).
+        Nothing of it remains: its services and exceptions are gone with it.
+        """
+
+
+def valid_service(service: Service) -> bool:
+    """A forwarding method NECP defines, a protocol IPVS balances, a real port."""
+    return (
+        service.forwarding in IPVS_FORWARDING
+        and service.protocol in BALANCED_PROTOCOLS
+        and 0 < service.port
+    )
+
+
+def valid_rule(rule: ExceptionRule) -> bool:
+    return (
+        rule.scope <= SCOPE_NOT_TO_FARM and rule.source_prefix <= 32 and rule.destination_prefix <= 32
+    )
+
+
+def installer_address(agent: Agent) -> IPv4Address:
+    """The agent's IPv4 address as an EXCEPTION_RESP carries it (0.0.0.0 if it has none)."""
+    try:
+        address = ip_address(agent.host)
+    except ValueError:
+        return ANY_ADDRESS
+    return address if isinstance(address, IPv4Address) else ANY_ADDRESS
+
+
+def _matches(entry: InstalledException, pattern: InstalledException) -> bool:
+    """Every non-zero field of C{pattern} (addresses included) equals the entry's."""
+    return all(not int(wanted) or wanted == actual for wanted, actual in zip(pattern, entry))
+
+
+class ExceptionTable:
+    """
+    Exceptions installed by agents, each kept until its TTL runs out on the
+    injected clock (TTL 0: until deleted). Plain object, no I/O.
+
+    @param expired: called with (agent, rule) when a TTL runs out.
+    """
+
+    def __init__(self, clock: IReactorTime, expired: Callable[[Agent, ExceptionRule], None]):
+        self._clock = clock
+        self._expired = expired
+        self._entries: dict[Agent, dict[ExceptionRule, tuple[ExceptionRule, IDelayedCall | None]]] = {}
+
+    def add(self, agent: Agent, rule: ExceptionRule) -> None:
+        """Install C{rule}; installing an existing one again restarts its TTL."""
+        entries = self._entries.setdefault(agent, {})
+        key = rule.key
+        previous = entries.get(key)
+        if previous is not None and previous[1] is not None and previous[1].active():
+            previous[1].cancel()
+        expiry = self._clock.callLater(rule.ttl, self._expire, agent, key) if rule.ttl else None
+        entries[key] = (rule, expiry)
+
+    def remove(self, agent: Agent, rule: ExceptionRule) -> ExceptionRule | None:
+        """Remove C{agent}'s rule matching C{rule} (TTL aside); the removed rule, or None."""
+        entries = self._entries.get(agent, {})
+        found = entries.pop(rule.key, None)
+        if found is None:
+            return None
+        if found[1] is not None and found[1].active():
+            found[1].cancel()
+        return found[0]
+
+    def reset(self, agent: Agent) -> list[ExceptionRule]:
+        """Remove all of C{agent}'s rules; those removed."""
+        entries = self._entries.pop(agent, {})
+        for _, expiry in entries.values():
+            if expiry is not None and expiry.active():
+                expiry.cancel()
+        return [rule for rule, _ in entries.values()]
+
+    def rules(self, agent: Agent) -> tuple[ExceptionRule, ...]:
+        return tuple(rule for rule, _ in self._entries.get(agent, {}).values())
+
+    def query(self, pattern: InstalledException) -> tuple[InstalledException, ...]:
+        """Every installed exception matching C{pattern}, in the RESP layout."""
+        found = []
+        for agent, entries in sorted(self._entries.items()):
+            installer = installer_address(agent)
+            for rule, _ in entries.values():
+                entry = InstalledException(
+                    rule.scope,
+                    installer,
+                    rule.source,
+                    rule.source_prefix,
+                    rule.destination,
+                    rule.destination_prefix,
+                    rule.protocol,
+                    rule.port,
+                )
+                if _matches(entry, pattern):
+                    found.append(entry)
+        return tuple(found)
+
+    def _expire(self, agent: Agent, key: ExceptionRule) -> None:
+        rule, _ = self._entries[agent].pop(key)
+        if not self._entries[agent]:
+            del self._entries[agent]
+        self._expired(agent, rule)
+
+
+class NEProtocol(NECPProtocol):
+    """
+    One agent's session on the director.
+
+    @ivar agent: the L{Agent} this session is.
+    @ivar services: the services the agent has started, in order.
+    """
+
+    factory: NEFactory
+    log = Logger()
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()
+        self.agent = Agent(
+            str(getattr(peer, "host", peer)),
+            getattr(peer, "port", 0),
+            next(self.factory.connection_numbers),
+        )
+        self.services: dict[Service, None] = {}
+        self.forgotten = False
+        super().connectionMade()
+
+    def make_authenticator(self) -> Authenticator | None:
+        secret = self.factory.secret
+        return Authenticator(secret, required=True) if secret is not None else None
+
+    def init_received(self, request: Init) -> Message | None:
+        if self.established:
+            self.close("INIT on an established session")
+            return None
+        authenticator = self.authenticator
+        if authenticator is not None and not request.authenticate:
+            return self._refuse_init(request, "agent does not authenticate; this director requires it")
+        if authenticator is None and request.authenticate:
+            return self._refuse_init(request, "agent asks for authentication; this director has no secret")
+        if authenticator is None:
+            reply = InitAck()
+        else:
+            # Reply with exactly the number the agent asked for, then expect ours.
+            authenticator.start_sending(request.receive_sequence)
+            first = authenticator.initial_sequence(self.factory.clock.seconds())
+            authenticator.start_receiving(first)
+            self.signing = True
+            reply = InitAck(receive_sequence=first)
+        self.establish()
+        return reply
+
+    def _refuse_init(self, request: Init, reason: str) -> None:
+        self.send_message(
+            ErrorReply(
+                opcode=Opcode.INIT_ACK,
+                request_id=request.request_id,
+                flags=Flag.ERROR | Flag.AUTH_REQUIRED,
+            )
+        )
+        self.close(f"INIT refused: {reason}")
+        return None
+
+    def session_established(self) -> None:
+        self.factory.agent_up(self)
+
+    def session_ended(self, reason: str, was_established: bool) -> None:
+        if was_established:
+            self.factory.agent_gone(self, reason)
+
+    def start_received(self, request: Start) -> Message:
+        invalid = [service for service in request.services if not valid_service(service)]
+        candidates = list(
+            dict.fromkeys(
+                service
+                for service in request.services
+                if valid_service(service) and service not in self.services
+            )
+        )
+        refused: set[Service] = set()
+        if candidates:
+            answer = self.factory.notify(
+                "servicesStarted", self.agent, tuple(candidates), failed=candidates
+            )
+            refused = set(answer or ())
+        for service in candidates:
+            if service not in refused:
+                self.services[service] = None
+        failed = invalid + [service for service in candidates if service in refused]
+        if failed:
+            return ErrorReply(opcode=Opcode.START_ACK, units=tuple(failed))
+        return StartAck()
+
+    def stop_received(self, request: Stop) -> Message:
+        # Stopping a service that is not started already holds: that makes a
+        # STOP sent again (after an unverifiable STOP_ACK) harmless.
+        failed = [service for service in request.services if not valid_service(service)]
+        stopped = list(dict.fromkeys(s for s in request.services if s in self.services))
+        for service in stopped:
+            del self.services[service]
+        if stopped:
+            self.factory.notify("servicesStopped", self.agent, tuple(stopped))
+        if failed:
+            return ErrorReply(opcode=Opcode.STOP_ACK, units=tuple(failed))
+        return StopAck()
+
+    def keepalive_queries(self) -> tuple[Query, ...]:
+        endpoints = dict.fromkeys((service.protocol, service.port) for service in self.services)
+        return tuple(Query.health(protocol, port) for protocol, port in endpoints)
+
+    def keepalive_answered(self, reply: KeepaliveAck | ErrorReply) -> None:
+        if type(reply) is ErrorReply:
+            self.log.warn(
+                "agent {agent} could not answer {queries}",
+                agent=self.agent,
+                queries=reply.units,
+            )
+            return
+        when = self.factory.clock.seconds()
+        for answer in reply.answers:
+            self._report(answer, when)
+
+    def _report(self, answer: Answer, when: float) -> None:
+        if answer.type != HEALTH_QUERY:
+            return
+        for service in self.services:
+            if (service.protocol, service.port) == (answer.protocol, answer.port):
+                self.factory.notify("healthReported", self.agent, service, answer.value, when)
+
+    def exception_add_received(self, request: ExceptionAdd) -> Message:
+        failed = []
+        for rule in request.rules:
+            if not valid_rule(rule):
+                failed.append(rule)
+                continue
+            self.factory.exceptions.add(self.agent, rule)
+            self.factory.notify("exceptionAdded", self.agent, rule)
+        if failed:
+            return ErrorReply(opcode=Opcode.EXCEPTION_ADD_ACK, units=tuple(failed))
+        return ExceptionAddAck()
+
+    def exception_del_received(self, request: ExceptionDel) -> Message:
+        failed = []
+        for rule in request.rules:
+            removed = self.factory.exceptions.remove(self.agent, rule)
+            if removed is None:
+                failed.append(rule)
+            else:
+                self.factory.notify("exceptionRemoved", self.agent, removed)
+        if failed:
+            return ErrorReply(opcode=Opcode.EXCEPTION_DEL_ACK, units=tuple(failed))
+        return ExceptionDelAck()
+
+    def exception_reset_received(self, request: ExceptionReset) -> Message:
+        self.factory.exceptions.reset(self.agent)
+        self.factory.notify("exceptionsReset", self.agent)
+        return ExceptionResetAck()
+
+    def exception_query_received(self, request: ExceptionQuery) -> Message:
+        return ExceptionResp(entries=self.factory.exceptions.query(request.filter))
+
+
+class NEFactory(NECPFactory):
+    """
+    The director's NECP server: builds one L{NEProtocol} per agent
+    connection and reports what agents do to C{events}.
+
+    With a C{secret}, only agents that authenticate with it are accepted.
+    On INIT, any older session from the same host is dropped: the director
+    forgets everything it held for that agent (NECP's rule for INIT).
+
+    @ivar exceptions: the L{ExceptionTable} of all agents.
+    """
+
+    protocol = NEProtocol
+    log = Logger()
+
+    def __init__(
+        self,
+        events: IAgentEvents,
+        *,
+        clock: IReactorTime,
+        secret: bytes | None = None,
+        random: Callable[[], float] = _random.random,
+        **timing: float,
+    ):
+        super().__init__(clock=clock, secret=secret, random=random, **timing)
+        self.events = events
+        self.exceptions = ExceptionTable(clock, self._exception_expired)
+        self.connection_numbers = itertools.count(1)
+        self._sessions: dict[Agent, NEProtocol] = {}
+
+    def agents(self) -> dict[Agent, tuple[Service, ...]]:
+        """The agents with a session now, and the services each has started."""
+        return {agent: tuple(session.services) for agent, session in self._sessions.items()}
+
+    def session(self, agent: Agent) -> NEProtocol | None:
+        return self._sessions.get(agent)
+
+    def notify(self, event: str, *arguments: object, failed: object = None) -> object:
+        """Call C{event} on the events provider; if it raises, log and return C{failed}."""
+        try:
+            return getattr(self.events, event)(*arguments)
+        except Exception:
+            self.log.failure("agent event handler {event} failed", event=event)
+            return failed
+
+    def agent_up(self, session: NEProtocol) -> None:
+        for older in [s for s in self._sessions.values() if s.agent.host == session.agent.host]:
+            self._forget(older, f"replaced by session {session.agent} from the same host")
+            older.close(f"replaced by session {session.agent}")
+        self._sessions[session.agent] = session
+        self.log.info("agent {agent} up", agent=session.agent)
+        self.notify("agentUp", session.agent)
+
+    def agent_gone(self, session: NEProtocol, reason: str) -> None:
+        if not session.forgotten:
+            self._forget(session, reason)
+
+    def _forget(self, session: NEProtocol, reason: str) -> None:
+        session.forgotten = True
+        del self._sessions[session.agent]
+        self.exceptions.reset(session.agent)
+        self.log.info("agent {agent} lost: {reason}", agent=session.agent, reason=reason)
+        self.notify("agentLost", session.agent, reason)
+
+    def _exception_expired(self, agent: Agent, rule: ExceptionRule) -> None:
+        self.notify("exceptionRemoved", agent, rule)

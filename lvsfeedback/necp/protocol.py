@@ -1,0 +1,485 @@
+"""
+What both NECP endpoints share: framing, requests and replies, keepalives.
+
+L{NECPProtocol} reads messages through the codec's L{Decoder}, matches
+replies to requests by request id (each request gets a L{Deferred}), sends a
+KEEPALIVE every interval plus a random jitter once the session is up, and
+closes the connection when the peer leaves too many keepalives in a row
+unanswered, when the handshake does not finish in time, or when the input
+is malformed. A refused message (bad credential, replay, other version,
+reserved opcode) is answered with an error reply and the session goes on.
+
+L{NECPFactory} holds the settings every connection of one endpoint shares,
+including the clock and the random source, so tests drive all timers with
+a L{twisted.internet.task.Clock}. The NE and SE sides subclass both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random as _random
+from typing import Callable
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from lvsfeedback.necp.codec import (
+    REPLY_OPCODE,
+    REPLY_OPCODES,
+    Authenticator,
+    Decoder,
+    ErrorReply,
+    ExceptionAdd,
+    ExceptionDel,
+    ExceptionQuery,
+    ExceptionReset,
+    Flag,
+    Init,
+    Keepalive,
+    KeepaliveAck,
+    Message,
+    MessageRefused,
+    NECPError,
+    Noop,
+    Opcode,
+    Query,
+    Start,
+    Stop,
+    UnsupportedVersion,
+    encode,
+    opcode_name,
+)
+
+KEEPALIVE_INTERVAL = 5.0
+KEEPALIVE_JITTER = 1.0
+MAX_UNANSWERED_KEEPALIVES = 3
+HANDSHAKE_TIMEOUT = 10.0
+MAX_ATTEMPTS = 3  # a request whose reply cannot be verified is sent at most this often
+
+
+class RequestFailed(Exception):
+    """A request got no usable reply: none in time, or none that could be verified."""
+
+
+def describe_flags(flags: int) -> str:
+    """Header flags as readable names, e.g. C{'ERROR|AUTH_REQUIRED'}."""
+    names = [flag.name for flag in Flag if flags & flag]
+    return "|".join(names) if names else "none"
+
+
+def describe_address(address: object) -> str:
+    host, port = getattr(address, "host", None), getattr(address, "port", None)
+    if host is None:
+        return str(address)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class NECPFactory(Factory):
+    """
+    Settings shared by every connection of one NECP endpoint.
+
+    @param clock: runs every timer (keepalives, timeouts).
+    @param secret: the shared secret for HMAC-SHA1 credentials, or None.
+    @param random: returns a float in [0, 1); jitters keepalives.
+    @param keepalive_interval: seconds between keepalives, before jitter.
+    @param keepalive_jitter: at most this many seconds are added to each interval.
+    @param max_unanswered: keepalives in a row left unanswered before the
+        peer is declared dead.
+    @param handshake_timeout: seconds from connection to INIT_ACK.
+    @param request_timeout: seconds a request waits for its reply; by default
+        as long as it takes to declare a silent peer dead.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: IReactorTime,
+        secret: bytes | None = None,
+        random: Callable[[], float] = _random.random,
+        keepalive_interval: float = KEEPALIVE_INTERVAL,
+        keepalive_jitter: float = KEEPALIVE_JITTER,
+        max_unanswered: int = MAX_UNANSWERED_KEEPALIVES,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        request_timeout: float | None = None,
+    ):
+        if secret is not None and (not isinstance(secret, bytes) or not secret):
+            raise ValueError("the shared secret must be non-empty bytes")
+        if keepalive_interval <= 0 or keepalive_jitter < 0 or handshake_timeout <= 0:
+            raise ValueError("keepalive interval and handshake timeout must be positive")
+        if max_unanswered < 1:
+            raise ValueError("max_unanswered must be at least 1")
+        self.clock = clock
+        self.secret = secret
+        self.random = random
+        self.keepalive_interval = keepalive_interval
+        self.keepalive_jitter = keepalive_jitter
+        self.max_unanswered = max_unanswered
+        self.handshake_timeout = handshake_timeout
+        if request_timeout is None:
+            request_timeout = max_unanswered * (keepalive_interval + keepalive_jitter)
+        self.request_timeout = request_timeout
+
+
+class _Pending:
+    """A request waiting for its reply."""
+
+    __slots__ = ("message", "deferred", "attempts", "retryable", "timeout")
+
+    def __init__(self, message: Message, retryable: bool, timeout: IDelayedCall):
+        self.message = message
+        self.deferred: Deferred = Deferred()
+        self.attempts = 1
+        self.retryable = retryable
+        self.timeout = timeout
+
+    @property
+    def name(self) -> str:
+        return opcode_name(self.message.opcode)
+
+
+_EXPECTED_LOSS = (ConnectionDone, ConnectionLost, RequestFailed)
+
+# Which method answers each request.
+_HANDLERS = {
+    Init: "init_received",
+    Keepalive: "keepalive_received",
+    Start: "start_received",
+    Stop: "stop_received",
+    ExceptionAdd: "exception_add_received",
+    ExceptionDel: "exception_del_received",
+    ExceptionReset: "exception_reset_received",
+    ExceptionQuery: "exception_query_received",
+}
+
+
+class NECPProtocol(Protocol):
+    """
+    One NECP connection, either end. Subclasses decide what the handshake
+    is and answer requests by overriding the C{*_received} methods, each of
+    which returns the reply to send (its request id is filled in) or None.
+
+    @ivar established: the handshake is done; keepalives are running.
+    @ivar authenticator: the connection's credential state, or None.
+    @ivar signing: outgoing messages carry a credential.
+    """
+
+    log = Logger()
+    factory: NECPFactory
+
+    established = False
+    authenticator: Authenticator | None = None
+    signing = False
+
+    def connectionMade(self) -> None:
+        self.peer = describe_address(self.transport.getPeer())
+        self.authenticator = self.make_authenticator()
+        self._decoder = Decoder(self.authenticator)
+        self._pending: dict[int, _Pending] = {}
+        self._last_request_id = 0
+        self._unanswered = 0
+        self._keepalive_call: IDelayedCall | None = None
+        self._closing: str | None = None
+        self._handshake_call: IDelayedCall | None = self.factory.clock.callLater(
+            self.factory.handshake_timeout, self._handshake_timed_out
+        )
+
+    # Hooks for the two ends.
+
+    def make_authenticator(self) -> Authenticator | None:
+        """The connection's credential state; None for no authentication."""
+        return None
+
+    def session_established(self) -> None:
+        """The handshake finished."""
+
+    def session_ended(self, reason: str, was_established: bool) -> None:
+        """The connection is gone, for C{reason}."""
+
+    def keepalive_queries(self) -> tuple[Query, ...]:
+        """What to ask in the next keepalive."""
+        return ()
+
+    def keepalive_answered(self, reply: KeepaliveAck | ErrorReply) -> None:
+        """The peer answered one of our keepalives."""
+
+    def init_received(self, request: Init) -> Message | None:
+        self.close("unexpected INIT: this end does not accept sessions")
+        return None
+
+    def keepalive_received(self, request: Keepalive) -> Message | None:
+        if request.queries:
+            # This end has nothing to report: every query is one it cannot answer.
+            return ErrorReply(opcode=Opcode.KEEPALIVE_ACK, units=request.queries)
+        return KeepaliveAck()
+
+    def start_received(self, request: Start) -> Message | None:
+        return self.not_accepted(request)
+
+    def stop_received(self, request: Stop) -> Message | None:
+        return self.not_accepted(request)
+
+    def exception_add_received(self, request: ExceptionAdd) -> Message | None:
+        return self.not_accepted(request)
+
+    def exception_del_received(self, request: ExceptionDel) -> Message | None:
+        return self.not_accepted(request)
+
+    def exception_reset_received(self, request: ExceptionReset) -> Message | None:
+        return self.not_accepted(request)
+
+    def exception_query_received(self, request: ExceptionQuery) -> Message | None:
+        return self.not_accepted(request)
+
+    def not_accepted(self, request: Message) -> ErrorReply:
+        """An error reply for a request this end does not take, copying its units."""
+        self.log.warn(
+            "{peer} sent {request}, which this end does not accept",
+            peer=self.peer,
+            request=opcode_name(request.opcode),
+        )
+        if isinstance(request, (Start, Stop)):
+            units = request.services
+        elif isinstance(request, (ExceptionAdd, ExceptionDel)):
+            units = request.rules
+        else:
+            units = ()
+        return ErrorReply(opcode=REPLY_OPCODE[request.opcode], units=units)
+
+    # Sending.
+
+    def send_message(self, message: Message) -> None:
+        """Write one message, signed when the connection is authenticated."""
+        if self._closing is not None:
+            return
+        if self.signing:
+            data = self.authenticator.encode(message, self.factory.clock.seconds())
+        else:
+            data = encode(message)
+        self.transport.write(data)
+
+    def send_request(self, message: Message, *, retryable: bool = True) -> Deferred:
+        """
+        Send C{message} with a fresh request id. The L{Deferred} fires with
+        the reply (which may be an L{ErrorReply}), or fails with
+        L{RequestFailed} or the reason the connection was lost.
+        """
+        if self._closing is not None:
+            return fail(ConnectionDone(f"connection closing: {self._closing}"))
+        request_id = self._allocate_request_id()
+        message = dataclasses.replace(message, request_id=request_id)
+        timeout = self.factory.clock.callLater(
+            self.factory.request_timeout, self._request_timed_out, request_id
+        )
+        pending = self._pending[request_id] = _Pending(message, retryable, timeout)
+        self.send_message(message)
+        return pending.deferred
+
+    def _allocate_request_id(self) -> int:
+        candidate = self._last_request_id
+        for _ in range(0xFFFF):
+            candidate = candidate % 0xFFFF + 1
+            if candidate not in self._pending:
+                self._last_request_id = candidate
+                return candidate
+        raise NECPError("every request id is waiting for a reply")
+
+    def establish(self) -> None:
+        """The handshake is done: start keepalives and tell the subclass."""
+        self.established = True
+        self._cancel(self._handshake_call)
+        self._handshake_call = None
+        self._schedule_keepalive()
+        self.session_established()
+
+    def close(self, reason: str, *, abort: bool = False) -> None:
+        """Close the connection, logging C{reason}; C{abort} drops unsent data."""
+        if self._closing is not None:
+            return
+        self._closing = reason
+        self.log.warn("closing NECP connection with {peer}: {reason}", peer=self.peer, reason=reason)
+        self._stop_timers()
+        if abort:
+            self.transport.abortConnection()
+        else:
+            self.transport.loseConnection()
+
+    # Receiving.
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing is not None:
+            return
+        try:
+            self._decoder.feed(data)
+        except NECPError as error:
+            self.close(f"malformed NECP input: {error}", abort=True)
+            return
+        while self._closing is None:
+            try:
+                message = self._decoder.next_message()
+            except MessageRefused as refusal:
+                self._refused(refusal)
+                continue
+            except NECPError as error:
+                self.close(f"malformed NECP input: {error}", abort=True)
+                return
+            if message is None:
+                return
+            self._dispatch(message)
+
+    def _dispatch(self, message: Message) -> None:
+        kind = type(message)
+        if kind is Noop:
+            return
+        if kind is ErrorReply or message.opcode in REPLY_OPCODES:
+            self._reply_received(message)
+            return
+        if not self.established and kind is not Init:
+            self.close(f"{opcode_name(message.opcode)} before the session was initialised")
+            return
+        reply = getattr(self, _HANDLERS[kind])(message)
+        if reply is not None:
+            self.send_message(dataclasses.replace(reply, request_id=message.request_id))
+
+    def _reply_received(self, reply: Message) -> None:
+        pending = self._pending.get(reply.request_id)
+        if pending is None:
+            self.log.info(
+                "ignoring {reply} from {peer} for request {request_id}: nothing waits for it",
+                reply=opcode_name(reply.opcode),
+                peer=self.peer,
+                request_id=reply.request_id,
+            )
+            return
+        if reply.opcode != REPLY_OPCODE[pending.message.opcode]:
+            self.close(f"{opcode_name(reply.opcode)} does not answer {pending.name}")
+            return
+        if type(reply) is ErrorReply:
+            if reply.flags & Flag.VERSION_MISMATCH:
+                self.close(f"peer does not speak this NECP version (refused {pending.name})")
+                return
+            if reply.flags & (Flag.AUTH_REQUIRED | Flag.BAD_SEQUENCE) and pending.retryable:
+                self._retry(pending, f"peer refused it: {describe_flags(reply.flags)}")
+                return
+        self._finish(pending).callback(reply)
+
+    def _refused(self, refusal: MessageRefused) -> None:
+        if isinstance(refusal, UnsupportedVersion) and refusal.flags & Flag.VERSION_MISMATCH:
+            self.close(f"peer speaks only NECP version {refusal.version}")
+            return
+        if refusal.flags & Flag.ERROR or refusal.opcode in REPLY_OPCODES:
+            self._reply_refused(refusal)
+            return
+        self.log.warn(
+            "refused {request} from {peer}: {reason}",
+            request=opcode_name(refusal.opcode),
+            peer=self.peer,
+            reason=refusal.reason,
+        )
+        if refusal.opcode == Opcode.NOOP:
+            return
+        self.send_message(
+            ErrorReply(
+                opcode=REPLY_OPCODE.get(refusal.opcode, refusal.opcode),
+                request_id=refusal.request_id,
+                flags=refusal.reply_flags,
+            )
+        )
+        if not self.established:
+            self.close(f"handshake failed: {refusal.reason}")
+
+    def _reply_refused(self, refusal: MessageRefused) -> None:
+        """A reply we cannot accept: ask again, up to L{MAX_ATTEMPTS} times in all."""
+        pending = self._pending.get(refusal.request_id)
+        reason = f"{refusal.reason} (peer flags {describe_flags(refusal.flags)})"
+        if pending is None or REPLY_OPCODE[pending.message.opcode] != refusal.opcode:
+            self.log.warn(
+                "ignoring unverifiable {reply} from {peer}: {reason}",
+                reply=opcode_name(refusal.opcode),
+                peer=self.peer,
+                reason=reason,
+            )
+        elif not pending.retryable:
+            self.close(f"reply to {pending.name} refused: {reason}")
+        else:
+            self._retry(pending, f"cannot verify the reply: {reason}")
+
+    def _retry(self, pending: _Pending, reason: str) -> None:
+        if pending.attempts >= MAX_ATTEMPTS:
+            why = f"gave up on {pending.name} after {pending.attempts} attempts: {reason}"
+            self._finish(pending).errback(RequestFailed(why))
+            self.close(why)
+            return
+        pending.attempts += 1
+        self.log.info(
+            "sending {request} to {peer} again: {reason}",
+            request=pending.name,
+            peer=self.peer,
+            reason=reason,
+        )
+        self.send_message(pending.message)
+
+    def _finish(self, pending: _Pending) -> Deferred:
+        del self._pending[pending.message.request_id]
+        self._cancel(pending.timeout)
+        return pending.deferred
+
+    # Timers.
+
+    def _schedule_keepalive(self) -> None:
+        factory = self.factory
+        delay = factory.keepalive_interval + factory.random() * factory.keepalive_jitter
+        self._keepalive_call = factory.clock.callLater(delay, self._keepalive_due)
+
+    def _keepalive_due(self) -> None:
+        self._keepalive_call = None
+        if self._unanswered >= self.factory.max_unanswered:
+            self.close(f"peer dead: {self._unanswered} keepalives in a row unanswered", abort=True)
+            return
+        self._unanswered += 1
+        sent = self.send_request(Keepalive(queries=self.keepalive_queries()))
+        sent.addCallbacks(self._keepalive_replied, self.request_abandoned)
+        self._schedule_keepalive()
+
+    def _keepalive_replied(self, reply: KeepaliveAck | ErrorReply) -> None:
+        self._unanswered = 0
+        self.keepalive_answered(reply)
+
+    def request_abandoned(self, failure: Failure) -> None:
+        """Errback for internal requests: a lost connection or timeout is already logged."""
+        if not failure.check(*_EXPECTED_LOSS):
+            self.log.failure("NECP request to {peer} failed", failure, peer=self.peer)
+
+    def _request_timed_out(self, request_id: int) -> None:
+        pending = self._pending.pop(request_id)
+        pending.deferred.errback(
+            RequestFailed(f"no reply to {pending.name} within {self.factory.request_timeout} s")
+        )
+
+    def _handshake_timed_out(self) -> None:
+        self._handshake_call = None
+        self.close(f"no session within {self.factory.handshake_timeout} s of connecting")
+
+    @staticmethod
+    def _cancel(call: IDelayedCall | None) -> None:
+        if call is not None and call.active():
+            call.cancel()
+
+    def _stop_timers(self) -> None:
+        self._cancel(self._handshake_call)
+        self._cancel(self._keepalive_call)
+        self._handshake_call = self._keepalive_call = None
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._stop_timers()
+        if self._closing is None:
+            self._closing = f"connection lost: {reason.getErrorMessage()}"
+        pending, self._pending = self._pending, {}
+        for request in pending.values():
+            self._cancel(request.timeout)
+            request.deferred.errback(reason)
+        was_established, self.established = self.established, False
+        self.session_ended(self._closing, was_established)

@@ -1,0 +1,804 @@
+"""
+Tests for the NECP endpoints: lvsfeedback.necp.protocol, the director's
+NEProtocol/NEFactory and the agent's SEProtocol/SEFactory/DirectorLinks,
+connected in memory on a task.Clock, and once over loopback TCP.
+"""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address as IP
+
+from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.task import Clock
+from twisted.test import iosim
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from lvsfeedback.agent.protocol import (
+    DirectorLinks,
+    IHealthSource,
+    JitteredBackoff,
+    SEFactory,
+)
+from lvsfeedback.director.protocol import Agent, IAgentEvents, NEFactory
+from lvsfeedback.necp.codec import (
+    HEADER,
+    Authenticator,
+    Decoder,
+    ErrorReply,
+    ExceptionRule,
+    Flag,
+    Init,
+    InstalledException,
+    Keepalive,
+    KeepaliveAck,
+    Opcode,
+    Query,
+    Service,
+    Start,
+    decode,
+    encode,
+)
+from lvsfeedback.necp.protocol import RequestFailed
+
+WEB = Service(3, 6, 80)
+DNS = Service(1, 17, 53)
+DIRECTOR = IPv4Address("TCP", "10.0.0.1", 3262)
+SECRET = b"correct horse battery staple"
+
+
+@implementer(IAgentEvents)
+class RecordingEvents:
+    """Records every event; refuses the services in C{refuse}."""
+
+    def __init__(self):
+        self.calls = []
+        self.refuse = set()
+        self.health_waiters = []
+
+    def of(self, kind):
+        return [call[1:] for call in self.calls if call[0] == kind]
+
+    def agentUp(self, agent):
+        self.calls.append(("up", agent))
+
+    def servicesStarted(self, agent, services):
+        self.calls.append(("started", agent, services))
+        return [service for service in services if service in self.refuse]
+
+    def servicesStopped(self, agent, services):
+        self.calls.append(("stopped", agent, services))
+
+    def healthReported(self, agent, service, health, when):
+        self.calls.append(("health", agent, service, health, when))
+        waiters, self.health_waiters = self.health_waiters, []
+        for waiter in waiters:
+            waiter.callback((agent, service, health))
+
+    def exceptionAdded(self, agent, rule):
+        self.calls.append(("added", agent, rule))
+
+    def exceptionRemoved(self, agent, rule):
+        self.calls.append(("removed", agent, rule))
+
+    def exceptionsReset(self, agent):
+        self.calls.append(("reset", agent))
+
+    def agentLost(self, agent, reason):
+        self.calls.append(("lost", agent, reason))
+
+
+@implementer(IHealthSource)
+class TableHealth:
+    def __init__(self, table):
+        self.table = table
+
+    def health(self, protocol, port):
+        return self.table[(protocol, port)]
+
+
+class Link:
+    """One agent connected to a director in memory."""
+
+    def __init__(
+        self, director, agent_factory, clock, host="10.0.0.2", port=40000, agent=None, greet=True
+    ):
+        self.director = director.buildProtocol(None)
+        self.agent = agent if agent is not None else agent_factory.buildProtocol(None)
+        self.director_side = iosim.FakeTransport(
+            self.director, True, DIRECTOR, IPv4Address("TCP", host, port)
+        )
+        self.agent_side = iosim.FakeTransport(
+            self.agent, False, IPv4Address("TCP", host, port), DIRECTOR
+        )
+        self.pump = iosim.connect(
+            self.director, self.director_side, self.agent, self.agent_side, clock=clock, greet=greet
+        )
+        self.cut = False  # when set, everything in flight is lost, both ways
+
+    def flush(self):
+        if self.cut:
+            self.director_side.stream.clear()
+            self.agent_side.stream.clear()
+        else:
+            self.pump.flush()
+
+    @property
+    def closed(self):
+        return self.director_side.disconnected and self.agent_side.disconnected
+
+    def sent_by_director(self):
+        """Decode what the director wrote and has not been delivered yet."""
+        decoder = Decoder()
+        decoder.feed(b"".join(self.director_side.stream))
+        found = []
+        while (message := decoder.next_message()) is not None:
+            found.append(message)
+        return found
+
+
+class EndpointTestCase(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.events = RecordingEvents()
+        self.health = TableHealth({(6, 80): 75, (17, 53): 40})
+        self.links = []
+
+    def director(self, **settings):
+        settings.setdefault("random", lambda: 0.0)
+        return NEFactory(self.events, clock=self.clock, **settings)
+
+    def agent_factory(self, services=(WEB,), **settings):
+        settings.setdefault("random", lambda: 0.0)
+        return SEFactory(self.health, set(services), clock=self.clock, **settings)
+
+    def connect(self, director, agent_factory, **where):
+        link = Link(director, agent_factory, self.clock, **where)
+        self.links.append(link)
+        return link
+
+    def elapse(self, seconds, step=0.25):
+        """Let C{seconds} pass, delivering data on every link between steps."""
+        for _ in range(round(seconds / step)):
+            self.clock.advance(step)
+            for link in self.links:
+                link.flush()
+
+    def flush(self):
+        for link in self.links:
+            link.flush()
+
+
+class SessionTests(EndpointTestCase):
+    def test_init_brings_the_agent_up_with_its_services_started(self):
+        director = self.director()
+        link = self.connect(director, self.agent_factory(services=(WEB, DNS)))
+        agent = Agent("10.0.0.2", 40000, 1)
+        self.assertEqual(self.events.of("up"), [(agent,)])
+        self.assertEqual(self.events.of("started"), [(agent, (WEB, DNS))])
+        self.assertEqual(director.agents(), {agent: (WEB, DNS)})
+        self.assertTrue(link.agent.established)
+
+    def test_director_asks_health_of_each_started_service_on_each_keepalive(self):
+        director = self.director()
+        self.connect(director, self.agent_factory(services=(WEB, DNS)))
+        self.elapse(5)
+        agent = Agent("10.0.0.2", 40000, 1)
+        self.assertEqual(
+            self.events.of("health"), [(agent, WEB, 75, 5.0), (agent, DNS, 40, 5.0)]
+        )
+        self.health.table[(6, 80)] = 10
+        self.elapse(5)
+        self.assertEqual(self.events.of("health")[-2][2:], (10, 10.0))
+
+    def test_one_query_per_protocol_and_port_reports_every_forwarding_method(self):
+        also_web = Service(1, 6, 80)
+        link = self.connect(self.director(), self.agent_factory(services=(WEB, also_web)))
+        self.assertEqual(link.director.keepalive_queries(), (Query.health(6, 80),))
+        self.elapse(5)
+        self.assertEqual([call[1] for call in self.events.of("health")], [WEB, also_web])
+
+    def test_keepalive_comes_after_interval_plus_jitter(self):
+        director = self.director(random=lambda: 0.5)
+        self.connect(director, self.agent_factory())
+        self.elapse(5.25)
+        self.assertEqual(self.events.of("health"), [])
+        self.elapse(0.25)
+        self.assertEqual(len(self.events.of("health")), 1)
+
+    def test_agent_with_no_services_is_still_kept_alive(self):
+        director = self.director()
+        link = self.connect(director, self.agent_factory(services=()))
+        self.elapse(60)
+        self.assertFalse(link.closed)
+        self.assertEqual(self.events.of("health"), [])
+
+    def test_refused_services_come_back_in_an_error_start_ack(self):
+        self.events.refuse = {DNS}
+        bogus = Service(9, 6, 81)
+        director = self.director()
+        link = self.connect(director, self.agent_factory(services=()))
+        rejected = []
+        link.agent.start([WEB, DNS, bogus]).addCallback(rejected.append)
+        self.flush()
+        self.assertEqual(rejected, [(bogus, DNS)])
+        self.assertEqual(director.agents()[link.director.agent], (WEB,))
+
+    def test_starting_a_started_service_again_reports_nothing_new(self):
+        link = self.connect(self.director(), self.agent_factory())
+        rejected = []
+        link.agent.start([WEB]).addCallback(rejected.append)
+        self.flush()
+        self.assertEqual(rejected, [()])
+        self.assertEqual(len(self.events.of("started")), 1)
+
+    def test_stop_fires_on_stop_ack_and_health_is_no_longer_asked(self):
+        director = self.director()
+        link = self.connect(director, self.agent_factory(services=(WEB, DNS)))
+        stopped = []
+        link.agent.stop([DNS]).addCallback(stopped.append)
+        self.assertEqual(stopped, [], "fired before the director answered")
+        self.flush()
+        self.assertEqual(stopped, [()])
+        self.assertEqual(self.events.of("stopped"), [(link.director.agent, (DNS,))])
+        self.elapse(5)
+        self.assertEqual([call[1] for call in self.events.of("health")], [WEB])
+
+    def test_stopping_a_service_not_started_is_acknowledged_without_an_event(self):
+        link = self.connect(self.director(), self.agent_factory())
+        stopped = []
+        link.agent.stop([WEB, DNS]).addCallback(stopped.append)
+        self.flush()
+        self.assertEqual(stopped, [()])
+        self.assertEqual(self.events.of("stopped"), [(link.director.agent, (WEB,))])
+
+    def test_stopping_an_invalid_service_fails_for_that_service_only(self):
+        bogus = Service(0, 6, 80)
+        link = self.connect(self.director(), self.agent_factory())
+        stopped = []
+        link.agent.stop([bogus, WEB]).addCallback(stopped.append)
+        self.flush()
+        self.assertEqual(stopped, [(bogus,)])
+        self.assertEqual(self.events.of("stopped"), [(link.director.agent, (WEB,))])
+
+    def test_agent_answers_zero_for_a_service_its_health_source_does_not_know(self):
+        link = self.connect(self.director(), self.agent_factory())
+        reply = link.agent.keepalive_received(Keepalive(queries=(Query.health(6, 8080),)))
+        self.assertEqual(reply.answers[0].value, 0)
+
+    def test_agent_answers_zero_when_the_health_source_misbehaves(self):
+        self.health.table[(6, 80)] = 250
+        self.connect(self.director(), self.agent_factory())
+        self.elapse(5)
+        self.assertEqual(self.events.of("health")[0][2], 0)
+
+    def test_unknown_query_types_come_back_as_an_error_with_copies(self):
+        link = self.connect(self.director(), self.agent_factory())
+        unknown = Query(7, 6, 80)
+        reply = link.agent.keepalive_received(Keepalive(queries=(Query.health(6, 80), unknown)))
+        self.assertEqual(reply, ErrorReply(opcode=Opcode.KEEPALIVE_ACK, units=(unknown,)))
+
+    def test_agent_close_is_reported_as_agent_lost_with_nothing_left(self):
+        director = self.director()
+        link = self.connect(director, self.agent_factory())
+        link.agent.add_exceptions([ExceptionRule(ttl=0, port=22)])
+        self.flush()
+        link.agent_side.loseConnection()
+        self.flush()
+        [(agent, reason)] = self.events.of("lost")
+        self.assertEqual(agent, Agent("10.0.0.2", 40000, 1))
+        self.assertIn("closed", reason)
+        self.assertEqual(director.agents(), {})
+        self.assertEqual(director.exceptions.query(InstalledException()), ())
+
+    def test_new_init_from_the_same_host_replaces_the_old_session(self):
+        director = self.director()
+        old = self.connect(director, self.agent_factory(), port=40000)
+        self.connect(director, self.agent_factory(), port=40001)
+        self.flush()
+        first, second = Agent("10.0.0.2", 40000, 1), Agent("10.0.0.2", 40001, 2)
+        self.assertEqual([call[0] for call in self.events.calls][-3:], ["lost", "up", "started"])
+        self.assertEqual(self.events.of("lost")[0][0], first)
+        self.assertEqual(list(director.agents()), [second])
+        self.assertTrue(old.closed)
+
+    def test_agents_on_different_hosts_coexist(self):
+        director = self.director()
+        self.connect(director, self.agent_factory(), host="10.0.0.2")
+        self.connect(director, self.agent_factory(), host="10.0.0.3")
+        self.assertEqual(len(director.agents()), 2)
+
+    def test_director_without_init_closes_after_the_handshake_timeout(self):
+        director = self.director(handshake_timeout=10.0)
+        protocol = director.buildProtocol(None)
+        transport = iosim.FakeTransport(protocol, True, DIRECTOR, IPv4Address("TCP", "10.0.0.9", 1))
+        protocol.makeConnection(transport)
+        self.clock.advance(9.9)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(0.1)
+        self.assertTrue(transport.disconnecting)
+
+    def test_agent_without_init_ack_closes_after_the_handshake_timeout(self):
+        protocol = self.agent_factory(handshake_timeout=10.0).buildProtocol(None)
+        transport = iosim.FakeTransport(protocol, False, DIRECTOR, DIRECTOR)
+        protocol.makeConnection(transport)
+        self.assertEqual(type(decode(transport.stream[0])), Init)
+        self.clock.advance(9.9)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(0.1)
+        self.assertTrue(transport.disconnecting)
+        self.assertFalse(protocol.established)
+
+    def test_request_before_init_closes_the_connection(self):
+        director = self.director()
+        protocol = director.buildProtocol(None)
+        transport = iosim.FakeTransport(protocol, True, DIRECTOR, IPv4Address("TCP", "10.0.0.9", 1))
+        protocol.makeConnection(transport)
+        protocol.dataReceived(encode(Start(services=(WEB,))))
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.events.calls, [])
+
+    def test_events_provider_is_an_iagentevents(self):
+        self.assertTrue(verifyObject(IAgentEvents, self.events))
+        self.assertTrue(verifyObject(IHealthSource, self.health))
+
+
+class KeepaliveLossTests(EndpointTestCase):
+    def test_both_sides_declare_the_peer_dead_after_three_unanswered_keepalives(self):
+        link = self.connect(self.director(), self.agent_factory())
+        link.cut = True
+        # Keepalives go out at 5, 10 and 15 s; the fourth is due at 20 s.
+        self.elapse(19.75)
+        self.assertFalse(link.director_side.disconnecting or link.agent_side.disconnecting)
+        self.elapse(0.25)
+        self.assertTrue(link.director_side.disconnecting and link.agent_side.disconnecting)
+        link.cut = False
+        self.flush()
+        [(agent, reason)] = self.events.of("lost")
+        self.assertIn("3 keepalives in a row unanswered", reason)
+
+    def test_answered_keepalives_keep_the_session_for_good(self):
+        link = self.connect(self.director(), self.agent_factory())
+        self.elapse(120)
+        self.assertFalse(link.closed)
+        self.assertEqual(len(self.events.of("health")), 24)
+
+    def test_one_answer_resets_the_count_of_unanswered_keepalives(self):
+        link = self.connect(self.director(), self.agent_factory())
+        link.cut = True
+        self.elapse(12)  # keepalives at 5 and 10 s lost
+        link.cut = False
+        self.elapse(5)  # the one at 15 s answered
+        link.cut = True
+        self.elapse(12)  # at 20 and 25 s lost: two in a row, not three
+        self.assertFalse(link.director_side.disconnecting or link.agent_side.disconnecting)
+
+
+class ExceptionTests(EndpointTestCase):
+    rule = ExceptionRule(
+        scope=1,
+        ttl=30,
+        source=IP("198.51.100.0"),
+        source_prefix=24,
+        protocol=6,
+        port=80,
+    )
+
+    def setUp(self):
+        super().setUp()
+        self.director_factory = self.director()
+        self.link = self.connect(self.director_factory, self.agent_factory())
+        self.agent = self.link.director.agent
+
+    def call(self, deferred):
+        results = []
+        deferred.addCallback(results.append)
+        self.flush()
+        [result] = results
+        return result
+
+    def installed(self):
+        return self.call(self.link.agent.query_exceptions())
+
+    def test_added_exception_is_reported_and_found_with_the_installer_address(self):
+        self.assertEqual(self.call(self.link.agent.add_exceptions([self.rule])), ())
+        self.assertEqual(self.events.of("added"), [(self.agent, self.rule)])
+        [entry] = self.installed()
+        self.assertEqual(entry.installer, IP("10.0.0.2"))
+        self.assertEqual((entry.source, entry.source_prefix, entry.port), (self.rule.source, 24, 80))
+
+    def test_exception_expires_after_its_ttl(self):
+        self.call(self.link.agent.add_exceptions([self.rule]))
+        self.elapse(29.75)
+        self.assertEqual(self.events.of("removed"), [])
+        self.elapse(0.25)
+        self.assertEqual(self.events.of("removed"), [(self.agent, self.rule)])
+        self.assertEqual(self.installed(), ())
+
+    def test_adding_again_restarts_the_ttl(self):
+        self.call(self.link.agent.add_exceptions([self.rule]))
+        self.elapse(20)
+        self.call(self.link.agent.add_exceptions([self.rule]))
+        self.elapse(20)
+        self.assertEqual(len(self.installed()), 1)
+        self.elapse(10)
+        self.assertEqual(self.installed(), ())
+
+    def test_ttl_zero_lasts_until_deleted(self):
+        forever = self.rule._replace(ttl=0)
+        self.call(self.link.agent.add_exceptions([forever]))
+        self.elapse(600, step=5)
+        self.assertEqual(len(self.installed()), 1)
+        self.assertEqual(self.call(self.link.agent.delete_exceptions([forever])), ())
+        self.assertEqual(self.events.of("removed"), [(self.agent, forever)])
+        self.assertEqual(self.installed(), ())
+
+    def test_deleting_an_unknown_exception_fails_for_that_rule(self):
+        other = self.rule._replace(port=443)
+        self.call(self.link.agent.add_exceptions([self.rule]))
+        self.assertEqual(self.call(self.link.agent.delete_exceptions([other, self.rule])), (other,))
+
+    def test_an_agent_cannot_delete_another_agents_exception(self):
+        other = self.connect(self.director_factory, self.agent_factory(), host="10.0.0.3")
+        self.call(self.link.agent.add_exceptions([self.rule]))
+        self.assertEqual(self.call(other.agent.delete_exceptions([self.rule])), (self.rule,))
+        self.assertEqual(len(self.installed()), 1)
+
+    def test_reset_drops_all_of_the_senders_exceptions_only(self):
+        other = self.connect(self.director_factory, self.agent_factory(), host="10.0.0.3")
+        self.call(self.link.agent.add_exceptions([self.rule, self.rule._replace(port=443)]))
+        self.call(other.agent.add_exceptions([self.rule]))
+        self.assertEqual(self.call(self.link.agent.reset_exceptions()), ())
+        self.assertEqual(self.events.of("reset"), [(self.agent,)])
+        self.assertEqual([entry.installer for entry in self.installed()], [IP("10.0.0.3")])
+
+    def test_query_filters_on_every_non_zero_field(self):
+        other = self.connect(self.director_factory, self.agent_factory(), host="10.0.0.3")
+        self.call(self.link.agent.add_exceptions([self.rule]))
+        self.call(other.agent.add_exceptions([self.rule._replace(port=443)]))
+        by_port = self.call(self.link.agent.query_exceptions(InstalledException(port=443)))
+        self.assertEqual([entry.installer for entry in by_port], [IP("10.0.0.3")])
+        by_installer = InstalledException(installer=IP("10.0.0.2"))
+        self.assertEqual(len(self.call(self.link.agent.query_exceptions(by_installer))), 1)
+
+    def test_invalid_rules_are_refused(self):
+        bad = self.rule._replace(scope=3)
+        self.assertEqual(self.call(self.link.agent.add_exceptions([bad, self.rule])), (bad,))
+        self.assertEqual(self.events.of("added"), [(self.agent, self.rule)])
+
+
+class AuthenticationTests(EndpointTestCase):
+    def test_agent_and_director_sharing_the_secret_sign_every_message(self):
+        link = Link(
+            self.director(secret=SECRET), self.agent_factory(secret=SECRET), self.clock
+        )
+        self.links.append(link)
+        self.assertTrue(link.agent.established)
+        link.agent.stop([WEB])
+        [stop] = link.agent_side.stream
+        link.pump.pump()
+        [stop_ack] = link.director_side.stream
+        for data in (stop, stop_ack):
+            self.assertTrue(HEADER.unpack_from(data)[1] & Flag.CREDENTIAL)
+        self.flush()
+        self.assertEqual(len(self.events.of("stopped")), 1)
+
+    def test_authenticated_session_reports_health(self):
+        self.connect(self.director(secret=SECRET), self.agent_factory(secret=SECRET))
+        self.elapse(5)
+        self.assertEqual(self.events.of("health")[0][2:], (75, 5.0))
+
+    def test_init_ack_carries_the_sequence_number_the_agent_asked_for(self):
+        self.clock.advance(1000)
+        director = self.director(secret=SECRET)
+        protocol = director.buildProtocol(None)
+        transport = iosim.FakeTransport(protocol, True, DIRECTOR, IPv4Address("TCP", "10.0.0.2", 1))
+        protocol.makeConnection(transport)
+        asked = (77 << 32) + 5
+        init = Init(authenticate=True, receive_sequence=asked)
+        protocol.dataReceived(Authenticator(SECRET).encode(init, 0))
+        [written] = transport.stream
+        self.assertEqual(HEADER.unpack_from(written)[5], asked)
+        receiver = Authenticator(SECRET)
+        receiver.start_receiving(asked)
+        self.assertEqual(decode(written, receiver).receive_sequence, 1000 << 32)
+
+    def test_wrong_secret_brings_no_agent_up_and_closes_both_sides(self):
+        link = self.connect(self.director(secret=SECRET), self.agent_factory(secret=b"guess"))
+        self.assertTrue(link.closed)
+        self.assertEqual(self.events.calls, [])
+        self.assertFalse(link.agent.established)
+
+    def test_unauthenticated_agent_is_told_authentication_is_required(self):
+        director = self.director(secret=SECRET)
+        protocol = director.buildProtocol(None)
+        transport = iosim.FakeTransport(protocol, True, DIRECTOR, IPv4Address("TCP", "10.0.0.2", 1))
+        protocol.makeConnection(transport)
+        protocol.dataReceived(encode(Init(request_id=4)))
+        [reply] = [decode(data) for data in transport.stream]
+        self.assertEqual(
+            reply,
+            ErrorReply(opcode=Opcode.INIT_ACK, request_id=4, flags=Flag.ERROR | Flag.AUTH_REQUIRED),
+        )
+        self.assertTrue(transport.disconnecting)
+
+    def test_unauthenticated_agent_gives_up_on_a_secret_holding_director(self):
+        link = self.connect(self.director(secret=SECRET), self.agent_factory())
+        self.assertTrue(link.closed)
+        self.assertEqual(self.events.calls, [])
+
+    def test_authenticating_agent_is_refused_by_a_director_without_secret(self):
+        link = self.connect(self.director(), self.agent_factory(secret=SECRET))
+        self.assertTrue(link.closed)
+        self.assertEqual(self.events.calls, [])
+
+    def test_replayed_message_is_refused_and_not_acted_on(self):
+        link = self.connect(self.director(secret=SECRET), self.agent_factory(secret=SECRET))
+        link.agent.start([DNS])
+        start_bytes = b"".join(link.agent_side.stream)
+        self.flush()
+        link.agent.stop([DNS])
+        self.flush()
+        self.assertEqual(link.director.services, {WEB: None})
+        link.director.dataReceived(start_bytes)
+        [written] = link.director_side.stream
+        self.assertEqual(
+            HEADER.unpack_from(written)[1:4:2],
+            (Flag.CREDENTIAL | Flag.ERROR | Flag.BAD_SEQUENCE, Opcode.START_ACK),
+        )
+        self.flush()
+        self.assertEqual(len(self.events.of("started")), 2)
+        self.assertEqual(link.director.services, {WEB: None})
+        self.assertFalse(link.closed)
+
+    def test_unverifiable_reply_makes_the_agent_ask_again(self):
+        link = self.connect(self.director(secret=SECRET), self.agent_factory(secret=SECRET))
+        stopped = []
+        link.agent.stop([WEB]).addCallback(stopped.append)
+        link.director.authenticator.secret = b"not the shared secret"
+        link.pump.pump()  # the STOP arrives; its STOP_ACK is signed with the wrong key
+        link.director.authenticator.secret = SECRET
+        self.flush()
+        self.assertEqual(stopped, [()])
+        self.assertEqual(len(self.events.of("stopped")), 1, "STOP again is no second stop")
+        self.assertFalse(link.closed)
+
+    def test_agent_gives_up_after_three_unverifiable_replies(self):
+        link = self.connect(self.director(secret=SECRET), self.agent_factory(secret=SECRET))
+        failures = []
+        link.agent.stop([WEB]).addErrback(failures.append)
+        link.director.authenticator.secret = b"not the shared secret"
+        self.flush()
+        [failure] = failures
+        failure.trap(RequestFailed)
+        self.assertIn("after 3 attempts", failure.getErrorMessage())
+        self.assertTrue(link.closed)
+
+
+class RobustnessTests(EndpointTestCase):
+    def test_malformed_message_closes_only_that_connection(self):
+        director = self.director()
+        bad = self.connect(director, self.agent_factory(), host="10.0.0.2")
+        good = self.connect(director, self.agent_factory(), host="10.0.0.3")
+        bad.director.dataReceived(b"GET / HTTP/1.0\r\n\r\n\x00\x00")
+        self.flush()
+        self.assertTrue(bad.closed)
+        [(agent, reason)] = self.events.of("lost")
+        self.assertEqual(agent.host, "10.0.0.2")
+        self.assertIn("malformed NECP input", reason)
+        self.elapse(5)
+        self.assertEqual([call[0].host for call in self.events.of("health")], ["10.0.0.3"])
+        self.assertFalse(good.closed)
+
+    def test_oversized_length_closes_the_connection_at_once(self):
+        link = self.connect(self.director(), self.agent_factory())
+        link.director.dataReceived(HEADER.pack(0x414A, 1, 1, 5, 1, 0, 1 << 20))
+        self.assertTrue(link.director_side.disconnecting)
+
+    def test_reserved_opcode_gets_an_error_reply_and_the_session_goes_on(self):
+        link = self.connect(self.director(), self.agent_factory())
+        link.director.dataReceived(HEADER.pack(0x414A, 0, 1, 0x10, 9, 0, 0))
+        self.assertEqual(
+            link.sent_by_director(), [ErrorReply(opcode=0x10, request_id=9)]
+        )
+        self.flush()
+        self.elapse(5)
+        self.assertFalse(link.closed)
+        self.assertEqual(len(self.events.of("health")), 1)
+
+    def test_other_version_gets_a_version_mismatch_reply_with_our_version(self):
+        link = self.connect(self.director(), self.agent_factory())
+        link.director.dataReceived(HEADER.pack(0x414A, 0, 2, Opcode.KEEPALIVE, 9, 0, 0))
+        [written] = link.director_side.stream
+        self.assertEqual(
+            HEADER.unpack(written),
+            (0x414A, Flag.ERROR | Flag.VERSION_MISMATCH, 1, Opcode.KEEPALIVE_ACK, 9, 0, 0),
+        )
+        self.assertFalse(link.director_side.disconnecting)
+
+    def test_failing_events_provider_does_not_end_the_session(self):
+        def broken(agent, service, health, when):
+            raise RuntimeError("registry bug")
+
+        self.events.healthReported = broken
+        link = self.connect(self.director(), self.agent_factory())
+        self.elapse(5)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertFalse(link.closed)
+
+    def test_late_reply_is_ignored(self):
+        link = self.connect(self.director(), self.agent_factory())
+        link.agent.dataReceived(encode(KeepaliveAck(request_id=999)))
+        self.assertFalse(link.agent_side.disconnecting)
+
+
+class ScriptedEndpoint:
+    """A client endpoint that refuses while C{refusals} last, then connects in memory."""
+
+    def __init__(self, test, director, host="10.0.0.2"):
+        self.test = test
+        self.director = director
+        self.host = host
+        self.refusals = 0
+        self.attempts = []
+        self.port = 50000
+
+    def connect(self, factory):
+        self.attempts.append(self.test.clock.seconds())
+        if self.refusals:
+            self.refusals -= 1
+            return fail(ConnectionRefusedError())
+        self.port += 1
+        protocol = factory.buildProtocol(None)
+        self.test.links.append(
+            Link(
+                self.director,
+                None,
+                self.test.clock,
+                host=self.host,
+                port=self.port,
+                agent=protocol,
+                greet=False,  # as a real endpoint: connected now, data flows later
+            )
+        )
+        return succeed(protocol)
+
+
+def gaps(times):
+    return [later - earlier for earlier, later in zip(times, times[1:])]
+
+
+class ReconnectTests(EndpointTestCase):
+    def links_to(self, endpoints, **settings):
+        links = DirectorLinks(
+            endpoints,
+            self.health,
+            [WEB],
+            clock=self.clock,
+            random=lambda: 1.0,
+            **settings,
+        )
+        links.startService()
+        self.flush()
+
+        def stop():
+            links.stopService()
+            self.flush()
+
+        self.addCleanup(stop)
+        return links
+
+    def test_refused_connections_are_retried_with_doubling_delays(self):
+        endpoint = ScriptedEndpoint(self, self.director())
+        endpoint.refusals = 5
+        links = self.links_to([endpoint])
+        self.elapse(40)
+        self.assertEqual(gaps(endpoint.attempts), [1, 2, 4, 8, 16])
+        self.assertEqual(len(links.sessions()), 1)
+
+    def test_failed_handshakes_also_make_the_delay_grow(self):
+        endpoint = ScriptedEndpoint(self, self.director(secret=SECRET))
+        self.links_to([endpoint])
+        self.elapse(30)
+        self.assertEqual(gaps(endpoint.attempts)[:3], [2, 4, 8])
+        self.assertEqual(self.events.calls, [])
+
+    def test_lost_session_is_retried_after_one_second_and_starts_from_init(self):
+        endpoint = ScriptedEndpoint(self, self.director())
+        links = self.links_to([endpoint])
+        self.flush()
+        self.assertEqual(len(self.events.of("up")), 1)
+        self.links[0].cut = True
+        self.elapse(20)
+        self.links[0].cut = False
+        self.flush()
+        self.assertEqual(len(self.events.of("lost")), 1)
+        self.elapse(1.25)
+        self.assertEqual(endpoint.attempts, [0, 21])
+        self.assertEqual(len(self.events.of("up")), 2)
+        self.assertEqual(self.events.of("started")[-1][1], (WEB,))
+        self.assertEqual(len(links.sessions()), 1)
+
+    def test_one_agent_keeps_sessions_with_several_directors(self):
+        first, second = RecordingEvents(), RecordingEvents()
+        endpoints = [
+            ScriptedEndpoint(self, NEFactory(first, clock=self.clock)),
+            ScriptedEndpoint(self, NEFactory(second, clock=self.clock)),
+        ]
+        links = self.links_to(endpoints)
+        self.flush()
+        self.assertEqual(len(links.sessions()), 2)
+        stopped = []
+        links.stop_services([WEB]).addCallback(stopped.append)
+        self.flush()
+        self.assertEqual(stopped, [[(), ()]])
+        self.assertEqual(len(first.of("stopped")) + len(second.of("stopped")), 2)
+        self.assertEqual(links.announced, set())
+
+    def test_stopped_services_are_not_started_again_on_reconnect(self):
+        endpoint = ScriptedEndpoint(self, self.director())
+        links = self.links_to([endpoint])
+        self.flush()
+        links.stop_services([WEB])
+        self.flush()
+        self.links[0].agent_side.loseConnection()
+        self.flush()
+        self.elapse(2)
+        self.assertEqual(len(self.events.of("up")), 2)
+        self.assertEqual(len(self.events.of("started")), 1)
+
+
+class BackoffPolicyTests(SynchronousTestCase):
+    def test_delays_double_from_one_second_and_stop_at_256(self):
+        policy = JitteredBackoff(lambda: 1.0)
+        self.assertEqual(
+            [policy(attempt) for attempt in range(1, 12)],
+            [1, 2, 4, 8, 16, 32, 64, 128, 256, 256, 256],
+        )
+
+    def test_jitter_draws_from_the_upper_half_of_each_step_never_under_one_second(self):
+        policy = JitteredBackoff(lambda: 0.0)
+        self.assertEqual([policy(attempt) for attempt in (1, 2, 3, 10)], [1, 1, 2, 128])
+
+    def test_failed_handshakes_count_until_one_succeeds(self):
+        policy = JitteredBackoff(lambda: 1.0)
+        policy.handshake_failed()
+        policy.handshake_failed()
+        self.assertEqual(policy(1), 4)
+        policy.handshake_succeeded()
+        self.assertEqual(policy(1), 1)
+
+
+class LoopbackTests(TestCase):
+    """Director and agent in one real reactor, over TCP on 127.0.0.1."""
+
+    def test_director_and_agent_exchange_health_over_tcp(self):
+        events = RecordingEvents()
+        reported = Deferred()
+        events.health_waiters.append(reported)
+        lost = Deferred()
+        events.agentLost = lambda agent, reason: lost.callback(reason)
+        director = NEFactory(events, clock=reactor, keepalive_interval=0.05, keepalive_jitter=0.0)
+        port = reactor.listenTCP(0, director, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        agents = SEFactory(TableHealth({(6, 80): 42}), {WEB}, clock=reactor, secret=None)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+
+        def connected(protocol):
+            def close(result):
+                protocol.transport.loseConnection()
+                return lost.addCallback(lambda _: result)
+
+            return reported.addBoth(close)
+
+        def check(report):
+            agent, service, health = report
+            self.assertEqual((agent.host, service, health), ("127.0.0.1", WEB, 42))
+
+        done = endpoint.connect(agents).addCallback(connected).addCallback(check)
+        return done
