@@ -631,6 +631,30 @@ class RobustnessTests(EndpointTestCase):
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         self.assertFalse(link.closed)
 
+    def test_request_without_reply_fails_after_the_request_timeout(self):
+        link = self.connect(self.director(), self.agent_factory())
+        failures = []
+        link.agent.stop([WEB]).addErrback(failures.append)
+        link.cut = True
+        self.elapse(17.75)
+        self.assertEqual(failures, [])
+        self.elapse(0.25)  # 3 x (5 s + 1 s jitter)
+        [failure] = failures
+        failure.trap(RequestFailed)
+        self.assertIn("no reply to STOP within 18.0 s", failure.getErrorMessage())
+
+    def test_agent_refuses_a_start_from_the_director_with_copies(self):
+        link = self.connect(self.director(), self.agent_factory())
+        reply = link.agent.start_received(Start(services=(WEB,)))
+        self.assertEqual(reply, ErrorReply(opcode=Opcode.START_ACK, units=(WEB,)))
+
+    def test_director_cannot_answer_health_queries(self):
+        link = self.connect(self.director(), self.agent_factory())
+        query = Query.health(6, 80)
+        reply = link.director.keepalive_received(Keepalive(queries=(query,)))
+        self.assertEqual(reply, ErrorReply(opcode=Opcode.KEEPALIVE_ACK, units=(query,)))
+        self.assertEqual(link.director.keepalive_received(Keepalive()), KeepaliveAck())
+
     def test_late_reply_is_ignored(self):
         link = self.connect(self.director(), self.agent_factory())
         link.agent.dataReceived(encode(KeepaliveAck(request_id=999)))
