@@ -206,6 +206,14 @@ class Sampler(Service):
             raise UnknownServiceError(f"no metrics are configured for service {name}/{port}")
         return 0 if self.drained else service.health
 
+    def failing(self, protocol: int | str, port: int) -> list[str]:
+        """The names of a service's metrics whose last reading failed (e.g. C{probe})."""
+        number = PROTOCOLS.get(protocol, protocol) if isinstance(protocol, str) else protocol
+        service = self._services.get((number, port))
+        if service is None:
+            raise UnknownServiceError(f"no metrics are configured for service {protocol}/{port}")
+        return [state.configured.name for state in service.metrics if state.failing]
+
     def _sample_all(self) -> Deferred[None]:
         """One pass. Its Deferred never fails: a failure would end the loop."""
         sampled = maybeDeferred(self._read_all)

@@ -134,7 +134,9 @@ class WeightUpdater(Service):
         plan.refused = refused
         plan.duration = time.perf_counter() - started
         failed = {id(error.change) for error in refused}
-        if not self.observing:
+        if self.observing:
+            self._log_desired(plan)
+        else:
             for change in plan.changes:
                 if id(change) not in failed:
                     self.writes += 1
@@ -259,6 +261,19 @@ class WeightUpdater(Service):
             elif not decision.panic and key in self._panic:
                 self.log.warn("{service} left panic mode", service=str(key))
         self._panic = {key for key, decision in decisions.items() if decision.panic}
+
+    def _log_desired(self, plan: PassResult) -> None:
+        """Observe mode writes nothing, so it says when the weight it wants moves."""
+        before = self.last.decisions if self.last else {}
+        for key, service_decision in plan.decisions.items():
+            for dest, decision in service_decision.servers.items():
+                previous = before.get(key).servers.get(dest) if key in before else None
+                if previous is None or previous.weight != decision.weight:
+                    self.log.info(
+                        "observe: {service} {dest}: desired weight {old} -> {new} ({reason}: {detail})",
+                        service=str(key), dest=str(dest), old="none" if previous is None else previous.weight,
+                        new=decision.weight, reason=decision.reason, detail=decision.detail,
+                    )
 
     def _log_change(self, change: Change, plan: PassResult) -> None:
         match change:

@@ -1,0 +1,94 @@
+"""
+The agent as one Twisted service: the sampler measuring load, the links to
+every director answering health queries from it, and optionally the HAProxy
+agent-check listener.
+
+Draining sends STOP for every service to every director and waits (bounded)
+for their STOP_ACKs; while drained every health answer is 0. Stopping the
+service (SIGTERM under twistd) drains first, so a real server leaves the
+pool before its agent goes away.
+"""
+
+from __future__ import annotations
+
+from twisted.application import strports
+from twisted.application.service import MultiService
+from twisted.internet import defer
+from twisted.internet.endpoints import clientFromString
+from twisted.logger import Logger
+
+from lvsfeedback.agent.config import FORWARDING_CODES, AgentSettings
+from lvsfeedback.agent.haproxy import HAProxyAgentFactory
+from lvsfeedback.agent.metrics.combine import Combination
+from lvsfeedback.agent.metrics.environment import MetricEnvironment
+from lvsfeedback.agent.metrics.spec import MetricRegistry
+from lvsfeedback.agent.protocol import DirectorLinks
+from lvsfeedback.agent.sampler import Sampler, ServiceMetrics
+from lvsfeedback.ipvs.model import PROTOCOLS
+from lvsfeedback.necp.codec import Service
+
+
+def build_sampler(settings: AgentSettings, reactor, registry: MetricRegistry | None = None) -> Sampler:
+    """The sampler for these settings; MetricSpecError (a ValueError) names a bad spec."""
+    registry = registry or MetricRegistry.discover()
+    environment = MetricEnvironment(reactor)
+    services = [
+        ServiceMetrics(
+            service.protocol,
+            service.port,
+            tuple(registry.build(spec, environment) for spec in service.metrics),
+            Combination(service.combine),
+        )
+        for service in settings.services
+    ]
+    return Sampler(services, reactor, settings.interval, settings.smoothing)
+
+
+class AgentService(MultiService):
+    log = Logger()
+
+    def __init__(self, settings: AgentSettings, reactor, sampler: Sampler | None = None, endpoints=None, **timing):
+        super().__init__()
+        self.settings = settings
+        self.reactor = reactor
+        self.sampler = sampler or build_sampler(settings, reactor)
+        self.sampler.setServiceParent(self)
+        self.units = tuple(
+            Service(FORWARDING_CODES[s.forwarding], PROTOCOLS[s.protocol], s.port) for s in settings.services
+        )
+        secret = settings.secret_file.read_bytes().strip() if settings.secret_file else None
+        if endpoints is None:
+            endpoints = [clientFromString(reactor, director) for director in settings.directors]
+        self.links = DirectorLinks(endpoints, self.sampler, self.units, clock=reactor, secret=secret, **timing)
+        self.links.setServiceParent(self)
+        if settings.haproxy_agent:
+            first = settings.services[0]
+            protocol, port = (settings.haproxy_service or first.name).split(":")
+            factory = HAProxyAgentFactory(self.sampler, protocol, int(port))
+            strports.service(settings.haproxy_agent, factory, reactor=reactor).setServiceParent(self)
+
+    @property
+    def drained(self) -> bool:
+        return self.sampler.drained
+
+    def drain(self) -> defer.Deferred:
+        """STOP everything everywhere; fires when every director acknowledged or the timeout passed."""
+        self.sampler.drained = True
+        self.log.info("draining: STOP sent to {count} directors", count=len(self.links.sessions()))
+        stopping = self.links.stop_services(self.units)
+        stopping.addTimeout(self.settings.drain_timeout, self.reactor)
+        stopping.addErrback(lambda failure: self.log.warn(
+            "drain: not every director acknowledged STOP within {timeout} s ({reason})",
+            timeout=self.settings.drain_timeout, reason=failure.getErrorMessage(),
+        ))
+        return stopping
+
+    def undrain(self) -> defer.Deferred:
+        self.sampler.drained = False
+        self.log.info("undrained: START sent to {count} directors", count=len(self.links.sessions()))
+        return self.links.start_services(self.units)
+
+    def stopService(self):
+        draining = self.drain() if self.running else defer.succeed(None)
+        draining.addBoth(lambda _: MultiService.stopService(self))
+        return draining

@@ -1,0 +1,112 @@
+"""twistd lvs-agent: options and service."""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import replace
+from pathlib import Path
+
+from twisted.python import usage
+
+
+class Options(usage.Options):
+    synopsis = "--director ENDPOINT --service PROTO:PORT[:FORWARDING] --metric SPEC [...] | --config FILE"
+    longdesc = (
+        "Measure this real server's load and report a health index 0..100 per service to every "
+        "LVS director listed, over NECP. Flags override the config file. SIGTERM drains (STOP "
+        "to every director, then exit); SIGUSR2 drains and stays up answering health 0; SIGHUP "
+        "undrains."
+    )
+    optParameters = [
+        ["config", "c", None, "Agent configuration file (TOML); see tap/agent.toml."],
+        ["secret-file", None, None, "File holding the shared NECP secret (authenticate every message)."],
+        ["interval", None, None, "Seconds between two load samples [default: 1.0]."],
+        ["smoothing", None, None, "Weight of the newest reading in each metric's moving average, 0..1 [default: 0.5]."],
+        ["combine", None, None, "How a flag-given service combines its metrics: worst or mean [default: worst]."],
+        ["haproxy-agent", None, None, "Also answer HAProxy agent-check on this endpoint, e.g. tcp:9777."],
+        ["drain-timeout", None, None, "Seconds to wait for every director's STOP_ACK when draining [default: 10]."],
+    ]
+
+    def __init__(self):
+        super().__init__()
+        self.directors: list[str] = []
+        self.services: list[str] = []
+        self.metrics: list[str] = []
+
+    def opt_director(self, endpoint):
+        """A director to report to, as a Twisted client endpoint (tcp:HOST:3262). Repeatable."""
+        self.directors.append(endpoint)
+
+    def opt_service(self, service):
+        """A service this server provides, PROTO:PORT[:FORWARDING] (dr, tun or nat; dr by default). Repeatable."""
+        self.services.append(service)
+
+    def opt_metric(self, spec):
+        """A load metric for the flag-given services (or every service of the file), e.g. cpu, loadavg:high=2. Repeatable."""
+        self.metrics.append(spec)
+
+    opt_d = opt_director
+    opt_s = opt_service
+    opt_m = opt_metric
+
+    def postOptions(self):
+        from lvsfeedback.agent.config import AgentConfigError, AgentSettings, check, load_agent_config, parse_service
+
+        try:
+            settings = load_agent_config(self["config"]) if self["config"] else AgentSettings()
+            settings = self._with_flags(settings, parse_service)
+        except (AgentConfigError, ValueError) as error:
+            raise usage.UsageError(str(error)) from None
+        problems = check(settings)
+        if problems:
+            raise usage.UsageError("; ".join(problems))
+        from twisted.internet import reactor
+
+        from lvsfeedback.agent.service import build_sampler
+
+        try:
+            self.sampler = build_sampler(settings, reactor)
+        except ValueError as error:
+            raise usage.UsageError(str(error)) from None
+        self.settings = settings
+
+    def _with_flags(self, settings, parse_service):
+        changes = {}
+        if self.directors:
+            changes["directors"] = tuple(self.directors)
+        services = settings.services
+        if self.services:
+            services = tuple(replace(parse_service(text), combine=self["combine"] or "worst") for text in self.services)
+        if self.metrics:
+            services = tuple(replace(service, metrics=tuple(self.metrics)) for service in services)
+        changes["services"] = services
+        for option, key, kind in (("interval", "interval", float), ("smoothing", "smoothing", float),
+                                  ("drain-timeout", "drain_timeout", float)):
+            if self[option] is not None:
+                try:
+                    changes[key] = kind(self[option])
+                except ValueError:
+                    raise ValueError(f"--{option}: not a number: {self[option]!r}") from None
+        if self["secret-file"]:
+            changes["secret_file"] = Path(self["secret-file"])
+        if self["haproxy-agent"]:
+            changes["haproxy_agent"] = self["haproxy-agent"]
+        settings = replace(settings, **changes)
+        if not settings.interval > 0 or not 0 < settings.smoothing <= 1 or settings.drain_timeout < 0:
+            raise ValueError("--interval must be above 0, --smoothing in (0, 1], --drain-timeout at least 0")
+        return settings
+
+
+def makeService(options, reactor=None):
+    from lvsfeedback.agent.service import AgentService
+
+    if reactor is None:
+        from twisted.internet import reactor
+    agent = AgentService(options.settings, reactor, sampler=options.sampler)
+
+    def on_signals():
+        signal.signal(signal.SIGUSR2, lambda *_: reactor.callFromThread(agent.drain))
+        signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(agent.undrain))
+
+    reactor.callWhenRunning(on_signals)
+    return agent

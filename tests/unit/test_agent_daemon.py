@@ -1,0 +1,117 @@
+"""
+twistd lvs-agent: its options and config file, the HAProxy agent-check
+answers, and draining.
+"""
+
+import os
+
+from twisted.internet.testing import StringTransport
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from lvsfeedback.agent.config import AgentConfigError, ServiceSettings, load_agent_config, parse_service
+from lvsfeedback.agent.haproxy import HAProxyAgentFactory
+from lvsfeedback.agent.tap import Options
+
+SAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "tap", "agent.toml")
+
+
+def parse(*argv):
+    options = Options()
+    options.parseOptions(list(argv))
+    return options
+
+
+class OptionTests(SynchronousTestCase):
+    def test_flags_alone_make_a_complete_agent(self):
+        options = parse("--director", "tcp:10.0.0.1:3262", "--director", "tcp:10.0.0.2:3262",
+                        "--service", "tcp:80", "--service", "udp:53:nat", "--metric", "cpu", "--metric", "loadavg")
+        settings = options.settings
+        self.assertEqual(settings.directors, ("tcp:10.0.0.1:3262", "tcp:10.0.0.2:3262"))
+        self.assertEqual(
+            settings.services,
+            (ServiceSettings("tcp", 80, "dr", "worst", ("cpu", "loadavg")),
+             ServiceSettings("udp", 53, "nat", "worst", ("cpu", "loadavg"))),
+        )
+
+    def test_missing_director_and_metric_are_named(self):
+        error = self.assertRaises(usage.UsageError, parse, "--service", "tcp:80")
+        self.assertIn("no director", str(error))
+        self.assertIn("service tcp:80 has no metric", str(error))
+
+    def test_bad_service_is_refused_in_one_line(self):
+        for text, reason in (("tcp", "expected PROTO:PORT"), ("icmp:80", "protocol must be"),
+                             ("tcp:0", "port must be 1..65535"), ("tcp:80:masq", "forwarding must be")):
+            error = self.assertRaises(usage.UsageError, parse, "-d", "tcp:h:3262", "-s", text, "-m", "cpu")
+            self.assertIn(reason, str(error))
+            self.assertEqual(len(str(error).splitlines()), 1)
+
+    def test_unknown_metric_lists_the_known_ones(self):
+        error = self.assertRaises(usage.UsageError, parse, "-d", "tcp:h:3262", "-s", "tcp:80", "-m", "cpux")
+        self.assertIn("unknown metric 'cpux'", str(error))
+        self.assertIn("loadavg", str(error))
+
+    def test_same_service_twice_is_a_contradiction(self):
+        error = self.assertRaises(usage.UsageError, parse, "-d", "tcp:h:3262", "-s", "tcp:80", "-s", "tcp:80:nat", "-m", "cpu")
+        self.assertIn("given twice", str(error))
+
+    def test_sample_config_loads_and_flags_override_it(self):
+        from_file = parse("--config", SAMPLE).settings
+        self.assertTrue(from_file.directors and from_file.services)
+        overridden = parse("--config", SAMPLE, "--director", "tcp:192.0.2.9:3262", "--metric", "loadavg").settings
+        self.assertEqual(overridden.directors, ("tcp:192.0.2.9:3262",))
+        self.assertEqual({service.metrics for service in overridden.services}, {("loadavg",)})
+        self.assertEqual([s.port for s in overridden.services], [s.port for s in from_file.services])
+
+    def test_config_file_problems_name_file_and_key(self):
+        path = self.mktemp()
+        with open(path, "w") as file:
+            file.write('[agent]\ndirectors = "tcp:x:1"\nintervall = 2\n[[service]]\nport = 80\ncombine = "best"\n')
+        error = self.assertRaises(AgentConfigError, load_agent_config, path)
+        problems = "\n".join(error.problems)
+        self.assertIn(f"{path}: agent.directors: must be a list", problems)
+        self.assertIn(f"{path}: agent.intervall: unknown key", problems)
+        self.assertIn(f"{path}: service[0].combine: must be one of worst, mean", problems)
+
+    def test_toml_syntax_error_is_one_clear_problem(self):
+        path = self.mktemp()
+        with open(path, "w") as file:
+            file.write("[agent\n")
+        error = self.assertRaises(AgentConfigError, load_agent_config, path)
+        self.assertIn(f"{path}: not valid TOML", str(error))
+
+    def test_parse_service_defaults_to_direct_routing(self):
+        self.assertEqual(parse_service("tcp:443"), ServiceSettings("tcp", 443, "dr"))
+
+
+class FakeSampler:
+    def __init__(self, health=75, failing=(), drained=False):
+        self._health, self._failing, self.drained = health, list(failing), drained
+
+    def health(self, protocol, port):
+        return self._health
+
+    def failing(self, protocol, port):
+        return self._failing
+
+
+class HAProxyAgentCheckTests(SynchronousTestCase):
+    def answer(self, sampler):
+        factory = HAProxyAgentFactory(sampler, "tcp", 80)
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        self.assertTrue(transport.disconnecting, "an agent-check answer is one line, then close")
+        return transport.value()
+
+    def test_health_is_a_weight_percentage_that_also_lifts_drain_and_down(self):
+        self.assertEqual(self.answer(FakeSampler(75)), b"ready up 75%\n")
+
+    def test_drained_agent_says_drain(self):
+        self.assertEqual(self.answer(FakeSampler(75, drained=True)), b"drain\n")
+
+    def test_failing_probe_says_down(self):
+        self.assertEqual(self.answer(FakeSampler(0, failing=["probe"])), b"down\n")
+
+    def test_other_failing_metrics_do_not_mark_the_server_down(self):
+        self.assertEqual(self.answer(FakeSampler(40, failing=["http"])), b"ready up 40%\n")
