@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lvsfeedback.ipvs.model import PROTOCOLS
+from lvsfeedback.necp.codec import IPVS_FORWARDING
 
-FORWARDING_CODES = {"dr": 1, "tun": 2, "nat": 3}  # NECP's data0 in START units
+FORWARDING_CODES = {name: code for code, name in IPVS_FORWARDING.items()}  # NECP's data0 in START units
 COMBINATIONS = ("worst", "mean")
 AGENT_KEYS = {"directors", "secret_file", "interval", "smoothing", "drain_timeout", "haproxy_agent", "haproxy_service"}
 SERVICE_KEYS = {"protocol", "port", "forwarding", "combine", "metrics"}

@@ -21,11 +21,9 @@ from twisted.logger import Logger
 
 from lvsfeedback.director.policy import Agent, AgentState, HealthReport
 from lvsfeedback.ipvs.model import PROTOCOLS, DestKey, RealServer, ServiceKey
+from lvsfeedback.necp.codec import IPVS_FORWARDING
 
 ServicePort = tuple[int, int]  # (IP protocol number, port), as NECP names a service
-
-# NECP's forwarding codes in START units, by IPVS's names for them.
-NECP_FORWARDING = {1: "dr", 2: "tun", 3: "nat"}
 
 
 @dataclass
@@ -88,7 +86,7 @@ class Registry:
         for unit in services:
             port = (unit.protocol, unit.port)
             if self._serves(session.address, port) or self._auto_join(session.address, port):
-                session.started[port] = NECP_FORWARDING.get(unit.forwarding, "")
+                session.started[port] = IPVS_FORWARDING.get(unit.forwarding, "")
             else:
                 refused.append(unit)
                 self.log.warn(
