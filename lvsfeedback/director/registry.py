@@ -99,6 +99,8 @@ class Registry:
     def servicesStopped(self, agent, services) -> list:
         session = self._sessions.get(agent)
         if session is not None:
+            self.log.info("agent {address} stopped {services}", address=session.address,
+                          services=", ".join(f"{unit.protocol}/{unit.port}" for unit in services))
             for unit in services:
                 port = (unit.protocol, unit.port)
                 session.started.pop(port, None)
