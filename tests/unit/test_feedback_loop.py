@@ -1,0 +1,111 @@
+"""
+The whole loop in memory, on one task.Clock: agents (the real SE protocol and
+the agent's drain) answer a real director (NE protocol, registry, policy,
+updater) that writes an in-memory IPVS table. Nothing is stubbed but the
+wire and the kernel.
+"""
+
+import textwrap
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from lvsfeedback.agent.config import AgentSettings, ServiceSettings
+from lvsfeedback.agent.protocol import SEFactory
+from lvsfeedback.agent.service import AgentService
+from lvsfeedback.director.config import load_config
+from lvsfeedback.director.service import DirectorService
+from lvsfeedback.ipvs.memory import MemoryIPVS
+from lvsfeedback.ipvs.model import DestKey, ServiceKey
+from lvsfeedback.testing.necp_link import Link
+
+WEB = ServiceKey.for_address("tcp", "10.0.0.1", 80)
+SERVERS = ("10.1.0.1", "10.1.0.2", "10.1.0.3")
+
+
+class SettableHealth:
+    """The agent's health source, set by the test: the metrics are tested elsewhere."""
+
+    def __init__(self, value):
+        self.value, self.drained = value, False
+
+    def health(self, protocol, port):
+        return 0 if self.drained else self.value
+
+    def setServiceParent(self, parent):
+        pass
+
+
+class FeedbackLoopTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+        path = self.mktemp()
+        reals = "".join(f'[[service.real]]\naddress = "{a}"\n' for a in SERVERS)
+        with open(path, "w") as file:
+            file.write(textwrap.dedent(f"""
+                [director]
+                listen = "tcp:0:interface=127.0.0.1"
+                update_interval = 2.0
+                [policy]
+                smoothing_half_life = 0
+                slow_start = 0
+                [[service]]
+                name = "web"
+                protocol = "tcp"
+                address = "10.0.0.1"
+                port = 80
+                forwarding = "nat"
+                """) + reals)
+        self.table = MemoryIPVS()
+        self.director = DirectorService(load_config(path), self.clock, table=self.table)
+        self.director.updater.startService()
+        self.links = []
+        self.agents = {}
+        for host in SERVERS:
+            health = SettableHealth(100)
+            settings = AgentSettings(directors=("unused",), services=(ServiceSettings("tcp", 80, "nat", "worst", ("x",)),),
+                                     drain_timeout=5.0)
+            agent = AgentService(settings, self.clock, sampler=health, endpoints=[])
+            self.agents[host] = (agent, health)
+            self.links.append(Link(self.director.factory, self._se_factory(agent, health), self.clock, host=host))
+
+    def _se_factory(self, agent, health):
+        """The agent's link to the director, wired in memory instead of through an endpoint."""
+        factory = SEFactory(health, agent.links.announced, clock=self.clock, random=lambda: 0.0)
+        agent.links.factories.append(factory)
+        return factory
+
+    def elapse(self, seconds, step=0.5):
+        for _ in range(round(seconds / step)):
+            self.clock.advance(step)
+            for link in self.links:
+                link.flush()
+
+    def weights(self):
+        return {dest.address: d.server.weight for dest, d in self.table.table()[WEB].dests.items()}
+
+    def test_weights_follow_each_agents_health(self):
+        self.agents["10.1.0.2"][1].value = 30
+        self.elapse(8)
+        self.assertEqual(self.weights(), {"10.1.0.1": 100, "10.1.0.2": 30, "10.1.0.3": 100})
+        self.agents["10.1.0.2"][1].value = 80
+        self.elapse(8)
+        self.assertEqual(self.weights()["10.1.0.2"], 80)
+
+    def test_a_draining_agent_is_quiesced_once_the_director_acknowledges(self):
+        self.elapse(8)
+        agent, health = self.agents["10.1.0.3"]
+        drained = agent.drain()
+        self.assertEqual(health.health(6, 80), 0, "a draining agent answers health 0 at once")
+        self.elapse(1)
+        self.assertEqual(self.successResultOf(drained), [()], "one STOP_ACK, nothing refused")
+        self.elapse(2)
+        self.assertEqual(self.weights()["10.1.0.3"], 0)
+        self.assertIn(DestKey.of("10.1.0.3", 80), self.table.table()[WEB].dests, "quiesced, not removed")
+
+    def test_an_agent_that_goes_silent_is_quiesced_within_three_keepalives(self):
+        self.elapse(8)
+        self.links[0].cut = True
+        self.elapse(3 * 6 + 2 * 2)
+        self.assertEqual(self.weights()["10.1.0.1"], 0)
+        self.assertEqual(self.weights()["10.1.0.2"], 100)
