@@ -1,0 +1,210 @@
+"""The load generator: its statistics, its schedule, its HTTP parsing, and real runs on loopback."""
+
+from __future__ import annotations
+
+import math
+import socket
+import statistics
+import threading
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from lvsfeedback.lab.backend import BackendServer
+from lvsfeedback.lab.loadgen import (
+    ERROR,
+    OK,
+    TIMEOUT,
+    LoadConfig,
+    ProtocolError,
+    RequestRecord,
+    ResponseParser,
+    percentile,
+    poisson_schedule,
+    run_load,
+    summarize,
+)
+
+
+class PercentileTests(SynchronousTestCase):
+    def test_nearest_rank_on_one_to_a_hundred(self):
+        values = [float(v) for v in range(1, 101)]
+        self.assertEqual(percentile(values, 50), 50)
+        self.assertEqual(percentile(values, 95), 95)
+        self.assertEqual(percentile(values, 99), 99)
+        self.assertEqual(percentile(values, 99.9), 100)
+        self.assertEqual(percentile(values, 100), 100)
+        self.assertEqual(percentile(values, 0), 1)
+
+    def test_nearest_rank_on_a_short_list(self):
+        values = [0.1, 0.2, 0.3, 0.4]
+        self.assertEqual(percentile(values, 50), 0.2)
+        self.assertEqual(percentile(values, 51), 0.3)
+        self.assertEqual(percentile(values, 75), 0.3)
+        self.assertEqual(percentile(values, 99), 0.4)
+
+    def test_no_values(self):
+        self.assertRaises(ValueError, percentile, [], 50)
+
+
+class SummaryTests(SynchronousTestCase):
+    def test_a_mixed_run(self):
+        records = [
+            RequestRecord(0.0, OK, 0.010, "rs1", 200),
+            RequestRecord(0.1, OK, 0.030, "rs2", 200),
+            RequestRecord(0.2, OK, 0.020, "rs1", 200),
+            RequestRecord(0.3, OK, 0.040, "rs1", 200),
+            RequestRecord(0.4, ERROR, 0.005, "rs3", 503, "HTTP 503"),
+            RequestRecord(0.5, ERROR, error="ConnectionRefusedError"),
+            RequestRecord(0.6, TIMEOUT, error="no answer before the deadline"),
+        ]
+        summary = summarize(records, duration=2.0)
+        self.assertEqual(
+            (summary.requests, summary.ok, summary.errors, summary.timeouts), (7, 4, 2, 1)
+        )
+        self.assertEqual(summary.throughput, 2.0)
+        # Only successes count in the latency figures.
+        self.assertAlmostEqual(summary.mean, 0.025)
+        self.assertEqual((summary.p50, summary.p95, summary.p99, summary.p999), (0.020, 0.040, 0.040, 0.040))
+        self.assertEqual(summary.max, 0.040)
+        self.assertEqual(summary.servers, {"rs1": 3, "rs2": 1})
+        self.assertEqual(summary.shares, {"rs1": 0.75, "rs2": 0.25})
+
+    def test_percentiles_of_a_thousand_latencies(self):
+        latencies = [i / 1000 for i in range(1000, 0, -1)]
+        records = [RequestRecord(i / 100, OK, latency, "rs1", 200) for i, latency in enumerate(latencies)]
+        summary = summarize(records, duration=10.0)
+        self.assertEqual((summary.p50, summary.p95, summary.p99, summary.p999), (0.5, 0.95, 0.99, 0.999))
+        self.assertEqual(summary.throughput, 100.0)
+
+    def test_nothing_succeeded(self):
+        summary = summarize([RequestRecord(0.0, TIMEOUT)], duration=1.0)
+        self.assertEqual((summary.ok, summary.timeouts, summary.throughput), (0, 1, 0.0))
+        self.assertIsNone(summary.mean)
+        self.assertIsNone(summary.p99)
+        self.assertEqual(summary.shares, {})
+
+
+class ScheduleTests(SynchronousTestCase):
+    def test_same_seed_same_schedule(self):
+        self.assertEqual(poisson_schedule(50, 10, seed=3), poisson_schedule(50, 10, seed=3))
+        self.assertNotEqual(poisson_schedule(50, 10, seed=3), poisson_schedule(50, 10, seed=4))
+
+    def test_arrivals_are_increasing_and_inside_the_window(self):
+        arrivals = poisson_schedule(100, 5, seed=1)
+        self.assertEqual(arrivals, sorted(arrivals))
+        self.assertGreaterEqual(arrivals[0], 0)
+        self.assertLess(arrivals[-1], 5)
+
+    def test_the_mean_rate_is_the_asked_rate(self):
+        rate, duration = 200.0, 100.0
+        arrivals = poisson_schedule(rate, duration, seed=11)
+        expected = rate * duration
+        # A Poisson count has standard deviation sqrt(n): 5 of them is a generous bound.
+        self.assertLess(abs(len(arrivals) - expected), 5 * math.sqrt(expected))
+        gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+        self.assertLess(abs(statistics.fmean(gaps) * rate - 1), 0.03)
+        # Exponential gaps: the standard deviation equals the mean.
+        self.assertLess(abs(statistics.pstdev(gaps) * rate - 1), 0.05)
+
+    def test_max_requests_cuts_the_schedule(self):
+        self.assertEqual(len(poisson_schedule(1000, 10, seed=0, max_requests=25)), 25)
+
+
+class ResponseParserTests(SynchronousTestCase):
+    RESPONSE = b"HTTP/1.1 200 OK\r\nX-Server: rs2\r\nContent-Length: 4\r\n\r\nrs2\n"
+
+    def test_a_response_split_anywhere(self):
+        for cut in range(1, len(self.RESPONSE)):
+            parser = ResponseParser()
+            self.assertEqual(parser.feed(self.RESPONSE[:cut]), [])
+            [response] = parser.feed(self.RESPONSE[cut:])
+            self.assertEqual((response.status, response.server, response.body), (200, "rs2", b"rs2\n"))
+
+    def test_two_responses_in_one_read(self):
+        responses = ResponseParser().feed(self.RESPONSE * 2)
+        self.assertEqual(len(responses), 2)
+
+    def test_the_body_names_the_server_without_the_header(self):
+        [response] = ResponseParser().feed(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nrs3\n")
+        self.assertEqual(response.server, "rs3")
+
+    def test_not_http(self):
+        self.assertRaises(ProtocolError, ResponseParser().feed, b"SSH-2.0-OpenSSH\r\n\r\n")
+
+    def test_no_content_length(self):
+        self.assertRaises(ProtocolError, ResponseParser().feed, b"HTTP/1.1 200 OK\r\nServer: x\r\n\r\n")
+
+
+class ConfigTests(SynchronousTestCase):
+    def test_bad_values(self):
+        self.assertRaises(ValueError, LoadConfig, "127.0.0.1", 80, rate=10, duration=1, pattern="pipelined")
+        self.assertRaises(ValueError, LoadConfig, "127.0.0.1", 80, rate=0, duration=1)
+        self.assertRaises(ValueError, LoadConfig, "127.0.0.1", 80, rate=10, duration=1, connections=0)
+
+
+class CountingBackend(BackendServer):
+    """The lab backend, counting the TCP connections it accepts."""
+
+    accepted = 0
+
+    def process_request(self, request, client_address):
+        self.accepted += 1
+        super().process_request(request, client_address)
+
+
+class LoopbackRunTests(SynchronousTestCase):
+    def start_backend(self, name="alpha"):
+        server = CountingBackend(("127.0.0.1", 0), name, work_seconds=0.001)
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+        thread.start()
+        self.addCleanup(thread.join)
+        self.addCleanup(server.server_close)
+        self.addCleanup(server.shutdown)
+        return server
+
+    def test_short_connections_one_per_request(self):
+        server = self.start_backend()
+        config = LoadConfig("127.0.0.1", server.server_address[1], rate=100, duration=0.5, seed=5)
+        records = run_load(config)
+        self.assertEqual(len(records), len(poisson_schedule(100, 0.5, 5)))
+        self.assertEqual({record.outcome for record in records}, {OK})
+        self.assertEqual({record.server for record in records}, {"alpha"})
+        self.assertEqual(server.accepted, len(records))
+        self.assertEqual([record.scheduled for record in records], poisson_schedule(100, 0.5, 5))
+        self.assertTrue(all(record.latency > 0 for record in records))
+
+    def test_persistent_connections_carry_several_requests_then_reconnect(self):
+        server = self.start_backend()
+        config = LoadConfig(
+            "127.0.0.1", server.server_address[1], rate=200, duration=0.5, seed=6,
+            pattern="persistent", connections=2, requests_per_connection=10,
+        )
+        records = run_load(config)
+        self.assertEqual({record.outcome for record in records}, {OK})
+        # Each of the 2 connections is replaced after 10 requests.
+        self.assertGreaterEqual(server.accepted, math.ceil(len(records) / 10))
+        self.assertLessEqual(server.accepted, len(records) // 10 + 2)
+
+    def test_a_silent_server_gives_timeouts(self):
+        silent = socket.socket()
+        self.addCleanup(silent.close)
+        silent.bind(("127.0.0.1", 0))
+        # Connections complete in the kernel's backlog; nothing ever answers.
+        silent.listen(64)
+        for pattern in ("short", "persistent"):
+            config = LoadConfig("127.0.0.1", silent.getsockname()[1], rate=20, duration=0.3, seed=1,
+                                pattern=pattern, timeout=0.2)
+            records = run_load(config)
+            self.assertTrue(records)
+            self.assertEqual({record.outcome for record in records}, {TIMEOUT}, pattern)
+            self.assertTrue(all(record.latency is None for record in records))
+
+    def test_a_closed_port_gives_errors(self):
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()
+        records = run_load(LoadConfig("127.0.0.1", port, rate=20, duration=0.3, seed=1))
+        self.assertTrue(records)
+        self.assertEqual({record.outcome for record in records}, {ERROR})
+        self.assertIn("ConnectionRefusedError", records[0].error)
