@@ -17,6 +17,7 @@ from lvsfeedback.director.config import ConfigError, DirectorConfig, load_config
 from lvsfeedback.director.protocol import NEFactory
 from lvsfeedback.director.registry import Registry
 from lvsfeedback.director.updater import WeightUpdater
+from lvsfeedback.director.web import StatusListener
 
 
 def read_secret(config: DirectorConfig) -> bytes | None:
