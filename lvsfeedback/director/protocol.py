@@ -43,6 +43,7 @@ from lvsfeedback.necp.codec import (
     Init,
     InitAck,
     InstalledException,
+    Keepalive,
     KeepaliveAck,
     Message,
     Opcode,
@@ -304,9 +305,23 @@ class NEProtocol(NECPProtocol):
             if service not in refused:
                 self.services[service] = None
         failed = invalid + [service for service in candidates if service in refused]
+        started = [service for service in candidates if service not in refused]
+        if started and self.factory.ask_on_start:
+            # Ask now rather than at the next keepalive (up to 6 s away): a
+            # new server, or every server after a director restart, gets its
+            # feedback weight one round trip after START. After the ACK.
+            self.factory.clock.callLater(0, self.ask_health, started)
         if failed:
             return ErrorReply(opcode=Opcode.START_ACK, units=tuple(failed))
         return StartAck()
+
+    def ask_health(self, services) -> None:
+        """A KEEPALIVE carrying health queries for these services, outside the keepalive rhythm."""
+        if not self.connected:
+            return
+        queries = tuple(Query.health(p, port) for p, port in dict.fromkeys((s.protocol, s.port) for s in services))
+        sent = self.send_request(Keepalive(queries=queries))
+        sent.addCallbacks(self.keepalive_answered, self.request_abandoned)
 
     def stop_received(self, request: Stop) -> Message:
         # Stopping a service that is not started already holds: that makes a
@@ -385,6 +400,8 @@ class NEFactory(NECPFactory):
     With a C{secret}, only agents that authenticate with it are accepted.
     On INIT, any older session from the same host is dropped: the director
     forgets everything it held for that agent (NECP's rule for INIT).
+    With C{ask_on_start}, newly started services are asked for their health
+    at once, besides on every keepalive.
 
     @ivar exceptions: the L{ExceptionTable} of all agents.
     """
@@ -399,10 +416,12 @@ class NEFactory(NECPFactory):
         clock: IReactorTime,
         secret: bytes | None = None,
         random: Callable[[], float] = _random.random,
+        ask_on_start: bool = True,
         **timing: float,
     ):
         super().__init__(clock=clock, secret=secret, random=random, **timing)
         self.events = events
+        self.ask_on_start = ask_on_start
         self.exceptions = ExceptionTable(clock, self._exception_expired)
         self.connection_numbers = itertools.count(1)
         self._sessions: dict[Agent, NEProtocol] = {}

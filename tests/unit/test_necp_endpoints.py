@@ -111,6 +111,9 @@ class EndpointTestCase(SynchronousTestCase):
 
     def director(self, **settings):
         settings.setdefault("random", lambda: 0.0)
+        # These tests follow the keepalive rhythm alone; the early health
+        # question after START has its own test.
+        settings.setdefault("ask_on_start", False)
         return NEFactory(self.events, clock=self.clock, **settings)
 
     def agent_factory(self, services=(WEB,), **settings):
@@ -155,6 +158,13 @@ class SessionTests(EndpointTestCase):
         self.health.table[(6, 80)] = 10
         self.elapse(5)
         self.assertEqual(self.events.of("health")[-2][2:], (10, 10.0))
+
+    def test_director_asks_health_right_after_start_without_waiting_for_a_keepalive(self):
+        director = self.director(ask_on_start=True)
+        self.connect(director, self.agent_factory(services=(WEB, DNS)))
+        self.elapse(0.25)
+        agent = Agent("10.0.0.2", 40000, 1)
+        self.assertEqual(self.events.of("health"), [(agent, WEB, 75, 0.0), (agent, DNS, 40, 0.0)])
 
     def test_one_query_per_protocol_and_port_reports_every_forwarding_method(self):
         also_web = Service(1, 6, 80)
