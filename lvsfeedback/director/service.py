@@ -70,6 +70,8 @@ class DirectorService(MultiService):
         )
         self.listener = strports.service(config.director.listen, self.factory, reactor=reactor)
         self.listener.setServiceParent(self)
+        self.status = StatusListener(self, reactor)
+        self.status.setServiceParent(self)
 
     def reload_on_sighup(self) -> None:
         """For the daemon process: SIGHUP rereads the config (in the reactor thread)."""
