@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import textwrap
 from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -46,11 +45,11 @@ TOKEN = "s3cret-token"
 CONFIG = """
 [director]
 listen = "tcp:0:interface=127.0.0.1"
-update_interval = 2.0
+update_interval = {update_interval}
 {director}
 
 [status]
-listen = "tcp:0:interface=127.0.0.1"
+listen = "{status_listen}"
 {status}
 
 [policy]
@@ -85,7 +84,8 @@ weight = 10
 """
 
 
-def write_config(case, director: str = "", token: bool = False):
+def write_config(case, director: str = "", token: bool = False, update_interval: float = 2.0,
+                 status_listen: str = "tcp:0:interface=127.0.0.1"):
     """A director config in a fresh folder; with `token`, a token file beside it."""
     folder = case.mktemp()
     os.makedirs(folder)
@@ -96,7 +96,8 @@ def write_config(case, director: str = "", token: bool = False):
         status = 'token_file = "status.token"'
     path = os.path.join(folder, "director.toml")
     with open(path, "w") as file:
-        file.write(textwrap.dedent(CONFIG.format(director=director, status=status)))
+        file.write(CONFIG.format(director=director, status=status, update_interval=update_interval,
+                                 status_listen=status_listen))
     return load_config(path)
 
 

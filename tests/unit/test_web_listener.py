@@ -1,0 +1,59 @@
+"""
+The status listener as the director's child service, on real loopback
+sockets: it listens where [status] listen says, knows whether it is
+loopback-only, closes with the director, and a port it cannot have does not
+stop the director.
+"""
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.protocol import Factory
+from twisted.logger import LogLevel, capturedLogs
+from twisted.trial.unittest import TestCase
+
+from lvsfeedback.director.service import DirectorService
+from lvsfeedback.ipvs.memory import MemoryIPVS
+from tests.unit.test_web import write_config
+
+
+class StatusListenerTests(TestCase):
+    def start(self, **options) -> DirectorService:
+        director = DirectorService(write_config(self, update_interval=3600, **options), reactor, table=MemoryIPVS())
+        director.startService()
+        self.addCleanup(lambda: director.running and director.stopService())
+        return director
+
+    def test_it_listens_on_loopback_and_knows_it(self):
+        director = self.start()
+        address = director.status.port.getHost()
+        self.assertEqual(address.host, "127.0.0.1")
+        self.assertNotEqual(address.port, 0)
+        self.assertTrue(director.status.loopback_only)
+
+    def test_it_samples_history_from_the_start(self):
+        director = self.start()
+        [sample] = director.status.history.samples
+        self.assertEqual(set(sample["services"]), {"web", "dns"})
+
+    @inlineCallbacks
+    def test_it_stops_listening_with_the_director(self):
+        director = self.start()
+        port = director.status.port.getHost().port
+        yield director.stopService()
+        self.assertIsNone(director.status.port)
+        # The port is free again: something else can have it.
+        again = reactor.listenTCP(port, Factory(), interface="127.0.0.1")
+        yield again.stopListening()
+
+    @inlineCallbacks
+    def test_a_port_in_use_is_logged_and_the_director_runs_on(self):
+        taken = reactor.listenTCP(0, Factory(), interface="127.0.0.1")
+        self.addCleanup(taken.stopListening)
+        with capturedLogs() as events:
+            director = self.start(status_listen=f"tcp:{taken.getHost().port}:interface=127.0.0.1")
+        [complaint] = [e for e in events if e["log_level"] is LogLevel.critical]
+        self.assertIn("cannot listen on", complaint["log_format"])
+        self.assertIsNone(director.status.port)
+        self.assertFalse(director.status.loopback_only, "control must not open up without a listener")
+        self.assertEqual(director.updater.passes, 1)
+        yield director.stopService()
