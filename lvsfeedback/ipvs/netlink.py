@@ -1,8 +1,9 @@
 """
-The kernel's IPVS table through generic netlink (pyroute2).
+The kernel's IPVS table through generic netlink.
 
-`KernelIPVS` is synchronous and owns one pyroute2 socket, which is bound to
-the thread that made it. `NetlinkIPVS` runs a KernelIPVS on a dedicated
+`KernelIPVS` is synchronous. It reads the table through a pyroute2 socket,
+which is bound to the thread that made it, and writes through its own raw
+netlink socket, many requests to a system call (lvsfeedback.ipvs.batch). `NetlinkIPVS` runs a KernelIPVS on a dedicated
 one-thread pool, so the reactor never blocks on netlink and no two netlink
 calls ever run at once; its methods return Deferreds.
 
@@ -12,77 +13,42 @@ talks to the kernel is built.
 
 from __future__ import annotations
 
-import errno
-import socket
 from typing import Iterable
 
-from pyroute2 import IPVS, IPVSDest, IPVSService
+from pyroute2 import IPVS, IPVSService
 from pyroute2.netlink.exceptions import NetlinkError
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
+from lvsfeedback.ipvs.batch import IPVSWriter
 from lvsfeedback.ipvs.model import (
     PROTOCOL_NAMES,
     PROTOCOLS,
-    AddDest,
-    AddService,
     Change,
-    DeleteDest,
-    DeleteService,
     Dest,
     DestCounters,
     DeleteMarkRule,
     DestKey,
-    EditDest,
-    EditService,
     IPVSError,
     RealServer,
     ServiceEntry,
     SetMarkRule,
     ServiceKey,
     VirtualService,
-    FORWARDING,
     FORWARDING_NAMES,
 )
 
 IP_VS_SVC_F_PERSISTENT = 0x0001
-# The kernel reads the netmask attribute as a raw u32: a dotted IPv4 mask for
-# IPv4, a prefix length for IPv6. pyroute2 only knows the first, so IPv6
-# needs the prefix length 128 spelled as the IPv4 address with those bytes.
-_FULL_NETMASK = {socket.AF_INET: "255.255.255.255", socket.AF_INET6: "128.0.0.0"}
 
 
-def _service_key_fields(key: ServiceKey) -> dict:
-    fields = {"af": key.family, "netmask": _FULL_NETMASK[key.family]}
+def _service_request(key: ServiceKey) -> IPVSService:
+    """A service named for a dump of its real servers."""
+    fields = {"af": key.family}
     if key.is_fwmark:
         fields["fwmark"] = key.fwmark
     else:
         fields.update(protocol=PROTOCOLS[key.protocol], addr=key.address, port=key.port)
-    return fields
-
-
-def _service_request(key: ServiceKey, service: VirtualService | None = None) -> IPVSService:
-    fields = _service_key_fields(key)
-    if service is not None:
-        persistent = service.persistence > 0
-        fields.update(
-            sched_name=service.scheduler,
-            timeout=service.persistence,
-            flags={"flags": IP_VS_SVC_F_PERSISTENT if persistent else 0, "mask": 0xFFFF},
-        )
     return IPVSService(**fields)
-
-
-def _dest_request(server: RealServer | DestKey) -> IPVSDest:
-    if isinstance(server, DestKey):
-        return IPVSDest(addr=server.address, port=server.port)
-    # A fresh IPVSDest per request: pyroute2 request objects keep state.
-    return IPVSDest(
-        addr=server.key.address,
-        port=server.key.port,
-        weight=server.weight,
-        fwd_method=FORWARDING[server.forwarding],
-    )
 
 
 def _read_service(message) -> VirtualService:
@@ -119,17 +85,24 @@ class KernelIPVS:
     """Synchronous access to the kernel's IPVS table. Use from one thread."""
 
     def __init__(self):
-        self._socket: IPVS | None = None
+        self._reader: IPVS | None = None
+        self._writer: IPVSWriter | None = None
         self._marks = None  # FirewallMarks, made on first use: python-iptables is costly to load
 
     @property
     def _ipvs(self) -> IPVS:
-        if self._socket is None:
+        if self._reader is None:
             try:
-                self._socket = IPVS()
+                self._reader = IPVS()
             except NetlinkError as error:
                 raise IPVSError("open", f"the kernel has no IPVS ({error}): modprobe ip_vs") from error
-        return self._socket
+        return self._reader
+
+    @property
+    def writer(self) -> IPVSWriter:
+        if self._writer is None:
+            self._writer = IPVSWriter()
+        return self._writer
 
     def snapshot(self) -> dict[ServiceKey, ServiceEntry]:
         table = {}
@@ -144,62 +117,55 @@ class KernelIPVS:
 
     def apply(self, changes: Iterable[Change]) -> list[IPVSError]:
         """
-        Apply changes in order, all in one pyroute2 event-loop run (a loop per
-        request is what makes one-call-at-a-time slow). A refused change does
-        not stop the others; the refusals are returned.
+        Apply changes in order. Runs of IPVS changes go to the kernel in
+        batches (lvsfeedback.ipvs.batch); a mark rule between them is set
+        after the run before it and before the run after it. A refused
+        change does not stop the others; the refusals are returned, in order.
         """
-        ipvs = self._ipvs
-        changes = list(changes)
+        failures: list[IPVSError] = []
+        run: list[Change] = []
 
-        async def apply_all() -> list[IPVSError]:
-            failures = []
-            for change in changes:
+        def send_run() -> None:
+            if run:
+                for change, reason in zip(run, self.writer.apply(run)):
+                    if reason is not None:
+                        failures.append(IPVSError(change, reason))
+                run.clear()
+
+        for change in changes:
+            if isinstance(change, (SetMarkRule, DeleteMarkRule)):
+                send_run()
                 try:
-                    if isinstance(change, (SetMarkRule, DeleteMarkRule)):
-                        self._apply_mark(change)
-                    else:
-                        await self._request(ipvs.asyncore, change)
-                except NetlinkError as error:
-                    failures.append(IPVSError(change, errno.errorcode.get(error.code, str(error.code))))
+                    self._apply_mark(change)
                 except IPVSError as error:
-                    failures.append(IPVSError(change, error.reason))
-            return failures
-
-        return ipvs._run_with_cleanup(apply_all)
+                    failures.append(error)
+            else:
+                run.append(change)
+        send_run()
+        return failures
 
     def _apply_mark(self, change: SetMarkRule | DeleteMarkRule) -> None:
         from lvsfeedback.ipvs.fwmark import FirewallMarks
 
-        if self._marks is None:
-            self._marks = FirewallMarks()
         try:
+            if self._marks is None:
+                self._marks = FirewallMarks()
             if isinstance(change, SetMarkRule):
                 self._marks.set(change)
             else:
                 self._marks.delete(change)
+        except IPVSError as error:
+            raise IPVSError(change, error.reason) from error
         except Exception as error:  # noqa: BLE001 - python-iptables raises its own IPTCError and ValueError
             raise IPVSError(change, f"iptables: {error}") from error
 
-    @staticmethod
-    async def _request(asyncore, change: Change):
-        match change:
-            case AddService(service):
-                await asyncore.service("add", service=_service_request(service.key, service))
-            case EditService(service):
-                await asyncore.service("set", service=_service_request(service.key, service))
-            case DeleteService(key):
-                await asyncore.service("del", service=_service_request(key))
-            case AddDest(service, server):
-                await asyncore.dest("add", service=_service_request(service), dest=_dest_request(server))
-            case EditDest(service, server):
-                await asyncore.dest("set", service=_service_request(service), dest=_dest_request(server))
-            case DeleteDest(service, key):
-                await asyncore.dest("del", service=_service_request(service), dest=_dest_request(key))
-
     def close(self) -> None:
-        if self._socket is not None:
-            self._socket.close()
-            self._socket = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
 
 class NetlinkIPVS:

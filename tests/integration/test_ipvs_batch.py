@@ -1,0 +1,118 @@
+"""
+Batched IPVS writes against the kernel, checked through ipvsadm: many
+requests to a system call, in chunks, with each refusal mapped back to its
+change and a lost acknowledgement never mistaken for success.
+"""
+
+from twisted.internet import defer, reactor
+from twisted.trial.unittest import TestCase
+
+from lvsfeedback.ipvs.batch import LOST, IPVSWriter
+from lvsfeedback.ipvs.model import (
+    AddDest,
+    AddService,
+    DeleteDest,
+    DestKey,
+    EditDest,
+    RealServer,
+    ServiceKey,
+    VirtualService,
+)
+from lvsfeedback.ipvs.netlink import NetlinkIPVS
+from lvsfeedback.testing import ipvsadm
+from tests.integration import require_ipvs
+
+SERVICES = [VirtualService(ServiceKey.for_address("tcp", "10.91.0.1", 8000 + n), scheduler="wrr") for n in range(10)]
+DESTS = [DestKey.of(f"10.91.{1 + n // 250}.{1 + n % 250}", 80) for n in range(100)]
+
+
+def weight_for(service: int, dest: int, generation: int) -> int:
+    return (service * 100 + dest) * 7 % 65000 + generation
+
+
+class BatchTestCase(TestCase):
+    def setUp(self):
+        require_ipvs()
+        ipvsadm.clear()
+        self.addCleanup(ipvsadm.clear)
+
+    def writer(self, **options) -> IPVSWriter:
+        writer = IPVSWriter(**options)
+        self.addCleanup(writer.close)
+        return writer
+
+    def populate(self, writer: IPVSWriter, generation: int = 0) -> list:
+        changes = []
+        for s, service in enumerate(SERVICES):
+            changes.append(AddService(service))
+            changes += [AddDest(service.key, RealServer(dest, weight_for(s, d, generation), "dr")) for d, dest in enumerate(DESTS)]
+        self.assertEqual(writer.apply(changes), [None] * len(changes))
+
+    def expected(self, generation: int) -> dict:
+        return {
+            service.key: {dest: (weight_for(s, d, generation), "dr") for d, dest in enumerate(DESTS)}
+            for s, service in enumerate(SERVICES)
+        }
+
+    def edits(self, generation: int) -> list:
+        return [
+            EditDest(service.key, RealServer(dest, weight_for(s, d, generation), "dr"))
+            for s, service in enumerate(SERVICES)
+            for d, dest in enumerate(DESTS)
+        ]
+
+
+class ThousandEditsTests(BatchTestCase):
+    @defer.inlineCallbacks
+    def test_thousand_weight_edits_through_apply_read_back_through_ipvsadm(self):
+        self.populate(self.writer())
+        self.assertEqual(ipvsadm.read_table(), self.expected(0))
+        table = NetlinkIPVS(reactor)
+        self.addCleanup(table.close)
+        failures = yield table.apply(self.edits(1))
+        self.assertEqual(failures, [])
+        self.assertEqual(ipvsadm.read_table(), self.expected(1))
+        snapshot = yield table.snapshot()
+        as_read = {key: {dest: (d.server.weight, d.server.forwarding) for dest, d in entry.dests.items()} for key, entry in snapshot.items()}
+        self.assertEqual(as_read, self.expected(1))
+
+    def test_small_chunks_keep_order_and_map_refusals_to_their_changes(self):
+        writer = self.writer()
+        writer.messages_per_chunk = 7
+        self.populate(writer)
+        service = SERVICES[0].key
+        absent = ServiceKey.for_address("tcp", "10.91.0.2", 80)
+        changes = self.edits(2)[:40]
+        # Refusals at chunk boundaries and inside chunks, each with its own reason.
+        changes[6] = AddDest(service, RealServer(DESTS[6], 1, "dr"))  # already there
+        changes[7] = EditDest(absent, RealServer(DESTS[7], 1, "dr"))  # no such service
+        changes[20] = DeleteDest(service, DestKey.of("10.91.9.9", 80))  # no such real server
+        changes[39] = AddService(SERVICES[3])  # already there
+        results = writer.apply(changes)
+        refused = {index: reason for index, reason in enumerate(results) if reason is not None}
+        self.assertEqual(refused, {6: "EEXIST", 7: "ESRCH", 20: "ENOENT", 39: "EEXIST"})
+        expected = self.expected(0)
+        for change in changes:
+            if isinstance(change, EditDest) and change.service in expected:
+                expected[change.service][change.server.key] = (change.server.weight, "dr")
+        self.assertEqual(ipvsadm.read_table(), expected)
+
+    def test_lost_acknowledgements_are_reported_never_taken_for_success(self):
+        writer = self.writer()
+        self.populate(writer)
+        # A receive buffer far too small for one chunk of a thousand
+        # acknowledgements: the kernel drops most of them.
+        starved = self.writer(receive_buffer=4096)
+        starved.messages_per_chunk = 1000
+        changes = self.edits(3)
+        results = starved.apply(changes)
+        self.assertEqual(len(results), len(changes))
+        self.assertEqual(set(results) - {None, LOST}, set())
+        self.assertIn(LOST, results)
+        table = ipvsadm.read_table()
+        for change, result in zip(changes, results):
+            if result is None:
+                self.assertEqual(table[change.service][change.server.key], (change.server.weight, "dr"))
+        # The socket still works afterwards, in chunks that fit.
+        starved.messages_per_chunk = 1
+        self.assertEqual(starved.apply(self.edits(4)[:50]), [None] * 50)
