@@ -5,7 +5,7 @@
 
 const POLL_INTERVAL_MS = 1000;
 const WINDOW_SECONDS = 300;
-const MIN_SPAN_SECONDS = 10;
+const MIN_SPAN_SECONDS = 2;
 const COLOURS = ["#2f6fde", "#d9480f", "#2b8a3e", "#ae3ec9", "#e67700", "#0c8599", "#c2255c", "#5f3dc4"];
 const SVG = "http://www.w3.org/2000/svg";
 const CHART = { width: 600, height: 140, left: 34, right: 8, top: 8, bottom: 18 };
@@ -137,8 +137,9 @@ function serverRow(server) {
     element("td", { "data-field": "health", class: "number" }, health),
     element("td", { "data-field": "health-age", class: "number" }, server.health ? seconds(server.health.age) : "-"),
     element("td", { "data-field": "kernel-weight", class: "number" }, shown(server.kernel_weight)),
-    element("td", { "data-field": "desired-weight", class: server.pending ? "number pending" : "number" },
-      shown(server.desired_weight)),
+    element("td", server.pending
+      ? { "data-field": "desired-weight", class: "number pending", title: "the kernel does not have this weight yet" }
+      : { "data-field": "desired-weight", class: "number" }, shown(server.desired_weight)),
     element("td", { "data-field": "base-weight", class: "number" }, shown(server.base_weight)),
     element("td", { "data-field": "reason" }, shown(server.reason) + override),
     element("td", { "data-field": "detail", class: "detail" }, server.detail),
