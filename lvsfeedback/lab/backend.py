@@ -6,32 +6,40 @@ slows it down the way real work would.
 
     python -m lvsfeedback.lab.backend --port 8080 --work-ms 5 --name rs1
 
-Built on the standard library's threading HTTP server because it starts in
-a fraction of the time Twisted needs inside the slow test VM, and the lab
-starts one per real server. Once listening it prints one line beginning
-with L{READY_MARKER} on stdout, then nothing more.
+One asyncio process serving requests one at a time, first come first
+served: a single-worker server, the textbook queue. Hand-parsed HTTP keeps
+the server's own cost per request small next to the configured work (the
+standard library's http.server spends several milliseconds a request
+inside the emulated test VM, in header parsing and a thread per
+connection), and asyncio starts in a fraction of the time Twisted needs
+there. Once listening it prints one line beginning with L{READY_MARKER} on
+stdout, then nothing more; SIGTERM or SIGINT stop it with status 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import signal
 import socket
 import sys
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 READY_MARKER = "lvsfeedback-backend: listening"
 SERVER_HEADER = "X-Server"
+MAX_HEAD_BYTES = 16384
+# The short-connection pattern opens connections in bursts; a small backlog
+# drops SYNs, which shows up as one-second retransmission latencies.
+LISTEN_BACKLOG = 1024
+REASONS = {200: "OK", 400: "Bad Request", 405: "Method Not Allowed", 431: "Request Header Fields Too Large"}
 
 
 def spend_cpu(seconds: float) -> None:
     """
-    Hash until this thread has used `seconds` of CPU time. Thread time, not
+    Hash until this thread has used `seconds` of CPU time. CPU time, not
     wall time: when the server is starved (a quota, a hog) a request takes
-    longer, exactly like real work. Per thread so concurrent requests each
-    pay their own cost.
+    longer, exactly like real work.
     """
     deadline = time.thread_time() + seconds
     digest = hashlib.sha256()
@@ -41,56 +49,124 @@ def spend_cpu(seconds: float) -> None:
             digest.update(block)
 
 
-class BackendHandler(BaseHTTPRequestHandler):
-    # HTTP/1.1 keeps connections open between requests unless the client
-    # asks to close them, which is what the persistent pattern measures.
-    protocol_version = "HTTP/1.1"
-    # Headers and body leave in one send (the handler flushes after each
-    # request), and without Nagle: otherwise a small second segment waits
-    # for the client's delayed ACK, 40 ms a response on a kept-alive connection.
-    wbufsize = 64 * 1024
-    disable_nagle_algorithm = True
-    server: BackendServer
-
-    def do_GET(self) -> None:
-        spend_cpu(self.server.work_seconds)
-        body = f"{self.server.name}\n".encode()
-        self.send_response(200)
-        self.send_header(SERVER_HEADER, self.server.name)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(body)))
-        if self.close_connection:
-            # The client asked to close (the short pattern): say that we do.
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args) -> None:
-        # A line per request would cost the guest more than the request itself.
-        pass
+class BadRequest(Exception):
+    """A request this server cannot read; it answers 400 and closes."""
 
 
-class BackendServer(ThreadingHTTPServer):
-    daemon_threads = True
-    # The default backlog of 5 drops SYNs under the short-connection pattern,
-    # which shows up as one-second retransmission latencies.
-    request_queue_size = 1024
+def parse_request_head(head: bytes) -> tuple[str, bool, int]:
+    """
+    A request's head (up to the blank line) → (method, keep the connection
+    open?, body length). HTTP/1.1 keeps it open unless the client says
+    C{Connection: close}; HTTP/1.0 closes it unless C{Connection: keep-alive}.
+    """
+    try:
+        request_line, *lines = head.decode("latin-1").split("\r\n")
+        method, _target, version = request_line.split(" ")
+    except ValueError:
+        raise BadRequest(f"bad request line in {head[:80]!r}") from None
+    if version not in ("HTTP/1.1", "HTTP/1.0"):
+        raise BadRequest(f"unsupported version {version!r}")
+    connection = ""
+    length = 0
+    for line in lines:
+        name, colon, value = line.partition(":")
+        if not colon:
+            raise BadRequest(f"bad header line {line!r}")
+        name = name.strip().lower()
+        if name == "connection":
+            connection = value.strip().lower()
+        elif name == "content-length":
+            if not value.strip().isdigit():
+                raise BadRequest(f"bad Content-Length {value!r}")
+            length = int(value)
+        elif name == "transfer-encoding":
+            raise BadRequest("chunked request bodies are not supported")
+    if version == "HTTP/1.1":
+        keep_alive = "close" not in connection
+    else:
+        keep_alive = "keep-alive" in connection
+    return method, keep_alive, length
 
-    def __init__(self, address: tuple[str, int], name: str, work_seconds: float):
+
+def response(status: int, name: str, body: bytes, keep_alive: bool, head_only: bool = False) -> bytes:
+    """A whole response in one buffer, so it leaves in one segment; head_only for HEAD."""
+    headers = [
+        f"HTTP/1.1 {status} {REASONS[status]}",
+        f"{SERVER_HEADER}: {name}",
+        "Content-Type: text/plain",
+        f"Content-Length: {len(body)}",
+    ]
+    if not keep_alive:
+        headers.append("Connection: close")
+    return ("\r\n".join(headers) + "\r\n\r\n").encode("latin-1") + (b"" if head_only else body)
+
+
+class Backend:
+    """One server's settings and counters, shared by its connections."""
+
+    def __init__(self, name: str, work_seconds: float):
         self.name = name
         self.work_seconds = work_seconds
-        super().__init__(address, BackendHandler)
+        self.connections = 0
+        self.requests = 0
 
-    def handle_error(self, request, client_address) -> None:
-        # A client that gave up (its deadline passed) is routine under load,
-        # not worth a traceback per request.
-        if isinstance(sys.exc_info()[1], ConnectionError):
-            return
-        super().handle_error(request, client_address)
+    def protocol(self) -> BackendProtocol:
+        self.connections += 1
+        return BackendProtocol(self)
+
+    async def listen(self, host: str, port: int) -> asyncio.Server:
+        return await asyncio.get_running_loop().create_server(
+            self.protocol, host, port, backlog=LISTEN_BACKLOG, reuse_address=True,
+        )
+
+
+class BackendProtocol(asyncio.Protocol):
+    """One connection: answers its requests in order, pipelined or not."""
+
+    def __init__(self, backend: Backend):
+        self.backend = backend
+        self._buffer = bytearray()
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport) -> None:
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        while not self._transport.is_closing():
+            end = self._buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self._buffer) > MAX_HEAD_BYTES:
+                    self._answer(431, keep_alive=False)
+                return
+            try:
+                method, keep_alive, length = parse_request_head(bytes(self._buffer[:end]))
+            except BadRequest as error:
+                self._answer(400, keep_alive=False, body=f"{error}\n".encode())
+                return
+            request_end = end + 4 + length
+            if len(self._buffer) < request_end:
+                return  # the body is still on its way
+            del self._buffer[:request_end]
+            self.backend.requests += 1
+            if method not in ("GET", "HEAD"):
+                self._answer(405, keep_alive)
+                continue
+            spend_cpu(self.backend.work_seconds)
+            self._answer(200, keep_alive, head_only=method == "HEAD")
+
+    def _answer(self, status: int, keep_alive: bool, body: bytes | None = None, head_only: bool = False) -> None:
+        payload = f"{self.backend.name}\n".encode() if body is None else body
+        self._transport.write(response(status, self.backend.name, payload, keep_alive, head_only))
+        if not keep_alive:
+            self._transport.close()
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m lvsfeedback.lab.backend", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m lvsfeedback.lab.backend",
+        description="An HTTP server that spends CPU time on every request and answers with its name.",
+    )
     parser.add_argument("--address", default="0.0.0.0", help="address to listen on (0.0.0.0)")
     parser.add_argument("--port", type=int, default=8080, help="port to listen on, 0 for any (8080)")
     parser.add_argument("--work-ms", type=float, default=5.0, help="CPU milliseconds spent per request (5)")
@@ -101,19 +177,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    server = BackendServer((args.address, args.port), args.name, args.work_ms / 1000)
-    # SIGTERM (how the lab stops it) should close the socket like Ctrl-C does.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    host, port = server.server_address[:2]
+async def serve(args: argparse.Namespace) -> None:
+    backend = Backend(args.name, args.work_ms / 1000)
+    server = await backend.listen(args.address, args.port)
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopped.set)
+    host, port = server.sockets[0].getsockname()[:2]
     print(f"{READY_MARKER} on {host}:{port} as {args.name}", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    async with server:
+        await stopped.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    asyncio.run(serve(parse_args(sys.argv[1:] if argv is None else argv)))
     return 0
 
 

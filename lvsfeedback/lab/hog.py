@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    print(READY_MARKER, " ".join(map(str, children)), flush=True)
+    print(f"{READY_MARKER} {' '.join(map(str, children))}", flush=True)
     for child in children:
         os.waitpid(child, 0)
     return 0

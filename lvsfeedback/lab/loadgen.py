@@ -395,6 +395,38 @@ def run_load(config: LoadConfig) -> list[RequestRecord]:
     return asyncio.run(LoadRun(config).run())
 
 
+def write_records(records: list[RequestRecord], path: str) -> None:
+    """One JSON object per line, in schedule order."""
+    with open(path, "w") as out:
+        for record in records:
+            out.write(json.dumps(asdict(record)) + "\n")
+
+
+def read_records(path: str) -> list[RequestRecord]:
+    with open(path) as lines:
+        return [RequestRecord(**json.loads(line)) for line in lines]
+
+
+def parse_output(text: str) -> Summary:
+    """The summary printed by a run of this module's command line."""
+    return Summary(**json.loads(text)["summary"])
+
+
+def command_line(config: LoadConfig, records_path: str | None = None) -> list[str]:
+    """The arguments after C{python -m lvsfeedback.lab.loadgen} that run `config`."""
+    arguments = [
+        "--target", f"{config.host}:{config.port}", "--rate", repr(config.rate),
+        "--duration", repr(config.duration), "--seed", str(config.seed), "--pattern", config.pattern,
+        "--connections", str(config.connections), "--requests-per-connection", str(config.requests_per_connection),
+        "--timeout", repr(config.timeout), "--max-in-flight", str(config.max_in_flight), "--path", config.path,
+    ]
+    if config.max_requests is not None:
+        arguments += ["--max-requests", str(config.max_requests)]
+    if records_path is not None:
+        arguments += ["--records", records_path]
+    return arguments
+
+
 def parse_target(text: str) -> tuple[str, int]:
     host, colon, port = text.rpartition(":")
     if not colon or not host or not port.isdigit():
@@ -422,23 +454,25 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def config_from_args(args: argparse.Namespace) -> LoadConfig:
+    host, port = args.target
+    return LoadConfig(
+        host=host, port=port, rate=args.rate, duration=args.duration, seed=args.seed, pattern=args.pattern,
+        connections=args.connections, requests_per_connection=args.requests_per_connection,
+        timeout=args.timeout, max_requests=args.max_requests, max_in_flight=args.max_in_flight, path=args.path,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    host, port = args.target
     try:
-        config = LoadConfig(
-            host=host, port=port, rate=args.rate, duration=args.duration, seed=args.seed, pattern=args.pattern,
-            connections=args.connections, requests_per_connection=args.requests_per_connection,
-            timeout=args.timeout, max_requests=args.max_requests, max_in_flight=args.max_in_flight, path=args.path,
-        )
+        config = config_from_args(args)
     except ValueError as error:
         print(f"lvsfeedback-loadgen: {error}", file=sys.stderr)
         return 2
     records = run_load(config)
     if args.records:
-        with open(args.records, "w") as out:
-            for record in records:
-                out.write(json.dumps(asdict(record)) + "\n")
+        write_records(records, args.records)
     summary = summarize(records, config.duration)
     print(json.dumps({"config": asdict(config), "summary": asdict(summary)}, indent=2))
     return 0

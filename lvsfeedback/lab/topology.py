@@ -42,6 +42,7 @@ from pathlib import Path
 from lvsfeedback.lab.backend import READY_MARKER as BACKEND_READY_MARKER
 from lvsfeedback.lab.cgroups import CGROUP_ROOT, Cgroup, CgroupError, CgroupTree
 from lvsfeedback.lab.hog import READY_MARKER as HOG_READY_MARKER
+from lvsfeedback.lab.loadgen import LoadConfig, Summary, command_line, parse_output
 
 NETNS_DIR = Path("/run/netns")
 PREFIX_STEM = "lvsfeedback-lab"
@@ -57,6 +58,8 @@ BACKEND_PORT = 8080
 COMMAND_TIMEOUT = 60.0
 STOP_TIMEOUT = 5.0
 EXIT_AFTER_EOF_TIMEOUT = 2.0
+# Starting Python and asyncio takes seconds in the emulated test VM.
+LOADGEN_STARTUP_ALLOWANCE = 60.0
 # `ip netns exec` gives the command a fresh /sys without the cgroup
 # hierarchy; mounting it back (in the private mount namespace ip made) lets
 # the command join its cgroup and lets agents read cgroup metrics, at the
@@ -302,7 +305,8 @@ class LabProcess:
         except OSError:
             return ""
 
-    def _fail(self, why: str) -> LabError:
+    def failure(self, why: str) -> LabError:
+        """An error naming this process and why, with the tail of its stderr."""
         tail = self.log_tail()
         return LabError(f"{self.describe()} {why}" + (f"; its stderr ends:\n{tail}" if tail else ""))
 
@@ -314,7 +318,7 @@ class LabProcess:
             while not done(self._pending):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise self._fail(f"gave no expected output in {timeout:g} s")
+                    raise self.failure(f"gave no expected output in {timeout:g} s")
                 if not selector.select(remaining):
                     continue
                 chunk = os.read(self.popen.stdout.fileno(), 65536)
@@ -325,7 +329,12 @@ class LabProcess:
     def wait_for_output(self, marker: str, timeout: float) -> str:
         """The first stdout line containing marker, waiting at most timeout seconds for it."""
         needle = marker.encode()
-        self._read_until(lambda buffer: needle in buffer, timeout)
+
+        def whole_line_read(buffer: bytes) -> bool:
+            found = buffer.find(needle)
+            return found >= 0 and buffer.find(b"\n", found) >= 0
+
+        self._read_until(whole_line_read, timeout)
         position = self._pending.find(needle)
         if position < 0:
             # The end of its stdout comes a moment before the process is reaped.
@@ -333,7 +342,7 @@ class LabProcess:
                 ended = f"exited (status {self.popen.wait(EXIT_AFTER_EOF_TIMEOUT)})"
             except subprocess.TimeoutExpired:
                 ended = "closed its stdout"
-            raise self._fail(f"{ended} before printing {marker!r}")
+            raise self.failure(f"{ended} before printing {marker!r}")
         end = self._pending.find(b"\n", position)
         end = len(self._pending) if end < 0 else end + 1
         start = self._pending.rfind(b"\n", 0, position) + 1
@@ -505,6 +514,26 @@ class Topology:
         ], cgroup=server.cgroup)
         hog.wait_for_output(HOG_READY_MARKER, timeout)
         return hog
+
+    def start_load(self, config: LoadConfig, records_path: str | None = None) -> LabProcess:
+        """
+        The load generator running `config` from the client namespace; read
+        its result with L{finish_load}. Meanwhile the caller may change the
+        cluster (quotas, hogs, weights) and watch the effect.
+        """
+        return self.spawn(self.client, [sys.executable, "-m", "lvsfeedback.lab.loadgen",
+                                        *command_line(config, records_path)])
+
+    def finish_load(self, loadgen: LabProcess, config: LoadConfig) -> Summary:
+        """Wait for a load generator started by L{start_load} to end by itself; its summary."""
+        output = loadgen.read_output(LOADGEN_STARTUP_ALLOWANCE + config.duration + config.timeout)
+        if loadgen.returncode != 0:
+            raise loadgen.failure(f"ended with status {loadgen.returncode}")
+        return parse_output(output)
+
+    def generate_load(self, config: LoadConfig, records_path: str | None = None) -> Summary:
+        """Run `config` from the client namespace to its end; its summary (records to records_path)."""
+        return self.finish_load(self.start_load(config, records_path), config)
 
     def set_cpus(self, server: LabServer, cpus: float | None) -> None:
         """Change the server's CPU quota while it runs (None lifts it)."""

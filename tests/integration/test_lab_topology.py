@@ -4,11 +4,9 @@ from the client's VIP to every real server, the load generator's view of
 it, and a teardown that leaves nothing behind.
 """
 
-import json
-import sys
-
 from twisted.trial.unittest import TestCase
 
+from lvsfeedback.lab.loadgen import LoadConfig
 from lvsfeedback.lab.topology import BACKEND_PORT, VIP, LabError, Topology, list_namespaces
 from tests.integration import require_ipvs
 
@@ -33,18 +31,14 @@ class LabTopologyTests(TestCase):
                 "ipvsadm", "-a", "-t", SERVICE, "-r", f"{server.address}:{BACKEND_PORT}", "-m", "-w", "1",
             ])
 
-    def run_load(self, lab, *pattern_options):
-        loadgen = lab.spawn(lab.client, [
-            sys.executable, "-m", "lvsfeedback.lab.loadgen", "--target", SERVICE,
-            "--rate", "30", "--duration", "4", "--seed", "7", "--timeout", "5", *pattern_options,
-        ])
-        return json.loads(loadgen.read_output(timeout=120))["summary"]
+    def run_load(self, lab, **pattern):
+        return lab.generate_load(LoadConfig(VIP, 80, rate=30, duration=4, seed=7, timeout=5, **pattern))
 
     def assertEveryServerAnsweredEverything(self, lab, summary):
-        self.assertGreater(summary["requests"], 60)
-        self.assertEqual((summary["errors"], summary["timeouts"]), (0, 0))
-        self.assertEqual(summary["ok"], summary["requests"])
-        self.assertEqual(set(summary["servers"]), {server.name for server in lab.servers})
+        self.assertGreater(summary.requests, 60)
+        self.assertEqual((summary.errors, summary.timeouts), (0, 0))
+        self.assertEqual(summary.ok, summary.requests)
+        self.assertEqual(set(summary.servers), {server.name for server in lab.servers})
 
     def test_ipvs_nat_reaches_every_backend_and_teardown_leaves_nothing(self):
         require_ipvs()
@@ -53,15 +47,13 @@ class LabTopologyTests(TestCase):
         lab.start_backends(work_ms=2)
         self.add_nat_service(lab)
 
-        short = self.run_load(lab, "--pattern", "short")
+        short = self.run_load(lab, pattern="short")
         self.assertEveryServerAnsweredEverything(lab, short)
         # Round robin over one-request connections: an equal split, give or take one.
-        for count in short["servers"].values():
-            self.assertLessEqual(abs(count - short["requests"] / 3), 1)
+        for count in short.servers.values():
+            self.assertLessEqual(abs(count - short.requests / 3), 1)
 
-        persistent = self.run_load(
-            lab, "--pattern", "persistent", "--connections", "6", "--requests-per-connection", "10"
-        )
+        persistent = self.run_load(lab, pattern="persistent", connections=6, requests_per_connection=10)
         self.assertEveryServerAnsweredEverything(lab, persistent)
 
         for server in lab.servers:
@@ -82,6 +74,10 @@ class LabTopologyTests(TestCase):
 
         lab.set_cpus(server, 0.25)
         self.assertEqual(server.cgroup.cpus(), 0.25)
+        # Inside the namespace the command is in its cgroup and sees the hierarchy where it is outside.
+        seen = lab.run(server.namespace, ["sh", "-c", f"cat /proc/self/cgroup {server.cgroup.path}/cpu.max"],
+                       cgroup=server.cgroup).stdout
+        self.assertEqual(seen, f"0::/{lab.prefix}/{server.name}\n25000 100000\n")
 
         hog = lab.start_hog(server, workers=2)
         in_cgroup = server.cgroup.pids()

@@ -2,26 +2,35 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import json
 import math
 import socket
 import statistics
-import threading
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from lvsfeedback.lab.backend import BackendServer
+from lvsfeedback.lab.backend import Backend
 from lvsfeedback.lab.loadgen import (
     ERROR,
     OK,
     TIMEOUT,
     LoadConfig,
+    LoadRun,
     ProtocolError,
     RequestRecord,
     ResponseParser,
+    command_line,
+    config_from_args,
+    parse_args,
+    parse_output,
     percentile,
     poisson_schedule,
+    read_records,
     run_load,
     summarize,
+    write_records,
 )
 
 
@@ -142,48 +151,40 @@ class ConfigTests(SynchronousTestCase):
         self.assertRaises(ValueError, LoadConfig, "127.0.0.1", 80, rate=10, duration=1, connections=0)
 
 
-class CountingBackend(BackendServer):
-    """The lab backend, counting the TCP connections it accepts."""
+def run_against_backend(config_for_port, name="alpha"):
+    """Run the load against a lab backend listening on loopback in the same event loop."""
 
-    accepted = 0
+    async def scenario():
+        backend = Backend(name, work_seconds=0.001)
+        server = await backend.listen("127.0.0.1", 0)
+        async with server:
+            records = await LoadRun(config_for_port(server.sockets[0].getsockname()[1])).run()
+        return records, backend
 
-    def process_request(self, request, client_address):
-        self.accepted += 1
-        super().process_request(request, client_address)
+    return asyncio.run(scenario())
 
 
 class LoopbackRunTests(SynchronousTestCase):
-    def start_backend(self, name="alpha"):
-        server = CountingBackend(("127.0.0.1", 0), name, work_seconds=0.001)
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-        thread.start()
-        self.addCleanup(thread.join)
-        self.addCleanup(server.server_close)
-        self.addCleanup(server.shutdown)
-        return server
-
     def test_short_connections_one_per_request(self):
-        server = self.start_backend()
-        config = LoadConfig("127.0.0.1", server.server_address[1], rate=100, duration=0.5, seed=5)
-        records = run_load(config)
-        self.assertEqual(len(records), len(poisson_schedule(100, 0.5, 5)))
+        records, backend = run_against_backend(
+            lambda port: LoadConfig("127.0.0.1", port, rate=100, duration=0.5, seed=5)
+        )
+        self.assertEqual([record.scheduled for record in records], poisson_schedule(100, 0.5, 5))
         self.assertEqual({record.outcome for record in records}, {OK})
         self.assertEqual({record.server for record in records}, {"alpha"})
-        self.assertEqual(server.accepted, len(records))
-        self.assertEqual([record.scheduled for record in records], poisson_schedule(100, 0.5, 5))
+        self.assertEqual(backend.connections, len(records))
         self.assertTrue(all(record.latency > 0 for record in records))
 
     def test_persistent_connections_carry_several_requests_then_reconnect(self):
-        server = self.start_backend()
-        config = LoadConfig(
-            "127.0.0.1", server.server_address[1], rate=200, duration=0.5, seed=6,
+        records, backend = run_against_backend(lambda port: LoadConfig(
+            "127.0.0.1", port, rate=200, duration=0.5, seed=6,
             pattern="persistent", connections=2, requests_per_connection=10,
-        )
-        records = run_load(config)
+        ))
         self.assertEqual({record.outcome for record in records}, {OK})
+        self.assertEqual(backend.requests, len(records))
         # Each of the 2 connections is replaced after 10 requests.
-        self.assertGreaterEqual(server.accepted, math.ceil(len(records) / 10))
-        self.assertLessEqual(server.accepted, len(records) // 10 + 2)
+        self.assertGreaterEqual(backend.connections, math.ceil(len(records) / 10))
+        self.assertLessEqual(backend.connections, len(records) // 10 + 2)
 
     def test_a_silent_server_gives_timeouts(self):
         silent = socket.socket()
@@ -208,3 +209,28 @@ class LoopbackRunTests(SynchronousTestCase):
         self.assertTrue(records)
         self.assertEqual({record.outcome for record in records}, {ERROR})
         self.assertIn("ConnectionRefusedError", records[0].error)
+
+
+class CommandLineTests(SynchronousTestCase):
+    def test_a_config_survives_the_command_line(self):
+        config = LoadConfig("10.200.0.1", 80, rate=37.5, duration=12.25, seed=9, pattern="persistent",
+                            connections=5, requests_per_connection=50, timeout=2.5, max_requests=400,
+                            max_in_flight=64, path="/work")
+        args = parse_args(command_line(config, "/tmp/records.jsonl"))
+        self.assertEqual(config_from_args(args), config)
+        self.assertEqual(args.records, "/tmp/records.jsonl")
+
+    def test_records_survive_their_file(self):
+        records = [RequestRecord(0.5, OK, 0.01, "rs1", 200), RequestRecord(0.75, TIMEOUT, error="late")]
+        path = self.mktemp()
+        write_records(records, path)
+        self.assertEqual(read_records(path), records)
+
+    def test_the_printed_summary_reads_back(self):
+        summary = summarize([RequestRecord(0.5, OK, 0.01, "rs1", 200)], duration=1.0)
+        printed = json.dumps({"config": {}, "summary": dataclasses.asdict(summary)})
+        self.assertEqual(parse_output(printed), summary)
+
+    def test_bad_targets(self):
+        for target in ("10.0.0.1", ":80", "host:http"):
+            self.assertRaises(SystemExit, parse_args, ["--target", target, "--rate", "1", "--duration", "1"])

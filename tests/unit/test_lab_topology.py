@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from lvsfeedback.lab.cgroups import Cgroup
 from lvsfeedback.lab.topology import (
+    Command,
     LabError,
     LabProcess,
     Topology,
@@ -20,7 +21,6 @@ from lvsfeedback.lab.topology import (
     run_command,
     setup_commands,
     teardown_commands,
-    Command,
 )
 
 
@@ -196,3 +196,20 @@ class LabProcessTests(SynchronousTestCase):
 
     def test_spawn_needs_a_built_lab(self):
         self.assertRaises(LabError, Topology(1, prefix="unbuilt").spawn, "unbuilt-rs1", ["true"])
+
+
+class FailedBuildTests(SynchronousTestCase):
+    def test_a_build_that_fails_early_leaves_nothing_and_says_why(self):
+        if os.geteuid() != 0:
+            raise SkipTest("build() refuses to start without root")
+        cgroup_root = Path(self.mktemp())
+        cgroup_root.mkdir()
+        (cgroup_root / "cgroup.controllers").write_text("memory pids\n")
+        netns_dir = Path(self.mktemp())
+        netns_dir.mkdir()
+        lab = Topology(1, prefix="failing", cgroup_root=cgroup_root, netns_dir=netns_dir)
+        with self.assertRaises(LabError) as raised:
+            lab.build()
+        self.assertIn("cpu controller", str(raised.exception))
+        self.assertEqual(lab.leftovers(), [])
+        self.assertIsNone(lab.log_dir)
