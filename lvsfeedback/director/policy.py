@@ -53,6 +53,7 @@ class LostAgentAction(enum.StrEnum):
 class AgentState(enum.StrEnum):
     NEVER_SEEN = "never-seen"
     CONNECTED = "connected"
+    STOPPED = "stopped"  # connected, but the service is not started
     LOST = "lost"
 
 
@@ -68,6 +69,7 @@ class Reason(enum.StrEnum):
     LOST_AGENT = "lost-agent"  # the agent disconnected; the lost-agent action applies
     STALE = "stale"  # the agent is connected but its report is too old; same action
     STATIC = "static"  # no feedback yet: the configured base weight
+    STOPPED = "stopped"  # the agent is up but has not started (or has stopped) the service
 
 
 # Weights that follow feedback move a little on every report; hysteresis keeps
@@ -282,6 +284,10 @@ def _assess(server: ServerInput, settings: PolicySettings, now: float) -> _Asses
     if isinstance(server.override, Pinned):
         return _Assessment(server.override.weight, Reason.PINNED, "pinned by the operator", automatic=False)
     agent = server.agent
+    if agent.state is AgentState.STOPPED:
+        # NECP: after INIT, and after STOP, a service gets no new flows until START.
+        # A deliberate request, like a drain: obeyed, and no part of panic.
+        return _Assessment(0, Reason.STOPPED, "service stopped by its agent", automatic=False)
     if agent.state is AgentState.LOST:
         since = "" if agent.since is None else f" {now - agent.since:.1f}s ago"
         return _lost(server, settings, Reason.LOST_AGENT, f"agent lost{since}")

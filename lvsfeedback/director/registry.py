@@ -145,7 +145,7 @@ class Registry:
         ports = [port for port in session.started if _port_matches(service, dest, port)]
         agent = Agent(AgentState.CONNECTED, session.connected_at)
         if not ports:
-            return ServerFacts(agent, None, True)
+            return ServerFacts(Agent(AgentState.STOPPED, session.connected_at), None, True)
         reports = [session.health[port] for port in ports if port in session.health]
         if not reports:
             return ServerFacts(agent, None, False)

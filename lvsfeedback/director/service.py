@@ -85,8 +85,11 @@ class DirectorService(MultiService):
         except (ConfigError, OSError) as error:
             self.log.error("config reload refused, the running config stays:\n{problems}", problems=str(error))
             return False
-        if new.director.listen != self.config.director.listen:
-            self.log.warn("[director] listen changed to {listen}: takes effect on restart", listen=new.director.listen)
+        for section, old, changed in (("director", self.config.director.listen, new.director.listen),
+                                      ("status", self.config.status.listen, new.status.listen)):
+            if changed != old:
+                self.log.warn("[{section}] listen changed to {listen}: takes effect on restart",
+                              section=section, listen=changed)
         self.factory.allow = new.director.allow
         self.factory.secret = secret
         self.registry.configure(new)

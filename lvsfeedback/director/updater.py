@@ -22,7 +22,6 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from lvsfeedback.director.policy import (
-    DRAINED,
     Decision,
     Override,
     PolicyState,
@@ -209,8 +208,6 @@ class WeightUpdater(Service):
         facts = self.registry.facts(service, dest)
         kernel_dest = entry.dests.get(dest) if entry is not None else None
         override = self.overrides.get((service.key, dest))
-        if override is None and facts.stopped:
-            override = DRAINED
         return ServerInput(
             base_weight=self._base_weight(service.key, dest, server, kernel_dest),
             agent=facts.agent,

@@ -152,7 +152,12 @@ class PolicyPropertyTests(SynchronousTestCase):
     def test_panic_never_leaves_a_service_without_weight(self, scenario):
         settings, servers, state = scenario
         result, _ = decide_once(servers, settings, state=state)
-        automatic = [result.servers[dest] for dest, server in servers.items() if server.override is None]
+        # Operator overrides and services their agents stopped are obeyed, not panicked over.
+        automatic = [
+            result.servers[dest]
+            for dest, server in servers.items()
+            if server.override is None and server.agent.state is not AgentState.STOPPED
+        ]
         if settings.panic_threshold > 0 and automatic:
             self.assertTrue(any(d.weight > 0 and not d.remove for d in automatic), result)
 
@@ -442,3 +447,12 @@ class StateTests(SynchronousTestCase):
         _, state = decide_once({A: reporting(50), B: reporting(50)})
         _, state = decide_once({A: reporting(50)}, state=state)
         self.assertEqual(set(state.servers), {(SERVICE, A)})
+
+
+class StoppedServiceTests(SynchronousTestCase):
+    def test_a_service_its_agent_stopped_gets_no_new_connections_even_in_panic(self):
+        stopped = ServerInput(100, agent=Agent(AgentState.STOPPED, 0.0), current_weight=100)
+        lost = ServerInput(100, agent=Agent(AgentState.LOST, 0.0), current_weight=100)
+        result, _ = decide_once({A: stopped, B: lost}, PolicySettings(panic_threshold=0.5))
+        self.assertEqual((result.servers[A].weight, result.servers[A].reason), (0, Reason.STOPPED))
+        self.assertEqual(result.servers[B].reason, Reason.PANIC, "the lost one is the only automatic server")
