@@ -75,6 +75,7 @@ class DirectorSettings:
     secret_file: Path | None  # shared NECP secret; None: no authentication
     allow: tuple[Network, ...]  # agent source networks
     update_interval: float  # seconds between policy passes
+    health_interval: float  # seconds between health questions to each agent; 0: on keepalives only
     observe: bool  # compute and expose weights, never touch the kernel
     weights_only: bool  # only edit weights of real servers already in the kernel
 
@@ -202,6 +203,7 @@ class _Reader:
             secret_file=table.take("secret_file", self._readable_file, None),
             allow=table.take_list("allow", _network, EVERYWHERE, allow_empty=False),
             update_interval=table.take("update_interval", _seconds(lambda n: n > 0, "> 0"), 2.0),
+            health_interval=table.take("health_interval", _seconds(lambda n: n >= 0, ">= 0"), 2.0),
             observe=table.take("observe", _boolean, False),
             weights_only=table.take("weights_only", _boolean, False),
         )

@@ -19,6 +19,7 @@ from ipaddress import IPv4Address, ip_address
 from typing import Callable
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import Interface
 
@@ -281,8 +282,15 @@ class NEProtocol(NECPProtocol):
 
     def session_established(self) -> None:
         self.factory.agent_up(self)
+        if self.factory.health_interval > 0:
+            self._health_loop = LoopingCall(lambda: self.ask_health(self.services) if self.services else None)
+            self._health_loop.clock = self.factory.clock
+            self._health_loop.start(self.factory.health_interval, now=False)
 
     def session_ended(self, reason: str, was_established: bool) -> None:
+        loop = getattr(self, "_health_loop", None)
+        if loop is not None and loop.running:
+            loop.stop()
         if was_established:
             self.factory.agent_gone(self, reason)
 
@@ -401,7 +409,8 @@ class NEFactory(NECPFactory):
     On INIT, any older session from the same host is dropped: the director
     forgets everything it held for that agent (NECP's rule for INIT).
     With C{ask_on_start}, newly started services are asked for their health
-    at once, besides on every keepalive.
+    at once; with a C{health_interval}, every that many seconds; and always
+    on every keepalive.
 
     @ivar exceptions: the L{ExceptionTable} of all agents.
     """
@@ -417,11 +426,13 @@ class NEFactory(NECPFactory):
         secret: bytes | None = None,
         random: Callable[[], float] = _random.random,
         ask_on_start: bool = True,
+        health_interval: float = 0.0,
         **timing: float,
     ):
         super().__init__(clock=clock, secret=secret, random=random, **timing)
         self.events = events
         self.ask_on_start = ask_on_start
+        self.health_interval = health_interval
         self.exceptions = ExceptionTable(clock, self._exception_expired)
         self.connection_numbers = itertools.count(1)
         self._sessions: dict[Agent, NEProtocol] = {}

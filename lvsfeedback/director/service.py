@@ -66,7 +66,8 @@ class DirectorService(MultiService):
         self.updater = WeightUpdater(config, self.registry, self.table, reactor, observe=observe)
         self.updater.setServiceParent(self)
         self.factory = GuardedNEFactory(
-            self.registry, config.director.allow, clock=reactor, secret=read_secret(config), **timing
+            self.registry, config.director.allow, clock=reactor, secret=read_secret(config),
+            health_interval=config.director.health_interval, **timing,
         )
         self.listener = strports.service(config.director.listen, self.factory, reactor=reactor)
         self.listener.setServiceParent(self)
@@ -91,6 +92,7 @@ class DirectorService(MultiService):
                 self.log.warn("[{section}] listen changed to {listen}: takes effect on restart",
                               section=section, listen=changed)
         self.factory.allow = new.director.allow
+        self.factory.health_interval = new.director.health_interval  # for sessions from now on
         self.factory.secret = secret
         self.registry.configure(new)
         self.updater.configure(new)

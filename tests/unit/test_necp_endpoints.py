@@ -166,6 +166,16 @@ class SessionTests(EndpointTestCase):
         agent = Agent("10.0.0.2", 40000, 1)
         self.assertEqual(self.events.of("health"), [(agent, WEB, 75, 0.0), (agent, DNS, 40, 0.0)])
 
+    def test_director_with_a_health_interval_asks_that_often_between_keepalives(self):
+        director = self.director(health_interval=2.0)
+        link = self.connect(director, self.agent_factory(services=(WEB,)))
+        self.elapse(4.5)
+        agent = Agent("10.0.0.2", 40000, 1)
+        self.assertEqual(self.events.of("health"), [(agent, WEB, 75, 2.0), (agent, WEB, 75, 4.0)])
+        link.director.transport.loseConnection()
+        self.flush()
+        self.assertEqual(self.clock.getDelayedCalls(), [], "no timer outlives the session")
+
     def test_one_query_per_protocol_and_port_reports_every_forwarding_method(self):
         also_web = Service(1, 6, 80)
         link = self.connect(self.director(), self.agent_factory(services=(WEB, also_web)))
