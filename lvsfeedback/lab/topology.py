@@ -451,14 +451,15 @@ class Topology:
                 self.cgroups.child(server.name, self.cpus_per_server)
             for command in setup_commands(self.plan):
                 run_command(command)
-        except (LabError, CgroupError, OSError) as error:
+        except BaseException as error:
+            # Also on Ctrl-C: a half-built lab must not outlive the run.
             try:
                 self.teardown()
             except LabError as cleanup:
-                raise LabError(f"building the lab failed: {error}; and cleaning up: {cleanup}") from error
-            if isinstance(error, LabError):
-                raise
-            raise LabError(f"building the lab failed: {error}") from error
+                error.add_note(f"and cleaning up after it failed too: {cleanup}")
+            if isinstance(error, (CgroupError, OSError)):
+                raise LabError(f"building the lab failed: {error}") from error
+            raise
         return self
 
     def run(self, namespace: str, argv: list[str], *, timeout: float = COMMAND_TIMEOUT,
@@ -489,7 +490,8 @@ class Topology:
                        timeout: float = 120.0) -> dict[str, LabProcess]:
         """
         One L{lvsfeedback.lab.backend} per real server, in its namespace and
-        cgroup, started together and each waited for until it listens.
+        cgroup, started together and each waited for until it listens; by
+        server name.
         """
         started = {
             server.name: self.spawn(server.namespace, [
