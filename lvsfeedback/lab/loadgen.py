@@ -11,10 +11,14 @@ Two connection patterns:
 
 - C{short}: one request per TCP connection (C{Connection: close}), so IPVS
   schedules every request.
-- C{persistent}: a pool of C{connections} keep-alive connections; each idle
-  connection takes the next due request, and after
-  C{requests_per_connection} requests it closes and reconnects, so IPVS
-  only schedules the reconnections.
+- C{persistent}: C{connections} keep-alive connections, like as many users
+  each with their own HTTP/1.1 connection: every request is dealt to one
+  connection (chosen by the seeded RNG), which sends its requests one after
+  another; after C{requests_per_connection} requests it closes and
+  reconnects, so IPVS only schedules the reconnections. A connection that
+  IPVS put on a slow server keeps its queue there, as a real user's would;
+  a shared queue feeding whichever connection is idle would instead steer
+  requests away from slow servers by itself and hide the scheduler.
 
 Every request has a deadline (its scheduled time + C{timeout}); a request
 not answered by then is recorded as a timeout. So a run ends by itself at
@@ -353,11 +357,13 @@ class LoadRun:
         await asyncio.gather(*tasks)
 
     async def _run_persistent(self) -> None:
-        due: asyncio.Queue = asyncio.Queue()
-        workers = [asyncio.create_task(self._connection_worker(due)) for _ in range(self.config.connections)]
+        queues = [asyncio.Queue() for _ in range(self.config.connections)]
+        workers = [asyncio.create_task(self._connection_worker(due)) for due in queues]
+        # Seeded apart from the schedule, so both stay the same run to run.
+        dealer = random.Random(self.config.seed + 1)
         async for arrival in self._arrivals():
-            due.put_nowait(arrival)
-        for _ in workers:
+            dealer.choice(queues).put_nowait(arrival)
+        for due in queues:
             due.put_nowait(None)
         await asyncio.gather(*workers)
 

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import socket
+import threading
 import statistics
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -185,6 +186,36 @@ class LoopbackRunTests(SynchronousTestCase):
         # Each of the 2 connections is replaced after 10 requests.
         self.assertGreaterEqual(backend.connections, math.ceil(len(records) / 10))
         self.assertLessEqual(backend.connections, len(records) // 10 + 2)
+
+    def test_persistent_requests_stay_with_their_connection_even_when_it_stalls(self):
+        # A server that answers on its first connection and never on the
+        # second, as if IPVS had put that one on a dead server. Each request
+        # belongs to the connection it was dealt to, so about half time out;
+        # a shared queue would have fed nearly all to the live connection.
+        server = socket.socket()
+        self.addCleanup(server.close)
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+
+        def serve():
+            live, _ = server.accept()
+            stalled, _ = server.accept()
+            self.addCleanup(stalled.close)
+            with live:
+                buffer = b""
+                while chunk := live.recv(65536):
+                    buffer += chunk
+                    while b"\r\n\r\n" in buffer:
+                        _, buffer = buffer.split(b"\r\n\r\n", 1)
+                        live.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Server: live\r\n\r\nok")
+
+        threading.Thread(target=serve, daemon=True).start()
+        records = run_load(LoadConfig("127.0.0.1", server.getsockname()[1], rate=200, duration=0.5, seed=6,
+                                      pattern="persistent", connections=2, requests_per_connection=1000, timeout=0.3))
+        timeouts = sum(1 for record in records if record.outcome == TIMEOUT)
+        self.assertGreater(len(records), 50)
+        self.assertTrue(0.3 < timeouts / len(records) < 0.7, f"{timeouts} of {len(records)} timed out")
+        self.assertEqual({r.server for r in records if r.outcome == OK}, {"live"})
 
     def test_a_silent_server_gives_timeouts(self):
         silent = socket.socket()
