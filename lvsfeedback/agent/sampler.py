@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -176,6 +176,8 @@ class Sampler(Service):
                 raise ValueError(f"service {config.name} is configured twice")
             self._services[key] = _ServiceState(config)
         self.drained = False
+        self._sampled = False
+        self._waiting_for_sample: list[Deferred] = []
         self._loop: LoopingCall | None = None
         self._loop_stopped: Deferred | None = None
 
@@ -219,7 +221,23 @@ class Sampler(Service):
         sampled = maybeDeferred(self._read_all)
         sampled.addCallback(lambda _: self._update_health())
         sampled.addErrback(lambda failure: self.log.failure("sampling pass failed", failure))
+        sampled.addCallback(self._first_sample_done)
         return sampled
+
+    def when_sampled(self) -> Deferred[None]:
+        """Fires once a first pass has completed: until then every health is 0."""
+        if self._sampled:
+            return succeed(None)
+        waiting: Deferred[None] = Deferred()
+        self._waiting_for_sample.append(waiting)
+        return waiting
+
+    def _first_sample_done(self, _) -> None:
+        if not self._sampled:
+            self._sampled = True
+            waiting, self._waiting_for_sample = self._waiting_for_sample, []
+            for deferred in waiting:
+                deferred.callback(None)
 
     def _read_all(self) -> Deferred:
         return DeferredList(

@@ -3,7 +3,8 @@ The agent as one Twisted service: the sampler measuring load, the links to
 every director answering health queries from it, and optionally the HAProxy
 agent-check listener.
 
-Draining sends STOP for every service to every director and waits (bounded)
+The agent connects to its directors once its first sample is in, so its
+first answer is a measurement. Draining sends STOP for every service to every director and waits (bounded)
 for their STOP_ACKs; while drained every health answer is 0. Stopping the
 service (SIGTERM under twistd) drains first, so a real server leaves the
 pool before its agent goes away.
@@ -12,7 +13,7 @@ pool before its agent goes away.
 from __future__ import annotations
 
 from twisted.application import strports
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.internet.endpoints import clientFromString
 from twisted.logger import Logger
@@ -25,7 +26,7 @@ from lvsfeedback.agent.metrics.spec import MetricRegistry
 from lvsfeedback.agent.protocol import DirectorLinks
 from lvsfeedback.agent.sampler import Sampler, ServiceMetrics
 from lvsfeedback.ipvs.model import PROTOCOLS
-from lvsfeedback.necp.codec import Service
+from lvsfeedback.necp.codec import Service as ServiceUnit
 
 
 def build_sampler(settings: AgentSettings, reactor, registry: MetricRegistry | None = None) -> Sampler:
@@ -54,7 +55,7 @@ class AgentService(MultiService):
         self.sampler = sampler or build_sampler(settings, reactor)
         self.sampler.setServiceParent(self)
         self.units = tuple(
-            Service(FORWARDING_CODES[s.forwarding], PROTOCOLS[s.protocol], s.port) for s in settings.services
+            ServiceUnit(FORWARDING_CODES[s.forwarding], PROTOCOLS[s.protocol], s.port) for s in settings.services
         )
         secret = settings.secret_file.read_bytes().strip() if settings.secret_file else None
         if endpoints is None:
@@ -66,6 +67,20 @@ class AgentService(MultiService):
             protocol, port = (settings.haproxy_service or first.name).split(":")
             factory = HAProxyAgentFactory(self.sampler, protocol, int(port))
             strports.service(settings.haproxy_agent, factory, reactor=reactor).setServiceParent(self)
+
+    def startService(self):
+        # Everything but the director links: an agent that STARTs before its
+        # first sample would answer health 0 and have a healthy server
+        # quiesced, so it connects once it can answer.
+        Service.startService(self)
+        for child in self:
+            if child is not self.links:
+                child.startService()
+        self.sampler.when_sampled().addCallback(self._connect)
+
+    def _connect(self, _) -> None:
+        if self.running and not self.links.running:
+            self.links.startService()
 
     @property
     def drained(self) -> bool:

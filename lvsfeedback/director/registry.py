@@ -85,7 +85,7 @@ class Registry:
         refused = []
         for unit in services:
             port = (unit.protocol, unit.port)
-            if self._serves(session.address, port) or self._auto_join(session.address, port):
+            if self._serves(session.address, port) or self._auto_join(session.address, port) or self._kernel_may_have(port):
                 session.started[port] = IPVS_FORWARDING.get(unit.forwarding, "")
             else:
                 refused.append(unit)
@@ -160,6 +160,17 @@ class Registry:
             real.dest_key.address == address and _port_matches(service, real.dest_key, port)
             for service in self._config.services
             for real in service.reals
+        )
+
+    def _kernel_may_have(self, port: ServicePort) -> bool:
+        """
+        With weights_only the real servers are whatever the kernel holds (put
+        there by keepalived or ipvsadm), not the config's: an agent's START
+        is taken for any configured protocol, and matched to kernel servers
+        by its address and port.
+        """
+        return self._config.director.weights_only and any(
+            service.key.is_fwmark or PROTOCOLS[service.key.protocol] == port[0] for service in self._config.services
         )
 
     def _auto_join(self, address: str, port: ServicePort) -> bool:

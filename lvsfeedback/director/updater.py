@@ -81,6 +81,7 @@ class WeightUpdater(Service):
         self._first_seen_weight: dict[tuple[ServiceKey, DestKey], int] = {}
         self._panic: set[ServiceKey] = set()
         self._adopt_until = 0.0
+        self._adopting = False
         self._loop = LoopingCall(self.run_pass)
         self._loop.clock = clock
         self.configure(config)
@@ -100,6 +101,7 @@ class WeightUpdater(Service):
     def startService(self):
         super().startService()
         self._adopt_until = self.clock.seconds() + self.adoption_grace
+        self._adopting = True
         self._loop.start(self.config.director.update_interval, now=True)
 
     def stopService(self):
@@ -121,6 +123,9 @@ class WeightUpdater(Service):
 
     def _plan_and_apply(self, kernel, now: float, started: float):
         plan = self.plan(kernel, now)
+        if self._adopting and now >= self._adopt_until:
+            self._adopting = False
+            self.log.info("adoption over: real servers no agent has spoken for now follow the policy")
         self.passes += 1
         self._report_panic(plan.decisions)
         if self.observing or not plan.changes:

@@ -46,15 +46,18 @@ class Daemon:
         self.lines += [line.decode(errors="replace") for line in complete]
         return True
 
-    def wait_for(self, pattern: str, timeout: float, after: int = 0) -> re.Match:
-        """The first line from index `after` on that matches; AssertionError with the log otherwise."""
+    def wait_for(self, pattern: str, timeout: float, after: int = 0, where=lambda match: True) -> re.Match:
+        """
+        The first line from index `after` on that matches (and satisfies
+        `where`, given the match); AssertionError with the log otherwise.
+        """
         regex = re.compile(pattern)
         deadline = time.monotonic() + timeout
         checked = after
         while True:
             for index in range(checked, len(self.lines)):
                 match = regex.search(self.lines[index])
-                if match:
+                if match and where(match):
                     return match
             checked = max(checked, len(self.lines))
             remaining = deadline - time.monotonic()

@@ -115,3 +115,30 @@ class HAProxyAgentCheckTests(SynchronousTestCase):
 
     def test_other_failing_metrics_do_not_mark_the_server_down(self):
         self.assertEqual(self.answer(FakeSampler(40, failing=["http"])), b"ready up 40%\n")
+
+
+class ConnectAfterFirstSampleTests(SynchronousTestCase):
+    def test_agent_connects_to_its_directors_only_once_it_has_a_sample(self):
+        from twisted.internet.defer import Deferred
+        from twisted.internet.testing import MemoryReactorClock
+
+        from lvsfeedback.agent.config import AgentSettings
+        from lvsfeedback.agent.service import AgentService
+
+        class FirstSampleLater(FakeSampler):
+            sampled = Deferred()
+
+            def when_sampled(self):
+                return self.sampled
+
+            def setServiceParent(self, parent):
+                pass
+
+        reactor = MemoryReactorClock()
+        settings = AgentSettings(directors=("tcp:192.0.2.1:3262",), services=(ServiceSettings("tcp", 80),))
+        sampler = FirstSampleLater()
+        agent = AgentService(settings, reactor, sampler=sampler)
+        agent.startService()
+        self.assertEqual(reactor.tcpClients, [], "no connection before the first sample")
+        sampler.sampled.callback(None)
+        self.assertEqual([(host, port) for host, port, *_ in reactor.tcpClients], [("192.0.2.1", 3262)])

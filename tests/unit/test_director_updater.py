@@ -264,6 +264,18 @@ class ModeTests(UpdaterTestCase):
         self.assertTrue(all(isinstance(change, EditDest) for change in self.table.applied[setup:]))
 
 
+    def test_weights_only_follows_agents_of_servers_only_the_kernel_knows(self):
+        stranger = DestKey.of("10.1.0.77", 80)
+        self.table.apply([AddService(VirtualService(WEB, "wlc")), AddDest(WEB, RealServer(stranger, 20, "dr"))])
+        self.start(write_config(self, director="weights_only = true"), adoption_grace=0)
+        agent = Agent("10.1.0.77", 40000, 7)
+        self.registry.agentUp(agent)
+        self.assertEqual(list(self.registry.servicesStarted(agent, [HTTP])), [], "START accepted")
+        self.registry.healthReported(agent, HTTP, 50, self.clock.seconds())
+        self.tick()
+        self.assertEqual(self.weights(), {stranger: 10})
+
+
 class FailureTests(UpdaterTestCase):
     def test_a_failed_pass_is_logged_and_the_next_one_retries(self):
         table = FailingTable(self.table)

@@ -7,6 +7,7 @@ wire and the kernel.
 
 import textwrap
 
+from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -34,6 +35,9 @@ class SettableHealth:
 
     def setServiceParent(self, parent):
         pass
+
+    def when_sampled(self):
+        return succeed(None)
 
 
 class FeedbackLoopTests(SynchronousTestCase):

@@ -370,3 +370,18 @@ class PureHelperTests(SynchronousTestCase):
     def test_health_index_rounds_half_up(self) -> None:
         healths = (0.0, 0.49, 0.5, 67.5, 99.5, 100.0)
         self.assertEqual([health_index(h) for h in healths], [0, 0, 1, 68, 100, 100])
+
+
+class FirstSampleTests(SynchronousTestCase):
+    def test_when_sampled_fires_after_the_first_pass_and_at_once_afterwards(self):
+        from lvsfeedback.agent.sampler import Sampler
+
+        clock = Clock()
+        sampler = Sampler([], clock, interval=1.0)
+        sampler.startService()
+        self.addCleanup(sampler.stopService)
+        waiting = sampler.when_sampled()
+        self.assertNoResult(waiting)
+        clock.advance(1.0)
+        self.assertIsNone(self.successResultOf(waiting))
+        self.assertIsNone(self.successResultOf(sampler.when_sampled()))
