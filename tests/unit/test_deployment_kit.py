@@ -131,3 +131,19 @@ class DeploymentKitTests(SynchronousTestCase):
         director.wait_for(r"config reloaded from .*: 1 services", 10, after=mark)
         director.wait_for(r"observe: TCP 10\.0\.0\.1:80 127\.0\.0\.2:80: desired weight none -> 100", 10, after=mark)
         self.assertAgentReportsAndDrains(director, agent)
+
+
+class JSONLogTests(SynchronousTestCase):
+    def test_twistd_logger_option_gives_one_json_event_per_line(self):
+        import json
+
+        config = os.path.abspath(self.mktemp())
+        with open(config, "w") as file:
+            file.write(DIRECTOR_CONFIG.format(port=free_port(), status_port=free_port(), more=""))
+        director = Daemon([os.path.join(BIN, "twistd"), "--logger=lvsfeedback.logs.json_stdout", "-n", "--pidfile=",
+                           "lvs-director", "--config", config])
+        self.addCleanup(director.stop)
+        line = director.wait_for(r'"log_format": "observe: \{service\}', 30).string
+        event = json.loads(line.lstrip("\x1e"))
+        self.assertEqual(event["log_namespace"], "lvsfeedback.director.updater.WeightUpdater")
+        self.assertEqual((event["service"], event["dest"], event["new"]), ("TCP 10.0.0.1:80", "127.0.0.1:80", 100))
