@@ -8,6 +8,7 @@ drain, undrain or pin a real server, and check a configuration file.
     lvsfeedback pin SERVICE SERVER WEIGHT
     lvsfeedback check-config FILE
     lvsfeedback version
+    lvsfeedback experiment [--quick] [--scenario NAME] [--out DIR] ...
 
 SERVICE is a service's name from the config, or its virtual service as
 ipvsadm writes it ("TCP 10.0.0.1:80", "FWM 5"); SERVER is "10.1.0.1:80", or
@@ -243,6 +244,13 @@ def command_version(options, out: TextIO, err: TextIO) -> int:
     return 0
 
 
+def command_experiment(options, out: TextIO, err: TextIO) -> int:
+    # Imported here: it is the lab's, and only this command needs it.
+    from lvsfeedback.lab.experiment import main as experiment
+
+    return experiment(options.arguments)
+
+
 def _weight(text: str) -> int:
     try:
         value = int(text)
@@ -288,6 +296,11 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("file")
     check.set_defaults(run=command_check_config)
 
+    experiment = commands.add_parser(
+        "experiment", add_help=False, help="measure what feedback buys in a lab cluster (root, a kernel with IPVS)"
+    )
+    experiment.set_defaults(run=command_experiment)
+
     version = commands.add_parser("version", help="print the version")
     version.set_defaults(run=command_version)
     return top
@@ -296,7 +309,12 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
-    options = parser().parse_args(argv)
+    # The experiment parses its own options (lvsfeedback experiment --help).
+    options, extra = parser().parse_known_args(argv)
+    if options.command == "experiment":
+        options.arguments = extra
+    elif extra:
+        parser().error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return options.run(options, out, err)
     except CommandFailed as failure:

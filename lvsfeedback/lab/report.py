@@ -1,0 +1,551 @@
+"""
+The experiment's numbers: from a cell's raw records and samples to its
+result document, from the results of many cells to the table, C{report.md}
+and the plots. Pure functions of recorded data (plots aside, which write
+PNG files with matplotlib's Agg backend), so a recorded result rebuilds
+the whole report on any machine:
+
+    python -m lvsfeedback.lab.report results/experiment/results.json
+
+Definitions used throughout:
+
+- latency counts from each request's scheduled time (open loop); the
+  statistics cover the requests scheduled in the measured window, after
+  the warm-up;
+- a server's CPU utilisation is its cgroup's C{usage_usec} growth over the
+  measured window divided by the window and its quota (a hog in the group
+  counts: it is what the server really spent);
+- weights are sampled from the director namespace's IPVS table each second;
+- settling, after a change (hog on or off, a server failing or returning):
+  each server's final level is the median of its weight over the last
+  quarter of the phase (until the next change or the end of the load); the
+  weights have settled at the first sample from which every server stays
+  within a band of 10% of the largest final level; C{exits} counts how
+  often a server left that band again after first entering it (0: no
+  oscillation). Settling is given in seconds and in update periods.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from lvsfeedback.lab.loadgen import OK, RequestRecord, percentile, summarize
+
+SETTLE_BAND = 0.10
+# Targets of issue #6, checked where the results hold the cells they need.
+HALF = 0.5
+NEAR_ORACLE = 1.2
+EQUAL_SLACK = 1.05
+SETTLE_PERIODS = 3
+FEEDBACK_PREFIX = "lvsfeedback"
+
+
+def pack_record(record: RequestRecord) -> list:
+    """A record as a short JSON array: [scheduled, outcome, latency, server, error]."""
+    latency = None if record.latency is None else round(record.latency, 6)
+    return [round(record.scheduled, 6), record.outcome, latency, record.server, record.error]
+
+
+def unpack_record(packed: list) -> RequestRecord:
+    scheduled, outcome, latency, server, error = packed
+    return RequestRecord(scheduled, outcome, latency, server, 200 if outcome == OK else None, error)
+
+
+def _milliseconds(value: float | None) -> float | None:
+    return None if value is None else round(value * 1000, 3)
+
+
+def measured(records: list[RequestRecord], warmup: float, measure: float) -> list[RequestRecord]:
+    """The requests scheduled in the measured window."""
+    return [record for record in records if warmup <= record.scheduled < warmup + measure]
+
+
+def lateness_summary(lateness: list[float]) -> dict[str, float | None]:
+    """How late the generator sent its arrivals, in milliseconds."""
+    if not lateness:
+        return {"mean": None, "p99": None, "max": None}
+    ordered = sorted(lateness)
+    return {"mean": _milliseconds(statistics.fmean(ordered)), "p99": _milliseconds(percentile(ordered, 99)),
+            "max": _milliseconds(ordered[-1])}
+
+
+def weight_series(samples: list[dict], addresses: dict[str, str]) -> dict[str, list]:
+    """{"time": [...], "rs1": [weight or None, ...], ...} from the IPVS samples."""
+    series: dict[str, list] = {"time": [sample["time"] for sample in samples]}
+    for name, address in addresses.items():
+        series[name] = [sample["ipvs"].get(address, {}).get("weight") for sample in samples]
+    return series
+
+
+def cpu_utilisation(samples: list[dict], quotas: dict[str, float], start: float, stop: float) -> dict[str, float | None]:
+    """Each server's CPU use between the samples nearest start and stop, as a share of its quota."""
+    inside = [sample for sample in samples if start - 1 <= sample["time"] <= stop + 1]
+    if len(inside) < 2:
+        return {name: None for name in quotas}
+    first = min(inside, key=lambda sample: abs(sample["time"] - start))
+    last = min(inside, key=lambda sample: abs(sample["time"] - stop))
+    elapsed = last["time"] - first["time"]
+    if elapsed <= 0:
+        return {name: None for name in quotas}
+    return {
+        name: round((last["usage_usec"][name] - first["usage_usec"][name]) / 1e6 / elapsed / quota, 4)
+        for name, quota in quotas.items()
+    }
+
+
+def settling(series: dict[str, list], change: float, phase_end: float, update_interval: float | None) -> dict:
+    """How long after `change` the weights settled, and whether they left their band again (see the module doc)."""
+    names = [name for name in series if name != "time"]
+    points = [(time, {name: series[name][i] or 0 for name in names})
+              for i, time in enumerate(series["time"]) if change <= time <= phase_end]
+    if len(points) < 4:
+        return {"change": change, "seconds": None, "periods": None, "exits": None, "final": None}
+    tail = [weights for time, weights in points if time >= phase_end - (phase_end - change) / 4] or [points[-1][1]]
+    final = {name: statistics.median(weights[name] for weights in tail) for name in names}
+    band = max(SETTLE_BAND * max(final.values()), 1.0)
+    inside = [all(abs(weights[name] - final[name]) <= band for name in names) for _, weights in points]
+    settled_index = len(points)
+    for index in range(len(points) - 1, -1, -1):
+        if not inside[index]:
+            break
+        settled_index = index
+    if settled_index == len(points):
+        return {"change": change, "seconds": None, "periods": None, "exits": None, "final": final}
+    seconds = round(points[settled_index][0] - change, 3)
+    first_inside = inside.index(True)
+    exits = sum(1 for before, after in zip(inside[first_inside:], inside[first_inside + 1:]) if before and not after)
+    periods = None if not update_interval else round(seconds / update_interval, 2)
+    return {"change": change, "seconds": seconds, "periods": periods, "exits": exits, "final": final}
+
+
+def failures_after(records: list[RequestRecord], moment: float, until: float, timeout: float) -> dict[str, int]:
+    """
+    Failed requests around a failure at `moment`: those scheduled in the
+    timeout before it (they may have been in flight when it came), and those
+    scheduled after it, until `until`.
+    """
+    failed = [record for record in records if record.outcome != OK and record.scheduled < until]
+    return {
+        "in_flight": sum(1 for record in failed if moment - timeout <= record.scheduled < moment),
+        "after": sum(1 for record in failed if record.scheduled >= moment),
+    }
+
+
+def cell_result(*, scenario: str, scheduler: str, pattern: str, repeat: int, config: dict, warmup: float,
+                measure: float, rate: float, static_weights: dict | None, quotas: dict[str, float],
+                hog_server: str | None, records: list[list], lateness: list[float], samples: list[dict],
+                events: list[dict], director: dict | None, addresses: dict[str, str],
+                update_interval: float | None) -> dict:
+    """A cell's result document: its settings, statistics and series, with the raw records."""
+    unpacked = [unpack_record(packed) for packed in records]
+    summary = summarize(measured(unpacked, warmup, measure), measure)
+    series = weight_series(samples, addresses)
+    end = warmup + measure
+    changes = [event["time"] for event in events]
+    settle = []
+    if update_interval is not None:
+        for index, change in enumerate(changes):
+            phase_end = changes[index + 1] if index + 1 < len(changes) else end
+            settle.append({"event": events[index]["event"], **settling(series, change, phase_end, update_interval)})
+    failed = None
+    failing = [event for event in events if "fails" in event["event"]]
+    if failing:
+        returning = [event["time"] for event in events if "returns" in event["event"]]
+        failed = failures_after(unpacked, failing[0]["time"], returning[0] if returning else end, config["timeout"])
+    return {
+        "scenario": scenario,
+        "scheduler": scheduler,
+        "pattern": pattern,
+        "repeat": repeat,
+        "rate": round(rate, 3),
+        "warmup": warmup,
+        "measure": measure,
+        "config": config,
+        "quotas": quotas,
+        "hog_server": hog_server,
+        "static_weights": static_weights,
+        "summary": {
+            key: (_milliseconds(value) if key in ("mean", "p50", "p95", "p99", "p999", "max") else value)
+            for key, value in asdict(summary).items()
+        },
+        "lateness_ms": lateness_summary(lateness),
+        "cpu_utilisation": cpu_utilisation(samples, quotas, warmup, end),
+        "weights": series,
+        "events": events,
+        "settling": settle,
+        "failures": failed,
+        "director": director,
+        "update_interval": update_interval,
+        "records": records,
+    }
+
+
+# many cells --------------------------------------------------------------------------
+
+
+def _spread(values: list[float]) -> dict[str, float] | None:
+    values = [value for value in values if value is not None]
+    if not values:
+        return None
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def aggregate(cells: list[dict]) -> list[dict]:
+    """One row per scenario x pattern x scheduler, each statistic as median, min and max over the repeats."""
+    groups: dict[tuple[str, str, str], list[dict]] = {}
+    for cell in cells:
+        groups.setdefault((cell["scenario"], cell["pattern"], cell["scheduler"]), []).append(cell)
+    rows = []
+    for (scenario, pattern, scheduler), group in groups.items():
+        summaries = [cell["summary"] for cell in group]
+        names = sorted(group[0]["quotas"])
+        row = {
+            "scenario": scenario, "pattern": pattern, "scheduler": scheduler, "repeats": len(group),
+            "rate": group[0]["rate"],
+        }
+        for key in ("mean", "p50", "p95", "p99", "p999", "throughput"):
+            row[key] = _spread([summary[key] for summary in summaries])
+        row["failed"] = _spread([summary["errors"] + summary["timeouts"] for summary in summaries])
+        row["shares"] = {name: _spread([summary["shares"].get(name, 0.0) for summary in summaries]) for name in names}
+        row["cpu"] = {name: _spread([cell["cpu_utilisation"][name] for cell in group]) for name in names}
+        row["lateness_p99"] = _spread([cell["lateness_ms"]["p99"] for cell in group])
+        row["writes"] = _spread([cell["director"]["writes"] for cell in group if cell["director"]])
+        settles = [entry for cell in group for entry in cell["settling"]]
+        row["settle_periods"] = _spread([entry["periods"] for entry in settles])
+        row["settle_exits"] = _spread([entry["exits"] for entry in settles])
+        row["unsettled"] = sum(1 for entry in settles if entry["periods"] is None)
+        row["failures_after"] = _spread([cell["failures"]["after"] for cell in group if cell["failures"]])
+        rows.append(row)
+    return rows
+
+
+def _number(value: float | None, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def _cell(spread: dict | None, digits: int = 0) -> str:
+    """median, with [min-max] when the repeats differ."""
+    if spread is None:
+        return "-"
+    text = _number(spread["median"], digits)
+    if spread["n"] > 1 and spread["min"] != spread["max"]:
+        text += f" [{_number(spread['min'], digits)}-{_number(spread['max'], digits)}]"
+    return text
+
+
+TABLE_COLUMNS = ("scenario", "pattern", "scheduler", "rate/s", "p50 ms", "p99 ms", "p99.9 ms", "mean ms",
+                 "failed", "shares %", "cpu %", "late p99 ms", "writes", "settle (periods)")
+
+
+def table_rows(rows: list[dict]) -> list[list[str]]:
+    lines = []
+    for row in rows:
+        names = sorted(row["shares"])
+        shares = "/".join(_number(None if row["shares"][n] is None else row["shares"][n]["median"] * 100)
+                          for n in names)
+        cpu = "/".join(_number(None if row["cpu"][n] is None else row["cpu"][n]["median"] * 100) for n in names)
+        settle = "-"
+        if row["settle_periods"] is not None or row["unsettled"]:
+            settle = _cell(row["settle_periods"], 1)
+            if row["settle_exits"] is not None and row["settle_exits"]["max"]:
+                settle += f", {int(row['settle_exits']['max'])} exits"
+            if row["unsettled"]:
+                settle += f", {row['unsettled']} unsettled"
+        lines.append([
+            row["scenario"], row["pattern"], row["scheduler"], _number(row["rate"], 1),
+            _cell(row["p50"]), _cell(row["p99"]), _cell(row["p999"]), _cell(row["mean"]),
+            _cell(row["failed"]), shares, cpu, _cell(row["lateness_p99"], 1), _cell(row["writes"]), settle,
+        ])
+    return lines
+
+
+def format_table(rows: list[dict]) -> str:
+    """The table for a terminal: aligned columns."""
+    body = table_rows(rows)
+    widths = [max(len(line[i]) for line in [list(TABLE_COLUMNS)] + body) for i in range(len(TABLE_COLUMNS))]
+    out = []
+    for line in [list(TABLE_COLUMNS)] + body:
+        out.append("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+    return "\n".join(out)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    body = table_rows(rows)
+    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
+    lines += ["| " + " | ".join(line) + " |" for line in body]
+    return "\n".join(lines)
+
+
+def _find(rows: list[dict], scenario: str, pattern: str, scheduler: str) -> dict | None:
+    for row in rows:
+        if (row["scenario"], row["pattern"], row["scheduler"]) == (scenario, pattern, scheduler):
+            return row
+    return None
+
+
+def _p99(row: dict | None) -> float | None:
+    return None if row is None or row["p99"] is None else row["p99"]["median"]
+
+
+def check_targets(rows: list[dict]) -> list[dict]:
+    """Issue #6's targets, each met or missed with its numbers, for the cells present."""
+    checks = []
+    feedback = sorted({row["scheduler"] for row in rows if row["scheduler"].startswith(FEEDBACK_PREFIX)})
+    for scheduler in feedback:
+        for scenario in ("hog", "unequal"):
+            for pattern in ("persistent", "short"):
+                ours = _p99(_find(rows, scenario, pattern, scheduler))
+                wlc = _p99(_find(rows, scenario, pattern, "wlc"))
+                oracle = _p99(_find(rows, scenario, pattern, "oracle"))
+                if ours is None:
+                    continue
+                if wlc is not None:
+                    limit = HALF * wlc if pattern == "persistent" else wlc
+                    checks.append({
+                        "target": f"{scenario} {pattern}: {scheduler} p99 <= "
+                                  f"{'half of ' if pattern == 'persistent' else ''}wlc's",
+                        "met": ours <= limit, "numbers": f"{ours:.0f} ms vs wlc {wlc:.0f} ms (limit {limit:.0f})",
+                    })
+                if oracle is not None:
+                    checks.append({
+                        "target": f"{scenario} {pattern}: {scheduler} p99 within 20% of the oracle's",
+                        "met": ours <= NEAR_ORACLE * oracle,
+                        "numbers": f"{ours:.0f} ms vs oracle {oracle:.0f} ms (limit {NEAR_ORACLE * oracle:.0f})",
+                    })
+        for pattern in ("persistent", "short"):
+            ours = _p99(_find(rows, "equal", pattern, scheduler))
+            wlc = _p99(_find(rows, "equal", pattern, "wlc"))
+            if ours is not None and wlc is not None:
+                checks.append({
+                    "target": f"equal {pattern}: {scheduler} p99 no worse than wlc's by more than 5%",
+                    "met": ours <= EQUAL_SLACK * wlc,
+                    "numbers": f"{ours:.0f} ms vs wlc {wlc:.0f} ms (limit {EQUAL_SLACK * wlc:.0f})",
+                })
+            row = _find(rows, "hog-on-off", pattern, scheduler)
+            if row is not None and (row["settle_periods"] is not None or row["unsettled"]):
+                worst = None if row["settle_periods"] is None else row["settle_periods"]["max"]
+                exits = 0 if row["settle_exits"] is None else row["settle_exits"]["max"]
+                checks.append({
+                    "target": f"hog-on-off {pattern}: {scheduler} weights settle within {SETTLE_PERIODS} update "
+                              "periods of each change, without oscillating",
+                    "met": not row["unsettled"] and worst is not None and worst <= SETTLE_PERIODS and not exits,
+                    "numbers": f"worst {_number(worst, 1)} periods, {int(exits)} band exits, "
+                               f"{row['unsettled']} changes never settled",
+                })
+            row = _find(rows, "failure", pattern, scheduler)
+            if row is not None and row["failures_after"] is not None:
+                after = row["failures_after"]["max"]
+                checks.append({
+                    "target": f"failure {pattern}: {scheduler} fails no request beyond those in flight",
+                    "met": after == 0,
+                    "numbers": f"{int(after)} requests scheduled after the failure failed (worst repeat)",
+                })
+    return checks
+
+
+def format_checks(checks: list[dict]) -> str:
+    return "\n".join(f"- {'met' if check['met'] else 'MISSED'}: {check['target']} ({check['numbers']})"
+                     for check in checks)
+
+
+# plots -------------------------------------------------------------------------------
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit("the plots need matplotlib: pip install -e '.[lab]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as pyplot
+
+    return pyplot
+
+
+def latency_cdf(cells: list[dict], scenario: str, pattern: str, path: Path) -> Path:
+    """Latency CDF of every scheduler of one scenario and pattern (repeat 0), log scale."""
+    pyplot = _pyplot()
+    figure, axes = pyplot.subplots(figsize=(8, 5))
+    for cell in cells:
+        if (cell["scenario"], cell["pattern"], cell["repeat"]) != (scenario, pattern, 0):
+            continue
+        records = measured([unpack_record(packed) for packed in cell["records"]], cell["warmup"], cell["measure"])
+        latencies = sorted(record.latency * 1000 for record in records if record.outcome == OK)
+        if not latencies:
+            continue
+        fractions = [(index + 1) / len(records) for index in range(len(latencies))]
+        axes.plot(latencies, fractions, label=cell["scheduler"], drawstyle="steps-post")
+    axes.set_xscale("log")
+    axes.set_xlabel("latency from scheduled start (ms, log scale)")
+    axes.set_ylabel("share of requests answered")
+    axes.set_ylim(0, 1.0)
+    axes.axhline(0.99, color="grey", linewidth=0.5, linestyle=":")
+    axes.set_title(f"{scenario}, {pattern}: latency CDF per scheduler")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    pyplot.close(figure)
+    return path
+
+
+def timeline(cell: dict, path: Path) -> Path:
+    """Weights (top) and each server's p99 latency per 2-second bin (bottom) over one cell, with its events."""
+    pyplot = _pyplot()
+    figure, (top, bottom) = pyplot.subplots(2, 1, figsize=(9, 6.5), sharex=True)
+    series = cell["weights"]
+    names = sorted(cell["quotas"])
+    for name in names:
+        top.step(series["time"], [w if w is not None else float("nan") for w in series[name]], where="post", label=name)
+    top.set_ylabel("IPVS weight")
+    top.legend(loc="upper right")
+    records = [unpack_record(packed) for packed in cell["records"]]
+    bin_width = 2.0
+    for name in names:
+        bins: dict[int, list[float]] = {}
+        for record in records:
+            if record.outcome == OK and record.server == name:
+                bins.setdefault(int(record.scheduled // bin_width), []).append(record.latency * 1000)
+        times = sorted(bins)
+        top_latency = [percentile(sorted(bins[t]), 99) for t in times]
+        bottom.plot([t * bin_width for t in times], top_latency, marker=".", linewidth=0.8, label=name)
+    failures = sorted(record.scheduled for record in records if record.outcome != OK)
+    if failures:
+        bottom.plot(failures, [1] * len(failures), "rx", label="failed requests")
+    bottom.set_yscale("log")
+    bottom.set_ylabel("p99 latency per 2 s (ms)")
+    bottom.set_xlabel("seconds since the load started")
+    bottom.legend(loc="upper right")
+    for axes in (top, bottom):
+        axes.axvline(cell["warmup"], color="grey", linestyle="--", linewidth=0.8)
+        for event in cell["events"]:
+            axes.axvline(event["time"], color="red", linestyle=":", linewidth=1)
+        axes.grid(True, alpha=0.3)
+    top.set_title(f"{cell['scenario']}, {cell['pattern']}, {cell['scheduler']}: "
+                  + "; ".join(f"{event['event']} at {event['time']:.0f} s" for event in cell["events"]))
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    pyplot.close(figure)
+    return path
+
+
+def plots(cells: list[dict], out: Path) -> list[Path]:
+    """Every plot of the report: a CDF per scenario and pattern; timelines where the cluster changes or feedback acts."""
+    made = []
+    for scenario, pattern in sorted({(cell["scenario"], cell["pattern"]) for cell in cells}):
+        made.append(latency_cdf(cells, scenario, pattern, out / f"cdf-{scenario}-{pattern}.png"))
+    for cell in cells:
+        changing = cell["events"] or cell["scheduler"].startswith(FEEDBACK_PREFIX)
+        if changing and cell["repeat"] == 0:
+            name = f"timeline-{cell['scenario']}-{cell['pattern']}-{cell['scheduler']}.png"
+            made.append(timeline(cell, out / name))
+    return made
+
+
+# report.md ---------------------------------------------------------------------------
+
+
+def markdown(document: dict, rows: list[dict], checks: list[dict], plot_paths: list[Path]) -> str:
+    setup = document["experiment"]
+    machine = setup["machine"]
+    lines = [
+        "# lvsfeedback experiment",
+        "",
+        f"Run on {setup['date']} ({machine['where']}; kernel {machine['kernel']}, {machine['cpus']} CPUs, "
+        f"{machine['cpu_model']}; guest load average at start {machine['loadavg_start']}, at end "
+        f"{machine.get('loadavg_end', '-')}). Command: `{setup['command']}`.",
+        "",
+        "## Setup",
+        "",
+        f"- Cluster: client, director (IPVS NAT, VIP {setup['vip']}:80) and {setup['servers']} real servers, each in "
+        f"its own network namespace and cgroup v2 with a `cpu.max` quota (period {setup['quota_period_ms']:g} ms). "
+        f"Each backend spends {setup['plan']['work_ms']:g} ms of CPU (SHA-256) per request, one request at a time.",
+        f"- Calibration: a request costs {setup['calibration']['cost'] * 1000:.1f} ms of CPU in the backend's cgroup "
+        f"(measured over {setup['calibration']['requests']} requests); a server's capacity is quota / cost, halved "
+        "while a one-worker hog shares its cgroup. The offered load is "
+        f"{setup['plan']['load']:.0%} of the cluster's capacity in its weakest state.",
+        f"- Load: open-loop Poisson, seed {setup['plan']['seed']} (the same arrivals for every scheduler), "
+        f"{setup['plan']['warmup']:g} s warm-up then {setup['plan']['measure']:g} s measured; latency from each "
+        f"request's scheduled time; timeout {setup['plan']['timeout']:g} s. `persistent`: "
+        f"{setup['plan']['connections']} keep-alive connections, each replaced after "
+        f"{setup['plan']['requests_per_connection']} requests; `short`: one request per connection.",
+        "- Schedulers: `rr`, `wrr`, `wlc` with static equal weights (an operator who does not know the "
+        "capacities); `oracle`: `wlc` with static weights proportional to the true spare capacities; "
+        "`lvsfeedback-health` and `lvsfeedback-capacity`: `wlc` with weights set by `lvs-director` from one "
+        "`lvs-agent` per server reporting the `cgroup` metric of its server's cgroup.",
+        f"- Director settings: update_interval {setup['plan']['feedback']['update_interval']:g} s, health_interval "
+        f"{setup['plan']['feedback']['health_interval']:g} s, policy "
+        + ", ".join(f"{key} = {value}" for key, value in setup['plan']['feedback']['policy'].items()) + ".",
+        f"- Repeats: {setup['plan']['repeats']} per cell; tables give the median with [min-max] over repeats.",
+        "",
+        "## Scenarios",
+        "",
+    ]
+    for name, scenario in setup["scenarios"].items():
+        lines.append(f"- `{name}` ({scenario['number']}): {scenario['title']}; quotas "
+                     f"{', '.join(f'{q:g}' for q in scenario['quotas'])} CPU; offered "
+                     f"{scenario['rate']:.1f} requests/s; oracle weights {scenario['oracle_weights']}.")
+    lines += [
+        "",
+        "## Results",
+        "",
+        "Latencies in ms; `failed` = errors + timeouts; `shares` and `cpu` per server rs1/rs2/...; `cpu` is "
+        "the share of each quota used (the hog's use included); `late p99` is how late the load generator sent "
+        "its arrivals; `writes` = the director's weight writes; `settle` = update periods until the weights "
+        "settled after each change (see the definition below).",
+        "",
+        markdown_table(rows),
+        "",
+        "## Targets",
+        "",
+        format_checks(checks) or "- (no cell of this run has a target)",
+        "",
+        "## Definitions",
+        "",
+        __doc__.split("Definitions used throughout:")[1].strip(),
+        "",
+        "## Plots",
+        "",
+    ]
+    lines += [f"![{path.stem}]({path.name})" for path in plot_paths]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(document: dict, out: Path, with_plots: bool = True) -> tuple[str, list[Path]]:
+    """report.md (and the plots) in out; the terminal table and the plots' paths."""
+    rows = aggregate(document["cells"])
+    checks = check_targets(rows)
+    plot_paths = plots(document["cells"], out) if with_plots else []
+    (out / "report.md").write_text(markdown(document, rows, checks, plot_paths))
+    terminal = format_table(rows)
+    if checks:
+        terminal += "\n\nTargets:\n" + format_checks(checks)
+    return terminal, plot_paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lvsfeedback.lab.report",
+                                     description="Rebuild report.md and the plots from a results.json.")
+    parser.add_argument("results", type=Path)
+    parser.add_argument("--out", type=Path, help="folder for report.md and plots (the results' folder)")
+    parser.add_argument("--no-plots", action="store_true")
+    args = parser.parse_args(argv)
+    document = json.loads(args.results.read_text())
+    out = args.out or args.results.parent
+    out.mkdir(parents=True, exist_ok=True)
+    terminal, plot_paths = write_report(document, out, with_plots=not args.no_plots)
+    print(terminal)
+    print(f"\nreport: {out / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""
+What the experiment compares, as plain data: the scenarios (server
+capacities, a CPU hog, a failure), the schedulers (IPVS with static
+weights, lvsfeedback, the oracle), and the capacity model that sets the
+offered load and the oracle's weights. No I/O: the unit tests check it all.
+
+Capacity model. A real server's backend is one thread spending C{cost}
+seconds of CPU per request (measured by calibration) inside a cgroup
+limited to C{quota} CPUs, so it serves at most C{quota / cost} requests a
+second. A hog with W spinning workers in the same cgroup is scheduled
+fairly against the backend's one thread, so the backend keeps 1/(1+W) of
+the quota whenever it has work. That is each server's *spare capacity*,
+the weight an all-knowing operator would give it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SERVICE_PORT = 80
+BACKEND_PORT = 8080
+DIRECTOR_NECP_PORT = 3262
+STATUS_PORT = 9101
+BASE_WEIGHT = 100
+# Static weights and the oracle's are written in these units: the largest
+# capacity gets this weight, the others their share of it.
+ORACLE_SCALE = 100
+
+
+@dataclass(frozen=True)
+class Window:
+    """A span of the measured period, as fractions of it (0.0 = its start, 1.0 = its end)."""
+
+    start: float
+    stop: float
+
+    def __post_init__(self):
+        if not 0 <= self.start < self.stop <= 1:
+            raise ValueError(f"a window needs 0 <= start < stop <= 1, got {self.start}..{self.stop}")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    number: int
+    name: str
+    title: str
+    quotas: tuple[float, ...]  # CPUs per real server, rs1 first
+    hog_server: int | None = None  # index into quotas
+    hog_workers: int = 1
+    # When the hog runs, within the measured period; None: during the whole cell.
+    hog_window: Window | None = None
+    failed_server: int | None = None
+    failure_window: Window | None = None
+
+    @property
+    def servers(self) -> int:
+        return len(self.quotas)
+
+    def server_names(self) -> list[str]:
+        return [f"rs{number}" for number in range(1, self.servers + 1)]
+
+    def phases(self) -> list[dict[str, object]]:
+        """Each distinct state of the cluster: which server is hogged, which is down."""
+        states = [{"hogged": self.hog_server if self.hog_window is None else None, "down": None}]
+        if self.hog_window is not None:
+            states.append({"hogged": self.hog_server, "down": None})
+        if self.failure_window is not None:
+            states.append({"hogged": None, "down": self.failed_server})
+        return states
+
+    def capacities(self, cost: float, hogged: int | None, down: int | None) -> list[float]:
+        """Requests a second each server can serve in one state of the cluster."""
+        capacities = []
+        for index, quota in enumerate(self.quotas):
+            if index == down:
+                capacities.append(0.0)
+                continue
+            share = 1 / (1 + self.hog_workers) if index == hogged else 1.0
+            capacities.append(quota * share / cost)
+        return capacities
+
+    def worst_capacity(self, cost: float) -> float:
+        """The cluster's total capacity in its weakest state: what the offered load is a share of."""
+        return min(sum(self.capacities(cost, **phase)) for phase in self.phases())
+
+    def oracle_capacities(self, cost: float) -> list[float]:
+        """
+        The spare capacities a static oracle knows: with the hog when it runs
+        all the time, otherwise the cluster's normal state (a static weight
+        cannot follow a hog that comes and goes, nor a failure).
+        """
+        hogged = self.hog_server if self.hog_window is None else None
+        return self.capacities(cost, hogged, None)
+
+
+SCENARIOS: dict[str, Scenario] = {
+    scenario.name: scenario
+    for scenario in (
+        Scenario(1, "equal", "equal servers", (0.3, 0.3, 0.3)),
+        Scenario(2, "hog", "equal servers, rs1 also runs a CPU hog", (0.3, 0.3, 0.3), hog_server=0),
+        Scenario(3, "unequal", "unequal capacities 1:2:4", (0.15, 0.3, 0.6)),
+        Scenario(4, "hog-on-off", "a hog starts on rs1 at 1/3 of the run and stops at 2/3", (0.3, 0.3, 0.3),
+                 hog_server=0, hog_window=Window(1 / 3, 2 / 3)),
+        Scenario(5, "failure", "rs1 fails (backend and agent killed) at 1/3 of the run and returns at 2/3",
+                 (0.3, 0.3, 0.3), failed_server=0, failure_window=Window(1 / 3, 2 / 3)),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Scheduler:
+    name: str
+    ipvs_scheduler: str
+    # "equal": every server the base weight; "oracle": weights from the true
+    # spare capacities; None: lvsfeedback sets them from its agents' reports.
+    static_weights: str | None
+    mode: str | None = None  # the lvsfeedback policy mode
+
+    @property
+    def feedback(self) -> bool:
+        return self.static_weights is None
+
+
+SCHEDULERS: dict[str, Scheduler] = {
+    scheduler.name: scheduler
+    for scheduler in (
+        Scheduler("rr", "rr", "equal"),
+        Scheduler("wrr", "wrr", "equal"),
+        Scheduler("wlc", "wlc", "equal"),
+        Scheduler("lvsfeedback-health", "wlc", None, "health"),
+        Scheduler("lvsfeedback-capacity", "wlc", None, "capacity"),
+        Scheduler("oracle", "wlc", "oracle"),
+    )
+}
+
+
+def static_weights(scheduler: Scheduler, scenario: Scenario, cost: float) -> list[int]:
+    """The weights a static scheduler gives rs1, rs2, ...: equal, or the oracle's."""
+    if scheduler.static_weights == "equal":
+        return [BASE_WEIGHT] * scenario.servers
+    if scheduler.static_weights == "oracle":
+        capacities = scenario.oracle_capacities(cost)
+        largest = max(capacities)
+        return [max(1, round(ORACLE_SCALE * capacity / largest)) for capacity in capacities]
+    raise ValueError(f"{scheduler.name} has no static weights: lvsfeedback sets them")
+
+
+def server_address(index: int) -> str:
+    """rs1 is 10.201.0.11, as in L{lvsfeedback.lab.topology}."""
+    return f"10.201.0.{11 + index}"
+
+
+def ipvsadm_restore(vip: str, scheduler: str, weights: list[int]) -> str:
+    """C{ipvsadm -R} input: clear the table, then one NAT service with these real servers and weights."""
+    service = f"-t {vip}:{SERVICE_PORT}"
+    lines = ["-C", f"-A {service} -s {scheduler}"]
+    lines += [f"-a {service} -r {server_address(index)}:{BACKEND_PORT} -m -w {weight}"
+              for index, weight in enumerate(weights)]
+    return "".join(line + "\n" for line in lines)
+
+
+@dataclass(frozen=True)
+class FeedbackSettings:
+    """The director's settings the experiment chooses (the policy knobs are reported with the results)."""
+
+    update_interval: float = 2.0
+    health_interval: float = 1.0
+    policy: dict[str, object] = field(default_factory=lambda: {
+        "smoothing_half_life": 2.0,
+        "hysteresis": 0.05,
+        "slow_start": 10.0,
+        "lost_agent": "quiesce",
+        "stale_after": 10.0,
+    })
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    raise TypeError(f"no TOML for {value!r}")
+
+
+def director_config(vip: str, director_address: str, scheduler: Scheduler, servers: int,
+                    settings: FeedbackSettings) -> str:
+    """The lvs-director configuration of a feedback cell: one NAT service, every real server at base weight."""
+    sections = [
+        ("director", {
+            "listen": f"tcp:{DIRECTOR_NECP_PORT}:interface={director_address}",
+            "allow": [f"{director_address.rsplit('.', 1)[0]}.0/24"],
+            "update_interval": settings.update_interval,
+            "health_interval": settings.health_interval,
+        }),
+        ("status", {"listen": f"tcp:{STATUS_PORT}:interface=127.0.0.1"}),
+        ("policy", {"mode": scheduler.mode, **settings.policy}),
+    ]
+    text = []
+    for name, values in sections:
+        text.append(f"[{name}]")
+        text += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
+        text.append("")
+    text += [
+        "[[service]]",
+        'name = "lab"',
+        'protocol = "tcp"',
+        f"address = {_toml_value(vip)}",
+        f"port = {SERVICE_PORT}",
+        f"scheduler = {_toml_value(scheduler.ipvs_scheduler)}",
+        'forwarding = "nat"',
+        "",
+    ]
+    for index in range(servers):
+        text += [
+            "[[service.real]]",
+            f"address = {_toml_value(server_address(index))}",
+            f"port = {BACKEND_PORT}",
+            f"weight = {BASE_WEIGHT}",
+            "",
+        ]
+    return "\n".join(text)
+
+
+def agent_arguments(director_address: str, cgroup_path: str) -> list[str]:
+    """twistd lvs-agent's flags for one real server: report the backend's service and its cgroup's load."""
+    return [
+        "--director", f"tcp:{director_address}:{DIRECTOR_NECP_PORT}",
+        "--service", f"tcp:{BACKEND_PORT}:nat",
+        "--metric", f"cgroup:path={cgroup_path}",
+    ]
