@@ -38,7 +38,6 @@ import argparse
 import asyncio
 import ctypes
 import datetime
-import errno
 import json
 import os
 import platform
@@ -369,7 +368,7 @@ class Plan:
     load: float = 0.7  # offered load, a share of the cluster's capacity in its weakest state
     work_ms: float = 10.0
     seed: int = 1
-    connections: int = 8
+    connections: int = 32
     requests_per_connection: int = 25
     timeout: float = 5.0
     feedback: FeedbackSettings = field(default_factory=FeedbackSettings)

@@ -20,7 +20,8 @@ Definitions used throughout:
   each server's final level is the median of its weight over the last
   quarter of the phase (until the next change or the end of the load); the
   weights have settled at the first sample from which every server stays
-  within a band of 10% of the largest final level; C{exits} counts how
+  within a band of 10% of the largest final level (and stays there at
+  least over that last quarter, or it never settled); C{exits} counts how
   often a server left that band again after first entering it (0: no
   oscillation). Settling is given in seconds and in update periods.
 """
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 from dataclasses import asdict
@@ -106,7 +106,8 @@ def settling(series: dict[str, list], change: float, phase_end: float, update_in
               for i, time in enumerate(series["time"]) if change <= time <= phase_end]
     if len(points) < 4:
         return {"change": change, "seconds": None, "periods": None, "exits": None, "final": None}
-    tail = [weights for time, weights in points if time >= phase_end - (phase_end - change) / 4] or [points[-1][1]]
+    tail_start = phase_end - (phase_end - change) / 4
+    tail = [weights for time, weights in points if time >= tail_start] or [points[-1][1]]
     final = {name: statistics.median(weights[name] for weights in tail) for name in names}
     band = max(SETTLE_BAND * max(final.values()), 1.0)
     inside = [all(abs(weights[name] - final[name]) <= band for name in names) for _, weights in points]
@@ -115,7 +116,8 @@ def settling(series: dict[str, list], change: float, phase_end: float, update_in
         if not inside[index]:
             break
         settled_index = index
-    if settled_index == len(points):
+    # Settled means staying in the band at least over the last quarter, whose median defines the levels.
+    if settled_index == len(points) or points[settled_index][0] > tail_start:
         return {"change": change, "seconds": None, "periods": None, "exits": None, "final": final}
     seconds = round(points[settled_index][0] - change, 3)
     first_inside = inside.index(True)
@@ -429,7 +431,7 @@ def timeline(cell: dict, path: Path) -> Path:
         for event in cell["events"]:
             axes.axvline(event["time"], color="red", linestyle=":", linewidth=1)
         axes.grid(True, alpha=0.3)
-    top.set_title(f"{cell['scenario']}, {cell['pattern']}, {cell['scheduler']}: "
+    top.set_title(f"{cell['scenario']}, {cell['pattern']}, {cell['scheduler']}" + (": " if cell["events"] else "")
                   + "; ".join(f"{event['event']} at {event['time']:.0f} s" for event in cell["events"]))
     figure.tight_layout()
     figure.savefig(path, dpi=110)

@@ -166,8 +166,8 @@ class FeedbackSettings:
     update_interval: float = 2.0
     health_interval: float = 1.0
     policy: dict[str, object] = field(default_factory=lambda: {
-        "smoothing_half_life": 2.0,
-        "hysteresis": 0.05,
+        "smoothing_half_life": 4.0,
+        "hysteresis": 0.1,
         "slow_start": 10.0,
         "lost_agent": "quiesce",
         "stale_after": 10.0,

@@ -1,0 +1,214 @@
+"""The experiment's plan, scenarios and capacity model, its IPVS reading, forked processes and load timing (host, no root)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from lvsfeedback.director.config import load_config
+from lvsfeedback.lab import experiment
+from lvsfeedback.lab.backend import Backend
+from lvsfeedback.lab.experiment import (
+    QUICK,
+    ExperimentError,
+    ForkedProcess,
+    ScheduledLoadRun,
+    parse_args,
+    parse_ip_vs,
+    plan_from_args,
+)
+from lvsfeedback.lab.loadgen import OK, LoadConfig
+from lvsfeedback.lab.scenarios import (
+    SCENARIOS,
+    SCHEDULERS,
+    FeedbackSettings,
+    agent_arguments,
+    director_config,
+    ipvsadm_restore,
+    static_weights,
+)
+
+# /proc/net/ip_vs of a director with the lab's service (as the kernel writes it).
+IP_VS = """\
+IP Virtual Server version 1.2.1 (size=4096)
+Prot LocalAddress:Port Scheduler Flags
+  -> RemoteAddress:Port Forward Weight ActiveConn InActConn
+TCP  0AC80001:0050 wlc
+  -> 0AC9000D:1F90      Masq    100    3          41
+  -> 0AC9000C:1F90      Masq    100    2          40
+  -> 0AC9000B:1F90      Masq    50     0          12
+"""
+
+
+class CapacityModelTests(SynchronousTestCase):
+    def test_a_hog_halves_its_servers_capacity(self):
+        hog = SCENARIOS["hog"]
+        self.assertEqual(hog.capacities(0.01, hogged=0, down=None), [15.0, 30.0, 30.0])
+        self.assertAlmostEqual(hog.worst_capacity(0.01), 75.0)
+        self.assertEqual(static_weights(SCHEDULERS["oracle"], hog, 0.01), [50, 100, 100])
+
+    def test_unequal_quotas_give_proportional_oracle_weights(self):
+        self.assertEqual(static_weights(SCHEDULERS["oracle"], SCENARIOS["unequal"], 0.02), [25, 50, 100])
+        self.assertEqual(static_weights(SCHEDULERS["wlc"], SCENARIOS["unequal"], 0.02), [100, 100, 100])
+
+    def test_the_load_is_a_share_of_the_weakest_state(self):
+        # A hog part of the time: its phase counts; a failure: the two servers left count.
+        self.assertAlmostEqual(SCENARIOS["hog-on-off"].worst_capacity(0.01), 75.0)
+        self.assertAlmostEqual(SCENARIOS["failure"].worst_capacity(0.01), 60.0)
+        # The static oracle of a changing cluster knows its normal state only.
+        self.assertEqual(static_weights(SCHEDULERS["oracle"], SCENARIOS["hog-on-off"], 0.01), [100, 100, 100])
+
+    def test_feedback_schedulers_have_no_static_weights(self):
+        with self.assertRaises(ValueError):
+            static_weights(SCHEDULERS["lvsfeedback-health"], SCENARIOS["equal"], 0.01)
+
+
+class GeneratedConfigurationTests(SynchronousTestCase):
+    def test_the_director_config_is_one_the_director_accepts(self):
+        path = Path(self.mktemp())
+        settings = FeedbackSettings(update_interval=1.5, policy={"smoothing_half_life": 3.0, "hysteresis": 0.2})
+        path.write_text(director_config("10.200.0.1", "10.201.0.1", SCHEDULERS["lvsfeedback-capacity"], 3, settings))
+        config = load_config(path)
+        self.assertEqual(config.director.update_interval, 1.5)
+        self.assertEqual(config.director.listen, "tcp:3262:interface=10.201.0.1")
+        (service,) = config.services
+        self.assertEqual((service.scheduler, str(service.policy.mode), service.policy.hysteresis), ("wlc", "capacity", 0.2))
+        self.assertEqual([str(real.dest_key) for real in service.reals],
+                         ["10.201.0.11:8080", "10.201.0.12:8080", "10.201.0.13:8080"])
+        self.assertEqual({real.forwarding for real in service.reals}, {"nat"})
+
+    def test_ipvsadm_input_clears_then_builds_the_service(self):
+        self.assertEqual(ipvsadm_restore("10.200.0.1", "wrr", [50, 100]), (
+            "-C\n"
+            "-A -t 10.200.0.1:80 -s wrr\n"
+            "-a -t 10.200.0.1:80 -r 10.201.0.11:8080 -m -w 50\n"
+            "-a -t 10.200.0.1:80 -r 10.201.0.12:8080 -m -w 100\n"
+        ))
+
+    def test_an_agent_reports_its_servers_cgroup(self):
+        self.assertEqual(agent_arguments("10.201.0.1", "/sys/fs/cgroup/lab/rs2"), [
+            "--director", "tcp:10.201.0.1:3262", "--service", "tcp:8080:nat",
+            "--metric", "cgroup:path=/sys/fs/cgroup/lab/rs2",
+        ])
+
+
+class PlanTests(SynchronousTestCase):
+    def test_quick_is_the_demo(self):
+        plan = plan_from_args(parse_args(["--quick"]))
+        self.assertEqual(plan, QUICK)
+        self.assertEqual(plan.cells(), [("hog", "persistent", scheduler, 0)
+                                        for scheduler in ("wlc", "lvsfeedback-health", "oracle")])
+
+    def test_options_narrow_the_full_matrix_and_set_the_policy(self):
+        plan = plan_from_args(parse_args([
+            "--scenario", "equal", "--scenario", "failure", "--pattern", "short", "--repeats", "2",
+            "--measure", "30", "--policy", "hysteresis=0.2", "--policy", "lost_agent=static",
+            "--update-interval", "1",
+        ]))
+        self.assertEqual((plan.scenarios, plan.patterns, plan.repeats, plan.measure),
+                         (("equal", "failure"), ("short",), 2, 30.0))
+        self.assertEqual(len(plan.cells()), 2 * 1 * 2 * len(SCHEDULERS))
+        # Within one scenario, pattern and repeat every scheduler runs back to back: same conditions.
+        self.assertEqual([cell[2] for cell in plan.cells()[:len(SCHEDULERS)]], list(SCHEDULERS))
+        self.assertEqual((plan.feedback.policy["hysteresis"], plan.feedback.policy["lost_agent"]), (0.2, "static"))
+        self.assertEqual(plan.feedback.update_interval, 1.0)
+
+    def test_a_policy_setting_without_a_value_is_refused(self):
+        with self.assertRaises(ExperimentError):
+            plan_from_args(parse_args(["--policy", "hysteresis"]))
+
+
+class IPVSTableTests(SynchronousTestCase):
+    def test_real_servers_are_read_with_dotted_addresses(self):
+        self.assertEqual(parse_ip_vs(IP_VS), {
+            "10.201.0.13:8080": {"weight": 100, "active": 3, "inactive": 41},
+            "10.201.0.12:8080": {"weight": 100, "active": 2, "inactive": 40},
+            "10.201.0.11:8080": {"weight": 50, "active": 0, "inactive": 12},
+        })
+
+    def test_an_empty_table_has_no_servers(self):
+        self.assertEqual(parse_ip_vs(IP_VS.split("TCP")[0]), {})
+
+
+class ForkedProcessTests(SynchronousTestCase):
+    def log(self) -> Path:
+        return Path(self.mktemp())
+
+    def test_a_forked_function_logs_and_exits_with_its_status(self):
+        def work():
+            print("ready to go", flush=True)
+            return 3
+
+        child = ForkedProcess.start("work", work, self.log())
+        child.wait_for_log("ready to go", 30)
+        self.assertEqual(child.wait(30), 3)
+
+    def test_an_exception_in_the_child_is_logged_and_fails_it(self):
+        def broken():
+            raise RuntimeError("no such thing")
+
+        child = ForkedProcess.start("broken", broken, self.log())
+        self.assertEqual(child.wait(30), 1)
+        self.assertIn("RuntimeError: no such thing", child.log_tail())
+
+    def test_stop_ends_the_childs_whole_process_group(self):
+        def parent_of_a_sleeper():
+            sleeper = os.fork()
+            if sleeper == 0:
+                os.execvp("sleep", ["sleep", "60"])
+            print(f"sleeper {sleeper}", flush=True)
+            os.waitpid(sleeper, 0)
+
+        child = ForkedProcess.start("sleepers", parent_of_a_sleeper, self.log())
+        child.wait_for_log("sleeper ", 30)
+        sleeper = int(child.log_path.read_text().split()[1])
+        self.assertEqual(child.stop(timeout=10), -signal.SIGTERM)
+        # The grandchild got the signal too; once reaped by nobody it is a zombie at most.
+        state = Path(f"/proc/{sleeper}/stat")
+        self.assertTrue(not state.exists() or state.read_text().split()[2] == "Z")
+
+    def test_waiting_for_a_marker_a_process_never_prints_names_it(self):
+        child = ForkedProcess.start("quiet", lambda: 0, self.log())
+        with self.assertRaises(ExperimentError) as raised:
+            child.wait_for_log("never said", 30)
+        self.assertIn("never said", str(raised.exception))
+        self.assertIn("quiet exited", str(raised.exception))
+
+
+class ScheduledLoadRunTests(SynchronousTestCase):
+    def test_the_run_starts_at_the_set_moment_and_notes_every_arrivals_lateness(self):
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        server_holder = {}
+
+        def serve():
+            asyncio.set_event_loop(loop)
+            server_holder["server"] = loop.run_until_complete(Backend("rs1", 0.0).listen("127.0.0.1", 0))
+            ready.set()
+            loop.run_forever()
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        ready.wait(30)
+        port = server_holder["server"].sockets[0].getsockname()[1]
+
+        def stop_server():
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(30)
+            loop.close()
+
+        self.addCleanup(stop_server)
+        config = LoadConfig("127.0.0.1", port, rate=100, duration=0.5, seed=3, pattern="persistent", connections=2)
+        start_at = experiment.time.monotonic() + 0.2
+        run = ScheduledLoadRun(config, start_at)
+        records = asyncio.run(run.run())
+        self.assertEqual(len(run.lateness), len(records))
+        self.assertTrue(all(record.outcome == OK for record in records))
+        # Never early: each arrival leaves at or after its moment.
+        self.assertGreaterEqual(min(run.lateness), 0.0)
+        self.assertEqual(run._start, start_at)

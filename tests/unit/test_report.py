@@ -1,0 +1,170 @@
+"""The experiment's report: cell statistics, settling, the table and targets, report.md and plots from a recorded run."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from lvsfeedback.lab import report
+from lvsfeedback.lab.loadgen import ERROR, OK, TIMEOUT, RequestRecord
+
+RECORDED = Path(__file__).parent / "fixtures" / "experiment-hog-quick.json"
+ADDRESSES = {"rs1": "10.201.0.11:8080", "rs2": "10.201.0.12:8080"}
+
+
+def series(times, **weights):
+    return {"time": list(times), **{name: list(values) for name, values in weights.items()}}
+
+
+class RecordPackingTests(SynchronousTestCase):
+    def test_a_record_survives_packing(self):
+        for record in (RequestRecord(1.25, OK, 0.031, "rs2", 200), RequestRecord(2.5, ERROR, error="reset"),
+                       RequestRecord(3.0, TIMEOUT, error="no answer before the deadline")):
+            packed = json.loads(json.dumps(report.pack_record(record)))
+            unpacked = report.unpack_record(packed)
+            self.assertEqual((unpacked.scheduled, unpacked.outcome, unpacked.latency, unpacked.server, unpacked.error),
+                             (record.scheduled, record.outcome, record.latency, record.server, record.error))
+
+
+class SettlingTests(SynchronousTestCase):
+    def test_a_step_settles_at_the_first_sample_inside_the_band_for_good(self):
+        # The change at t=10; rs1 falls from 100 to 50 over three samples, rs2 stays.
+        weights = series(range(10, 31), rs1=[100, 90, 70, 52] + [50] * 17, rs2=[100] * 21)
+        found = report.settling(weights, change=10, phase_end=30, update_interval=2.0)
+        # Band: 10% of the largest final level (100) = 10; 52 is inside, 70 is not.
+        self.assertEqual(found["seconds"], 3)
+        self.assertEqual(found["periods"], 1.5)
+        self.assertEqual(found["exits"], 0)
+        self.assertEqual(found["final"], {"rs1": 50, "rs2": 100})
+
+    def test_leaving_the_band_again_counts_as_an_oscillation_and_delays_settling(self):
+        weights = series(range(0, 20), rs1=[50, 50, 80, 50, 20, 50] + [50] * 14, rs2=[100] * 20)
+        found = report.settling(weights, change=0, phase_end=19, update_interval=1.0)
+        self.assertEqual(found["seconds"], 5)
+        self.assertEqual(found["exits"], 2)
+
+    def test_weights_that_never_settle_say_so(self):
+        weights = series(range(0, 12), rs1=[100, 0] * 6, rs2=[100] * 12)
+        found = report.settling(weights, change=0, phase_end=11, update_interval=1.0)
+        self.assertIsNone(found["seconds"])
+
+    def test_a_server_missing_from_the_table_counts_as_weight_zero(self):
+        weights = series(range(0, 10), rs1=[100, None, None] + [0] * 7, rs2=[100] * 10)
+        found = report.settling(weights, change=0, phase_end=9, update_interval=1.0)
+        self.assertEqual((found["seconds"], found["final"]["rs1"]), (1, 0))
+
+
+class CellStatisticsTests(SynchronousTestCase):
+    def test_cpu_utilisation_is_usage_growth_over_the_window_and_quota(self):
+        samples = [
+            {"time": 0.0, "usage_usec": {"rs1": 0, "rs2": 0}},
+            {"time": 10.0, "usage_usec": {"rs1": 1_000_000, "rs2": 2_000_000}},
+            {"time": 20.0, "usage_usec": {"rs1": 2_500_000, "rs2": 2_000_000}},
+        ]
+        self.assertEqual(report.cpu_utilisation(samples, {"rs1": 0.5, "rs2": 0.25}, 10.0, 20.0),
+                         {"rs1": 0.3, "rs2": 0.0})
+
+    def test_failures_are_split_at_the_failure(self):
+        records = [RequestRecord(9.0, ERROR, error="reset"), RequestRecord(2.0, TIMEOUT),
+                   RequestRecord(10.5, ERROR, error="refused"), RequestRecord(11.0, OK, 0.01, "rs2"),
+                   RequestRecord(25.0, ERROR, error="after the return")]
+        self.assertEqual(report.failures_after(records, moment=10.0, until=20.0, timeout=5.0),
+                         {"in_flight": 1, "after": 1})
+
+    def test_a_cell_counts_only_its_measured_window(self):
+        records = [report.pack_record(RequestRecord(t, OK, 0.010 * (1 + t % 3), "rs1" if t % 2 else "rs2", 200))
+                   for t in range(0, 30)]
+        samples = [{"time": float(t), "ipvs": {ADDRESSES["rs1"]: {"weight": 100, "active": 0, "inactive": 0},
+                                               ADDRESSES["rs2"]: {"weight": 50, "active": 0, "inactive": 0}},
+                    "usage_usec": {"rs1": t * 100_000, "rs2": t * 50_000}} for t in range(0, 31)]
+        cell = report.cell_result(
+            scenario="equal", scheduler="wlc", pattern="short", repeat=0, config={"timeout": 5.0}, warmup=10,
+            measure=20, rate=1.0, static_weights={"rs1": 100, "rs2": 50}, quotas={"rs1": 0.5, "rs2": 0.5},
+            hog_server=None, records=records, lateness=[0.001, 0.002, 0.004], samples=samples, events=[],
+            director=None, addresses=ADDRESSES, update_interval=None,
+        )
+        summary = cell["summary"]
+        self.assertEqual((summary["requests"], summary["ok"], summary["throughput"]), (20, 20, 1.0))
+        self.assertEqual(summary["servers"], {"rs1": 10, "rs2": 10})
+        self.assertEqual(summary["p50"], 20.0)  # milliseconds
+        self.assertEqual(cell["cpu_utilisation"], {"rs1": 0.2, "rs2": 0.1})
+        self.assertEqual(cell["lateness_ms"], {"mean": 2.333, "p99": 4.0, "max": 4.0})
+        self.assertEqual(cell["weights"]["rs2"][:2], [50, 50])
+        self.assertEqual((cell["settling"], cell["failures"]), ([], None))
+
+
+class RecordedRunTests(SynchronousTestCase):
+    """The report of a quick run recorded in the test VM (its records thinned to every fourth)."""
+
+    def setUp(self):
+        self.document = json.loads(RECORDED.read_text())
+        self.rows = report.aggregate(self.document["cells"])
+
+    def test_one_row_per_scheduler_with_the_recorded_statistics(self):
+        self.assertEqual([row["scheduler"] for row in self.rows], ["wlc", "lvsfeedback-health", "oracle"])
+        for row, cell in zip(self.rows, self.document["cells"]):
+            self.assertEqual(row["p99"], {"median": cell["summary"]["p99"], "min": cell["summary"]["p99"],
+                                          "max": cell["summary"]["p99"], "n": 1})
+        self.assertEqual(self.rows[1]["writes"]["median"], self.document["cells"][1]["director"]["writes"])
+        self.assertIsNone(self.rows[0]["writes"])
+
+    def test_repeats_give_a_median_and_a_spread(self):
+        first = self.document["cells"][0]
+        again = json.loads(json.dumps(first))
+        again["repeat"] = 1
+        again["summary"]["p99"] = first["summary"]["p99"] + 100
+        third = json.loads(json.dumps(again))
+        third["repeat"] = 2
+        third["summary"]["p99"] = first["summary"]["p99"] - 50
+        row = report.aggregate([first, again, third])[0]
+        self.assertEqual(row["p99"]["median"], first["summary"]["p99"])
+        self.assertEqual((row["p99"]["min"], row["p99"]["max"], row["p99"]["n"]),
+                         (first["summary"]["p99"] - 50, first["summary"]["p99"] + 100, 3))
+        self.assertIn(f"[{first['summary']['p99'] - 50:.0f}-{first['summary']['p99'] + 100:.0f}]",
+                      report.format_table([row]))
+
+    def test_the_targets_are_checked_against_the_recorded_numbers(self):
+        checks = report.check_targets(self.rows)
+        targets = {check["target"]: check["met"] for check in checks}
+        wlc, ours, oracle = (row["p99"]["median"] for row in self.rows)
+        self.assertEqual(targets, {
+            "hog persistent: lvsfeedback-health p99 <= half of wlc's": ours <= wlc / 2,
+            "hog persistent: lvsfeedback-health p99 within 20% of the oracle's": ours <= 1.2 * oracle,
+        })
+
+    def test_a_missed_target_is_reported_with_its_numbers(self):
+        rows = json.loads(json.dumps(self.rows))
+        rows[1]["p99"]["median"] = rows[0]["p99"]["median"]  # feedback as slow as wlc: misses "half of wlc"
+        missed = [check for check in report.check_targets(rows) if not check["met"]]
+        self.assertIn("half of wlc's", missed[0]["target"])
+        self.assertIn(f"{rows[0]['p99']['median']:.0f} ms vs wlc", report.format_checks(missed))
+        self.assertTrue(report.format_checks(missed).startswith("- MISSED: "))
+
+    def test_report_md_plots_and_table_are_written(self):
+        out = Path(self.mktemp())
+        out.mkdir()
+        terminal, plot_paths = report.write_report(self.document, out)
+        self.assertEqual(sorted(path.name for path in plot_paths),
+                         ["cdf-hog-persistent.png", "timeline-hog-persistent-lvsfeedback-health.png"])
+        for path in plot_paths:
+            self.assertEqual(path.read_bytes()[:8], b"\x89PNG\r\n\x1a\n")
+        text = (out / "report.md").read_text()
+        for expected in ("## Setup", "## Results", "## Targets", "## Definitions", "QEMU TCG CPU",
+                         self.document["experiment"]["date"], "![cdf-hog-persistent](cdf-hog-persistent.png)",
+                         "| hog | persistent | oracle |"):
+            self.assertIn(expected, text)
+        self.assertIn("scheduler", terminal.splitlines()[0])
+        self.assertIn("Targets:", terminal)
+
+    def test_the_report_command_rebuilds_from_results_json(self):
+        out = Path(self.mktemp())
+        out.mkdir()
+        results = out / "results.json"
+        results.write_text(RECORDED.read_text())
+        self.patch(sys, "stdout", io.StringIO())
+        self.assertEqual(report.main([str(results), "--no-plots"]), 0)
+        self.assertIn("## Results", (out / "report.md").read_text())
