@@ -59,6 +59,7 @@ from lvsfeedback.lab.hog import READY_MARKER as HOG_READY
 from lvsfeedback.lab.loadgen import LoadConfig, LoadRun, RequestRecord
 from lvsfeedback.lab.scenarios import (
     BACKEND_PORT,
+    BASE_WEIGHT,
     SCENARIOS,
     SCHEDULERS,
     SERVICE_PORT,
@@ -481,20 +482,24 @@ class Lab:
 
     def calibrate(self) -> dict[str, float]:
         """
-        CPU seconds one request costs a backend (its cgroup's usage over the
-        requests it served), from a short run straight to rs1 at a light load.
+        CPU seconds one request costs a backend: the servers' cgroup usage
+        over the requests they served, from a short run through IPVS
+        (round robin) at a moderate load. A light load would overstate the
+        cost: the emulated VM charges every wake-up dearly.
         """
-        server = self.topology.servers[0]
-        rate, duration = 4.0, 10.0
-        config = LoadConfig(server.address, BACKEND_PORT, rate=rate, duration=duration, seed=self.plan.seed + 1000,
-                            pattern="persistent", connections=2, timeout=self.plan.timeout)
+        servers = self.topology.servers
+        self.restore_ipvs(ipvsadm_restore(VIP, "rr", [BASE_WEIGHT] * len(servers)))
+        rate, duration = 4.0 * len(servers), 12.0
+        config = LoadConfig(VIP, SERVICE_PORT, rate=rate, duration=duration, seed=self.plan.seed + 1000,
+                            pattern="persistent", connections=2 * len(servers), timeout=self.plan.timeout)
         result_path = self.out / "calibration-records.json"
-        before = server.cgroup.cpu_stat().usage_usec
+        before = sum(server.cgroup.cpu_stat().usage_usec for server in servers)
         start_at = time.monotonic() + 0.5
         loadgen = self.run_load(config, start_at, result_path)
         if loadgen.wait(duration + config.timeout + STARTUP_TIMEOUT) != 0:
             raise ExperimentError(f"the calibration load failed ({loadgen.status}):\n{loadgen.log_tail()}")
-        used = (server.cgroup.cpu_stat().usage_usec - before) / 1e6
+        used = (sum(server.cgroup.cpu_stat().usage_usec for server in servers) - before) / 1e6
+        self.restore_ipvs("-C\n")
         records = [report.unpack_record(packed) for packed in json.loads(result_path.read_text())["records"]]
         ok = [record for record in records if record.outcome == "ok"]
         if len(ok) < rate * duration / 2:
@@ -714,8 +719,9 @@ def run_experiment(plan: Plan, out: Path, command: str, where: str, say: Callabl
         raise ExperimentError("the experiment needs root on a kernel with IPVS (ip_vs loaded): see scripts/demo")
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    say("preparing: importing the daemons once, so that every process forks from this one")
-    preload_daemons()
+    if any(SCHEDULERS[name].feedback for name in plan.schedulers):
+        say("preparing: importing the daemons once, so that every process forks from this one")
+        preload_daemons()
     document = {"experiment": {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": command, "machine": machine(where), "vip": VIP, "servers": len(SCENARIOS[plan.scenarios[0]].quotas),

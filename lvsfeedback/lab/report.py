@@ -30,8 +30,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -126,6 +128,25 @@ def settling(series: dict[str, list], change: float, phase_end: float, update_in
     return {"change": change, "seconds": seconds, "periods": periods, "exits": exits, "final": final}
 
 
+def cost_in_cell(samples: list[dict], summary, hog_server: str | None, start: float, stop: float) -> float | None:
+    """
+    CPU seconds per request the servers without a hog spent in the measured
+    window: the cost the cell really had, to set beside the calibration's.
+    """
+    inside = [sample for sample in samples if start - 1 <= sample["time"] <= stop + 1]
+    if len(inside) < 2:
+        return None
+    first = min(inside, key=lambda sample: abs(sample["time"] - start))
+    last = min(inside, key=lambda sample: abs(sample["time"] - stop))
+    names = [name for name in summary.servers if name != hog_server]
+    served = sum(summary.servers[name] for name in names)
+    if not served:
+        return None
+    used = sum(last["usage_usec"][name] - first["usage_usec"][name] for name in names) / 1e6
+    # The requests of the window were served over it: scale to the samples' span.
+    return used / (served * (last["time"] - first["time"]) / (stop - start))
+
+
 def failures_after(records: list[RequestRecord], moment: float, until: float, timeout: float) -> dict[str, int]:
     """
     Failed requests around a failure at `moment`: those scheduled in the
@@ -178,6 +199,7 @@ def cell_result(*, scenario: str, scheduler: str, pattern: str, repeat: int, con
         },
         "lateness_ms": lateness_summary(lateness),
         "cpu_utilisation": cpu_utilisation(samples, quotas, warmup, end),
+        "cost_ms": _milliseconds(cost_in_cell(samples, summary, hog_server, warmup, end)),
         "weights": series,
         "events": events,
         "settling": settle,
@@ -362,6 +384,8 @@ def format_checks(checks: list[dict]) -> str:
 
 
 def _pyplot():
+    # Its cache goes under the home folder by default, which is read-only in the test VM.
+    os.environ.setdefault("MPLCONFIGDIR", os.path.join(tempfile.gettempdir(), "lvsfeedback-matplotlib"))
     try:
         import matplotlib
     except ImportError:
@@ -455,6 +479,11 @@ def plots(cells: list[dict], out: Path) -> list[Path]:
 # report.md ---------------------------------------------------------------------------
 
 
+def _cost_range(cells: list[dict]) -> str:
+    costs = [cell["cost_ms"] for cell in cells if cell.get("cost_ms") is not None]
+    return f"{min(costs):.1f}-{max(costs):.1f}" if costs else "-"
+
+
 def markdown(document: dict, rows: list[dict], checks: list[dict], plot_paths: list[Path]) -> str:
     setup = document["experiment"]
     machine = setup["machine"]
@@ -473,7 +502,9 @@ def markdown(document: dict, rows: list[dict], checks: list[dict], plot_paths: l
         f"- Calibration: a request costs {setup['calibration']['cost'] * 1000:.1f} ms of CPU in the backend's cgroup "
         f"(measured over {setup['calibration']['requests']} requests); a server's capacity is quota / cost, halved "
         "while a one-worker hog shares its cgroup. The offered load is "
-        f"{setup['plan']['load']:.0%} of the cluster's capacity in its weakest state.",
+        f"{setup['plan']['load']:.0%} of the cluster's capacity in its weakest state. In the cells themselves a "
+        f"request cost {_cost_range(document['cells'])} ms (servers without a hog): where that differs from the "
+        "calibration, the real offered load differs from the nominal one in proportion.",
         f"- Load: open-loop Poisson, seed {setup['plan']['seed']} (the same arrivals for every scheduler), "
         f"{setup['plan']['warmup']:g} s warm-up then {setup['plan']['measure']:g} s measured; latency from each "
         f"request's scheduled time; timeout {setup['plan']['timeout']:g} s. `persistent`: "

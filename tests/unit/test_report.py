@@ -92,6 +92,8 @@ class CellStatisticsTests(SynchronousTestCase):
         self.assertEqual(summary["servers"], {"rs1": 10, "rs2": 10})
         self.assertEqual(summary["p50"], 20.0)  # milliseconds
         self.assertEqual(cell["cpu_utilisation"], {"rs1": 0.2, "rs2": 0.1})
+        # 3 CPU seconds over the 20 requests of the window.
+        self.assertEqual(cell["cost_ms"], 150.0)
         self.assertEqual(cell["lateness_ms"], {"mean": 2.333, "p99": 4.0, "max": 4.0})
         self.assertEqual(cell["weights"]["rs2"][:2], [50, 50])
         self.assertEqual((cell["settling"], cell["failures"]), ([], None))
