@@ -1,1 +1,1 @@
-
+"""The director: accepts agents, turns their health into IPVS weights."""

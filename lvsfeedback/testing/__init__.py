@@ -1,1 +1,1 @@
-
+"""Helpers for tests: the kernel VM, in-memory NECP links, daemons, ipvsadm."""

@@ -1,0 +1,1 @@
+"""The agent on a real server: measures load, answers directors over NECP."""
