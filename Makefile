@@ -20,7 +20,7 @@ $(INSTALLED): setup.cfg pyproject.toml Makefile
 	$(PYTHON) -m pip install -q --upgrade pip setuptools wheel
 	# compat mode puts the source tree on sys.path, where twistd finds
 	# twisted/plugins/ (a PEP 660 editable install hides it).
-	$(PYTHON) -m pip install -q -e '.[test,vm]' --config-settings editable_mode=compat
+	$(PYTHON) -m pip install -q -e '.[test,vm,lab]' --config-settings editable_mode=compat
 	touch $@
 
 test: deps
