@@ -239,6 +239,7 @@ def aggregate(cells: list[dict]) -> list[dict]:
         row["shares"] = {name: _spread([summary["shares"].get(name, 0.0) for summary in summaries]) for name in names}
         row["cpu"] = {name: _spread([cell["cpu_utilisation"][name] for cell in group]) for name in names}
         row["lateness_p99"] = _spread([cell["lateness_ms"]["p99"] for cell in group])
+        row["reruns"] = sum(len(cell.get("late_attempts", [])) for cell in group)
         row["writes"] = _spread([cell["director"]["writes"] for cell in group if cell["director"]])
         settles = [entry for cell in group for entry in cell["settling"]]
         row["settle_periods"] = _spread([entry["periods"] for entry in settles])
@@ -286,7 +287,9 @@ def table_rows(rows: list[dict]) -> list[list[str]]:
         lines.append([
             row["scenario"], row["pattern"], row["scheduler"], _number(row["rate"], 1),
             _cell(row["p50"]), _cell(row["p99"]), _cell(row["p999"]), _cell(row["mean"]),
-            _cell(row["failed"]), shares, cpu, _cell(row["lateness_p99"], 1), _cell(row["writes"]), settle,
+            _cell(row["failed"]), shares, cpu,
+            _cell(row["lateness_p99"], 1) + (f" ({row['reruns']} reruns)" if row.get("reruns") else ""),
+            _cell(row["writes"]), settle,
         ])
     return lines
 
@@ -517,7 +520,11 @@ def markdown(document: dict, rows: list[dict], checks: list[dict], plot_paths: l
         f"- Director settings: update_interval {setup['plan']['feedback']['update_interval']:g} s, health_interval "
         f"{setup['plan']['feedback']['health_interval']:g} s, policy "
         + ", ".join(f"{key} = {value}" for key, value in setup['plan']['feedback']['policy'].items()) + ".",
-        f"- Repeats: {setup['plan']['repeats']} per cell; tables give the median with [min-max] over repeats.",
+        f"- Repeats: {setup['plan']['repeats']} per cell; tables give the median with [min-max] over repeats. "
+        + ("A cell whose load generator ran more than "
+           f"{setup['plan']['max_lateness']:g} ms late at p99 (the VM stalled) ran again, at most "
+           f"{setup['plan']['retries']} times; the table counts those reruns."
+           if setup["plan"].get("max_lateness") else ""),
         "",
         "## Scenarios",
         "",

@@ -118,6 +118,13 @@ class PlanTests(SynchronousTestCase):
         self.assertEqual((plan.feedback.policy["hysteresis"], plan.feedback.policy["lost_agent"]), (0.2, "static"))
         self.assertEqual(plan.feedback.update_interval, 1.0)
 
+    def test_late_cells_run_again_unless_told_not_to(self):
+        self.assertEqual((QUICK.max_lateness, QUICK.retries), (50.0, 2))
+        plan = plan_from_args(parse_args(["--quick", "--max-lateness", "0"]))
+        self.assertIsNone(plan.max_lateness)
+        plan = plan_from_args(parse_args(["--quick", "--max-lateness", "20", "--retries", "1"]))
+        self.assertEqual((plan.max_lateness, plan.retries), (20.0, 1))
+
     def test_a_policy_setting_without_a_value_is_refused(self):
         with self.assertRaises(ExperimentError):
             plan_from_args(parse_args(["--policy", "hysteresis"]))
