@@ -167,6 +167,11 @@ class HealthScaleTests(SynchronousTestCase):
         self.assertTrue(0 <= scale.health(heavier) <= scale.health(lighter) <= 100)
 
 
+    def test_bounds_whose_difference_overflows_still_give_a_health_in_range(self) -> None:
+        scale = HealthScale(-1.5e308, 1.5e308)
+        self.assertEqual([scale.health(r) for r in (-1.5e308, 0.0, 1.5e308)], [100, 50, 0])
+
+
 class RegistryTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.environment = MetricEnvironment(Clock())

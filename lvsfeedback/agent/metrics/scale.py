@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 HEALTH_MAX = 100.0
@@ -27,4 +28,9 @@ class HealthScale:
             return HEALTH_MAX
         if reading >= self.high:
             return 0.0
-        return HEALTH_MAX * (self.high - reading) / (self.high - self.low)
+        span, left = self.high - self.low, self.high - reading
+        if math.isinf(span):
+            # Bounds so far apart that their difference overflows: halve both.
+            span, left = self.high / 2 - self.low / 2, self.high / 2 - reading / 2
+        # Rounding may carry a reading just above low a hair past 100.
+        return min(HEALTH_MAX, max(0.0, HEALTH_MAX * left / span))
