@@ -33,4 +33,4 @@ class HealthScale:
             # Bounds so far apart that their difference overflows: halve both.
             span, left = self.high / 2 - self.low / 2, self.high / 2 - reading / 2
         # Rounding may carry a reading just above low a hair past 100.
-        return min(HEALTH_MAX, max(0.0, HEALTH_MAX * left / span))
+        return min(HEALTH_MAX, max(0.0, HEALTH_MAX * (left / span)))
