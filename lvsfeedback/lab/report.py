@@ -45,6 +45,8 @@ HALF = 0.5
 NEAR_ORACLE = 1.2
 EQUAL_SLACK = 1.05
 SETTLE_PERIODS = 3
+# A cell whose load generator sent arrivals later than this (p99, ms) measured a stalled machine.
+DEFAULT_MAX_LATENESS = 50.0
 FEEDBACK_PREFIX = "lvsfeedback"
 
 
@@ -322,8 +324,20 @@ def _p99(row: dict | None) -> float | None:
     return None if row is None or row["p99"] is None else row["p99"]["median"]
 
 
-def check_targets(rows: list[dict]) -> list[dict]:
-    """Issue #6's targets, each met or missed with its numbers, for the cells present."""
+def _late(row: dict | None, max_lateness: float | None) -> float | None:
+    """The row's generator lateness (p99, ms) when it exceeds max_lateness: that cell measured a stalled machine."""
+    if row is None or max_lateness is None or row["lateness_p99"] is None:
+        return None
+    late = row["lateness_p99"]["median"]
+    return late if late > max_lateness else None
+
+
+def check_targets(rows: list[dict], max_lateness: float | None = DEFAULT_MAX_LATENESS) -> list[dict]:
+    """
+    Issue #6's targets, each met or missed with its numbers, for the cells
+    present. A comparison with a cell whose load generator ran late (the
+    machine stalled) gets no verdict: C{met} is None.
+    """
     checks = []
     feedback = sorted({row["scheduler"] for row in rows if row["scheduler"].startswith(FEEDBACK_PREFIX)})
     for scheduler in feedback:
@@ -337,12 +351,14 @@ def check_targets(rows: list[dict]) -> list[dict]:
                 if wlc is not None:
                     limit = HALF * wlc if pattern == "persistent" else wlc
                     checks.append({
+                        "schedulers": (scheduler, "wlc"),
                         "target": f"{scenario} {pattern}: {scheduler} p99 <= "
                                   f"{'half of ' if pattern == 'persistent' else ''}wlc's",
                         "met": ours <= limit, "numbers": f"{ours:.0f} ms vs wlc {wlc:.0f} ms (limit {limit:.0f})",
                     })
                 if oracle is not None:
                     checks.append({
+                        "schedulers": (scheduler, "oracle"),
                         "target": f"{scenario} {pattern}: {scheduler} p99 within 20% of the oracle's",
                         "met": ours <= NEAR_ORACLE * oracle,
                         "numbers": f"{ours:.0f} ms vs oracle {oracle:.0f} ms (limit {NEAR_ORACLE * oracle:.0f})",
@@ -352,6 +368,7 @@ def check_targets(rows: list[dict]) -> list[dict]:
             wlc = _p99(_find(rows, "equal", pattern, "wlc"))
             if ours is not None and wlc is not None:
                 checks.append({
+                    "schedulers": (scheduler, "wlc"),
                     "target": f"equal {pattern}: {scheduler} p99 no worse than wlc's by more than 5%",
                     "met": ours <= EQUAL_SLACK * wlc,
                     "numbers": f"{ours:.0f} ms vs wlc {wlc:.0f} ms (limit {EQUAL_SLACK * wlc:.0f})",
@@ -361,6 +378,7 @@ def check_targets(rows: list[dict]) -> list[dict]:
                 worst = None if row["settle_periods"] is None else row["settle_periods"]["max"]
                 exits = 0 if row["settle_exits"] is None else row["settle_exits"]["max"]
                 checks.append({
+                    "schedulers": (),
                     "target": f"hog-on-off {pattern}: {scheduler} weights settle within {SETTLE_PERIODS} update "
                               "periods of each change, without oscillating",
                     "met": not row["unsettled"] and worst is not None and worst <= SETTLE_PERIODS and not exits,
@@ -371,16 +389,24 @@ def check_targets(rows: list[dict]) -> list[dict]:
             if row is not None and row["failures_after"] is not None:
                 after = row["failures_after"]["max"]
                 checks.append({
+                    "schedulers": (),
                     "target": f"failure {pattern}: {scheduler} fails no request beyond those in flight",
                     "met": after == 0,
                     "numbers": f"{int(after)} requests scheduled after the failure failed (worst repeat)",
                 })
+    for check in checks:
+        scenario, pattern = check["target"].split(":")[0].split()
+        involved = [_find(rows, scenario, pattern, name) for name in check.pop("schedulers")]
+        late = [value for value in (_late(row, max_lateness) for row in involved) if value is not None]
+        if late:
+            check["met"] = None
+            check["numbers"] += f"; the generator ran {max(late):.0f} ms late at p99 in a cell compared"
     return checks
 
 
 def format_checks(checks: list[dict]) -> str:
-    return "\n".join(f"- {'met' if check['met'] else 'MISSED'}: {check['target']} ({check['numbers']})"
-                     for check in checks)
+    verdicts = {True: "met", False: "MISSED", None: "NO VERDICT (machine stalled)"}
+    return "\n".join(f"- {verdicts[check['met']]}: {check['target']} ({check['numbers']})" for check in checks)
 
 
 # plots -------------------------------------------------------------------------------
@@ -562,7 +588,7 @@ def markdown(document: dict, rows: list[dict], checks: list[dict], plot_paths: l
 def write_report(document: dict, out: Path, with_plots: bool = True) -> tuple[str, list[Path]]:
     """report.md (and the plots) in out; the terminal table and the plots' paths."""
     rows = aggregate(document["cells"])
-    checks = check_targets(rows)
+    checks = check_targets(rows, document["experiment"]["plan"].get("max_lateness", DEFAULT_MAX_LATENESS))
     plot_paths = plots(document["cells"], out) if with_plots else []
     (out / "report.md").write_text(markdown(document, rows, checks, plot_paths))
     terminal = format_table(rows)
