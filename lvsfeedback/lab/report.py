@@ -484,8 +484,8 @@ def timeline(cell: dict, path: Path) -> Path:
         for event in cell["events"]:
             axes.axvline(event["time"], color="red", linestyle=":", linewidth=1)
         axes.grid(True, alpha=0.3)
-    top.set_title(f"{cell['scenario']}, {cell['pattern']}, {cell['scheduler']}" + (": " if cell["events"] else "")
-                  + "; ".join(f"{event['event']} at {event['time']:.0f} s" for event in cell["events"]))
+    top.set_title(f"{cell['scenario']}, {cell['pattern']}, {cell['scheduler']}"
+                  + "".join(f"\n{event['event']} at {event['time']:.0f} s" for event in cell["events"]), fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     pyplot.close(figure)
