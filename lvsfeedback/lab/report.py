@@ -437,7 +437,9 @@ def latency_cdf(cells: list[dict], scenario: str, pattern: str, path: Path) -> P
         if not latencies:
             continue
         fractions = [(index + 1) / len(records) for index in range(len(latencies))]
-        axes.plot(latencies, fractions, label=cell["scheduler"], drawstyle="steps-post")
+        # The generator's lateness tells a cell that measured a stalled machine.
+        label = f"{cell['scheduler']} (generator late p99 {_number(cell['lateness_ms']['p99'])} ms)"
+        axes.plot(latencies, fractions, label=label, drawstyle="steps-post")
     axes.set_xscale("log")
     axes.set_xlabel("latency from scheduled start (ms, log scale)")
     axes.set_ylabel("share of requests answered")
