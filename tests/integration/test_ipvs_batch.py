@@ -1,13 +1,18 @@
 """
 Batched IPVS writes against the kernel, checked through ipvsadm: many
 requests to a system call, in chunks, with each refusal mapped back to its
-change and a lost acknowledgement never mistaken for success.
+change and a lost acknowledgement never mistaken for success; and the
+counters the dumps read, against ipvsadm's, with real connections.
 """
+
+import socket
+import subprocess
+import time
 
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
-from lvsfeedback.ipvs.batch import LOST, IPVSWriter
+from lvsfeedback.ipvs.batch import LOST, IPVSSocket
 from lvsfeedback.ipvs.model import (
     AddDest,
     AddService,
@@ -36,17 +41,17 @@ class BatchTestCase(TestCase):
         ipvsadm.clear()
         self.addCleanup(ipvsadm.clear)
 
-    def writer(self, **options) -> IPVSWriter:
-        writer = IPVSWriter(**options)
-        self.addCleanup(writer.close)
-        return writer
+    def ipvs(self, **options) -> IPVSSocket:
+        ipvs = IPVSSocket(**options)
+        self.addCleanup(ipvs.close)
+        return ipvs
 
-    def populate(self, writer: IPVSWriter, generation: int = 0) -> list:
+    def populate(self, ipvs: IPVSSocket, generation: int = 0) -> None:
         changes = []
         for s, service in enumerate(SERVICES):
             changes.append(AddService(service))
             changes += [AddDest(service.key, RealServer(dest, weight_for(s, d, generation), "dr")) for d, dest in enumerate(DESTS)]
-        self.assertEqual(writer.apply(changes), [None] * len(changes))
+        self.assertEqual(ipvs.apply(changes), [None] * len(changes))
 
     def expected(self, generation: int) -> dict:
         return {
@@ -65,7 +70,7 @@ class BatchTestCase(TestCase):
 class ThousandEditsTests(BatchTestCase):
     @defer.inlineCallbacks
     def test_thousand_weight_edits_through_apply_read_back_through_ipvsadm(self):
-        self.populate(self.writer())
+        self.populate(self.ipvs())
         self.assertEqual(ipvsadm.read_table(), self.expected(0))
         table = NetlinkIPVS(reactor)
         self.addCleanup(table.close)
@@ -77,9 +82,9 @@ class ThousandEditsTests(BatchTestCase):
         self.assertEqual(as_read, self.expected(1))
 
     def test_small_chunks_keep_order_and_map_refusals_to_their_changes(self):
-        writer = self.writer()
-        writer.messages_per_chunk = 7
-        self.populate(writer)
+        ipvs = self.ipvs()
+        ipvs.messages_per_chunk = 7
+        self.populate(ipvs)
         service = SERVICES[0].key
         absent = ServiceKey.for_address("tcp", "10.91.0.2", 80)
         changes = self.edits(2)[:40]
@@ -88,7 +93,7 @@ class ThousandEditsTests(BatchTestCase):
         changes[7] = EditDest(absent, RealServer(DESTS[7], 1, "dr"))  # no such service
         changes[20] = DeleteDest(service, DestKey.of("10.91.9.9", 80))  # no such real server
         changes[39] = AddService(SERVICES[3])  # already there
-        results = writer.apply(changes)
+        results = ipvs.apply(changes)
         refused = {index: reason for index, reason in enumerate(results) if reason is not None}
         self.assertEqual(refused, {6: "EEXIST", 7: "ESRCH", 20: "ENOENT", 39: "EEXIST"})
         expected = self.expected(0)
@@ -98,11 +103,10 @@ class ThousandEditsTests(BatchTestCase):
         self.assertEqual(ipvsadm.read_table(), expected)
 
     def test_lost_acknowledgements_are_reported_never_taken_for_success(self):
-        writer = self.writer()
-        self.populate(writer)
+        self.populate(self.ipvs())
         # A receive buffer far too small for one chunk of a thousand
         # acknowledgements: the kernel drops most of them.
-        starved = self.writer(receive_buffer=4096)
+        starved = self.ipvs(receive_buffer=4096)
         starved.messages_per_chunk = 1000
         changes = self.edits(3)
         results = starved.apply(changes)
@@ -116,3 +120,39 @@ class ThousandEditsTests(BatchTestCase):
         # The socket still works afterwards, in chunks that fit.
         starved.messages_per_chunk = 1
         self.assertEqual(starved.apply(self.edits(4)[:50]), [None] * 50)
+
+
+class CounterTests(BatchTestCase):
+    def test_connection_counters_read_back_as_ipvsadm_shows_them(self):
+        # A virtual address on lo and a local real server: IPVS schedules
+        # connections made on this machine too (its LOCAL_OUT hook).
+        subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+        subprocess.run(["ip", "address", "add", "10.91.200.1/32", "dev", "lo"], check=True)
+        self.addCleanup(subprocess.run, ["ip", "address", "del", "10.91.200.1/32", "dev", "lo"], check=True)
+        listener = socket.create_server(("0.0.0.0", 0))
+        self.addCleanup(listener.close)
+        port = listener.getsockname()[1]
+        service = ServiceKey.for_address("tcp", "10.91.200.1", port)
+        ipvs = self.ipvs()
+        self.assertEqual(ipvs.apply([AddService(VirtualService(service)), AddDest(service, RealServer(DestKey.of("127.0.0.1", port)))]), [None, None])
+        connections = []
+        for _ in range(3):
+            connections.append(socket.create_connection(("10.91.200.1", port), timeout=10))
+            connections.append(listener.accept()[0])
+        for connection in connections[:2]:
+            connection.close()  # one connection closed: inactive
+        self.addCleanup(lambda: [connection.close() for connection in connections])
+
+        # The kernel's estimator folds per-CPU counts into the totals every 2 s.
+        deadline = time.monotonic() + 10
+        while ipvs.dests(service)[0].counters.connections < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        (dest,) = ipvs.dests(service)
+        listing = subprocess.run(["ipvsadm", "-Ln", "--stats"], check=True, capture_output=True, text=True).stdout
+        stats_row = next(line.split() for line in listing.splitlines() if line.split()[:2] == ["->", f"127.0.0.1:{port}"])
+        self.assertEqual(dest.counters.connections, int(stats_row[2]))
+        self.assertEqual(dest.counters.connections, 3)
+        listing = subprocess.run(["ipvsadm", "-Ln"], check=True, capture_output=True, text=True).stdout
+        row = next(line.split() for line in listing.splitlines() if line.split()[:2] == ["->", f"127.0.0.1:{port}"])
+        self.assertEqual((dest.counters.active_connections, dest.counters.inactive_connections), (int(row[4]), int(row[5])))
+        self.assertEqual(dest.counters.active_connections, 2)

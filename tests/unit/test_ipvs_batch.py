@@ -1,7 +1,9 @@
 """
 Tests for lvsfeedback.ipvs.batch: the IPVS generic netlink requests it
 encodes, read back with pyroute2's own parser and compared with the requests
-pyroute2 builds for the same change, and the acknowledgements it reads.
+pyroute2 builds for the same change; the acknowledgements it reads; and the
+dump replies it parses, built with pyroute2's encoder and as the kernel lays
+them out.
 """
 
 from __future__ import annotations
@@ -17,7 +19,16 @@ from pyroute2.netlink.generic.ipvs import ipvsmsg
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from lvsfeedback.ipvs import batch
-from lvsfeedback.ipvs.batch import NLM_F_ACK, NLM_F_REQUEST, IPVSWriter, acknowledgements, encode
+from lvsfeedback.ipvs.batch import (
+    NLM_F_ACK,
+    NLM_F_REQUEST,
+    IPVSSocket,
+    acknowledgements,
+    attributes,
+    encode,
+    read_dest,
+    read_service,
+)
 from lvsfeedback.ipvs.model import (
     FORWARDING,
     PROTOCOLS,
@@ -26,6 +37,8 @@ from lvsfeedback.ipvs.model import (
     DeleteDest,
     DeleteMarkRule,
     DeleteService,
+    Dest,
+    DestCounters,
     DestKey,
     EditDest,
     EditService,
@@ -220,8 +233,124 @@ class AcknowledgementTests(SynchronousTestCase):
 class WriterOpenTests(SynchronousTestCase):
     def test_a_kernel_without_ipvs_is_named_with_the_fix(self):
         if os.path.exists("/proc/net/ip_vs"):
-            raise SkipTest("this kernel has IPVS; tests/integration/test_ipvs_batch.py covers the writer here")
+            raise SkipTest("this kernel has IPVS; tests/integration/test_ipvs_batch.py covers the socket there")
         with self.assertRaises(IPVSError) as caught:
-            IPVSWriter()
+            IPVSSocket()
         self.assertIn("modprobe ip_vs", caught.exception.reason)
         self.assertIn("ENOENT", caught.exception.reason)
+
+
+def dump_reply(nest: str, attrs: list) -> dict[int, bytes]:
+    """One dump reply as pyroute2 encodes it, split into its top-level attributes as IPVSSocket does."""
+    message = ipvsmsg()
+    message["cmd"] = 1
+    message["version"] = 1
+    message["attrs"] = [(nest, {"attrs": attrs})]
+    message["header"]["type"] = FAMILY_ID
+    message["header"]["flags"] = 2  # NLM_F_MULTI
+    message.encode()
+    return attributes(bytes(message.data)[20:])
+
+
+def service_attrs(service: VirtualService) -> list:
+    key = service.key
+    attrs = [("IPVS_SVC_ATTR_AF", key.family)]
+    if key.is_fwmark:
+        attrs += [("IPVS_SVC_ATTR_PROTOCOL", 6), ("IPVS_SVC_ATTR_FWMARK", key.fwmark)]
+    else:
+        attrs += [
+            ("IPVS_SVC_ATTR_PROTOCOL", PROTOCOLS[key.protocol]),
+            ("IPVS_SVC_ATTR_ADDR", key.address),
+            ("IPVS_SVC_ATTR_PORT", key.port),
+            ("IPVS_SVC_ATTR_FWMARK", 0),
+        ]
+    # The kernel reports the timeout even when the service is not persistent.
+    return attrs + [
+        ("IPVS_SVC_ATTR_SCHED_NAME", service.scheduler),
+        ("IPVS_SVC_ATTR_FLAGS", {"flags": 0x2 | (1 if service.persistence else 0), "mask": 0xFFFFFFFF}),
+        ("IPVS_SVC_ATTR_TIMEOUT", service.persistence or 360),
+        ("IPVS_SVC_ATTR_NETMASK", "255.255.255.255"),
+        ("IPVS_SVC_ATTR_STATS", {"attrs": [("IPVS_STATS_ATTR_CONNS", 5)]}),
+    ]
+
+
+def dest_attrs(server: RealServer, family: bool = True, stats: str | None = "IPVS_DEST_ATTR_STATS64") -> list:
+    attrs = [
+        ("IPVS_DEST_ATTR_ADDR", server.key.address),
+        ("IPVS_DEST_ATTR_PORT", server.key.port),
+        ("IPVS_DEST_ATTR_FWD_METHOD", FORWARDING[server.forwarding]),
+        ("IPVS_DEST_ATTR_WEIGHT", server.weight),
+        ("IPVS_DEST_ATTR_U_THRESH", 0),
+        ("IPVS_DEST_ATTR_L_THRESH", 0),
+        ("IPVS_DEST_ATTR_ACTIVE_CONNS", 12),
+        ("IPVS_DEST_ATTR_INACT_CONNS", 34),
+        ("IPVS_DEST_ATTR_PERSIST_CONNS", 0),
+    ]
+    if family:
+        attrs.append(("IPVS_DEST_ATTR_ADDR_FAMILY", server.key.family))
+    if stats is not None:
+        attrs.append((stats, {"attrs": [("IPVS_STATS_ATTR_CONNS", 5678), ("IPVS_STATS_ATTR_INPKTS", 9), ("IPVS_STATS_ATTR_CPS", 42)]}))
+    return attrs
+
+
+class DumpParsingTests(SynchronousTestCase):
+    def test_services_read_back(self):
+        for service in SERVICES:
+            reply = dump_reply("IPVS_CMD_ATTR_SERVICE", service_attrs(service))
+            self.assertEqual(read_service(reply[batch.IPVS_CMD_ATTR_SERVICE]), service)
+
+    def test_real_servers_read_back_with_their_counters(self):
+        for real in REALS:
+            reply = dump_reply("IPVS_CMD_ATTR_DEST", dest_attrs(real))
+            self.assertEqual(
+                read_dest(reply[batch.IPVS_CMD_ATTR_DEST], socket.AF_INET),
+                Dest(real, DestCounters(active_connections=12, inactive_connections=34, connections=5678, connection_rate=42)),
+            )
+
+    def test_32_bit_statistics_when_there_are_no_64_bit_ones(self):
+        reply = dump_reply("IPVS_CMD_ATTR_DEST", dest_attrs(REAL, stats="IPVS_DEST_ATTR_STATS"))
+        counters = read_dest(reply[batch.IPVS_CMD_ATTR_DEST], socket.AF_INET).counters
+        self.assertEqual((counters.connections, counters.connection_rate), (5678, 42))
+        reply = dump_reply("IPVS_CMD_ATTR_DEST", dest_attrs(REAL, stats=None))
+        counters = read_dest(reply[batch.IPVS_CMD_ATTR_DEST], socket.AF_INET).counters
+        self.assertEqual((counters.connections, counters.connection_rate), (0, 0))
+
+    def test_a_real_server_without_a_family_has_its_services(self):
+        # Kernels before 4.x send no IPVS_DEST_ATTR_ADDR_FAMILY.
+        dest = (
+            struct.pack("=HH", 20, batch.IPVS_DEST_ATTR_ADDR) + socket.inet_pton(socket.AF_INET6, "fd00:90::2")
+            + struct.pack("=HHH2x", 6, batch.IPVS_DEST_ATTR_PORT, socket.htons(443))
+            + struct.pack("=HHI", 8, batch.IPVS_DEST_ATTR_WEIGHT, 0)
+            + struct.pack("=HHI", 8, batch.IPVS_DEST_ATTR_FWD_METHOD, 2)
+        )
+        self.assertEqual(read_dest(dest, socket.AF_INET6).server, REAL6)
+
+    def test_addresses_as_the_kernel_sends_them_sixteen_bytes_whatever_the_family(self):
+        def padded(kind: int, family: int, address: str) -> bytes:
+            raw = socket.inet_pton(family, address)
+            return struct.pack("=HH", 20, kind) + raw + b"\0" * (16 - len(raw))
+
+        dest = padded(batch.IPVS_DEST_ATTR_ADDR, socket.AF_INET, "10.90.1.2") + b"".join(
+            struct.pack("=HHI", 8, kind, value)
+            for kind, value in [(batch.IPVS_DEST_ATTR_WEIGHT, 9), (batch.IPVS_DEST_ATTR_FWD_METHOD, 3)]
+        ) + struct.pack("=HHH2x", 6, batch.IPVS_DEST_ATTR_PORT, socket.htons(8080))
+        self.assertEqual(read_dest(dest, socket.AF_INET).server, RealServer(DestKey.of("10.90.1.2", 8080), 9, "dr"))
+        service = (
+            struct.pack("=HHH2x", 6, batch.IPVS_SVC_ATTR_AF, socket.AF_INET6)
+            + struct.pack("=HHH2x", 6, batch.IPVS_SVC_ATTR_PROTOCOL, 6)
+            + padded(batch.IPVS_SVC_ATTR_ADDR, socket.AF_INET6, "fd00:90:0:0:0:0:0:1")
+            + struct.pack("=HHH2x", 6, batch.IPVS_SVC_ATTR_PORT, socket.htons(443))
+            + struct.pack("=HH", 8, batch.IPVS_SVC_ATTR_SCHED_NAME) + b"wlc\0"
+            + struct.pack("=HHII", 12, batch.IPVS_SVC_ATTR_FLAGS, 2, 0xFFFFFFFF)
+            + struct.pack("=HHI", 8, batch.IPVS_SVC_ATTR_TIMEOUT, 360)
+        )
+        self.assertEqual(read_service(service), VirtualService(ServiceKey.for_address("tcp", "fd00:90::1", 443), "wlc", 0))
+
+    def test_ipv6_real_servers_are_named_canonically(self):
+        spelled = RealServer(DestKey("fd00:90:0:0:0:0:0:2", 443), 5, "tun")
+        reply = dump_reply("IPVS_CMD_ATTR_DEST", dest_attrs(spelled))
+        self.assertEqual(read_dest(reply[batch.IPVS_CMD_ATTR_DEST], socket.AF_INET6).server.key, DestKey.of("fd00:90::2", 443))
+
+    def test_attribute_flags_are_not_part_of_the_type(self):
+        nested = struct.pack("=HH", 12, 0x8000 | batch.IPVS_CMD_ATTR_DEST) + struct.pack("=HHI", 8, 4, 1)
+        self.assertEqual(set(attributes(nested)), {batch.IPVS_CMD_ATTR_DEST})
