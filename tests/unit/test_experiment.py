@@ -119,7 +119,8 @@ class PlanTests(SynchronousTestCase):
         self.assertEqual(plan.feedback.update_interval, 1.0)
 
     def test_late_cells_run_again_unless_told_not_to(self):
-        self.assertEqual((QUICK.max_lateness, QUICK.retries), (50.0, 2))
+        self.assertEqual((QUICK.max_lateness, QUICK.retries), (50.0, 1))
+        self.assertEqual(plan_from_args(parse_args([])).retries, 2)
         plan = plan_from_args(parse_args(["--quick", "--max-lateness", "0"]))
         self.assertIsNone(plan.max_lateness)
         plan = plan_from_args(parse_args(["--quick", "--max-lateness", "20", "--retries", "1"]))
