@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 HEALTH_MAX = 100.0
+_HUGE = 1e300  # beyond this, HEALTH_MAX times a difference may overflow
 
 
 @dataclass(frozen=True)
@@ -29,8 +30,10 @@ class HealthScale:
         if reading >= self.high:
             return 0.0
         span, left = self.high - self.low, self.high - reading
-        if math.isinf(span):
-            # Bounds so far apart that their difference overflows: halve both.
+        if math.isinf(span) or abs(left) > _HUGE:
+            # Bounds so far apart that their difference (or 100 times it)
+            # overflows: halve both and divide first.
             span, left = self.high / 2 - self.low / 2, self.high / 2 - reading / 2
+            return min(HEALTH_MAX, max(0.0, HEALTH_MAX * (left / span)))
         # Rounding may carry a reading just above low a hair past 100.
-        return min(HEALTH_MAX, max(0.0, HEALTH_MAX * (left / span)))
+        return min(HEALTH_MAX, max(0.0, HEALTH_MAX * left / span))
