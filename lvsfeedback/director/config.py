@@ -76,6 +76,7 @@ class DirectorSettings:
     allow: tuple[Network, ...]  # agent source networks
     update_interval: float  # seconds between policy passes
     health_interval: float  # seconds between health questions to each agent; 0: on keepalives only
+    adoption_grace: float  # after start, seconds a server no agent has spoken for keeps its kernel weight
     observe: bool  # compute and expose weights, never touch the kernel
     weights_only: bool  # only edit weights of real servers already in the kernel
 
@@ -204,6 +205,7 @@ class _Reader:
             allow=table.take_list("allow", _network, EVERYWHERE, allow_empty=False),
             update_interval=table.take("update_interval", _seconds(lambda n: n > 0, "> 0"), 2.0),
             health_interval=table.take("health_interval", _seconds(lambda n: n >= 0, ">= 0"), 2.0),
+            adoption_grace=table.take("adoption_grace", _seconds(lambda n: n >= 0, ">= 0"), 60.0),
             observe=table.take("observe", _boolean, False),
             weights_only=table.take("weights_only", _boolean, False),
         )

@@ -64,12 +64,11 @@ class PassResult:
 class WeightUpdater(Service):
     log = Logger()
 
-    def __init__(self, config, registry, table, clock, *, observe: bool | None = None, adoption_grace: float = 15.0):
+    def __init__(self, config, registry, table, clock, *, observe: bool | None = None):
         self.registry = registry
         self.table = table
         self.clock = clock
         self.observe = observe
-        self.adoption_grace = adoption_grace
         self.overrides: dict[tuple[ServiceKey, DestKey], Override] = {}
         self.state = PolicyState()
         self.last: PassResult | None = None
@@ -100,7 +99,7 @@ class WeightUpdater(Service):
 
     def startService(self):
         super().startService()
-        self._adopt_until = self.clock.seconds() + self.adoption_grace
+        self._adopt_until = self.clock.seconds() + self.config.director.adoption_grace
         self._adopting = True
         self._loop.start(self.config.director.update_interval, now=True)
 

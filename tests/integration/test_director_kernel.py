@@ -187,7 +187,7 @@ class RestartAndReloadTests(DirectorInTheLab):
         self.lab.start_backends(work_ms=5)
         self.write_config(SERVICE.format(vip=VIP, reals=reals(first_three)))
         director = self.start_director()
-        load = self.lab.start_load(LoadConfig(host=VIP, port=80, rate=8, duration=150, pattern="persistent", timeout=10))
+        load = self.lab.start_load(LoadConfig(host=VIP, port=80, rate=8, duration=200, pattern="persistent", timeout=10))
         for server in first_three:
             self.start_agent(server)
         self.wait_for_feedback(director, first_three)
@@ -198,7 +198,7 @@ class RestartAndReloadTests(DirectorInTheLab):
         director = self.start_director()
         for server in first_three:
             director.wait_for(rf"agent {re.escape(server.address)} up", STARTUP)
-        director.wait_for(r"adoption over", 15 + 3 * UPDATE)
+        director.wait_for(r"adoption over", 60 + 3 * UPDATE)  # the default adoption_grace
         self.assertEqual(set(self.weights()), set(before), "no real server disappeared")
         self.assertDirectorAgreesWithIpvsadm()
 
@@ -218,7 +218,7 @@ class RestartAndReloadTests(DirectorInTheLab):
         self.assertIn(fourth.address, self.weights())
         self.assertDirectorAgreesWithIpvsadm()
 
-        summary = self.lab.finish_load(load, LoadConfig(host=VIP, port=80, rate=8, duration=150))
+        summary = self.lab.finish_load(load, LoadConfig(host=VIP, port=80, rate=8, duration=200))
         self.assertEqual((summary.errors, summary.timeouts), (0, 0), summary)
         # Until the reload, the restarted director wrote only what health
         # reports asked for: no reset to static, no ramp from the floor.

@@ -131,7 +131,7 @@ class ReconcileTests(UpdaterTestCase):
 
     def test_restart_adopts_kernel_weights_until_agents_speak(self):
         self.table.apply([AddService(VirtualService(WEB, "wlc"))] + [AddDest(WEB, RealServer(d, 37, "nat")) for d in RS])
-        self.start(write_config(self), adoption_grace=15)
+        self.start(write_config(self, director="adoption_grace = 15"))
         self.tick()
         self.assertEqual(self.weights(), {dest: 37 for dest in RS}, "a restart must not reset weights")
         self.connect(1, health=50)
@@ -257,7 +257,7 @@ class ModeTests(UpdaterTestCase):
         self.table.apply([AddService(VirtualService(WEB, "wlc")), AddDest(WEB, RealServer(RS[0], 10, "dr")),
                           AddDest(WEB, RealServer(stranger, 20, "dr"))])
         setup = len(self.table.applied)
-        self.start(write_config(self, director="weights_only = true"), adoption_grace=0)
+        self.start(write_config(self, director="weights_only = true\nadoption_grace = 0"))
         self.connect(1, health=50)
         self.tick()
         self.assertEqual(self.weights(), {RS[0]: 5, stranger: 20})
@@ -267,7 +267,7 @@ class ModeTests(UpdaterTestCase):
     def test_weights_only_follows_agents_of_servers_only_the_kernel_knows(self):
         stranger = DestKey.of("10.1.0.77", 80)
         self.table.apply([AddService(VirtualService(WEB, "wlc")), AddDest(WEB, RealServer(stranger, 20, "dr"))])
-        self.start(write_config(self, director="weights_only = true"), adoption_grace=0)
+        self.start(write_config(self, director="weights_only = true\nadoption_grace = 0"))
         agent = Agent("10.1.0.77", 40000, 7)
         self.registry.agentUp(agent)
         self.assertEqual(list(self.registry.servicesStarted(agent, [HTTP])), [], "START accepted")
