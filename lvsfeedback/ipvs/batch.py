@@ -389,7 +389,7 @@ class IPVSSocket:
             offset = _NLMSGHDR.size + _GENLMSGHDR.size
             while offset + _NLA.size <= length:
                 attr_length, attr_type = _NLA.unpack_from(reply, offset)
-                if attr_type & 0x3FFF == CTRL_ATTR_FAMILY_ID:
+                if attr_type & NLA_TYPE_MASK == CTRL_ATTR_FAMILY_ID:
                     return _U16.unpack_from(reply, offset + _NLA.size)[0]
                 offset += (attr_length + 3) & ~3
             raise IPVSError("open", f"the kernel's answer for generic netlink family {name} has no id")
