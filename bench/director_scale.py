@@ -646,12 +646,18 @@ def measure_director(workdir: Path, args, keepalive: float, jitter: float, healt
             "--keepalive", str(keepalive), "--jitter", str(jitter), "--log", str(workdir / f"director-{port}.log")]
     director = subprocess.Popen(argv + ([] if kernel else ["--memory-table"]),
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+    log = workdir / f"director-{port}.log"
     agents = None
     try:
-        wait_for(lambda: _listening(port), 120, "the director to listen")
+        wait_for(lambda: _listening(port) or director.poll() is not None, 180, "the director to listen")
+        if director.poll() is not None:
+            raise RuntimeError(f"the director exited with status {director.returncode}; its log ends:\n{tail(log)}")
         agents = AgentsProcess(f"127.0.0.1:{port}", REALS, keepalive, jitter, 50, workdir / f"agents-{port}.log")
         agents.expect("up")
-        wait_until_steady(director, args.settle, 300)
+        try:
+            wait_until_steady(director, args.settle, 300)
+        except RuntimeError as error:
+            raise RuntimeError(f"{error}; the director's log ends:\n{tail(log)}") from None
         processes = psutil.Process(director.pid), psutil.Process(agents.process.pid)
         counts_before = director_counts(director)
         before = [sum(process.cpu_times()[:2]) for process in processes]
@@ -675,6 +681,13 @@ def measure_director(workdir: Path, args, keepalive: float, jitter: float, healt
             from lvsfeedback.testing import ipvsadm
 
             ipvsadm.clear()
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as error:
+        return f"(unreadable: {error})"
 
 
 def director_counts(director: subprocess.Popen) -> dict[str, str]:
