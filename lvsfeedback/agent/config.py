@@ -23,7 +23,7 @@ Every problem is reported as FILE: KEY: reason, all at once.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from lvsfeedback.ipvs.model import PROTOCOLS
@@ -66,7 +66,6 @@ class AgentSettings:
     drain_timeout: float = 10.0
     haproxy_agent: str | None = None
     haproxy_service: str | None = None
-    problems: list[str] = field(default_factory=list, compare=False, repr=False)
 
 
 def parse_service(text: str) -> ServiceSettings:

@@ -50,11 +50,11 @@ class Options(usage.Options):
     opt_m = opt_metric
 
     def postOptions(self):
-        from lvsfeedback.agent.config import AgentConfigError, AgentSettings, check, load_agent_config, parse_service
+        from lvsfeedback.agent.config import AgentConfigError, AgentSettings, check, load_agent_config
 
         try:
             settings = load_agent_config(self["config"]) if self["config"] else AgentSettings()
-            settings = self._with_flags(settings, parse_service)
+            settings = self._with_flags(settings)
         except (AgentConfigError, ValueError) as error:
             raise usage.UsageError(str(error)) from None
         problems = check(settings)
@@ -70,7 +70,9 @@ class Options(usage.Options):
             raise usage.UsageError(str(error)) from None
         self.settings = settings
 
-    def _with_flags(self, settings, parse_service):
+    def _with_flags(self, settings):
+        from lvsfeedback.agent.config import parse_service
+
         changes = {}
         if self.directors:
             changes["directors"] = tuple(self.directors)

@@ -43,7 +43,11 @@ class ServerFacts:
 
     agent: Agent
     report: HealthReport | None
-    stopped: bool  # its agent is connected but has not started (or has stopped) the service
+
+    @property
+    def stopped(self) -> bool:
+        """Its agent is connected but has not started (or has stopped) the service."""
+        return self.agent.state is AgentState.STOPPED
 
 
 class Registry:
@@ -140,18 +144,18 @@ class Registry:
         if session is None:
             lost_at = self._lost_at.get(dest.address)
             if lost_at is None:
-                return ServerFacts(Agent(AgentState.NEVER_SEEN), None, False)
-            return ServerFacts(Agent(AgentState.LOST, lost_at), None, False)
+                return ServerFacts(Agent(AgentState.NEVER_SEEN), None)
+            return ServerFacts(Agent(AgentState.LOST, lost_at), None)
         ports = [port for port in session.started if _port_matches(service, dest, port)]
         agent = Agent(AgentState.CONNECTED, session.connected_at)
         if not ports:
-            return ServerFacts(Agent(AgentState.STOPPED, session.connected_at), None, True)
+            return ServerFacts(Agent(AgentState.STOPPED, session.connected_at), None)
         reports = [session.health[port] for port in ports if port in session.health]
         if not reports:
-            return ServerFacts(agent, None, False)
+            return ServerFacts(agent, None)
         # A fwmark service may gather several ports: the worst one speaks.
         worst = min(reports, key=lambda report: (report.value, -report.time))
-        return ServerFacts(agent, worst, False)
+        return ServerFacts(agent, worst)
 
     # Internals.
 
