@@ -10,11 +10,27 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from lvsfeedback.agent.metrics.environment import MetricEnvironment
 from lvsfeedback.agent.metrics.errors import MetricReadError, MetricSpecError
-from lvsfeedback.agent.metrics.procfs import count_established, read_pressure
+from lvsfeedback.agent.metrics.procfs import ConnectionsMetric, count_established, read_pressure
+from lvsfeedback.agent.metrics.scale import HealthScale
+from lvsfeedback.agent.metrics.sockdiag import EstablishedCounter
 from lvsfeedback.agent.metrics.spec import MetricRegistry
 
 FIXTURES = Path(__file__).parent / "fixtures" / "metrics"
 PROC = FIXTURES / "proc"
+
+
+class RefusingCounter:
+    """A sock_diag counter on a kernel without tcp_diag."""
+
+    asked = 0
+    closed = False
+
+    def count(self, port: int) -> int:
+        self.asked += 1
+        raise FileNotFoundError(2, "sock_diag refused the dump: No such file or directory")
+
+    def close(self) -> None:
+        self.closed = True
 
 
 class ProcfsTestCase(SynchronousTestCase):
@@ -99,9 +115,26 @@ class ConnectionsTests(ProcfsTestCase):
         self.assertEqual(count_established(proc, 8080), 1)
 
     def test_health_scales_the_count(self) -> None:
-        self.assertEqual(self.health("connections:port=8080,high=8"), 75.0)
-        self.assertEqual(self.health("connections:port=8080,low=2,high=8"), 100.0)
-        self.assertEqual(self.health("connections:port=8080,high=2"), 0.0)
+        self.assertEqual(self.health("connections:port=8080,high=8,source=proc"), 75.0)
+        self.assertEqual(self.health("connections:port=8080,low=2,high=8,source=proc"), 100.0)
+        self.assertEqual(self.health("connections:port=8080,high=2,source=proc"), 0.0)
+
+    def test_sock_diag_is_the_default_source(self) -> None:
+        metric = self.registry.build("connections:port=8080,high=8", self.environment).metric
+        self.addCleanup(lambda: metric.counter and metric.counter.close())
+        self.assertIsInstance(metric.counter, EstablishedCounter)
+
+    def test_a_refused_sock_diag_falls_back_to_proc_for_good(self) -> None:
+        counter = RefusingCounter()
+        metric = ConnectionsMetric(PROC, 8080, HealthScale(0.0, 8.0), counter)
+        self.assertEqual(metric.sample(), 75.0)
+        self.assertEqual((counter.asked, counter.closed, metric.counter), (1, True, None))
+        self.assertEqual(metric.sample(), 75.0)
+        self.assertEqual(counter.asked, 1)
+
+    def test_unknown_source_is_refused(self) -> None:
+        error = self.assertRaises(MetricSpecError, self.health, "connections:port=8080,high=8,source=ss")
+        self.assertIn("source", str(error))
 
     def test_high_is_required(self) -> None:
         error = self.assertRaises(MetricSpecError, self.health, "connections:port=8080")

@@ -7,16 +7,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from lvsfeedback.agent.metrics.errors import MetricReadError
 from lvsfeedback.agent.metrics.interfaces import ILoadMetric
 from lvsfeedback.agent.metrics.scale import HealthScale
+from lvsfeedback.agent.metrics.sockdiag import EstablishedCounter
 
 PRESSURE_RESOURCES = ("cpu", "memory", "io")
 PRESSURE_KINDS = ("some", "full")
 PRESSURE_WINDOWS = ("avg10", "avg60", "avg300")
 TCP_ESTABLISHED = "01"
+CONNECTION_SOURCES = ("sock_diag", "proc")
 
 
 def read_pressure(path: Path, kind: str, window: str) -> float:
@@ -114,14 +117,28 @@ class PressureMetric:
 
 @implementer(ILoadMetric)
 class ConnectionsMetric:
-    """Established TCP connections to one local port."""
+    """
+    Established TCP connections to one local port, counted by the kernel
+    through sock_diag (C{counter}), or read from C{/proc/net/tcp{,6}} when
+    there is no counter or the kernel refuses sock_diag.
+    """
 
-    def __init__(self, proc_root: Path, port: int, scale: HealthScale):
+    log = Logger()
+
+    def __init__(self, proc_root: Path, port: int, scale: HealthScale, counter=None):
         self.proc_root = proc_root
         self.port = port
         self.scale = scale
+        self.counter = counter
 
     def reading(self) -> float:
+        if self.counter is not None:
+            try:
+                return float(self.counter.count(self.port))
+            except OSError as error:
+                self.log.warn("connections: {error}; reading /proc/net/tcp from now on", error=error)
+                self.counter.close()
+                self.counter = None
         return float(count_established(self.proc_root, self.port))
 
     def sample(self) -> float:
@@ -152,9 +169,13 @@ def build_pressure(options, environment) -> PressureMetric:
 
 
 def build_connections(options, environment) -> ConnectionsMetric:
-    """C{connections:port=P,high=N[,low=0]}: established connections to P."""
-    return ConnectionsMetric(
-        environment.proc_root,
-        options.integer("port", minimum=1, maximum=65535),
-        options.scale(0.0),
-    )
+    """C{connections:port=P,high=N[,low=0,source=sock_diag|proc]}: established connections to P."""
+    port = options.integer("port", minimum=1, maximum=65535)
+    scale = options.scale(0.0)
+    counter = None
+    if options.choice("source", CONNECTION_SOURCES, "sock_diag") == "sock_diag":
+        try:
+            counter = EstablishedCounter()
+        except OSError as error:
+            ConnectionsMetric.log.warn("connections: no netlink sock_diag ({error}); reading /proc/net/tcp", error=error)
+    return ConnectionsMetric(environment.proc_root, port, scale, counter)
