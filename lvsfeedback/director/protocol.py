@@ -44,7 +44,6 @@ from lvsfeedback.necp.codec import (
     Init,
     InitAck,
     InstalledException,
-    Keepalive,
     KeepaliveAck,
     Message,
     Opcode,
@@ -282,15 +281,8 @@ class NEProtocol(NECPProtocol):
 
     def session_established(self) -> None:
         self.factory.agent_up(self)
-        if self.factory.health_interval > 0:
-            self._health_loop = LoopingCall(lambda: self.ask_health(self.services) if self.services else None)
-            self._health_loop.clock = self.factory.clock
-            self._health_loop.start(self.factory.health_interval, now=False)
 
     def session_ended(self, reason: str, was_established: bool) -> None:
-        loop = getattr(self, "_health_loop", None)
-        if loop is not None and loop.running:
-            loop.stop()
         if was_established:
             self.factory.agent_gone(self, reason)
 
@@ -324,12 +316,13 @@ class NEProtocol(NECPProtocol):
         return StartAck()
 
     def ask_health(self, services) -> None:
-        """A KEEPALIVE carrying health queries for these services, outside the keepalive rhythm."""
+        """
+        A KEEPALIVE carrying health queries for these services now: it
+        stands for the next regular keepalive.
+        """
         if not self.connected:
             return
-        queries = tuple(Query.health(p, port) for p, port in dict.fromkeys((s.protocol, s.port) for s in services))
-        sent = self.send_request(Keepalive(queries=queries))
-        sent.addCallbacks(self.keepalive_answered, self.request_abandoned)
+        self.send_keepalive(tuple(Query.health(p, port) for p, port in dict.fromkeys((s.protocol, s.port) for s in services)))
 
     def stop_received(self, request: Stop) -> Message:
         # Stopping a service that is not started already holds: that makes a
@@ -347,6 +340,10 @@ class NEProtocol(NECPProtocol):
     def keepalive_queries(self) -> tuple[Query, ...]:
         endpoints = dict.fromkeys((service.protocol, service.port) for service in self.services)
         return tuple(Query.health(protocol, port) for protocol, port in endpoints)
+
+    def keepalive_needed(self) -> bool:
+        # Even when the agent's keepalives show it alive: ours ask its health.
+        return super().keepalive_needed() or bool(self.services)
 
     def keepalive_answered(self, reply: KeepaliveAck | ErrorReply) -> None:
         if type(reply) is ErrorReply:
@@ -409,8 +406,10 @@ class NEFactory(NECPFactory):
     On INIT, any older session from the same host is dropped: the director
     forgets everything it held for that agent (NECP's rule for INIT).
     With C{ask_on_start}, newly started services are asked for their health
-    at once; with a C{health_interval}, every that many seconds; and always
-    on every keepalive.
+    at once; with a C{health_interval}, every agent is asked every that many
+    seconds, all in one round from one timer (see L{start_asking}), each
+    question standing for that session's next keepalive; and always on every
+    keepalive.
 
     @ivar exceptions: the L{ExceptionTable} of all agents.
     """
@@ -436,6 +435,37 @@ class NEFactory(NECPFactory):
         self.exceptions = ExceptionTable(clock, self._exception_expired)
         self.connection_numbers = itertools.count(1)
         self._sessions: dict[Agent, NEProtocol] = {}
+        self._asking: LoopingCall | None = None
+        self._first_round: IDelayedCall | None = None
+
+    def start_asking(self, first: float) -> None:
+        """
+        With a C{health_interval}: a round of health questions to every
+        agent with a started service C{first} seconds from now, then every
+        C{health_interval}. One timer for all: the reactor wakes once per
+        round instead of once per agent. Starting again restarts the rhythm.
+        """
+        self.stop_asking()
+        if self.health_interval > 0:
+            self._asking = LoopingCall(self.ask_everyone)
+            self._asking.clock = self.clock
+            self._first_round = self.clock.callLater(first, self._asking.start, self.health_interval)
+
+    def stop_asking(self) -> None:
+        if self._first_round is not None and self._first_round.active():
+            self._first_round.cancel()
+        if self._asking is not None and self._asking.running:
+            self._asking.stop()
+        self._asking = self._first_round = None
+
+    def ask_everyone(self) -> None:
+        """One round of health questions; a session that fails to ask is logged and skipped."""
+        for session in list(self._sessions.values()):
+            if session.services:
+                try:
+                    session.ask_health(session.services)
+                except Exception:
+                    self.log.failure("asking {agent} for its health failed", agent=session.agent)
 
     def agents(self) -> dict[Agent, tuple[Service, ...]]:
         """The agents with a session now, and the services each has started."""

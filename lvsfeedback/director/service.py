@@ -53,6 +53,11 @@ def kernel_table(reactor, observe: bool):
     return NetlinkIPVS(reactor)
 
 
+# Health questions go out this long before each pass (at most half the update
+# interval): time enough for a thousand agents' answers to be in when it reads.
+ASK_AHEAD = 0.5
+
+
 class DirectorService(MultiService):
     log = Logger()
 
@@ -74,6 +79,22 @@ class DirectorService(MultiService):
         self.status = StatusListener(self, reactor)
         self.status.setServiceParent(self)
 
+    def startService(self):
+        super().startService()
+        self.ask_ahead_of_passes()
+
+    def stopService(self):
+        self.factory.stop_asking()
+        return super().stopService()
+
+    def ask_ahead_of_passes(self) -> None:
+        """The rounds of health questions, each just ahead of a pass when the intervals match."""
+        next_pass = self.updater.next_pass
+        if next_pass is None:
+            return
+        ahead = min(ASK_AHEAD, self.config.director.update_interval / 2)
+        self.factory.start_asking(max(0.0, next_pass - ahead - self.reactor.seconds()))
+
     def reload_on_sighup(self) -> None:
         """For the daemon process: SIGHUP rereads the config (in the reactor thread)."""
         signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
@@ -91,11 +112,15 @@ class DirectorService(MultiService):
             if changed != old:
                 self.log.warn("[{section}] listen changed to {listen}: takes effect on restart",
                               section=section, listen=changed)
+        before = self.config.director
         self.factory.allow = new.director.allow
-        self.factory.health_interval = new.director.health_interval  # for sessions from now on
         self.factory.secret = secret
         self.registry.configure(new)
         self.updater.configure(new)
         self.config = new
+        if (before.health_interval, before.update_interval) != (new.director.health_interval, new.director.update_interval):
+            # A new rhythm for the questions, or for the passes they go ahead of.
+            self.factory.health_interval = new.director.health_interval
+            self.ask_ahead_of_passes()
         self.log.info("config reloaded from {path}: {count} services", path=str(new.path), count=len(new.services))
         return True

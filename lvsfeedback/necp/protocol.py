@@ -3,7 +3,8 @@ What both NECP endpoints share: framing, requests and replies, keepalives.
 
 L{NECPProtocol} reads messages through the codec's L{Decoder}, matches
 replies to requests by request id (each request gets a L{Deferred}), sends a
-KEEPALIVE every interval plus a random jitter once the session is up, and
+KEEPALIVE every interval plus a random jitter once the session is up (unless
+the peer's own keepalives or questions arrive meanwhile), and
 closes the connection when the peer leaves too many keepalives in a row
 unanswered, when the handshake does not finish in time, or when the input
 is malformed. A refused message (bad credential, replay, other version,
@@ -181,6 +182,7 @@ class NECPProtocol(Protocol):
         self._pending: dict[int, _Pending] = {}
         self._last_request_id = 0
         self._unanswered = 0
+        self._peer_kept_alive = False
         self._keepalive_call: IDelayedCall | None = None
         self._closing: str | None = None
         self._handshake_call: IDelayedCall | None = self.factory.clock.callLater(
@@ -205,6 +207,16 @@ class NECPProtocol(Protocol):
 
     def keepalive_answered(self, reply: KeepaliveAck | ErrorReply) -> None:
         """The peer answered one of our keepalives."""
+
+    def keepalive_needed(self) -> bool:
+        """
+        Whether the regular keepalive now due must go out: not when the peer
+        sent a KEEPALIVE since the last one was due, for that shows it alive
+        and the connection working (project choice: NECP has both ends send
+        them regardless). An end whose keepalives carry questions says so.
+        """
+        heard, self._peer_kept_alive = self._peer_kept_alive, False
+        return not heard
 
     def init_received(self, request: Init) -> Message | None:
         self.close("unexpected INIT: this end does not accept sessions")
@@ -340,6 +352,8 @@ class NECPProtocol(Protocol):
         if not self.established and kind is not Init:
             self.close(f"{opcode_name(message.opcode)} before the session was initialised")
             return
+        if kind is Keepalive:
+            self._peer_kept_alive = True
         reply = getattr(self, _HANDLERS[kind])(message)
         if reply is not None:
             self.send_message(dataclasses.replace(reply, request_id=message.request_id))
@@ -429,20 +443,38 @@ class NECPProtocol(Protocol):
 
     # Timers.
 
-    def _schedule_keepalive(self) -> None:
-        factory = self.factory
-        delay = factory.keepalive_interval + factory.random() * factory.keepalive_jitter
-        self._keepalive_call = factory.clock.callLater(delay, self._keepalive_due)
-
-    def _keepalive_due(self) -> None:
-        self._keepalive_call = None
+    def send_keepalive(self, queries: tuple[Query, ...] = ()) -> None:
+        """
+        A KEEPALIVE now, carrying C{queries}. It is this end's keepalive: it
+        counts toward declaring a silent peer dead, and the next regular
+        one is due a whole interval later.
+        """
+        if self._closing is not None:
+            return
         if self._unanswered >= self.factory.max_unanswered:
             self.close(f"peer dead: {self._unanswered} keepalives in a row unanswered", abort=True)
             return
         self._unanswered += 1
-        sent = self.send_request(Keepalive(queries=self.keepalive_queries()))
+        sent = self.send_request(Keepalive(queries=queries))
         sent.addCallbacks(self._keepalive_replied, self.request_abandoned)
         self._schedule_keepalive()
+
+    def _schedule_keepalive(self) -> None:
+        factory = self.factory
+        delay = factory.keepalive_interval + factory.random() * factory.keepalive_jitter
+        call = self._keepalive_call
+        if call is not None and call.active():
+            # Postponing only moves the deadline; the reactor keeps its heap.
+            call.reset(delay)
+        else:
+            self._keepalive_call = factory.clock.callLater(delay, self._keepalive_due)
+
+    def _keepalive_due(self) -> None:
+        self._keepalive_call = None
+        if self.keepalive_needed():
+            self.send_keepalive(self.keepalive_queries())
+        else:
+            self._schedule_keepalive()
 
     def _keepalive_replied(self, reply: KeepaliveAck | ErrorReply) -> None:
         self._unanswered = 0

@@ -43,7 +43,7 @@ class SettableHealth:
 class FeedbackLoopTests(SynchronousTestCase):
     def setUp(self):
         self.clock = Clock()
-        path = self.mktemp()
+        path = self.config_path = self.mktemp()
         reals = "".join(f'[[service.real]]\naddress = "{a}"\n' for a in SERVERS)
         with open(path, "w") as file:
             file.write(textwrap.dedent(f"""
@@ -113,3 +113,27 @@ class FeedbackLoopTests(SynchronousTestCase):
         self.elapse(3 * 6 + 2 * 2)
         self.assertEqual(self.weights()["10.1.0.1"], 0)
         self.assertEqual(self.weights()["10.1.0.2"], 100)
+
+    def test_questions_go_out_just_ahead_of_each_pass_so_it_acts_on_fresh_answers(self):
+        self.director.ask_ahead_of_passes()
+        self.elapse(4)
+        self.assertEqual({session.health[(6, 80)].time for session in self.director.registry.sessions}, {3.5})
+        # Asked at 5.5 s and acted on at 6 s: half a second, not a keepalive away.
+        self.agents["10.1.0.2"][1].value = 30
+        self.elapse(2)
+        self.assertEqual(self.weights()["10.1.0.2"], 30)
+
+    def test_a_reload_with_a_new_health_interval_asks_at_the_new_rhythm(self):
+        self.director.ask_ahead_of_passes()
+        self.elapse(4)
+        asked = []
+        report = self.director.registry.healthReported
+        self.director.registry.healthReported = lambda *event: asked.append(self.clock.seconds()) or report(*event)
+        with open(self.config_path) as file:
+            text = file.read()
+        with open(self.config_path, "w") as file:
+            file.write(text.replace("update_interval = 2.0", "update_interval = 2.0\nhealth_interval = 1.0"))
+        self.assertTrue(self.director.reload())
+        self.elapse(4)
+        # Each of the three agents at 5.5, 6.5, 7.5 s: still half a second ahead of the passes at 6 and 8 s.
+        self.assertEqual(asked, [5.5] * 3 + [6.5] * 3 + [7.5] * 3)

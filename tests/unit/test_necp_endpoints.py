@@ -166,15 +166,67 @@ class SessionTests(EndpointTestCase):
         agent = Agent("10.0.0.2", 40000, 1)
         self.assertEqual(self.events.of("health"), [(agent, WEB, 75, 0.0), (agent, DNS, 40, 0.0)])
 
-    def test_director_with_a_health_interval_asks_that_often_between_keepalives(self):
+    def test_director_with_a_health_interval_asks_every_agent_in_one_round_that_often(self):
+        director = self.director(health_interval=2.0)
+        first = self.connect(director, self.agent_factory(services=(WEB,)))
+        second = self.connect(director, self.agent_factory(services=(WEB,)), host="10.0.0.3")
+        director.start_asking(1.5)
+        self.elapse(4)
+        asked = [(call[0].host, call[3]) for call in self.events.of("health")]
+        self.assertEqual(asked, [("10.0.0.2", 1.5), ("10.0.0.3", 1.5), ("10.0.0.2", 3.5), ("10.0.0.3", 3.5)])
+        director.stop_asking()
+        for link in (first, second):
+            link.director.transport.loseConnection()
+        self.flush()
+        self.assertEqual(self.clock.getDelayedCalls(), [], "no timer outlives the sessions and the rounds")
+
+    def test_a_health_question_stands_for_the_directors_next_keepalive(self):
+        director = self.director(health_interval=2.0)
+        self.connect(director, self.agent_factory(services=(WEB,)))
+        director.start_asking(2.0)
+        self.elapse(20)
+        # Only the rounds at 2, 4, ..., 20 s: no keepalive of its own at 5, 10, 15 s.
+        self.assertEqual([call[3] for call in self.events.of("health")], [2.0 * n for n in range(1, 11)])
+
+    def test_an_agent_leaving_health_questions_unanswered_is_declared_dead(self):
         director = self.director(health_interval=2.0)
         link = self.connect(director, self.agent_factory(services=(WEB,)))
-        self.elapse(4.5)
-        agent = Agent("10.0.0.2", 40000, 1)
-        self.assertEqual(self.events.of("health"), [(agent, WEB, 75, 2.0), (agent, WEB, 75, 4.0)])
-        link.director.transport.loseConnection()
-        self.flush()
-        self.assertEqual(self.clock.getDelayedCalls(), [], "no timer outlives the session")
+        director.start_asking(2.0)
+        link.cut = True
+        # Questions at 2, 4 and 6 s go unanswered; the round at 8 s finds the agent dead.
+        self.elapse(7.75)
+        self.assertFalse(link.director_side.disconnecting)
+        self.elapse(0.25)
+        self.assertTrue(link.director_side.disconnecting)
+
+    def test_a_round_goes_on_past_a_session_that_cannot_be_asked(self):
+        director = self.director(health_interval=2.0)
+        broken = self.connect(director, self.agent_factory(services=(WEB,)))
+        self.connect(director, self.agent_factory(services=(WEB,)), host="10.0.0.3")
+
+        def fails(services):
+            raise RuntimeError("bug")
+
+        broken.director.ask_health = fails
+        director.start_asking(2.0)
+        self.elapse(4)
+        self.assertEqual([call[0].host for call in self.events.of("health")], ["10.0.0.3", "10.0.0.3"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
+
+    def test_agent_sends_no_keepalive_of_its_own_while_the_directors_arrive(self):
+        director = self.director(health_interval=2.0, keepalive_interval=60.0)
+        link = self.connect(director, self.agent_factory(services=(WEB,)))
+        received = []
+        answer = link.director.keepalive_received
+        link.director.keepalive_received = lambda request: received.append(self.clock.seconds()) or answer(request)
+        director.start_asking(2.0)
+        self.elapse(30)
+        self.assertEqual(received, [])
+        # Once the questions stop (the last at 30 s, after the agent's keepalive
+        # due then), the next one due after a quiet interval goes out.
+        director.stop_asking()
+        self.elapse(11)
+        self.assertEqual(received, [40.0])
 
     def test_one_query_per_protocol_and_port_reports_every_forwarding_method(self):
         also_web = Service(1, 6, 80)
