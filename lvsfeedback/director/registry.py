@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from typing import Callable
 
 from twisted.logger import Logger
 
@@ -59,6 +60,9 @@ class Registry:
         self._by_address: dict[str, AgentSession] = {}
         self._lost_at: dict[str, float] = {}
         self.auto_joined: dict[ServiceKey, dict[DestKey, RealServer]] = {}
+        # Called with no arguments once a lost agent is forgotten (the updater
+        # reweights its server at once rather than at its next tick).
+        self.lost_listeners: list[Callable[[], object]] = []
         self.configure(config)
 
     def configure(self, config) -> None:
@@ -126,6 +130,8 @@ class Registry:
         self._lost_at[session.address] = self._clock.seconds()
         self._forget_auto_joined(session.address)
         self.log.warn("agent {address} lost: {reason}", address=session.address, reason=reason)
+        for listener in self.lost_listeners:
+            listener()
 
     def exceptionAdded(self, agent, exception) -> None:
         """Exceptions are kept by the NE protocol; IPVS has nothing to apply them to."""

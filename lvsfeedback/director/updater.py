@@ -3,9 +3,11 @@ The weight updater: the only writer to the IPVS table.
 
 Every `update_interval` seconds one pass reads the table (weights and
 counters), asks the registry what the agents said, runs the policy, and
-writes only the differences. A `LoopingCall` waits for the Deferred a pass
-returns, so two passes never overlap; a pass that fails is logged and the
-next one starts from a fresh read, so nothing is lost by retrying.
+writes only the differences. A lost agent brings a pass forward, so the
+scheduler stops sending new connections to its server at once. Two passes
+never overlap: one asked for while another runs follows it. A pass that
+fails is logged and the next one starts from a fresh read, so nothing is
+lost by retrying.
 
 Restarts change nothing the policy would not change: the first pass adopts
 the kernel's table as it is, and for a short grace period a real server
@@ -18,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -81,8 +85,12 @@ class WeightUpdater(Service):
         self._panic: set[ServiceKey] = set()
         self._adopt_until = 0.0
         self._adopting = False
-        self._loop = LoopingCall(self.run_pass)
+        self._running: Deferred | None = None
+        self._again = False
+        self._soon: IDelayedCall | None = None
+        self._loop = LoopingCall(self._one_pass)
         self._loop.clock = clock
+        registry.lost_listeners.append(self.pass_soon)
         self.configure(config)
 
     def configure(self, config) -> None:
@@ -107,6 +115,48 @@ class WeightUpdater(Service):
         super().stopService()
         if self._loop.running:
             self._loop.stop()
+        if self._soon is not None and self._soon.active():
+            self._soon.cancel()
+        self._soon = None
+
+    @property
+    def next_pass(self) -> float | None:
+        """When the next regular pass is due on the clock; None when stopped."""
+        loop = self._loop
+        if not loop.running:
+            return None
+        # The loop keeps its phase from its start, skipping ticks a long pass overran.
+        ticks = (self.clock.seconds() - loop.starttime) // loop.interval + 1
+        return loop.starttime + ticks * loop.interval
+
+    def pass_soon(self) -> None:
+        """
+        A pass out of the regular rhythm, in the next turn of the reactor (so
+        that agents lost together make one pass), or right after the pass
+        running then.
+        """
+        if self.running and self._soon is None:
+            self._soon = self.clock.callLater(0, self._pass_soon_due)
+
+    def _pass_soon_due(self) -> None:
+        self._soon = None
+        self._one_pass()
+
+    def _one_pass(self) -> Deferred:
+        """A pass now, or, if one is running, right after it: one at a time."""
+        if self._running is not None:
+            self._again = True
+            return self._running
+        running = self._running = self.run_pass()
+        running.addBoth(self._pass_over)
+        return running
+
+    def _pass_over(self, result):
+        self._running = None
+        if self._again:
+            self._again = False
+            self._one_pass()
+        return result
 
     def run_pass(self):
         started = time.perf_counter()

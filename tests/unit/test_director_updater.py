@@ -244,6 +244,79 @@ class FeedbackTests(UpdaterTestCase):
         self.assertEqual(self.table.applied[before:], [EditDest(WEB, RealServer(RS[0], 50, "nat"))])
 
 
+class GatedTable:
+    """A table whose reads wait until the test lets them through, like a busy netlink socket."""
+
+    def __init__(self, table):
+        self.table = table
+        self.reads = []
+
+    def snapshot(self):
+        read = defer.Deferred()
+        self.reads.append(read)
+        return read
+
+    def let_through(self):
+        """Finish the oldest waiting read with the table as it is now."""
+        self.table.snapshot().chainDeferred(self.reads.pop(0))
+
+    def apply(self, changes):
+        return self.table.apply(changes)
+
+
+class LostAgentTests(UpdaterTestCase):
+    def test_losing_an_agent_quiesces_its_server_before_the_next_regular_pass(self):
+        self.start(write_config(self))
+        agent = self.connect(3, health=80)
+        self.tick()
+        self.assertEqual(self.weights()[RS[2]], 80)
+        passes = self.updater.passes
+        self.clock.advance(0.5)
+        self.registry.agentLost(agent, "connection lost")
+        self.clock.advance(0)
+        self.assertEqual(self.weights()[RS[2]], 0)
+        self.assertEqual(self.updater.passes, passes + 1)
+        self.clock.advance(1.5)
+        self.assertEqual(self.updater.passes, passes + 2, "the regular rhythm goes on")
+
+    def test_agents_lost_together_make_one_pass(self):
+        self.start(write_config(self))
+        agents = [self.connect(n, health=80) for n in (1, 2, 3)]
+        self.tick()
+        passes = self.updater.passes
+        for agent in agents:
+            self.registry.agentLost(agent, "director's network down")
+        self.clock.advance(0)
+        self.assertEqual(self.updater.passes, passes + 1)
+
+    def test_a_loss_during_a_pass_brings_one_more_pass_right_after_it(self):
+        table = GatedTable(self.table)
+        self.start(write_config(self), table=table)
+        table.let_through()
+        agent = self.connect(3, health=80)
+        self.tick()
+        table.let_through()
+        self.assertEqual(self.weights()[RS[2]], 80)
+        self.tick()  # a regular pass starts and waits for its read
+        self.registry.agentLost(agent, "connection lost")
+        self.clock.advance(0)
+        self.assertEqual(len(table.reads), 1, "no second pass while one runs")
+        table.let_through()
+        self.assertEqual(len(table.reads), 1, "the next pass began as soon as the first ended")
+        table.let_through()
+        self.assertEqual(self.weights()[RS[2]], 0)
+
+    def test_a_loss_while_stopped_runs_no_pass(self):
+        self.start(write_config(self))
+        agent = self.connect(3, health=80)
+        self.tick()
+        self.updater.stopService()
+        passes = self.updater.passes
+        self.registry.agentLost(agent, "connection lost")
+        self.clock.advance(0)
+        self.assertEqual(self.updater.passes, passes)
+
+
 class ModeTests(UpdaterTestCase):
     def test_observe_computes_weights_and_writes_nothing(self):
         self.start(write_config(self, director="observe = true"))
