@@ -266,23 +266,28 @@ class History:
         self.window = window
         self.samples: deque[dict[str, Any]] = deque()
 
-    def record(self, status: dict[str, Any]) -> None:
-        """Keep one sample of a status document (see `build_status`)."""
-        now = status["director"]["time"]
-        self.samples.append({
-            "time": now,
-            "services": {
-                service["name"]: {
-                    server["server"]: [
-                        server["kernel_weight"],
-                        server["desired_weight"],
-                        None if server["health"] is None else server["health"]["value"],
-                    ]
-                    for server in service["servers"]
-                }
-                for service in status["services"]
-            },
-        })
+    def record(self, director, now: float) -> None:
+        """
+        Keep one sample: each server's kernel weight, desired weight and
+        health as `build_status` has them, computed alone (the whole status
+        is ten times the work, every two seconds).
+        """
+        now = _seconds(now)
+        last = director.updater.last
+        kernel = kernel_weights(director.updater)
+        services = {}
+        for service in director.config.services:
+            decisions = last.decisions.get(service.key) if last is not None else None
+            servers = services[service.name] = {}
+            for dest in service_members(director, service):
+                decision = decisions.servers.get(dest) if decisions is not None else None
+                report = director.registry.facts(service, dest).report
+                servers[str(dest)] = [
+                    kernel.get((service.key, dest)),
+                    None if decision is None else decision.weight,
+                    None if report is None else report.value,
+                ]
+        self.samples.append({"time": now, "services": services})
         while self.samples and self.samples[0]["time"] < now - self.window:
             self.samples.popleft()
 
@@ -713,7 +718,7 @@ class StatusListener(Service):
         self.site = StatusSite(status_root(director, access, self.history), reactor=reactor)
 
     def sample(self) -> None:
-        self.history.record(build_status(self.director, self.reactor.seconds()))
+        self.history.record(self.director, self.reactor.seconds())
 
     @property
     def loopback_only(self) -> bool:

@@ -308,19 +308,37 @@ class HistoryTests(DirectorCase):
         history = History(window=5)
         connect(self.director, 1, health=40)
         self.tick()
-        history.record(build_status(self.director, self.clock.seconds()))
+        history.record(self.director, self.clock.seconds())
         first = self.clock.seconds()
         self.tick(3)
-        history.record(build_status(self.director, self.clock.seconds()))
+        history.record(self.director, self.clock.seconds())
         self.assertEqual([sample["time"] for sample in history.samples], [first, first + 3])
         self.tick(3)
-        history.record(build_status(self.director, self.clock.seconds()))
+        history.record(self.director, self.clock.seconds())
         self.assertEqual([sample["time"] for sample in history.samples], [first + 3, first + 6])
         self.assertEqual(history.samples[-1]["services"]["web"]["10.1.0.1:80"], [40, 40, 40])
         self.assertEqual(history.samples[-1]["services"]["web"]["10.1.0.2:80"], [100, 100, None])
 
+    def test_history_samples_say_what_the_status_says_of_every_server(self):
+        connect(self.director, 1, health=40)
+        connect(self.director, 2, health=70)
+        self.tick()
+        connect(self.director, 3, health=55)  # health known, not yet acted on
+        history = History()
+        history.record(self.director, self.clock.seconds())
+        status = self.status()
+        expected = {
+            service["name"]: {
+                server["server"]: [server["kernel_weight"], server["desired_weight"],
+                                   None if server["health"] is None else server["health"]["value"]]
+                for server in service["servers"]
+            }
+            for service in status["services"]
+        }
+        self.assertEqual(history.samples[-1], {"time": status["director"]["time"], "services": expected})
+
     def test_history_is_served_for_the_dashboard(self):
-        self.history.record(build_status(self.director, self.clock.seconds()))
+        self.history.record(self.director, self.clock.seconds())
         document = http(self.site, b"GET", b"/history.json").json()
         self.assertEqual(document["fields"], ["kernel_weight", "desired_weight", "health"])
         self.assertEqual(document["samples"][0]["services"]["dns"], {"10.1.0.1:53": [10, 10, None]})
