@@ -130,6 +130,11 @@ def valid_service(service: Service) -> bool:
     )
 
 
+def health_queries(services) -> tuple[Query, ...]:
+    """One health query per (protocol, port): it answers for every forwarding method."""
+    return tuple(Query.health(p, port) for p, port in dict.fromkeys((s.protocol, s.port) for s in services))
+
+
 def valid_rule(rule: ExceptionRule) -> bool:
     return (
         rule.scope <= SCOPE_NOT_TO_FARM and rule.source_prefix <= 32 and rule.destination_prefix <= 32
@@ -240,6 +245,7 @@ class NEProtocol(NECPProtocol):
             next(self.factory.connection_numbers),
         )
         self.services: dict[Service, None] = {}
+        self._queries: tuple[Query, ...] = ()  # of the started services, asked every round
         self.forgotten = False
         super().connectionMade()
 
@@ -304,6 +310,7 @@ class NEProtocol(NECPProtocol):
         for service in candidates:
             if service not in refused:
                 self.services[service] = None
+        self._queries = health_queries(self.services)
         failed = invalid + [service for service in candidates if service in refused]
         started = [service for service in candidates if service not in refused]
         if started and self.factory.ask_on_start:
@@ -315,14 +322,14 @@ class NEProtocol(NECPProtocol):
             return ErrorReply(opcode=Opcode.START_ACK, units=tuple(failed))
         return StartAck()
 
-    def ask_health(self, services) -> None:
+    def ask_health(self, services=None) -> None:
         """
-        A KEEPALIVE carrying health queries for these services now: it
-        stands for the next regular keepalive.
+        A KEEPALIVE carrying health queries for these services (by default
+        every started one) now: it stands for the next regular keepalive.
         """
         if not self.connected:
             return
-        self.send_keepalive(tuple(Query.health(p, port) for p, port in dict.fromkeys((s.protocol, s.port) for s in services)))
+        self.send_keepalive(self._queries if services is None else health_queries(services))
 
     def stop_received(self, request: Stop) -> Message:
         # Stopping a service that is not started already holds: that makes a
@@ -331,6 +338,7 @@ class NEProtocol(NECPProtocol):
         stopped = list(dict.fromkeys(s for s in request.services if s in self.services))
         for service in stopped:
             del self.services[service]
+        self._queries = health_queries(self.services)
         if stopped:
             self.factory.notify("servicesStopped", self.agent, tuple(stopped))
         if failed:
@@ -338,8 +346,7 @@ class NEProtocol(NECPProtocol):
         return StopAck()
 
     def keepalive_queries(self) -> tuple[Query, ...]:
-        endpoints = dict.fromkeys((service.protocol, service.port) for service in self.services)
-        return tuple(Query.health(protocol, port) for protocol, port in endpoints)
+        return self._queries
 
     def keepalive_needed(self) -> bool:
         # Even when the agent's keepalives show it alive: ours ask its health.
@@ -463,7 +470,7 @@ class NEFactory(NECPFactory):
         for session in list(self._sessions.values()):
             if session.services:
                 try:
-                    session.ask_health(session.services)
+                    session.ask_health()
                 except Exception:
                     self.log.failure("asking {agent} for its health failed", agent=session.agent)
 

@@ -52,6 +52,13 @@ class Flag(IntFlag):
     BAD_SEQUENCE = 0x0020
 
 
+# The same bits as plain ints for the decoder: an int & an IntFlag member
+# goes through enum's Python-level operator, several times per message.
+_CREDENTIAL_BIT = int(Flag.CREDENTIAL)
+_BASIC_PAYLOAD_BIT = int(Flag.BASIC_PAYLOAD)
+_ERROR_BIT = int(Flag.ERROR)
+
+
 class Opcode(IntEnum):
     """Message types; every other value in 0..255 is reserved."""
 
@@ -919,7 +926,7 @@ class Decoder:
         )
         if protocol_id != PROTOCOL_ID:
             raise NECPError(f"protocol id 0x{protocol_id:04x} is not NECP's 0x{PROTOCOL_ID:04x}")
-        credential = flags & Flag.CREDENTIAL
+        credential = flags & _CREDENTIAL_BIT
         limit = MAX_PAYLOAD + CREDENTIAL_SIZE if credential else MAX_PAYLOAD
         if length > limit:
             raise NECPError(f"payload length {length} over the limit of {limit}")
@@ -964,10 +971,10 @@ class Decoder:
 
         if length % UNIT_SIZE:
             raise NECPError(f"payload length {length} is not a whole number of 32-byte units")
-        if length and not flags & Flag.BASIC_PAYLOAD:
+        if length and not flags & _BASIC_PAYLOAD_BIT:
             raise NECPError(f"{length}-byte payload without the basic-payload flag")
         payload = bytes(buffer[end - length : end])
-        if flags & Flag.ERROR:
+        if flags & _ERROR_BIT:
             return ErrorReply.from_header(opcode, request_id, flags, payload)
         reader = _READERS.get(opcode)
         if reader is None:

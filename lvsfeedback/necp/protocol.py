@@ -91,8 +91,9 @@ class NECPFactory(Factory):
     @param max_unanswered: keepalives in a row left unanswered before the
         peer is declared dead.
     @param handshake_timeout: seconds from connection to INIT_ACK.
-    @param request_timeout: seconds a request waits for its reply; by default
-        as long as it takes to declare a silent peer dead.
+    @param request_timeout: seconds a request other than a keepalive waits
+        for its reply; by default as long as it takes to declare a silent
+        peer dead.
     """
 
     def __init__(
@@ -130,7 +131,7 @@ class _Pending:
 
     __slots__ = ("message", "deferred", "attempts", "retryable", "timeout")
 
-    def __init__(self, message: Message, retryable: bool, timeout: IDelayedCall):
+    def __init__(self, message: Message, retryable: bool, timeout: IDelayedCall | None):
         self.message = message
         self.deferred: Deferred = Deferred()
         self.attempts = 1
@@ -273,18 +274,21 @@ class NECPProtocol(Protocol):
             data = encode(message)
         self.transport.write(data)
 
-    def send_request(self, message: Message, *, retryable: bool = True) -> Deferred:
+    def send_request(self, message: Message, *, retryable: bool = True, timed: bool = True) -> Deferred:
         """
         Send C{message} with a fresh request id. The L{Deferred} fires with
         the reply (which may be an L{ErrorReply}), or fails with
-        L{RequestFailed} or the reason the connection was lost.
+        L{RequestFailed} or the reason the connection was lost. Unless
+        C{timed}, it waits for its reply as long as the connection lasts.
         """
         if self._closing is not None:
             return fail(ConnectionDone(f"connection closing: {self._closing}"))
         request_id = self._allocate_request_id()
         message = dataclasses.replace(message, request_id=request_id)
-        timeout = self.factory.clock.callLater(
-            self.factory.request_timeout, self._request_timed_out, request_id
+        timeout = (
+            self.factory.clock.callLater(self.factory.request_timeout, self._request_timed_out, request_id)
+            if timed
+            else None
         )
         pending = self._pending[request_id] = _Pending(message, retryable, timeout)
         self.send_message(message)
@@ -455,19 +459,18 @@ class NECPProtocol(Protocol):
             self.close(f"peer dead: {self._unanswered} keepalives in a row unanswered", abort=True)
             return
         self._unanswered += 1
-        sent = self.send_request(Keepalive(queries=queries))
+        # Untimed: unanswered keepalives end the session, which fails them all.
+        sent = self.send_request(Keepalive(queries=queries), timed=False)
         sent.addCallbacks(self._keepalive_replied, self.request_abandoned)
         self._schedule_keepalive()
 
     def _schedule_keepalive(self) -> None:
         factory = self.factory
         delay = factory.keepalive_interval + factory.random() * factory.keepalive_jitter
-        call = self._keepalive_call
-        if call is not None and call.active():
-            # Postponing only moves the deadline; the reactor keeps its heap.
-            call.reset(delay)
-        else:
-            self._keepalive_call = factory.clock.callLater(delay, self._keepalive_due)
+        # A new call rather than reset(): a postponed call still wakes the
+        # reactor at its first time; a cancelled one is soon purged unseen.
+        self._cancel(self._keepalive_call)
+        self._keepalive_call = factory.clock.callLater(delay, self._keepalive_due)
 
     def _keepalive_due(self) -> None:
         self._keepalive_call = None

@@ -204,7 +204,7 @@ class SessionTests(EndpointTestCase):
         broken = self.connect(director, self.agent_factory(services=(WEB,)))
         self.connect(director, self.agent_factory(services=(WEB,)), host="10.0.0.3")
 
-        def fails(services):
+        def fails(services=None):
             raise RuntimeError("bug")
 
         broken.director.ask_health = fails
@@ -399,6 +399,16 @@ class KeepaliveLossTests(EndpointTestCase):
         self.elapse(120)
         self.assertFalse(link.closed)
         self.assertEqual(len(self.events.of("health")), 24)
+
+    def test_a_keepalive_answered_after_the_request_timeout_still_counts(self):
+        director = self.director(request_timeout=1.0)
+        self.connect(director, self.agent_factory())
+        self.elapse(4.75)
+        self.clock.advance(0.25)  # the keepalive goes out at 5 s...
+        self.clock.advance(2)  # ...and waits, undelivered, past the request timeout
+        self.flush()
+        agent = Agent("10.0.0.2", 40000, 1)
+        self.assertEqual(self.events.of("health"), [(agent, WEB, 75, 7.0)])
 
     def test_one_answer_resets_the_count_of_unanswered_keepalives(self):
         link = self.connect(self.director(), self.agent_factory())
