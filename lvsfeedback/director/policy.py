@@ -274,7 +274,7 @@ def _fold_report(memory: ServerMemory, report: HealthReport | None, settings: Po
         elapsed = report.time - memory.smoothed_at
         alpha = 1 - 2 ** (-elapsed / settings.smoothing_half_life)
         smoothed = memory.smoothed_health + alpha * (report.value - memory.smoothed_health)
-    return replace(memory, smoothed_health=smoothed, smoothed_at=report.time)
+    return ServerMemory(smoothed, report.time, memory.up, memory.ramp_start)
 
 
 def _assess(server: ServerInput, settings: PolicySettings, now: float) -> _Assessment | None:
@@ -394,8 +394,11 @@ def _next_memory(
     settings: PolicySettings,
     now: float,
 ) -> ServerMemory:
+    # The memory itself when nothing changes: the usual case, every pass.
     if not up:
-        return replace(memory, up=False, ramp_start=None)
+        if not memory.up and memory.ramp_start is None:
+            return memory
+        return ServerMemory(memory.smoothed_health, memory.smoothed_at, False, None)
     if previous is None:
         # First sight of this server: if the kernel already gives it weight
         # (a director restart), it is not joining, so it does not ramp.
@@ -405,7 +408,9 @@ def _next_memory(
     ramp_start = memory.ramp_start if was_up else now
     if ramp_start is not None and now - ramp_start >= settings.slow_start:
         ramp_start = None
-    return replace(memory, up=True, ramp_start=ramp_start)
+    if memory.up and memory.ramp_start == ramp_start:
+        return memory
+    return ServerMemory(memory.smoothed_health, memory.smoothed_at, True, ramp_start)
 
 
 def _ramp(assessment: _Assessment, ramp_start: float, settings: PolicySettings, now: float) -> _Assessment:

@@ -153,12 +153,12 @@ class Registry:
                 return ServerFacts(Agent(AgentState.NEVER_SEEN), None)
             return ServerFacts(Agent(AgentState.LOST, lost_at), None)
         ports = [port for port in session.started if _port_matches(service, dest, port)]
-        agent = Agent(AgentState.CONNECTED, session.connected_at)
         if not ports:
             return ServerFacts(Agent(AgentState.STOPPED, session.connected_at), None)
+        agent = Agent(AgentState.CONNECTED, session.connected_at)
         reports = [session.health[port] for port in ports if port in session.health]
-        if not reports:
-            return ServerFacts(agent, None)
+        if len(reports) < 2:
+            return ServerFacts(agent, reports[0] if reports else None)
         # A fwmark service may gather several ports: the worst one speaks.
         worst = min(reports, key=lambda report: (report.value, -report.time))
         return ServerFacts(agent, worst)
