@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
@@ -91,11 +92,18 @@ class WeightUpdater(Service):
         self._loop = LoopingCall(self._one_pass)
         self._loop.clock = clock
         registry.lost_listeners.append(self.pass_soon)
+        # Called with each pass's PassResult once it is the last one.
+        self.pass_listeners: list[Callable[[PassResult], object]] = []
         self.configure(config)
 
     def configure(self, config) -> None:
         """Take a (re)loaded config; the next pass reconciles the kernel to it."""
         self.config = config
+        # Built once per config rather than in every pass.
+        self._configured = {
+            service.key: {real.dest_key: RealServer(real.dest_key, real.base_weight, real.forwarding) for real in service.reals}
+            for service in config.services
+        }
         self._managed |= {service.key for service in config.services}
         if self._loop.running and self._loop.interval != config.director.update_interval:
             self._loop.stop()
@@ -197,6 +205,11 @@ class WeightUpdater(Service):
         for error in refused:
             self.log.error("the kernel refused {change}: {reason}", change=str(error.change), reason=error.reason)
         self.last = plan
+        for listener in list(self.pass_listeners):
+            try:
+                listener(plan)
+            except Exception:
+                self.log.failure("a listener of weight update passes failed")
 
     def plan(self, kernel: dict[ServiceKey, ServiceEntry], now: float) -> PassResult:
         """The changes that bring the kernel to what config, agents and policy want."""
@@ -211,7 +224,7 @@ class WeightUpdater(Service):
                     continue
                 members = {dest: d.server for dest, d in entry.dests.items()}
             else:
-                members = {real.dest_key: RealServer(real.dest_key, real.base_weight, real.forwarding) for real in service.reals}
+                members = dict(self._configured[service.key])
                 for dest, server in self.registry.auto_joined.get(service.key, {}).items():
                     members.setdefault(dest, server)
                 desired = service.virtual_service()

@@ -37,7 +37,6 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from twisted.application.service import Service
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web import server, static
 from twisted.web.resource import Resource
@@ -61,9 +60,8 @@ CONTENT_SECURITY_POLICY = (
     b"default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; "
     b"img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
-# The dashboard charts this much of the past, from samples taken this often.
+# The dashboard charts this much of the past, from a sample after every pass.
 HISTORY_WINDOW = 300.0
-HISTORY_INTERVAL = 2.0
 DASHBOARD_FILES = {
     b"": ("index.html", b"text/html; charset=utf-8"),
     b"dashboard.js": ("dashboard.js", b"text/javascript; charset=utf-8"),
@@ -84,17 +82,19 @@ def service_members(director, service) -> list[DestKey]:
     configured, those auto-joined, and those the last pass saw or decided on
     (with weights_only, the kernel's), in that order.
     """
-    found = [real.dest_key for real in service.reals]
-    found += sorted(director.registry.auto_joined.get(service.key, {}))
+    found = dict.fromkeys(real.dest_key for real in service.reals)
     last = director.updater.last
-    if last is not None:
-        decision = last.decisions.get(service.key)
-        if decision is not None:
-            found += sorted(decision.servers)
-        entry = last.kernel.get(service.key)
-        if entry is not None:
-            found += sorted(entry.dests)
-    return list(dict.fromkeys(found))
+    decision = last.decisions.get(service.key) if last is not None else None
+    entry = last.kernel.get(service.key) if last is not None else None
+    for more in (
+        director.registry.auto_joined.get(service.key, {}),
+        decision.servers if decision is not None else {},
+        entry.dests if entry is not None else {},
+    ):
+        # Sorting only those not found yet: usually none, and sorting a
+        # hundred keys costs more than all the rest of a history sample.
+        found.update(dict.fromkeys(sorted(dest for dest in more if dest not in found)))
+    return list(found)
 
 
 def kernel_weights(updater) -> dict[tuple[ServiceKey, DestKey], int]:
@@ -265,6 +265,7 @@ class History:
     def __init__(self, window: float = HISTORY_WINDOW):
         self.window = window
         self.samples: deque[dict[str, Any]] = deque()
+        self._names: dict[DestKey, str] = {}  # str() of a DestKey parses its address each time
 
     def record(self, director, now: float) -> None:
         """
@@ -282,7 +283,10 @@ class History:
             for dest in service_members(director, service):
                 decision = decisions.servers.get(dest) if decisions is not None else None
                 report = director.registry.facts(service, dest).report
-                servers[str(dest)] = [
+                name = self._names.get(dest)
+                if name is None:
+                    name = self._names[dest] = str(dest)
+                servers[name] = [
                     kernel.get((service.key, dest)),
                     None if decision is None else decision.weight,
                     None if report is None else report.value,
@@ -712,8 +716,6 @@ class StatusListener(Service):
         self.reactor = reactor
         self.port = None
         self.history = History()
-        self._sampler = LoopingCall(self.sample)
-        self._sampler.clock = reactor
         access = ControlAccess(lambda: self.loopback_only, lambda: self.director.config.status.token_file)
         self.site = StatusSite(status_root(director, access, self.history), reactor=reactor)
 
@@ -726,7 +728,11 @@ class StatusListener(Service):
 
     def startService(self):
         super().startService()
-        self._sampler.start(HISTORY_INTERVAL, now=True)
+        # A sample now, then one after every pass: weights change only in
+        # passes, and a sample in the pass's own turn of the reactor costs
+        # far less than one on a timer of its own (the caches are warm).
+        self.sample()
+        self.director.updater.pass_listeners.append(self._pass_done)
         description = self.director.config.status.listen
         listening = serverFromString(self.reactor, description).listen(self.site)
         listening.addCallbacks(self._listening, self._cannot_listen, errbackArgs=(description,))
@@ -741,10 +747,12 @@ class StatusListener(Service):
             listen=description, reason=failure.getErrorMessage(),
         )
 
+    def _pass_done(self, result) -> None:
+        self.sample()
+
     def stopService(self):
         super().stopService()
-        if self._sampler.running:
-            self._sampler.stop()
+        self.director.updater.pass_listeners.remove(self._pass_done)
         port, self.port = self.port, None
         if port is not None:
             return port.stopListening()

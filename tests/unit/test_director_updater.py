@@ -359,6 +359,21 @@ class FailureTests(UpdaterTestCase):
         self.tick()
         self.assertEqual(self.weights(), {dest: 100 for dest in RS})
 
+    def test_a_failing_pass_listener_is_logged_and_the_pass_stands(self):
+        self.start(write_config(self))
+        seen = []
+
+        def broken(result):
+            raise RuntimeError("listener bug")
+
+        self.updater.pass_listeners += [broken, seen.append]
+        self.connect(1, health=40)
+        self.tick()
+        self.assertEqual(self.weights()[RS[0]], 40)
+        self.assertEqual(seen, [self.updater.last], "the other listeners still hear of it")
+        self.assertEqual(self.updater.failed_passes, 0)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
     def test_a_refused_change_is_retried_on_the_next_pass(self):
         self.start(write_config(self))
         self.table.apply([DeleteDest(WEB, RS[0])])  # someone removed it behind our back

@@ -36,6 +36,15 @@ class StatusListenerTests(TestCase):
         self.assertEqual(set(sample["services"]), {"web", "dns"})
 
     @inlineCallbacks
+    def test_it_samples_history_after_every_pass_while_it_runs(self):
+        director = self.start()
+        yield director.updater.run_pass()
+        self.assertEqual(len(director.status.history.samples), 2)
+        yield director.stopService()
+        yield director.updater.run_pass()
+        self.assertEqual(len(director.status.history.samples), 2)
+
+    @inlineCallbacks
     def test_it_stops_listening_with_the_director(self):
         director = self.start()
         port = director.status.port.getHost().port
