@@ -19,10 +19,11 @@ The director at scale: three figures (issue #5).
                      slows fork and exec far more than it slows Python, so the
                      VM's ratio alone would flatter the director.
 
-    .venv/bin/python bench/director_scale.py [--part P]... [--window S] [--rounds N]
+    .venv/bin/python bench/director_scale.py [--part P]... [--window S] [--rounds N] [--host-only]
 
 Without --part every part runs. The parts that need IPVS run together in one
-VM booted by lvsfeedback.testing.vm (natively where the kernel has ip_vs).
+VM booted by lvsfeedback.testing.vm (natively where the kernel has ip_vs);
+--host-only leaves them out.
 keepalived must be installed on the host (apt-get install keepalived): the
 guest runs the host's files. Every figure is printed; the machine is shared,
 so run it more than once and read the medians.
@@ -814,6 +815,8 @@ def parse_args(argv):
     parser.add_argument("--jitter", type=float, default=1.0, help="scale part: keepalive jitter (s)")
     parser.add_argument("--health-interval", type=float, default=2.0,
                         help="scale part: [director] health_interval (s; 0: ask on keepalives only)")
+    parser.add_argument("--host-only", action="store_true",
+                        help="only what runs on this host (scale; keepalived's native comparison): no VM")
     # Internal: the processes the parts start.
     parser.add_argument("--role", choices=("agents", "director"), help=argparse.SUPPRESS)
     parser.add_argument("--director", help=argparse.SUPPRESS)
@@ -846,7 +849,7 @@ def main(argv=None) -> int:
         print_scale(run_scale(argparse.Namespace(**{**vars(args), "window": args.window or 60.0})), args)
     if "keepalived" in parts and not args.in_vm:
         print_native(run_native(argparse.Namespace(**{**vars(args), "window": args.window or 30.0})))
-    vm_parts = [part for part in parts if part in VM_PARTS]
+    vm_parts = [part for part in parts if part in VM_PARTS and not args.host_only]
     if vm_parts and not args.in_vm:
         from lvsfeedback.testing import vm
 
