@@ -8,6 +8,14 @@ itself can load ip_vs, the command runs natively instead.
 
     python -m lvsfeedback.testing.vm [--rwdir DIR] [--timeout S] -- COMMAND...
 
+In the guest the host's files arrive over 9p, which virtme-ng mounts
+uncached: every stat and open is a round trip to the host, and a Python
+process there spent most of its start-up importing (8 s for Twisted's
+reactor). The interpreter's installation, the venv and the working folder
+are therefore shared again and remounted read-only with 9p's `cache=loose`,
+so each file crosses once per boot; the host must not change them while the
+VM runs. Writable folders (--rwdir) stay uncached.
+
 The exit status is the command's. Every failure of the runner itself is one
 line on stderr starting with "lvsfeedback-vm:" and a non-zero status; the two
 timeouts (boot, command) are bounded separately and named when they expire.
@@ -25,6 +33,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -46,6 +55,7 @@ class Plan:
     command: list[str]
     cwd: str
     rwdirs: list[str] = field(default_factory=list)
+    cached_trees: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     memory: str = "2G"
     cpus: int = 2
@@ -109,20 +119,72 @@ def host_has_ipvs() -> bool:
     return os.path.exists("/proc/net/ip_vs")
 
 
+def inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def cached_trees(candidates: list[str], rwdirs: list[str]) -> list[str]:
+    """
+    The candidates worth caching, once each: not the root, not inside
+    another candidate, and neither inside a writable folder (which must stay
+    writable) nor holding one (remounting hides it).
+    """
+    paths = [os.path.normpath(path) for path in candidates if os.path.normpath(path) != "/"]
+    kept: list[str] = []
+    for path in paths:
+        if (path not in kept
+                and not any(inside(path, other) for other in paths if other != path)
+                and not any(inside(path, rwdir) for rwdir in rwdirs)):
+            kept.append(path)
+    return kept
+
+
+def mount_tag(plan: Plan, path: str) -> str:
+    """virtme-ng tags its extra shares in order, the --rwdir ones first, then the --rodir ones."""
+    return f"virtme.initmount{(plan.rwdirs + plan.cached_trees).index(path)}"
+
+
+def remount_script(plan: Plan) -> str:
+    """
+    Remount each cached tree with 9p caching, then the writable folders it
+    hides (virtme-ng mounts the read-only shares last, over them).
+    """
+    options = "trans=virtio,version=9p2000.L,access=any,msize=524288"
+    steps = ["cd /"]
+    for tree in plan.cached_trees:
+        hidden = [rwdir for rwdir in plan.rwdirs if inside(rwdir, tree)]
+        steps.append(f"umount {shlex.quote(tree)} || {_remount_failed(tree)}")
+        steps += [f"umount {shlex.quote(rwdir)}" for rwdir in reversed(hidden)]
+        steps.append(f"mount -t 9p -o {options},cache=loose,ro {mount_tag(plan, tree)} {shlex.quote(tree)}"
+                     f" || {_remount_failed(tree)}")
+        steps += [f"mount -t 9p -o {options} {mount_tag(plan, rwdir)} {shlex.quote(rwdir)} || {_remount_failed(rwdir)}"
+                  for rwdir in hidden]
+    return "; ".join(steps) + "; "
+
+
+def _remount_failed(path: str) -> str:
+    message = shlex.quote(f"lvsfeedback-vm: cannot remount {path} in the guest")
+    return f"{{ echo {message} >&2; exit {EXIT_RUNNER_ERROR}; }}"
+
+
 def guest_script(plan: Plan) -> str:
     exports = "".join(f"export {name}={shlex.quote(value)}; " for name, value in sorted(plan.env.items()))
     return (
-        f"{exports}modprobe ip_vs || exit {EXIT_RUNNER_ERROR}; "
+        f"{exports}{remount_script(plan)}modprobe ip_vs || exit {EXIT_RUNNER_ERROR}; "
         f"echo {shlex.quote(BOOTED_MARKER)}; "
         f"cd {shlex.quote(plan.cwd)} && exec {shlex.join(plan.command)}"
     )
 
 
-def vng_command(plan: Plan, vng: str, kernel: str) -> list[str]:
+def vng_command(plan: Plan, vng: str, kernel: str, script: str) -> list[str]:
+    """vng running `script`, a file holding L{guest_script}: inline, it would
+    count against the kernel command line's 2,048 bytes."""
     argv = [vng, "--run", kernel, "--disable-kvm", "--memory", plan.memory, "--cpus", str(plan.cpus)]
     for rwdir in plan.rwdirs:
         argv += ["--rwdir", rwdir]
-    return argv + ["--exec", guest_script(plan)]
+    for tree in plan.cached_trees:
+        argv += ["--rodir", f"{tree}={tree}"]
+    return argv + ["--exec", f"sh {shlex.quote(script)}"]
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -133,7 +195,7 @@ def _stop(process: subprocess.Popen) -> None:
     process.wait()
 
 
-def supervise(argv: list[str], plan: Plan, marker: str | None, env: dict[str, str]) -> int:
+def supervise(argv: list[str], plan: Plan, marker: str | None, env: dict[str, str], cwd: str) -> int:
     """
     Run argv, copying its output, and bound it by two deadlines: the boot
     deadline until `marker` is printed (skipped when marker is None), then the
@@ -141,7 +203,7 @@ def supervise(argv: list[str], plan: Plan, marker: str | None, env: dict[str, st
     """
     process = subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        start_new_session=True, env=env,
+        start_new_session=True, env=env, cwd=cwd,
     )
     booted = marker is None
     deadline = time.monotonic() + (plan.command_timeout if booted else plan.boot_timeout)
@@ -185,13 +247,19 @@ def run(plan: Plan, native: str = "auto") -> int:
     if native == "always" and not native_ipvs:
         raise RunnerError("the host kernel cannot load ip_vs, and --native=always was asked")
     if native_ipvs:
-        return supervise(plan.command, plan, None, {**env, **plan.env})
+        return supervise(plan.command, plan, None, {**env, **plan.env}, plan.cwd)
     find_qemu()
     kernel = find_kernel(plan.boot_dir)
     vng = find_vng()
     # vng runs virtme-run, which it looks up on PATH.
     env["PATH"] = os.path.dirname(vng) + os.pathsep + env.get("PATH", "")
-    return supervise(vng_command(plan, vng, kernel), plan, BOOTED_MARKER, env)
+    # The host's /tmp is the lower layer of the guest's.
+    with tempfile.NamedTemporaryFile("w", prefix="lvsfeedback-vm-", suffix=".sh") as script:
+        script.write(guest_script(plan) + "\n")
+        script.flush()
+        # Started from /, the guest's init keeps its working folder out of the
+        # trees remount_script unmounts (a busy mount cannot be replaced).
+        return supervise(vng_command(plan, vng, kernel, script.name), plan, BOOTED_MARKER, env, "/")
 
 
 def parse_args(argv: list[str]) -> tuple[Plan, str]:
@@ -213,8 +281,11 @@ def parse_args(argv: list[str]) -> tuple[Plan, str]:
     if not command:
         parser.error("no command given")
     env = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
+    rwdirs = [os.path.abspath(d) for d in args.rwdir]
     plan = Plan(
-        command=command, cwd=os.getcwd(), rwdirs=[os.path.abspath(d) for d in args.rwdir], env=env,
+        command=command, cwd=os.getcwd(), rwdirs=rwdirs, env=env,
+        # What a Python command here imports from: the interpreter's installation, its venv, this folder.
+        cached_trees=cached_trees([sys.base_prefix, sys.prefix, os.getcwd()], rwdirs),
         memory=args.memory, cpus=args.cpus, boot_timeout=args.boot_timeout, command_timeout=args.timeout,
         boot_dir=args.boot_dir,
     )

@@ -77,3 +77,34 @@ class RunnerFailureTests(SynchronousTestCase):
         lines = result.stdout.split()
         self.assertIn("from-guest", lines)
         self.assertGreaterEqual(int(lines[lines.index("from-guest") + 1]), 1)
+
+    def test_the_venv_is_cached_and_a_writable_folder_inside_a_cached_tree_stays_writable(self):
+        # The working folder (cached) holds the writable one, as the project holds results/.
+        writable = os.path.abspath(self.mktemp())
+        os.makedirs(writable)
+        script = f"grep ' {sys.prefix} ' /proc/mounts; echo written > {writable}/from-guest"
+        result = run_runner("--native", "never", "--rwdir", writable, "--", "sh", "-c", script)
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        self.assertIn("loose", result.stdout.split()[3].split(","), result.stdout)
+        with open(os.path.join(writable, "from-guest")) as file:
+            self.assertEqual(file.read(), "written\n")
+
+
+class CachedTreeTests(SynchronousTestCase):
+    def test_nested_candidates_and_the_root_collapse_to_the_outermost(self):
+        self.assertEqual(vm.cached_trees(["/opt/py", "/work/p/.venv", "/work/p", "/", "/work/p"], []),
+                         ["/opt/py", "/work/p"])
+
+    def test_a_tree_inside_or_equal_to_a_writable_folder_is_not_cached(self):
+        self.assertEqual(vm.cached_trees(["/opt/py", "/work/p"], ["/work/p"]), ["/opt/py"])
+        self.assertEqual(vm.cached_trees(["/opt/py", "/work/p/.venv"], ["/work"]), ["/opt/py"])
+
+    def test_writable_folders_a_tree_hides_are_mounted_again_after_it(self):
+        plan = vm.Plan(command=["true"], cwd="/work/p", rwdirs=["/work/p/results"], cached_trees=["/work/p"])
+        steps = vm.remount_script(plan).split("; ")
+        tree = next(i for i, step in enumerate(steps) if step.startswith("mount") and " /work/p " in step + " ")
+        results = next(i for i, step in enumerate(steps) if step.startswith("mount") and "/work/p/results" in step)
+        self.assertLess(tree, results)
+        self.assertIn("cache=loose,ro virtme.initmount1 /work/p", steps[tree])
+        self.assertIn("virtme.initmount0 /work/p/results", steps[results])
+        self.assertNotIn("cache=loose", steps[results])
