@@ -40,6 +40,7 @@ import asyncio
 import json
 import math
 import random
+import signal
 import statistics
 import sys
 from collections import Counter
@@ -290,26 +291,44 @@ class LoadRun:
         self.config = config
         self.schedule = poisson_schedule(config.rate, config.duration, config.seed, config.max_requests)
         self.records: list[RequestRecord | None] = [None] * len(self.schedule)
+        self.stopped_at: float | None = None
+        self._issued = 0
         host_header = config.host if config.port == 80 else f"{config.host}:{config.port}"
         request_head = f"GET {config.path} HTTP/1.1\r\nHost: {host_header}\r\n"
         self._keep_alive_request = (request_head + "\r\n").encode()
         self._closing_request = (request_head + "Connection: close\r\n\r\n").encode()
 
     async def run(self) -> list[RequestRecord]:
+        """Every scheduled request's record; after L{stop}, those scheduled before it."""
         self._loop = asyncio.get_running_loop()
         self._start = self._loop.time() + START_LEAD
         if self.config.pattern == "short":
             await self._run_short()
         else:
             await self._run_persistent()
-        return list(self.records)
+        if self.stopped_at is None:
+            return list(self.records)
+        return self.records[:self._issued]
+
+    def stop(self) -> None:
+        """End the schedule now: no new arrivals; requests in flight still finish."""
+        if self.stopped_at is None:
+            self.stopped_at = max(0.0, self._loop.time() - self._start)
+
+    @property
+    def duration(self) -> float:
+        """How long arrivals were offered: the configured duration, or until L{stop}."""
+        return self.config.duration if self.stopped_at is None else min(self.stopped_at, self.config.duration)
 
     async def _arrivals(self):
-        """Yield each request's index and offset at its scheduled time (at once when late)."""
+        """Yield each request's index and offset at its scheduled time (at once when late), until stopped."""
         for index, offset in enumerate(self.schedule):
             delay = self._start + offset - self._loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
+            if self.stopped_at is not None:
+                return
+            self._issued = index + 1
             yield index, offset
 
     def _remaining(self, offset: float) -> float:
@@ -401,6 +420,14 @@ def run_load(config: LoadConfig) -> list[RequestRecord]:
     return asyncio.run(LoadRun(config).run())
 
 
+async def run_until_terminated(run: LoadRun) -> list[RequestRecord]:
+    """Run the load; SIGTERM or SIGINT ends its schedule early (see L{LoadRun.stop})."""
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, run.stop)
+    return await run.run()
+
+
 def write_records(records: list[RequestRecord], path: str) -> None:
     """One JSON object per line, in schedule order."""
     with open(path, "w") as out:
@@ -476,10 +503,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"lvsfeedback-loadgen: {error}", file=sys.stderr)
         return 2
-    records = run_load(config)
+    run = LoadRun(config)
+    records = asyncio.run(run_until_terminated(run))
     if args.records:
         write_records(records, args.records)
-    summary = summarize(records, config.duration)
+    summary = summarize(records, run.duration)
     print(json.dumps({"config": asdict(config), "summary": asdict(summary)}, indent=2))
     return 0
 

@@ -369,6 +369,13 @@ class LabProcess:
         self.popen.stdout.close()
         return status
 
+    def signal(self, signum: int) -> None:
+        """Send signum to the process (the leader of its group)."""
+        try:
+            os.kill(self.pid, signum)
+        except ProcessLookupError:
+            pass
+
     def _signal_group(self, signum: int) -> None:
         try:
             os.killpg(self.pid, signum)
@@ -532,6 +539,14 @@ class Topology:
         if loadgen.returncode != 0:
             raise loadgen.failure(f"ended with status {loadgen.returncode}")
         return parse_output(output)
+
+    def stop_load(self, loadgen: LabProcess, config: LoadConfig) -> Summary:
+        """
+        End a load generator's schedule now (SIGTERM); once the requests
+        already sent finish, its summary, over the arrivals made until then.
+        """
+        loadgen.signal(signal.SIGTERM)
+        return self.finish_load(loadgen, config)
 
     def generate_load(self, config: LoadConfig, records_path: str | None = None) -> Summary:
         """Run `config` from the client namespace to its end; its summary (records to records_path)."""

@@ -30,6 +30,8 @@ WEB = ServiceKey.for_address("tcp", VIP, 80)
 UPDATE = 2.0  # the director's update_interval in these tests
 # Python starts slowly in the emulated VM; a daemon's first words take long.
 STARTUP = 240.0
+# Traffic through each test's steps, stopped when they are done: a bound, not a length.
+UNTIL_STOPPED = 900.0
 
 SERVICE = """
 [[service]]
@@ -154,7 +156,8 @@ class FeedbackTests(DirectorInTheLab):
         self.write_config(SERVICE.format(vip=VIP, reals=reals(self.lab.servers)), policy="slow_start = 4.0")
         director = self.start_director()
         # Traffic from the start: loaded a little, servers report below 100.
-        load = self.lab.start_load(LoadConfig(host=VIP, port=80, rate=8, duration=150, pattern="short", timeout=10))
+        traffic = LoadConfig(host=VIP, port=80, rate=8, duration=UNTIL_STOPPED, pattern="short", timeout=10)
+        load = self.lab.start_load(traffic)
         for server in self.lab.servers:
             self.start_agent(server)
         self.wait_for_feedback(director, self.lab.servers)
@@ -185,7 +188,7 @@ class FeedbackTests(DirectorInTheLab):
         self.assertEqual(self.weights()[lost.address], 0, "quiesced, not removed")
         self.assertDirectorAgreesWithIpvsadm()
 
-        summary = self.lab.finish_load(load, LoadConfig(host=VIP, port=80, rate=8, duration=150))
+        summary = self.lab.stop_load(load, traffic)
         self.assertEqual((summary.errors, summary.timeouts), (0, 0), summary)
         self.assertEqual(set(summary.servers), {server.name for server in self.lab.servers}, summary)
 
@@ -198,7 +201,8 @@ class RestartAndReloadTests(DirectorInTheLab):
         self.lab.start_backends(work_ms=5)
         self.write_config(SERVICE.format(vip=VIP, reals=reals(first_three)))
         director = self.start_director()
-        load = self.lab.start_load(LoadConfig(host=VIP, port=80, rate=8, duration=200, pattern="persistent", timeout=10))
+        traffic = LoadConfig(host=VIP, port=80, rate=8, duration=UNTIL_STOPPED, pattern="persistent", timeout=10)
+        load = self.lab.start_load(traffic)
         for server in first_three:
             self.start_agent(server)
         self.wait_for_feedback(director, first_three)
@@ -229,7 +233,7 @@ class RestartAndReloadTests(DirectorInTheLab):
         self.assertIn(fourth.address, self.weights())
         self.assertDirectorAgreesWithIpvsadm()
 
-        summary = self.lab.finish_load(load, LoadConfig(host=VIP, port=80, rate=8, duration=200))
+        summary = self.lab.stop_load(load, traffic)
         self.assertEqual((summary.errors, summary.timeouts), (0, 0), summary)
         # Until the reload, the restarted director wrote only what health
         # reports asked for: no reset to static, no ramp from the floor.

@@ -6,6 +6,8 @@ import asyncio
 import dataclasses
 import json
 import math
+import os
+import signal
 import socket
 import threading
 import statistics
@@ -28,6 +30,7 @@ from lvsfeedback.lab.loadgen import (
     parse_output,
     percentile,
     poisson_schedule,
+    run_until_terminated,
     read_records,
     run_load,
     summarize,
@@ -166,6 +169,26 @@ def run_against_backend(config_for_port, name="alpha"):
 
 
 class LoopbackRunTests(SynchronousTestCase):
+    def test_sigterm_ends_the_schedule_early_and_requests_already_sent_finish(self):
+        async def scenario():
+            backend = Backend("alpha", work_seconds=0.001)
+            server = await backend.listen("127.0.0.1", 0)
+            run = LoadRun(LoadConfig("127.0.0.1", server.sockets[0].getsockname()[1], rate=100, duration=60, seed=5))
+            asyncio.get_running_loop().call_later(0.3, os.kill, os.getpid(), signal.SIGTERM)
+            async with server:
+                records = await run_until_terminated(run)
+            return run, records, backend
+
+        run, records, backend = asyncio.run(scenario())
+        self.assertLess(run.duration, 60)
+        self.assertEqual(run.duration, run.stopped_at)
+        self.assertEqual([record.scheduled for record in records],
+                         [offset for offset in poisson_schedule(100, 60, 5) if offset < run.stopped_at][:len(records)])
+        self.assertTrue(records)
+        self.assertEqual({record.outcome for record in records}, {OK})
+        self.assertEqual(backend.requests, len(records))
+        self.assertEqual(summarize(records, run.duration).throughput, len(records) / run.stopped_at)
+
     def test_short_connections_one_per_request(self):
         records, backend = run_against_backend(
             lambda port: LoadConfig("127.0.0.1", port, rate=100, duration=0.5, seed=5)
