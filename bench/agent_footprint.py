@@ -45,10 +45,10 @@ def main() -> int:
     parser.add_argument("--health-interval", type=float, default=2.0, help="how often each director asks (0: keepalives only)")
     args = parser.parse_args()
     events = CountingEvents()
-    ports = [
-        reactor.listenTCP(0, NEFactory(events, clock=reactor, health_interval=args.health_interval), interface="127.0.0.1")
-        for _ in range(2)
-    ]
+    directors = [NEFactory(events, clock=reactor, health_interval=args.health_interval) for _ in range(2)]
+    ports = [reactor.listenTCP(0, director, interface="127.0.0.1") for director in directors]
+    for director in directors:
+        director.start_asking(first=args.health_interval)
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
     argv = [twistd, "-n", "--pidfile=", "--logfile=/dev/null", "lvs-agent", "--service", "tcp:80",
             "--metric", "cpu", "--metric", "pressure", "--metric", "connections:port=80,high=500"]
