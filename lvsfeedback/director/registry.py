@@ -26,6 +26,12 @@ from lvsfeedback.necp.codec import IPVS_FORWARDING
 
 ServicePort = tuple[int, int]  # (IP protocol number, port), as NECP names a service
 
+# An agent STARTs its services right after INIT. Until it does, or this long
+# after INIT, what was known of its servers stands: a pass that lands between
+# the two messages must not quiesce a healthy server (it would then climb
+# back through a whole slow start).
+START_GRACE = 10.0
+
 
 @dataclass
 class AgentSession:
@@ -36,6 +42,7 @@ class AgentSession:
     connected_at: float
     started: dict[ServicePort, str] = field(default_factory=dict)  # -> forwarding name
     health: dict[ServicePort, HealthReport] = field(default_factory=dict)
+    stopped: set[ServicePort] = field(default_factory=set)  # STOPped in this session
 
 
 @dataclass(frozen=True)
@@ -83,7 +90,6 @@ class Registry:
             self._sessions.pop(previous.handle, None)
         self._sessions[agent] = session
         self._by_address[address] = session
-        self._lost_at.pop(address, None)
         self.log.info("agent {address} up", address=address)
 
     def servicesStarted(self, agent, services) -> list:
@@ -95,6 +101,8 @@ class Registry:
             port = (unit.protocol, unit.port)
             if self._serves(session.address, port) or self._auto_join(session.address, port) or self._kernel_may_have(port):
                 session.started[port] = IPVS_FORWARDING.get(unit.forwarding, "")
+                session.stopped.discard(port)
+                self._lost_at.pop(session.address, None)
             else:
                 refused.append(unit)
                 self.log.warn(
@@ -113,6 +121,7 @@ class Registry:
                 port = (unit.protocol, unit.port)
                 session.started.pop(port, None)
                 session.health.pop(port, None)
+                session.stopped.add(port)
             self._forget_auto_joined(session.address)
         return []
 
@@ -147,7 +156,7 @@ class Registry:
 
     def facts(self, service, dest: DestKey) -> ServerFacts:
         session = self._by_address.get(dest.address)
-        if session is None:
+        if session is None or self._awaiting_start(session, service, dest):
             lost_at = self._lost_at.get(dest.address)
             if lost_at is None:
                 return ServerFacts(Agent(AgentState.NEVER_SEEN), None)
@@ -164,6 +173,13 @@ class Registry:
         return ServerFacts(agent, worst)
 
     # Internals.
+
+    def _awaiting_start(self, session: AgentSession, service, dest: DestKey) -> bool:
+        """Up for less than START_GRACE and not a word yet (START or STOP) of this server's service."""
+        return (
+            self._clock.seconds() - session.connected_at < START_GRACE
+            and not any(_port_matches(service, dest, port) for port in (*session.started, *session.stopped))
+        )
 
     def _serves(self, address: str, port: ServicePort) -> bool:
         return any(

@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from lvsfeedback.director.config import load_config
 from lvsfeedback.director.policy import DRAINED, Reason
 from lvsfeedback.director.protocol import Agent
-from lvsfeedback.director.registry import Registry
+from lvsfeedback.director.registry import START_GRACE, Registry
 from lvsfeedback.director.updater import WeightUpdater
 from lvsfeedback.ipvs.memory import MemoryIPVS
 from lvsfeedback.ipvs.model import (
@@ -315,6 +315,55 @@ class LostAgentTests(UpdaterTestCase):
         self.registry.agentLost(agent, "connection lost")
         self.clock.advance(0)
         self.assertEqual(self.updater.passes, passes)
+
+
+class StartGraceTests(UpdaterTestCase):
+    """Between an agent's INIT and its START, what was known of its server stands."""
+
+    def up_without_start(self, n):
+        agent = Agent(f"10.1.0.{n}", 40001, n)
+        self.registry.agentUp(agent)
+        return agent
+
+    def test_a_pass_between_init_and_start_leaves_the_weight_alone(self):
+        self.start(write_config(self))
+        self.tick()
+        before = self.weights()[RS[1]]
+        agent = self.up_without_start(2)
+        self.tick()
+        self.assertEqual(self.weights()[RS[1]], before)
+        self.registry.servicesStarted(agent, [HTTP])
+        self.registry.healthReported(agent, HTTP, 40, self.clock.seconds())
+        self.tick()
+        self.assertEqual(self.updater.last.decisions[WEB].servers[RS[1]].reason, Reason.HEALTH)
+        self.assertEqual(self.weights()[RS[1]], 40)
+
+    def test_a_service_not_started_within_the_grace_is_stopped(self):
+        self.start(write_config(self))
+        self.up_without_start(2)
+        self.tick(START_GRACE)
+        self.assertEqual(self.weights()[RS[1]], 0)
+        self.assertEqual(self.updater.last.decisions[WEB].servers[RS[1]].reason, Reason.STOPPED)
+
+    def test_a_stop_takes_effect_at_once_even_within_the_grace(self):
+        self.start(write_config(self))
+        agent = self.connect(2, health=80)
+        self.registry.servicesStopped(agent, [HTTP])
+        self.tick()
+        self.assertEqual(self.weights()[RS[1]], 0)
+        self.assertEqual(self.updater.last.decisions[WEB].servers[RS[1]].reason, Reason.STOPPED)
+
+    def test_a_reconnecting_agent_leaves_its_server_quiesced_until_it_starts(self):
+        self.start(write_config(self))
+        agent = self.connect(3, health=80)
+        self.tick()
+        self.registry.agentLost(agent, "connection lost")
+        self.tick()
+        self.assertEqual(self.weights()[RS[2]], 0)
+        self.up_without_start(3)
+        self.tick()
+        self.assertEqual(self.weights()[RS[2]], 0)
+        self.assertEqual(self.updater.last.decisions[WEB].servers[RS[2]].reason, Reason.LOST_AGENT)
 
 
 class ModeTests(UpdaterTestCase):
