@@ -13,9 +13,12 @@ One pass, per virtual service:
 1. Each real server is assessed alone: operator override, then agent state and
    report freshness, then its health (see `Reason` for the outcomes).
 2. Servers with live feedback get a weight from the service's mode: ``health``
-   (base x smoothed health / 100) or ``capacity`` (connection rate divided by
+   (base x smoothed health / 100) or ``capacity`` (throughput divided by
    utilisation, the estimator of client-side weighted round robin in gRPC and
-   Envoy), clamped to [floor, ceiling].
+   Envoy), clamped to [floor, ceiling]. Throughput is the kernel's incoming
+   packet rate per real server: it moves with requests whether they come one
+   per connection or many, where the connection rate, a whole number per
+   second, stays 0 under persistent connections.
 3. Panic: when fewer than ``panic_threshold`` of the servers without an
    operator override would keep a non-zero weight, all of those get their
    static base weight instead, so that the service never sends everything to
@@ -61,7 +64,7 @@ class Reason(enum.StrEnum):
     """Why a real server got its weight."""
 
     HEALTH = "health"  # base x smoothed health; also health 0 from a live agent
-    CAPACITY = "capacity"  # connection rate / utilisation
+    CAPACITY = "capacity"  # packet rate / utilisation
     SLOW_START = "slow-start"  # ramping up to one of the other weights
     PANIC = "panic"  # too few servers left with weight: static base weights
     DRAINED = "drained"  # operator override: weight 0
@@ -333,7 +336,7 @@ def _feedback_weights(
     rates = {dest: _rate(servers[dest]) for dest in feedback if _rate(servers[dest]) > 0}
     if settings.mode is Mode.CAPACITY and rates:
         return _capacity_weights(servers, feedback, rates, settings)
-    note = "; capacity mode without connection rates" if settings.mode is Mode.CAPACITY else ""
+    note = "; capacity mode without packet rates" if settings.mode is Mode.CAPACITY else ""
     return {
         dest: _Assessment(
             _clamp(servers[dest].base_weight * health.smoothed / 100, settings),
@@ -346,7 +349,7 @@ def _feedback_weights(
 
 
 def _rate(server: ServerInput) -> int:
-    return 0 if server.counters is None else server.counters.connection_rate
+    return 0 if server.counters is None else server.counters.packet_rate
 
 
 def _capacity_weights(
@@ -356,7 +359,7 @@ def _capacity_weights(
     settings: PolicySettings,
 ) -> dict[DestKey, _Assessment]:
     """
-    Each server's capacity is estimated as rate / utilisation (connections per
+    Each server's capacity is estimated as rate / utilisation (packets per
     second it would take at full utilisation), utilisation = 1 - health/100.
     Weights are those capacities in units of base weight: a server with the
     service's average capacity per unit of base weight gets its base weight.
@@ -369,10 +372,10 @@ def _capacity_weights(
     for dest, health in feedback.items():
         if dest in capacities:
             weight = capacities[dest] / per_base
-            detail = f"{rates[dest]} conn/s at utilisation {_utilisation(health, settings):.2f}"
+            detail = f"{rates[dest]} packets/s at utilisation {_utilisation(health, settings):.2f}"
         else:
             weight = servers[dest].base_weight
-            detail = "no connection rate yet: base weight"
+            detail = "no packet rate yet: base weight"
         weights[dest] = _Assessment(_clamp(weight, settings), Reason.CAPACITY, detail, rampable=True)
     return weights
 

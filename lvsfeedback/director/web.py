@@ -183,6 +183,7 @@ def _server_status(director, service, dest: DestKey, kernel: dict, now: float) -
             "inactive_connections": counters.inactive_connections,
             "connections": counters.connections,
             "connection_rate": counters.connection_rate,
+            "packet_rate": counters.packet_rate,
         },
     }
 

@@ -109,6 +109,7 @@ class DestCounters:
     inactive_connections: int = 0
     connections: int = 0  # total since creation
     connection_rate: int = 0  # connections per second, kernel's estimator
+    packet_rate: int = 0  # incoming packets per second, kernel's estimator
 
 
 @dataclass(frozen=True)

@@ -156,3 +156,15 @@ class CounterTests(BatchTestCase):
         row = next(line.split() for line in listing.splitlines() if line.split()[:2] == ["->", f"127.0.0.1:{port}"])
         self.assertEqual((dest.counters.active_connections, dest.counters.inactive_connections), (int(row[4]), int(row[5])))
         self.assertEqual(dest.counters.active_connections, 2)
+
+        # The rates change at each of the estimator's 2 s ticks: ipvsadm's
+        # InPPS must be the packet rate read just before or just after it.
+        for _ in range(10):
+            before = ipvs.dests(service)[0].counters.packet_rate
+            listing = subprocess.run(["ipvsadm", "-Ln", "--rate", "--exact"], check=True, capture_output=True, text=True).stdout
+            after = ipvs.dests(service)[0].counters.packet_rate
+            rates = next(line.split() for line in listing.splitlines() if line.split()[:2] == ["->", f"127.0.0.1:{port}"])
+            if int(rates[3]) in (before, after):
+                break
+        else:
+            self.fail(f"ipvsadm shows InPPS {rates[3]}, the dump {before} then {after}")

@@ -289,7 +289,8 @@ def dest_attrs(server: RealServer, family: bool = True, stats: str | None = "IPV
     if family:
         attrs.append(("IPVS_DEST_ATTR_ADDR_FAMILY", server.key.family))
     if stats is not None:
-        attrs.append((stats, {"attrs": [("IPVS_STATS_ATTR_CONNS", 5678), ("IPVS_STATS_ATTR_INPKTS", 9), ("IPVS_STATS_ATTR_CPS", 42)]}))
+        attrs.append((stats, {"attrs": [("IPVS_STATS_ATTR_CONNS", 5678), ("IPVS_STATS_ATTR_INPKTS", 9), ("IPVS_STATS_ATTR_CPS", 42),
+                                     ("IPVS_STATS_ATTR_INPPS", 310)]}))
     return attrs
 
 
@@ -304,16 +305,17 @@ class DumpParsingTests(SynchronousTestCase):
             reply = dump_reply("IPVS_CMD_ATTR_DEST", dest_attrs(real))
             self.assertEqual(
                 read_dest(reply[batch.IPVS_CMD_ATTR_DEST], socket.AF_INET),
-                Dest(real, DestCounters(active_connections=12, inactive_connections=34, connections=5678, connection_rate=42)),
+                Dest(real, DestCounters(active_connections=12, inactive_connections=34, connections=5678, connection_rate=42,
+                                        packet_rate=310)),
             )
 
     def test_32_bit_statistics_when_there_are_no_64_bit_ones(self):
         reply = dump_reply("IPVS_CMD_ATTR_DEST", dest_attrs(REAL, stats="IPVS_DEST_ATTR_STATS"))
         counters = read_dest(reply[batch.IPVS_CMD_ATTR_DEST], socket.AF_INET).counters
-        self.assertEqual((counters.connections, counters.connection_rate), (5678, 42))
+        self.assertEqual((counters.connections, counters.connection_rate, counters.packet_rate), (5678, 42, 310))
         reply = dump_reply("IPVS_CMD_ATTR_DEST", dest_attrs(REAL, stats=None))
         counters = read_dest(reply[batch.IPVS_CMD_ATTR_DEST], socket.AF_INET).counters
-        self.assertEqual((counters.connections, counters.connection_rate), (0, 0))
+        self.assertEqual((counters.connections, counters.connection_rate, counters.packet_rate), (0, 0, 0))
 
     def test_a_real_server_without_a_family_has_its_services(self):
         # Kernels before 4.x send no IPVS_DEST_ATTR_ADDR_FAMILY.

@@ -71,7 +71,7 @@ server_inputs = st.builds(
     base_weight=st.one_of(st.integers(1, 200), st.integers(1, MAX_WEIGHT)),
     agent=agents,
     report=st.none() | reports,
-    counters=st.none() | st.builds(DestCounters, connection_rate=st.integers(0, 10_000)),
+    counters=st.none() | st.builds(DestCounters, packet_rate=st.integers(0, 10_000)),
     current_weight=st.none() | st.integers(0, MAX_WEIGHT),
     override=st.sampled_from([None, None, None, DRAINED]) | st.builds(Pinned, st.integers(0, MAX_WEIGHT)),
 )
@@ -402,12 +402,12 @@ class CapacityModeTests(SynchronousTestCase):
     settings = PolicySettings(mode=Mode.CAPACITY, smoothing_half_life=0, slow_start=0)
 
     @staticmethod
-    def rate(cps: int) -> DestCounters:
-        return DestCounters(connection_rate=cps)
+    def rate(pps: int) -> DestCounters:
+        return DestCounters(packet_rate=pps)
 
     def test_weight_is_rate_over_utilisation_in_units_of_base(self):
-        # A: 30 conn/s at utilisation 0.6 -> capacity 50 conn/s
-        # B: 30 conn/s at utilisation 0.3 -> capacity 100 conn/s
+        # A: 30 packets/s at utilisation 0.6 -> capacity 50 packets/s
+        # B: 30 packets/s at utilisation 0.3 -> capacity 100 packets/s
         # capacity per unit of base weight: (50 + 100) / (100 + 100) = 0.75
         # weights: 50 / 0.75 = 66.7 -> 67; 100 / 0.75 = 133.3 -> 133
         # C has no rate yet: assumed average, so its base weight, 100.
@@ -427,6 +427,17 @@ class CapacityModeTests(SynchronousTestCase):
         servers = {A: reporting(100, counters=self.rate(10)), B: reporting(50, counters=self.rate(10))}
         result, _ = decide_once(servers, settings)
         self.assertEqual((result.servers[A].weight, result.servers[B].weight), (167, 33))
+
+    def test_persistent_connections_count_by_their_packets_not_their_connection_rate(self):
+        # No new connections a second on either server, but A carries twice B's
+        # packets at the same utilisation: twice the capacity.
+        servers = {
+            A: reporting(50, counters=DestCounters(connection_rate=0, packet_rate=200)),
+            B: reporting(50, counters=DestCounters(connection_rate=0, packet_rate=100)),
+        }
+        result, _ = decide_once(servers, self.settings)
+        self.assertEqual((result.servers[A].weight, result.servers[B].weight), (133, 67))
+        self.assertEqual(result.servers[A].reason, Reason.CAPACITY)
 
     def test_without_any_rate_falls_back_to_health_mode(self):
         servers = {A: reporting(40, counters=self.rate(0)), B: reporting(70)}

@@ -243,12 +243,13 @@ class StatusTests(DirectorCase):
         self.assertEqual((server["reason"], server["kernel_weight"]), ("lost-agent", 0))
 
     def test_ipvs_counters_of_each_server_are_shown(self):
-        self.table.set_counters(WEB, RS[1], DestCounters(7, 3, 120, 5))
+        self.table.set_counters(WEB, RS[1], DestCounters(7, 3, 120, 5, 61))
         self.tick()
         counters = server_status(self.status(), "web", "10.1.0.2:80")["counters"]
         self.assertEqual(
             counters,
-            {"active_connections": 7, "inactive_connections": 3, "connections": 120, "connection_rate": 5},
+            {"active_connections": 7, "inactive_connections": 3, "connections": 120, "connection_rate": 5,
+             "packet_rate": 61},
         )
 
     def test_panic_is_flagged_per_service(self):
