@@ -126,8 +126,9 @@ def inside(path: str, folder: str) -> bool:
 def cached_trees(candidates: list[str], rwdirs: list[str]) -> list[str]:
     """
     The candidates worth caching, once each: not the root, not inside
-    another candidate, and neither inside a writable folder (which must stay
-    writable) nor holding one (remounting hides it).
+    another candidate, and not inside a writable folder, which must stay
+    writable. A writable folder inside a cached tree is mounted again over
+    it (see L{remount_script}).
     """
     paths = [os.path.normpath(path) for path in candidates if os.path.normpath(path) != "/"]
     kept: list[str] = []
