@@ -266,7 +266,6 @@ class History:
     def __init__(self, window: float = HISTORY_WINDOW):
         self.window = window
         self.samples: deque[dict[str, Any]] = deque()
-        self._names: dict[DestKey, str] = {}  # str() of a DestKey parses its address each time
 
     def record(self, director, now: float) -> None:
         """
@@ -284,10 +283,7 @@ class History:
             for dest in service_members(director, service):
                 decision = decisions.servers.get(dest) if decisions is not None else None
                 report = director.registry.facts(service, dest).report
-                name = self._names.get(dest)
-                if name is None:
-                    name = self._names[dest] = str(dest)
-                servers[name] = [
+                servers[str(dest)] = [
                     kernel.get((service.key, dest)),
                     None if decision is None else decision.weight,
                     None if report is None else report.value,

@@ -82,7 +82,9 @@ class DestKey:
         return address_family(self.address)
 
     def __str__(self) -> str:
-        if self.family == socket.AF_INET6:
+        # An IPv6 literal always holds a colon and an IPv4 one never does:
+        # no parsing, for a name the status and its history build per server.
+        if ":" in self.address:
             return f"[{self.address}]:{self.port}"
         return f"{self.address}:{self.port}"
 

@@ -306,8 +306,6 @@ class LoadRun:
             await self._run_short()
         else:
             await self._run_persistent()
-        if self.stopped_at is None:
-            return list(self.records)
         return self.records[:self._issued]
 
     def stop(self) -> None:

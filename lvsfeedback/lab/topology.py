@@ -360,23 +360,17 @@ class LabProcess:
     def stop(self, timeout: float = STOP_TIMEOUT) -> int:
         """SIGTERM its process group, SIGKILL it after timeout seconds; the exit status."""
         if self.popen.poll() is None:
-            self._signal_group(signal.SIGTERM)
+            self.signal(signal.SIGTERM)
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
-                self._signal_group(signal.SIGKILL)
+                self.signal(signal.SIGKILL)
         status = self.popen.wait()
         self.popen.stdout.close()
         return status
 
     def signal(self, signum: int) -> None:
-        """Send signum to the process (the leader of its group)."""
-        try:
-            os.kill(self.pid, signum)
-        except ProcessLookupError:
-            pass
-
-    def _signal_group(self, signum: int) -> None:
+        """Send signum to the process and whatever it forked (its process group)."""
         try:
             os.killpg(self.pid, signum)
         except ProcessLookupError:
