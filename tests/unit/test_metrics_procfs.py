@@ -117,7 +117,7 @@ class ConnectionsTests(ProcfsTestCase):
     def test_health_scales_the_count(self) -> None:
         self.assertEqual(self.health("connections:port=8080,high=8,source=proc"), 75.0)
         self.assertEqual(self.health("connections:port=8080,low=2,high=8,source=proc"), 100.0)
-        self.assertEqual(self.health("connections:port=8080,high=2,source=proc"), 0.0)
+        self.assertEqual(self.health("connections:port=8080,high=2,source=proc"), 1.0)
 
     def test_sock_diag_is_the_default_source(self) -> None:
         metric = self.registry.build("connections:port=8080,high=8", self.environment).metric

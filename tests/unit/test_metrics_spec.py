@@ -150,26 +150,26 @@ class MetricOptionsTests(SynchronousTestCase):
 
 
 class HealthScaleTests(SynchronousTestCase):
-    def test_endpoints_and_middle(self) -> None:
+    def test_endpoints_and_middle_and_saturation_is_barely_able_to_serve(self) -> None:
         scale = HealthScale(10.0, 30.0)
         self.assertEqual(
-            [scale.health(r) for r in (0, 10, 15, 20, 30, 99)], [100, 100, 75, 50, 0, 0]
+            [scale.health(r) for r in (0, 10, 15, 20, 30, 99)], [100, 100, 75, 50, 1, 1]
         )
 
     def test_low_must_be_below_high(self) -> None:
         self.assertRaises(ValueError, HealthScale, 2.0, 2.0)
 
     @given(finite, finite, finite, finite)
-    def test_health_is_bounded_and_never_rises_with_load(self, a, b, r1, r2) -> None:
+    def test_health_stays_within_1_and_100_and_never_rises_with_load(self, a, b, r1, r2) -> None:
         assume(a != b)
         scale = HealthScale(min(a, b), max(a, b))
         lighter, heavier = sorted((r1, r2))
-        self.assertTrue(0 <= scale.health(heavier) <= scale.health(lighter) <= 100)
+        self.assertTrue(1 <= scale.health(heavier) <= scale.health(lighter) <= 100)
 
 
     def test_bounds_whose_difference_overflows_still_give_a_health_in_range(self) -> None:
         scale = HealthScale(-1.5e308, 1.5e308)
-        self.assertEqual([scale.health(r) for r in (-1.5e308, 0.0, 1.5e308)], [100, 50, 0])
+        self.assertEqual([scale.health(r) for r in (-1.5e308, 0.0, 1.5e308)], [100, 50, 1])
 
 
 class RegistryTests(SynchronousTestCase):

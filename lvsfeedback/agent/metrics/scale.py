@@ -1,4 +1,4 @@
-"""From a reading (a load, bigger is busier) to a health index 0..100."""
+"""From a reading (a load, bigger is busier) to a health index 1..100."""
 
 from __future__ import annotations
 
@@ -6,6 +6,12 @@ import math
 from dataclasses import dataclass
 
 HEALTH_MAX = 100.0
+# NECP: 1 is "barely able to serve", 0 is "send it no work". A server at or
+# past its load limit is the former: still serving, just full. Reporting 0
+# would quiesce it, its load would fall, its health jump back, and the
+# weight would swing on every round trip. Health 0 is left to failures
+# (a failing metric, a refused probe) and to drains.
+HEALTH_SATURATED = 1.0
 _HUGE = 1e300  # beyond this, HEALTH_MAX times a difference may overflow
 
 
@@ -13,7 +19,8 @@ _HUGE = 1e300  # beyond this, HEALTH_MAX times a difference may overflow
 class HealthScale:
     """
     A linear scale: a reading at or below C{low} is health 100, at or above
-    C{high} is health 0, and in between health falls in a straight line.
+    C{high} is health 1 (L{HEALTH_SATURATED}), and in between health falls
+    in a straight line, never below 1.
     """
 
     low: float
@@ -24,7 +31,10 @@ class HealthScale:
             raise ValueError(f"low ({self.low:g}) must be below high ({self.high:g})")
 
     def health(self, reading: float) -> float:
-        """The health for C{reading}, within 0..100."""
+        """The health for C{reading}, within 1..100."""
+        return max(HEALTH_SATURATED, self._linear(reading))
+
+    def _linear(self, reading: float) -> float:
         if reading <= self.low:
             return HEALTH_MAX
         if reading >= self.high:
