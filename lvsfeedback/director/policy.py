@@ -15,10 +15,13 @@ One pass, per virtual service:
 2. Servers with live feedback get a weight from the service's mode: ``health``
    (base x smoothed health / 100) or ``capacity`` (throughput divided by
    utilisation, the estimator of client-side weighted round robin in gRPC and
-   Envoy), clamped to [floor, ceiling]. Throughput is the kernel's incoming
-   packet rate per real server: it moves with requests whether they come one
-   per connection or many, where the connection rate, a whole number per
-   second, stays 0 under persistent connections.
+   Envoy), clamped to [floor, ceiling]. Throughput is the rate of incoming
+   packets per real server: it moves with requests whether they come one per
+   connection or many, where the connection rate, a whole number per second,
+   stays 0 under persistent connections. The policy measures it from the
+   kernel's packet totals between passes and smooths it like health, so that
+   both halves of the estimate lag alike (the kernel's own rate estimator
+   lags by ~8 s and counts in whole packets per second).
 3. Panic: when fewer than ``panic_threshold`` of the servers without an
    operator override would keep a non-zero weight, all of those get their
    static base weight instead, so that the service never sends everything to
@@ -90,8 +93,8 @@ class PolicySettings:
 
     mode: Mode = Mode.HEALTH
     # Half-life of the health EWMA, measured between report times (not between
-    # policy passes, so the update interval does not change the smoothing).
-    # 0 turns smoothing off.
+    # policy passes, so the update interval does not change the smoothing),
+    # and of the packet rate's in capacity mode. 0 turns smoothing off.
     smoothing_half_life: float = 4.0
     hysteresis: float = 0.05  # 0 <= h < 1: relative change below which no write
     floor: int = 1  # least weight of a server with health > 0; >= 1
@@ -174,6 +177,9 @@ class ServiceDecision:
 class ServerMemory:
     smoothed_health: float | None = None
     smoothed_at: float | None = None  # time of the latest report folded into it
+    packets: int | None = None  # the kernel's incoming packet total at `packets_at`
+    packets_at: float | None = None
+    packet_rate: float | None = None  # smoothed packets per second; None until two passes
     up: bool = False  # had a non-zero weight (panic aside) at the last pass
     ramp_start: float | None = None  # when its current slow start began
 
@@ -220,7 +226,9 @@ def _decide_service(
 ) -> tuple[ServiceDecision, dict[DestKey, ServerMemory]]:
     settings = service.settings
     folded = {
-        dest: _fold_report(previous[dest] or ServerMemory(), server.report, settings)
+        dest: _fold_packets(
+            _fold_report(previous[dest] or ServerMemory(), server.report, settings), server.counters, settings, now
+        )
         for dest, server in service.servers.items()
     }
     assessments: dict[DestKey, _Assessment] = {}
@@ -231,7 +239,7 @@ def _decide_service(
             assessments[dest] = assessment
         elif server.report is not None and folded[dest].smoothed_health is not None:
             # _assess returns None only for a fresh report, which is folded in.
-            feedback[dest] = _Feedback(server.report.value, folded[dest].smoothed_health)
+            feedback[dest] = _Feedback(server.report.value, folded[dest].smoothed_health, folded[dest].packet_rate)
     assessments.update(_feedback_weights(service.servers, feedback, settings))
 
     automatic = [a for a in assessments.values() if a.automatic]
@@ -277,7 +285,27 @@ def _fold_report(memory: ServerMemory, report: HealthReport | None, settings: Po
         elapsed = report.time - memory.smoothed_at
         alpha = 1 - 2 ** (-elapsed / settings.smoothing_half_life)
         smoothed = memory.smoothed_health + alpha * (report.value - memory.smoothed_health)
-    return ServerMemory(smoothed, report.time, memory.up, memory.ramp_start)
+    return replace(memory, smoothed_health=smoothed, smoothed_at=report.time)
+
+
+def _fold_packets(
+    memory: ServerMemory, counters: DestCounters | None, settings: PolicySettings, now: float
+) -> ServerMemory:
+    """The packet rate since the last pass folded in, by the same EWMA as health."""
+    if counters is None or memory.packets_at == now:
+        return memory
+    if memory.packets is None or memory.packets_at is None or now < memory.packets_at or counters.packets < memory.packets:
+        # First sight, a clock stepped back, or a total that restarted (the
+        # server was deleted and added again): a new baseline, no rate yet.
+        return replace(memory, packets=counters.packets, packets_at=now, packet_rate=None)
+    elapsed = now - memory.packets_at
+    rate = (counters.packets - memory.packets) / elapsed
+    if memory.packet_rate is None or not settings.smoothing_half_life:
+        smoothed = rate
+    else:
+        alpha = 1 - 2 ** (-elapsed / settings.smoothing_half_life)
+        smoothed = memory.packet_rate + alpha * (rate - memory.packet_rate)
+    return replace(memory, packets=counters.packets, packets_at=now, packet_rate=smoothed)
 
 
 def _assess(server: ServerInput, settings: PolicySettings, now: float) -> _Assessment | None:
@@ -327,13 +355,14 @@ def _lost(server: ServerInput, settings: PolicySettings, reason: Reason, detail:
 class _Feedback:
     latest: int  # the health just reported
     smoothed: float
+    packet_rate: float | None  # smoothed incoming packets per second
 
 
 def _feedback_weights(
     servers: Mapping[DestKey, ServerInput], feedback: Mapping[DestKey, _Feedback], settings: PolicySettings
 ) -> dict[DestKey, _Assessment]:
     """Weights of the servers with live feedback, from their smoothed health."""
-    rates = {dest: _rate(servers[dest]) for dest in feedback if _rate(servers[dest]) > 0}
+    rates = {dest: health.packet_rate for dest, health in feedback.items() if health.packet_rate}
     if settings.mode is Mode.CAPACITY and rates:
         return _capacity_weights(servers, feedback, rates, settings)
     note = "; capacity mode without packet rates" if settings.mode is Mode.CAPACITY else ""
@@ -348,14 +377,10 @@ def _feedback_weights(
     }
 
 
-def _rate(server: ServerInput) -> int:
-    return 0 if server.counters is None else server.counters.packet_rate
-
-
 def _capacity_weights(
     servers: Mapping[DestKey, ServerInput],
     feedback: Mapping[DestKey, _Feedback],
-    rates: Mapping[DestKey, int],
+    rates: Mapping[DestKey, float],
     settings: PolicySettings,
 ) -> dict[DestKey, _Assessment]:
     """
@@ -372,7 +397,7 @@ def _capacity_weights(
     for dest, health in feedback.items():
         if dest in capacities:
             weight = capacities[dest] / per_base
-            detail = f"{rates[dest]} packets/s at utilisation {_utilisation(health, settings):.2f}"
+            detail = f"{rates[dest]:.1f} packets/s at utilisation {_utilisation(health, settings):.2f}"
         else:
             weight = servers[dest].base_weight
             detail = "no packet rate yet: base weight"
@@ -401,7 +426,7 @@ def _next_memory(
     if not up:
         if not memory.up and memory.ramp_start is None:
             return memory
-        return ServerMemory(memory.smoothed_health, memory.smoothed_at, False, None)
+        return replace(memory, up=False, ramp_start=None)
     if previous is None:
         # First sight of this server: if the kernel already gives it weight
         # (a director restart), it is not joining, so it does not ramp.
@@ -413,7 +438,7 @@ def _next_memory(
         ramp_start = None
     if memory.up and memory.ramp_start == ramp_start:
         return memory
-    return ServerMemory(memory.smoothed_health, memory.smoothed_at, True, ramp_start)
+    return replace(memory, up=True, ramp_start=ramp_start)
 
 
 def _ramp(assessment: _Assessment, ramp_start: float, settings: PolicySettings, now: float) -> _Assessment:

@@ -103,6 +103,7 @@ IPVS_DEST_ATTR_TUN_TYPE = 13
 IPVS_DEST_ATTR_TUN_PORT = 14
 IPVS_DEST_ATTR_TUN_FLAGS = 15
 IPVS_STATS_ATTR_CONNS = 1
+IPVS_STATS_ATTR_INPKTS = 2
 IPVS_STATS_ATTR_CPS = 6
 IPVS_STATS_ATTR_INPPS = 7
 IP_VS_SVC_F_PERSISTENT = 0x0001
@@ -308,17 +309,18 @@ def read_service(nest: bytes) -> VirtualService:
     )
 
 
-def _statistics(attrs: dict[int, bytes]) -> tuple[int, int, int]:
-    """(connections, connections per second, incoming packets per second) from
-    the 64-bit statistics, or the older 32-bit ones."""
+def _statistics(attrs: dict[int, bytes]) -> tuple[int, int, int, int]:
+    """(connections, connections per second, incoming packets, incoming
+    packets per second) from the 64-bit statistics, or the older 32-bit ones."""
     if IPVS_DEST_ATTR_STATS64 in attrs:
         stats, number = attributes(attrs[IPVS_DEST_ATTR_STATS64]), _U64
     elif IPVS_DEST_ATTR_STATS in attrs:
         stats, number = attributes(attrs[IPVS_DEST_ATTR_STATS]), _U32
     else:
-        return 0, 0, 0
+        return 0, 0, 0, 0
     read = lambda kind: number.unpack_from(stats[kind])[0] if kind in stats else 0  # noqa: E731
-    return read(IPVS_STATS_ATTR_CONNS), read(IPVS_STATS_ATTR_CPS), read(IPVS_STATS_ATTR_INPPS)
+    kinds = (IPVS_STATS_ATTR_CONNS, IPVS_STATS_ATTR_CPS, IPVS_STATS_ATTR_INPKTS, IPVS_STATS_ATTR_INPPS)
+    return tuple(read(kind) for kind in kinds)  # type: ignore[return-value]
 
 
 def read_dest(nest: bytes, service_family: int) -> Dest:
@@ -330,7 +332,7 @@ def read_dest(nest: bytes, service_family: int) -> Dest:
     # inet_ntop's IPv4 form is already the canonical one; IPv6 goes through ipaddress.
     key = DestKey(address, port) if family == socket.AF_INET else DestKey.of(address, port)
     u32 = lambda kind: _U32.unpack_from(attrs[kind])[0] if kind in attrs else 0  # noqa: E731
-    connections, connection_rate, packet_rate = _statistics(attrs)
+    connections, connection_rate, packets, packet_rate = _statistics(attrs)
     server = RealServer(
         key,
         weight=u32(IPVS_DEST_ATTR_WEIGHT),
@@ -342,6 +344,7 @@ def read_dest(nest: bytes, service_family: int) -> Dest:
         connections=connections,
         connection_rate=connection_rate,
         packet_rate=packet_rate,
+        packets=packets,
     )
     return Dest(server, counters)
 

@@ -112,6 +112,7 @@ class DestCounters:
     connections: int = 0  # total since creation
     connection_rate: int = 0  # connections per second, kernel's estimator
     packet_rate: int = 0  # incoming packets per second, kernel's estimator
+    packets: int = 0  # incoming packets since creation
 
 
 @dataclass(frozen=True)

@@ -123,7 +123,12 @@ class ThousandEditsTests(BatchTestCase):
 
 
 class CounterTests(BatchTestCase):
-    def test_connection_counters_read_back_as_ipvsadm_shows_them(self):
+    @staticmethod
+    def ipvsadm_row(port: int, *options: str) -> list[str]:
+        listing = subprocess.run(["ipvsadm", "-Ln", *options], check=True, capture_output=True, text=True).stdout
+        return next(line.split() for line in listing.splitlines() if line.split()[:2] == ["->", f"127.0.0.1:{port}"])
+
+    def test_connection_and_packet_counters_read_back_as_ipvsadm_shows_them(self):
         # A virtual address on lo and a local real server: IPVS schedules
         # connections made on this machine too (its LOCAL_OUT hook).
         subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
@@ -148,23 +153,21 @@ class CounterTests(BatchTestCase):
         while ipvs.dests(service)[0].counters.connections < 3 and time.monotonic() < deadline:
             time.sleep(0.2)
         (dest,) = ipvs.dests(service)
-        listing = subprocess.run(["ipvsadm", "-Ln", "--stats"], check=True, capture_output=True, text=True).stdout
-        stats_row = next(line.split() for line in listing.splitlines() if line.split()[:2] == ["->", f"127.0.0.1:{port}"])
-        self.assertEqual(dest.counters.connections, int(stats_row[2]))
+        self.assertEqual(dest.counters.connections, int(self.ipvsadm_row(port, "--stats")[2]))
         self.assertEqual(dest.counters.connections, 3)
-        listing = subprocess.run(["ipvsadm", "-Ln"], check=True, capture_output=True, text=True).stdout
-        row = next(line.split() for line in listing.splitlines() if line.split()[:2] == ["->", f"127.0.0.1:{port}"])
+        row = self.ipvsadm_row(port)
         self.assertEqual((dest.counters.active_connections, dest.counters.inactive_connections), (int(row[4]), int(row[5])))
         self.assertEqual(dest.counters.active_connections, 2)
 
-        # The rates change at each of the estimator's 2 s ticks: ipvsadm's
-        # InPPS must be the packet rate read just before or just after it.
+        # Rates and totals change at each of the estimator's 2 s ticks: ipvsadm's
+        # InPPS and InPkts must be those read just before or just after it.
         for _ in range(10):
-            before = ipvs.dests(service)[0].counters.packet_rate
-            listing = subprocess.run(["ipvsadm", "-Ln", "--rate", "--exact"], check=True, capture_output=True, text=True).stdout
-            after = ipvs.dests(service)[0].counters.packet_rate
-            rates = next(line.split() for line in listing.splitlines() if line.split()[:2] == ["->", f"127.0.0.1:{port}"])
-            if int(rates[3]) in (before, after):
+            before = ipvs.dests(service)[0].counters
+            rates = self.ipvsadm_row(port, "--rate", "--exact")
+            stats = self.ipvsadm_row(port, "--stats", "--exact")
+            after = ipvs.dests(service)[0].counters
+            if (int(rates[3]), int(stats[3])) in ((before.packet_rate, before.packets), (after.packet_rate, after.packets)):
                 break
         else:
-            self.fail(f"ipvsadm shows InPPS {rates[3]}, the dump {before} then {after}")
+            self.fail(f"ipvsadm shows InPPS {rates[3]} and InPkts {stats[3]}, the dump {before} then {after}")
+        self.assertGreater(after.packets, 0)

@@ -306,16 +306,18 @@ class DumpParsingTests(SynchronousTestCase):
             self.assertEqual(
                 read_dest(reply[batch.IPVS_CMD_ATTR_DEST], socket.AF_INET),
                 Dest(real, DestCounters(active_connections=12, inactive_connections=34, connections=5678, connection_rate=42,
-                                        packet_rate=310)),
+                                        packet_rate=310, packets=9)),
             )
 
     def test_32_bit_statistics_when_there_are_no_64_bit_ones(self):
         reply = dump_reply("IPVS_CMD_ATTR_DEST", dest_attrs(REAL, stats="IPVS_DEST_ATTR_STATS"))
         counters = read_dest(reply[batch.IPVS_CMD_ATTR_DEST], socket.AF_INET).counters
-        self.assertEqual((counters.connections, counters.connection_rate, counters.packet_rate), (5678, 42, 310))
+        self.assertEqual((counters.connections, counters.connection_rate, counters.packets, counters.packet_rate),
+                         (5678, 42, 9, 310))
         reply = dump_reply("IPVS_CMD_ATTR_DEST", dest_attrs(REAL, stats=None))
         counters = read_dest(reply[batch.IPVS_CMD_ATTR_DEST], socket.AF_INET).counters
-        self.assertEqual((counters.connections, counters.connection_rate, counters.packet_rate), (0, 0, 0))
+        self.assertEqual((counters.connections, counters.connection_rate, counters.packets, counters.packet_rate),
+                         (0, 0, 0, 0))
 
     def test_a_real_server_without_a_family_has_its_services(self):
         # Kernels before 4.x send no IPVS_DEST_ATTR_ADDR_FAMILY.

@@ -71,7 +71,7 @@ server_inputs = st.builds(
     base_weight=st.one_of(st.integers(1, 200), st.integers(1, MAX_WEIGHT)),
     agent=agents,
     report=st.none() | reports,
-    counters=st.none() | st.builds(DestCounters, packet_rate=st.integers(0, 10_000)),
+    counters=st.none() | st.builds(DestCounters, packet_rate=st.integers(0, 10_000), packets=st.integers(0, 2**64 - 1)),
     current_weight=st.none() | st.integers(0, MAX_WEIGHT),
     override=st.sampled_from([None, None, None, DRAINED]) | st.builds(Pinned, st.integers(0, MAX_WEIGHT)),
 )
@@ -400,10 +400,22 @@ class PanicTests(SynchronousTestCase):
 
 class CapacityModeTests(SynchronousTestCase):
     settings = PolicySettings(mode=Mode.CAPACITY, smoothing_half_life=0, slow_start=0)
+    PASS = 2.0  # seconds between the passes of `measured`
 
-    @staticmethod
-    def rate(pps: int) -> DestCounters:
-        return DestCounters(packet_rate=pps)
+    def measured(self, servers, settings=None, packets=10_000):
+        """
+        The decision of a second pass, `PASS` seconds after a first one: each
+        server is (health, packets per second in between), and the kernel's
+        own estimate says 0 packets/s throughout, so only the totals count.
+        """
+        settings = settings or self.settings
+        first = {dest: reporting(health, at=NOW - self.PASS, counters=DestCounters(packets=packets))
+                 for dest, (health, _) in servers.items()}
+        _, state = decide_once(first, settings, now=NOW - self.PASS, state=PolicyState())
+        second = {dest: reporting(health, counters=DestCounters(packets=packets + round(pps * self.PASS)))
+                  for dest, (health, pps) in servers.items()}
+        result, _ = decide_once(second, settings, state=state)
+        return result
 
     def test_weight_is_rate_over_utilisation_in_units_of_base(self):
         # A: 30 packets/s at utilisation 0.6 -> capacity 50 packets/s
@@ -411,45 +423,62 @@ class CapacityModeTests(SynchronousTestCase):
         # capacity per unit of base weight: (50 + 100) / (100 + 100) = 0.75
         # weights: 50 / 0.75 = 66.7 -> 67; 100 / 0.75 = 133.3 -> 133
         # C has no rate yet: assumed average, so its base weight, 100.
-        servers = {
-            A: reporting(40, counters=self.rate(30)),
-            B: reporting(70, counters=self.rate(30)),
-            C: reporting(90, counters=self.rate(0)),
-        }
-        result, _ = decide_once(servers, self.settings)
+        result = self.measured({A: (40, 30), B: (70, 30), C: (90, 0)})
         self.assertEqual({d: r.weight for d, r in result.servers.items()}, {A: 67, B: 133, C: 100})
         self.assertEqual({r.reason for r in result.servers.values()}, {Reason.CAPACITY})
 
     def test_idle_server_utilisation_is_clamped(self):
         # A: 10 / max(0, 0.1) = 100; B: 10 / 0.5 = 20; per unit of base: 120 / 200 = 0.6
         # weights: 100 / 0.6 = 166.7 -> 167; 20 / 0.6 = 33.3 -> 33
-        settings = replace(self.settings, min_utilisation=0.1)
-        servers = {A: reporting(100, counters=self.rate(10)), B: reporting(50, counters=self.rate(10))}
-        result, _ = decide_once(servers, settings)
+        result = self.measured({A: (100, 10), B: (50, 10)}, replace(self.settings, min_utilisation=0.1))
         self.assertEqual((result.servers[A].weight, result.servers[B].weight), (167, 33))
 
     def test_persistent_connections_count_by_their_packets_not_their_connection_rate(self):
         # No new connections a second on either server, but A carries twice B's
         # packets at the same utilisation: twice the capacity.
-        servers = {
-            A: reporting(50, counters=DestCounters(connection_rate=0, packet_rate=200)),
-            B: reporting(50, counters=DestCounters(connection_rate=0, packet_rate=100)),
-        }
-        result, _ = decide_once(servers, self.settings)
+        result = self.measured({A: (50, 200), B: (50, 100)})
         self.assertEqual((result.servers[A].weight, result.servers[B].weight), (133, 67))
         self.assertEqual(result.servers[A].reason, Reason.CAPACITY)
 
-    def test_without_any_rate_falls_back_to_health_mode(self):
-        servers = {A: reporting(40, counters=self.rate(0)), B: reporting(70)}
+    def test_rates_of_a_packet_or_so_a_second_are_told_apart(self):
+        # The kernel's estimator, in whole packets a second, would say 1 or 2
+        # for A and 0 or 1 for B; the totals say A carries 3x B.
+        result = self.measured({A: (50, 1.5), B: (50, 0.5)})
+        self.assertEqual((result.servers[A].weight, result.servers[B].weight), (150, 50))
+
+    def test_the_first_pass_has_no_rate_and_falls_back_to_health_mode(self):
+        servers = {A: reporting(40, counters=DestCounters(packets=500, packet_rate=90)), B: reporting(70)}
         result, _ = decide_once(servers, self.settings)
         self.assertEqual(
             [(r.weight, r.reason) for r in result.servers.values()],
             [(40, Reason.HEALTH), (70, Reason.HEALTH)],
         )
+        self.assertIn("without packet rates", result.servers[A].detail)
+
+    def test_the_packet_rate_is_smoothed_with_the_health_half_life(self):
+        # 100 packets/s for one pass, then 300: one half-life later the rate is halfway, 200.
+        # B stays at 100 packets/s, both at utilisation 0.5: A's share of 200 base is 200/300.
+        settings = replace(self.settings, smoothing_half_life=self.PASS)
+        state = PolicyState()
+        for now, a_packets, b_packets in ((NOW - 4, 0, 0), (NOW - 2, 200, 200), (NOW, 800, 400)):
+            servers = {A: reporting(50, at=now, counters=DestCounters(packets=a_packets)),
+                       B: reporting(50, at=now, counters=DestCounters(packets=b_packets))}
+            result, state = decide_once(servers, settings, now=now, state=state)
+        self.assertEqual((result.servers[A].weight, result.servers[B].weight), (133, 67))
+
+    def test_a_packet_total_that_restarts_gives_no_rate_until_the_next_pass(self):
+        # A was deleted and added again: its total went down. No negative rate,
+        # no rate at all for this pass: A counts as average, B has its rate.
+        settings = self.settings
+        _, state = decide_once({A: reporting(50, counters=DestCounters(packets=9_000)),
+                                B: reporting(50, counters=DestCounters(packets=0))}, settings, now=NOW - 2)
+        result, _ = decide_once({A: reporting(50, counters=DestCounters(packets=10)),
+                                 B: reporting(50, counters=DestCounters(packets=100))}, settings, state=state)
+        self.assertEqual((result.servers[A].detail, result.servers[A].weight), ("no packet rate yet: base weight", 100))
+        self.assertEqual(result.servers[B].reason, Reason.CAPACITY)
 
     def test_health_zero_still_quiesces(self):
-        servers = {A: reporting(0, counters=self.rate(50)), B: reporting(50, counters=self.rate(50))}
-        result, _ = decide_once(servers, self.settings)
+        result = self.measured({A: (0, 50), B: (50, 50)})
         self.assertEqual(result.servers[A].weight, 0)
 
 
