@@ -18,7 +18,7 @@ import textwrap
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from lvsfeedback.ipvs.model import DestKey, ServiceKey
+from lvsfeedback.ipvs.model import MAX_WEIGHT, DestKey, ServiceKey
 from lvsfeedback.lab.loadgen import LoadConfig
 from lvsfeedback.lab.topology import VIP, Topology, namespace_command
 from lvsfeedback.testing import ipvsadm
@@ -191,6 +191,42 @@ class FeedbackTests(DirectorInTheLab):
         summary = self.lab.stop_load(load, traffic)
         self.assertEqual((summary.errors, summary.timeouts), (0, 0), summary)
         self.assertEqual(set(summary.servers), {server.name for server in self.lab.servers}, summary)
+
+
+class CapacityModeTests(DirectorInTheLab):
+    servers = 2
+
+    def test_capacity_mode_weighs_servers_by_the_packets_they_serve_per_unit_of_cpu(self):
+        small, large = self.lab.servers
+        self.lab.set_cpus(small, 0.1)
+        self.lab.set_cpus(large, 0.3)
+        self.lab.start_backends(work_ms=5)
+        self.write_config(SERVICE.format(vip=VIP, reals=reals(self.lab.servers)),
+                          policy='mode = "capacity"\nslow_start = 0')
+        director = self.start_director()
+        # Persistent connections: the kernel's connection rate stays near 0,
+        # so only the packet totals can tell the servers apart.
+        traffic = LoadConfig(host=VIP, port=80, rate=12, duration=UNTIL_STOPPED, pattern="persistent", timeout=10)
+        load = self.lab.start_load(traffic)
+        for server in self.lab.servers:
+            self.start_agent(server)
+        written: dict[str, int] = {}
+
+        def large_weighs_twice_small(match) -> bool:
+            written[match.group(1)] = int(match.group(3))
+            return written.get(large.address, 0) >= 2 * written.get(small.address, MAX_WEIGHT)
+
+        # Three times the CPU: a weight at least twice as large, within a minute of feedback.
+        director.wait_for(rf"TCP {re.escape(VIP)}:80 ([\d.]+):8080: weight (\S+) -> (\d+) \(capacity", STARTUP + 60,
+                          where=large_weighs_twice_small)
+        self.assertDirectorAgreesWithIpvsadm()
+        weights = self.weights()
+        self.assertGreater(weights[large.address], 1.5 * weights[small.address], weights)
+        status = {s["server"]: s for s in self.status()["services"][0]["servers"]}
+        self.assertIn("packets/s at utilisation", status[f"{large.address}:8080"]["detail"])
+
+        summary = self.lab.stop_load(load, traffic)
+        self.assertEqual((summary.errors, summary.timeouts), (0, 0), summary)
 
 
 class RestartAndReloadTests(DirectorInTheLab):
