@@ -91,15 +91,15 @@ class PolicySettings:
     this module trusts them. Times are in seconds.
     """
 
-    mode: Mode = Mode.HEALTH
+    mode: Mode = Mode.CAPACITY
     # Half-life of the health EWMA, measured between report times (not between
     # policy passes, so the update interval does not change the smoothing),
     # and of the packet rate's in capacity mode. 0 turns smoothing off.
     smoothing_half_life: float = 4.0
-    hysteresis: float = 0.05  # 0 <= h < 1: relative change below which no write
+    hysteresis: float = 0.1  # 0 <= h < 1: relative change below which no write
     floor: int = 1  # least weight of a server with health > 0; >= 1
     ceiling: int = MAX_WEIGHT  # greatest automatic weight; floor <= ceiling <= MAX_WEIGHT
-    slow_start: float = 20.0  # ramp length; 0 turns slow start off
+    slow_start: float = 10.0  # ramp length; 0 turns slow start off
     lost_agent: LostAgentAction = LostAgentAction.QUIESCE
     stale_after: float = 10.0  # a report older than this counts as a lost agent; > 0
     panic_threshold: float = 0.5  # 0..1; 0 turns panic off

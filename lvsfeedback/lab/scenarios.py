@@ -15,7 +15,9 @@ the weight an all-knowing operator would give it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+
+from lvsfeedback.director.policy import PolicySettings
 
 SERVICE_PORT = 80
 BACKEND_PORT = 8080
@@ -159,19 +161,19 @@ def ipvsadm_restore(vip: str, scheduler: str, weights: list[int]) -> str:
     return "".join(line + "\n" for line in lines)
 
 
+def shipped_policy() -> dict[str, object]:
+    """The director's default [policy] knobs but the mode (each scheduler sets its own): the experiment measures what ships."""
+    defaults = PolicySettings()
+    return {knob.name: getattr(defaults, knob.name) for knob in fields(defaults) if knob.name != "mode"}
+
+
 @dataclass(frozen=True)
 class FeedbackSettings:
     """The director's settings the experiment chooses (the policy knobs are reported with the results)."""
 
     update_interval: float = 2.0
     health_interval: float = 1.0
-    policy: dict[str, object] = field(default_factory=lambda: {
-        "smoothing_half_life": 4.0,
-        "hysteresis": 0.1,
-        "slow_start": 10.0,
-        "lost_agent": "quiesce",
-        "stale_after": 10.0,
-    })
+    policy: dict[str, object] = field(default_factory=shipped_policy)
 
 
 def _toml_value(value: object) -> str:

@@ -88,7 +88,7 @@ class SampleTests(SynchronousTestCase):
     def test_sample_service_policy_overrides_the_global_one(self):
         config = load_config(SAMPLE)
         web = config.services[0]
-        self.assertEqual((config.policy.mode, config.policy.slow_start), (Mode.HEALTH, 20.0))
+        self.assertEqual((config.policy.mode, config.policy.slow_start), (Mode.CAPACITY, 10.0))
         self.assertEqual((web.policy.mode, web.policy.slow_start), (Mode.CAPACITY, 30.0))
         self.assertEqual(web.policy.lost_agent, config.policy.lost_agent)
 

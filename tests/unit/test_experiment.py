@@ -6,11 +6,13 @@ import asyncio
 import os
 import signal
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from lvsfeedback.director.config import load_config
+from lvsfeedback.director.policy import Mode, PolicySettings
 from lvsfeedback.lab import experiment
 from lvsfeedback.lab.backend import Backend
 from lvsfeedback.lab.experiment import (
@@ -81,6 +83,13 @@ class GeneratedConfigurationTests(SynchronousTestCase):
         self.assertEqual([str(real.dest_key) for real in service.reals],
                          ["10.201.0.11:8080", "10.201.0.12:8080", "10.201.0.13:8080"])
         self.assertEqual({real.forwarding for real in service.reals}, {"nat"})
+
+    def test_the_lab_runs_the_directors_default_policy(self):
+        path = Path(self.mktemp())
+        path.write_text(director_config("10.200.0.1", "10.201.0.1", SCHEDULERS["lvsfeedback-health"], 3,
+                                        FeedbackSettings()))
+        (service,) = load_config(path).services
+        self.assertEqual(service.policy, replace(PolicySettings(), mode=Mode.HEALTH))
 
     def test_ipvsadm_input_clears_then_builds_the_service(self):
         self.assertEqual(ipvsadm_restore("10.200.0.1", "wrr", [50, 100]), (

@@ -213,7 +213,8 @@ class StatusTests(DirectorCase):
         self.assertEqual(server["kernel_weight"], 40)
         self.assertEqual(server["desired_weight"], 40)
         self.assertEqual(server["reason"], "health")
-        self.assertEqual(server["detail"], "health 40 (smoothed 40.0)")
+        # Capacity mode, the default, has no packet rate before two passes.
+        self.assertEqual(server["detail"], "health 40 (smoothed 40.0); capacity mode without packet rates")
         self.assertFalse(server["pending"])
 
     def test_latest_health_its_age_and_the_agent_state_are_shown(self):
