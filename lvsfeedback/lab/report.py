@@ -1,6 +1,6 @@
 """
 The experiment's numbers: from a cell's raw records and samples to its
-result document, from the results of many cells to the table, C{report.md}
+result document, from the results of many cells to the table, `report.md`
 and the plots. Pure functions of recorded data (plots aside, which write
 PNG files with matplotlib's Agg backend), so a recorded result rebuilds
 the whole report on any machine:
@@ -12,7 +12,7 @@ Definitions used throughout:
 - latency counts from each request's scheduled time (open loop); the
   statistics cover the requests scheduled in the measured window, after
   the warm-up;
-- a server's CPU utilisation is its cgroup's C{usage_usec} growth over the
+- a server's CPU utilisation is its cgroup's `usage_usec` growth over the
   measured window divided by the window and its quota (a hog in the group
   counts: it is what the server really spent);
 - weights are sampled from the director namespace's IPVS table each second;
@@ -21,7 +21,7 @@ Definitions used throughout:
   quarter of the phase (until the next change or the end of the load); the
   weights have settled at the first sample from which every server stays
   within a band of 10% of the largest final level (and stays there at
-  least over that last quarter, or it never settled); C{exits} counts how
+  least over that last quarter, or it never settled); `exits` counts how
   often a server left that band again after first entering it (0: no
   oscillation). Settling is given in seconds and in update periods.
 """
@@ -313,6 +313,21 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def p99_overview(rows: list[dict]) -> str:
+    """A markdown grid of p99 latency: a line per scenario and pattern, a column per scheduler, failures noted."""
+    schedulers = list(dict.fromkeys(row["scheduler"] for row in rows))
+    lines_of: dict[tuple[str, str], dict[str, str]] = {}
+    for row in rows:
+        text = _cell(row["p99"])
+        if row["failed"] is not None and row["failed"]["max"]:
+            text += f" ({_cell(row['failed'])} failed)"
+        lines_of.setdefault((row["scenario"], row["pattern"]), {})[row["scheduler"]] = text
+    lines = ["| scenario, pattern | " + " | ".join(schedulers) + " |", "|" + "---|" * (len(schedulers) + 1)]
+    for (scenario, pattern), cells in lines_of.items():
+        lines.append(f"| {scenario}, {pattern} | " + " | ".join(cells.get(name, "-") for name in schedulers) + " |")
+    return "\n".join(lines)
+
+
 def _find(rows: list[dict], scenario: str, pattern: str, scheduler: str) -> dict | None:
     for row in rows:
         if (row["scenario"], row["pattern"], row["scheduler"]) == (scenario, pattern, scheduler):
@@ -565,7 +580,11 @@ def markdown(document: dict, rows: list[dict], checks: list[dict], plot_paths: l
         "",
         "## Results",
         "",
-        "Latencies in ms; `failed` = errors + timeouts; `shares` and `cpu` per server rs1/rs2/...; `cpu` is "
+        "p99 latency in ms (median [min-max] over repeats):",
+        "",
+        p99_overview(rows),
+        "",
+        "All statistics: latencies in ms; `failed` = errors + timeouts; `shares` and `cpu` per server rs1/rs2/...; `cpu` is "
         "the share of each quota used (the hog's use included); `late p99` is how late the load generator sent "
         "its arrivals; `writes` = the director's weight writes; `settle` = update periods until the weights "
         "settled after each change (see the definition below).",

@@ -155,6 +155,15 @@ class RecordedRunTests(SynchronousTestCase):
         self.assertIn(f"{rows[0]['p99']['median']:.0f} ms vs wlc", report.format_checks(missed))
         self.assertTrue(report.format_checks(missed).startswith("- MISSED: "))
 
+    def test_the_p99_overview_has_a_line_per_scenario_and_pattern_and_a_column_per_scheduler(self):
+        rows = json.loads(json.dumps(self.rows))
+        rows[0]["failed"] = {"median": 3, "min": 3, "max": 3, "n": 1}
+        lines = report.p99_overview(rows).splitlines()
+        self.assertEqual(lines[0], "| scenario, pattern | wlc | lvsfeedback-health | oracle |")
+        wlc, ours, oracle = (row["p99"]["median"] for row in rows)
+        self.assertEqual(lines[2], f"| hog, persistent | {wlc:.0f} (3 failed) | {ours:.0f} | {oracle:.0f} |")
+        self.assertEqual(len(lines), 3)
+
     def test_report_md_plots_and_table_are_written(self):
         out = Path(self.mktemp())
         out.mkdir()
