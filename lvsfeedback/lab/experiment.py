@@ -391,7 +391,7 @@ class Plan:
 
 
 # The demo reruns a late cell once at most, to stay near its five minutes.
-QUICK = Plan(scenarios=("hog",), schedulers=("wlc", "lvsfeedback-health", "oracle"), patterns=("persistent",),
+QUICK = Plan(scenarios=("hog",), schedulers=("wlc", "lvsfeedback-capacity", "oracle"), patterns=("persistent",),
              repeats=1, warmup=15.0, measure=45.0, retries=1)
 FULL = Plan(scenarios=tuple(SCENARIOS), schedulers=tuple(SCHEDULERS), patterns=("persistent", "short"),
             repeats=3, warmup=20.0, measure=60.0)
@@ -786,7 +786,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         description="Measure what feedback buys: lab cluster, scenarios x schedulers, report with plots.",
     )
     parser.add_argument("--quick", action="store_true",
-                        help="the demo: scenario hog, persistent, wlc vs lvsfeedback-health vs oracle, one repeat")
+                        help="the demo: scenario hog, persistent, wlc vs lvsfeedback-capacity (the default mode) "
+                             "vs oracle, one repeat")
     parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS), help="a scenario (repeatable)")
     parser.add_argument("--scheduler", action="append", choices=sorted(SCHEDULERS), help="a scheduler (repeatable)")
     parser.add_argument("--pattern", action="append", choices=("persistent", "short"), help="a pattern (repeatable)")

@@ -111,7 +111,7 @@ class PlanTests(SynchronousTestCase):
         plan = plan_from_args(parse_args(["--quick"]))
         self.assertEqual(plan, QUICK)
         self.assertEqual(plan.cells(), [("hog", "persistent", scheduler, 0)
-                                        for scheduler in ("wlc", "lvsfeedback-health", "oracle")])
+                                        for scheduler in ("wlc", "lvsfeedback-capacity", "oracle")])
 
     def test_options_narrow_the_full_matrix_and_set_the_policy(self):
         plan = plan_from_args(parse_args([
