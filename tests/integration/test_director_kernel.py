@@ -61,6 +61,9 @@ def change_line(dest: str, reason: str = r"[a-z-]+") -> str:
 
 class DirectorInTheLab(SynchronousTestCase):
     servers = 3
+    # Health mode (weight = base x health) is the mapping most of these tests
+    # assert on; CapacityModeTests covers capacity mode, the default.
+    mode = "health"
 
     def setUp(self):
         require_ipvs()
@@ -78,6 +81,7 @@ class DirectorInTheLab(SynchronousTestCase):
                 update_interval = {UPDATE}
                 {director}
                 [policy]
+                mode = "{self.mode}"
                 # Every move is written, so each shows as a log line to wait for.
                 hysteresis = 0
                 {policy}
@@ -195,6 +199,7 @@ class FeedbackTests(DirectorInTheLab):
 
 class CapacityModeTests(DirectorInTheLab):
     servers = 2
+    mode = "capacity"
 
     def test_capacity_mode_weighs_servers_by_the_packets_they_serve_per_unit_of_cpu(self):
         small, large = self.lab.servers
@@ -202,7 +207,7 @@ class CapacityModeTests(DirectorInTheLab):
         self.lab.set_cpus(large, 0.3)
         self.lab.start_backends(work_ms=5)
         self.write_config(SERVICE.format(vip=VIP, reals=reals(self.lab.servers)),
-                          policy='mode = "capacity"\nslow_start = 0')
+                          policy="slow_start = 0")
         director = self.start_director()
         # Persistent connections: the kernel's connection rate stays near 0,
         # so only the packet totals can tell the servers apart.
