@@ -14,7 +14,8 @@ process there spent most of its start-up importing (8 s for Twisted's
 reactor). The interpreter's installation, the venv and the working folder
 are therefore shared again and remounted read-only with 9p's `cache=loose`,
 so each file crosses once per boot; the host must not change them while the
-VM runs. Writable folders (--rwdir) stay uncached.
+VM runs. Writable folders (--rwdir) stay uncached, and are created when
+missing.
 
 The exit status is the command's. Every failure of the runner itself is one
 line on stderr starting with "lvsfeedback-vm:" and a non-zero status; the two
@@ -242,7 +243,21 @@ def supervise(argv: list[str], plan: Plan, marker: str | None, env: dict[str, st
     return status
 
 
+def make_writable_folders(plan: Plan) -> None:
+    """
+    Create each missing --rwdir folder, as `mkdir -p` would: virtme-ng
+    refuses a folder that does not exist, and the guest would then never
+    boot. A path that cannot be a folder is refused here, before any boot.
+    """
+    for rwdir in plan.rwdirs:
+        try:
+            os.makedirs(rwdir, exist_ok=True)
+        except OSError as error:
+            raise RunnerError(f"cannot create the writable folder {rwdir}: {error.strerror}") from None
+
+
 def run(plan: Plan, native: str = "auto") -> int:
+    make_writable_folders(plan)
     env = dict(os.environ)
     native_ipvs = native != "never" and host_has_ipvs()
     if native == "always" and not native_ipvs:

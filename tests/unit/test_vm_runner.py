@@ -71,11 +71,21 @@ class RunnerFailureTests(SynchronousTestCase):
         result = run_runner("--native", "never", "--timeout", "2", "--", "sleep", "120")
         self.assertOneLineFailure(result, vm.EXIT_COMMAND_TIMEOUT, "command timed out after 2 s")
 
+    def test_a_writable_folder_that_cannot_be_created_is_one_line_before_any_boot(self):
+        blocker = os.path.abspath(self.mktemp())
+        open(blocker, "w").close()
+        # --boot-dir empty too: had the runner gone on to boot, it would name the kernel instead.
+        result = run_runner("--native", "never", "--boot-dir", blocker, "--rwdir", os.path.join(blocker, "results"),
+                            "--", "true")
+        self.assertOneLineFailure(result, vm.EXIT_RUNNER_ERROR,
+                                  f"cannot create the writable folder {blocker}/results: Not a directory")
+
     def test_guest_command_status_and_output_come_back(self):
         # One boot for the whole round trip. The working folder (a cached
-        # tree) holds the writable folder, as the project holds results/.
-        writable = os.path.abspath(self.mktemp())
-        os.makedirs(writable)
+        # tree) holds the writable folder, as the project holds results/,
+        # and that folder does not exist yet, as results/ on a fresh clone.
+        writable = os.path.join(os.path.abspath(self.mktemp()), "results")
+        self.assertFalse(os.path.exists(writable))
         script = (f"echo from-guest; grep -c ip_vs /proc/modules; grep ' {sys.prefix} ' /proc/mounts; "
                   f"echo written > {writable}/from-guest; exit 7")
         result = run_runner("--native", "never", "--rwdir", writable, "--", "sh", "-c", script)
@@ -87,6 +97,24 @@ class RunnerFailureTests(SynchronousTestCase):
         self.assertIn("loose", venv_mount[3].split(","), "the venv is mounted with 9p caching")
         with open(os.path.join(writable, "from-guest")) as file:
             self.assertEqual(file.read(), "written\n")
+
+
+class WritableFolderTests(SynchronousTestCase):
+    def test_missing_writable_folders_are_created_with_their_parents(self):
+        root = os.path.abspath(self.mktemp())
+        existing = os.path.join(root, "existing")
+        os.makedirs(existing)
+        missing = os.path.join(root, "fresh", "results")
+        vm.make_writable_folders(vm.Plan(command=["true"], cwd=root, rwdirs=[existing, missing]))
+        self.assertTrue(os.path.isdir(missing))
+        self.assertTrue(os.path.isdir(existing))
+
+    def test_a_file_in_the_way_is_refused_with_the_folder_named(self):
+        blocker = os.path.abspath(self.mktemp())
+        open(blocker, "w").close()
+        plan = vm.Plan(command=["true"], cwd="/", rwdirs=[blocker])
+        error = self.assertRaises(vm.RunnerError, vm.make_writable_folders, plan)
+        self.assertEqual(str(error), f"cannot create the writable folder {blocker}: File exists")
 
 
 class CachedTreeTests(SynchronousTestCase):
