@@ -77,6 +77,7 @@ class DirectorSettings:
     update_interval: float  # seconds between policy passes
     health_interval: float  # seconds between health questions to each agent; 0: on keepalives only
     adoption_grace: float  # after start, seconds a server no agent has spoken for keeps its kernel weight
+    early_pass_change: int  # health points a report must move by to bring the next pass forward; 0: never
     observe: bool  # compute and expose weights, never touch the kernel
     weights_only: bool  # only edit weights of real servers already in the kernel
 
@@ -206,6 +207,7 @@ class _Reader:
             update_interval=table.take("update_interval", _seconds(lambda n: n > 0, "> 0"), 2.0),
             health_interval=table.take("health_interval", _seconds(lambda n: n >= 0, ">= 0"), 2.0),
             adoption_grace=table.take("adoption_grace", _seconds(lambda n: n >= 0, ">= 0"), 60.0),
+            early_pass_change=table.take("early_pass_change", _integer(0, 100), 20),
             observe=table.take("observe", _boolean, False),
             weights_only=table.take("weights_only", _boolean, False),
         )

@@ -70,6 +70,9 @@ class Registry:
         # Called with no arguments once a lost agent is forgotten (the updater
         # reweights its server at once rather than at its next tick).
         self.lost_listeners: list[Callable[[], object]] = []
+        # Called with no arguments when a report moved by early_pass_change
+        # or more from the same server's previous one.
+        self.change_listeners: list[Callable[[], object]] = []
         self.configure(config)
 
     def configure(self, config) -> None:
@@ -128,8 +131,14 @@ class Registry:
     def healthReported(self, agent, service, health: int, when: float) -> None:
         session = self._sessions.get(agent)
         port = (service.protocol, service.port)
-        if session is not None and port in session.started:
-            session.health[port] = HealthReport(health, when)
+        if session is None or port not in session.started:
+            return
+        previous = session.health.get(port)
+        session.health[port] = HealthReport(health, when)
+        significant = self._config.director.early_pass_change
+        if previous is not None and significant and abs(health - previous.value) >= significant:
+            for listener in self.change_listeners:
+                listener()
 
     def agentLost(self, agent, reason) -> None:
         session = self._sessions.pop(agent, None)

@@ -4,7 +4,10 @@ The weight updater: the only writer to the IPVS table.
 Every `update_interval` seconds one pass reads the table (weights and
 counters), asks the registry what the agents said, runs the policy, and
 writes only the differences. A lost agent brings a pass forward, so the
-scheduler stops sending new connections to its server at once. Two passes
+scheduler stops sending new connections to its server at once; so does a
+significant change of health, but never sooner than half an interval after
+the last pass began, so that a noisy signal cannot make passes continuous.
+Two passes
 never overlap: one asked for while another runs follows it. A pass that
 fails is logged and the next one starts from a fresh read, so nothing is
 lost by retrying.
@@ -89,9 +92,11 @@ class WeightUpdater(Service):
         self._running: Deferred | None = None
         self._again = False
         self._soon: IDelayedCall | None = None
+        self._last_start: float | None = None
         self._loop = LoopingCall(self._one_pass)
         self._loop.clock = clock
         registry.lost_listeners.append(self.pass_soon)
+        registry.change_listeners.append(self.pass_early)
         # Called with each pass's PassResult once it is the last one.
         self.pass_listeners: list[Callable[[PassResult], object]] = []
         self.configure(config)
@@ -146,6 +151,23 @@ class WeightUpdater(Service):
         if self.running and self._soon is None:
             self._soon = self.clock.callLater(0, self._pass_soon_due)
 
+    def pass_early(self) -> None:
+        """
+        A pass brought forward by a change of health: at once, or half an
+        update interval after the last pass began, whichever is later; none
+        when the regular pass follows within half an interval, or one is
+        already on its way. Passes stay at least half an interval apart.
+        """
+        if not self.running or self._soon is not None or self._running is not None:
+            return
+        now = self.clock.seconds()
+        gap = self.config.director.update_interval / 2
+        at = now if self._last_start is None else max(now, self._last_start + gap)
+        next_pass = self.next_pass
+        if next_pass is not None and at > next_pass - gap:
+            return
+        self._soon = self.clock.callLater(at - now, self._pass_soon_due)
+
     def _pass_soon_due(self) -> None:
         self._soon = None
         self._one_pass()
@@ -168,7 +190,7 @@ class WeightUpdater(Service):
 
     def run_pass(self):
         started = time.perf_counter()
-        now = self.clock.seconds()
+        now = self._last_start = self.clock.seconds()
         reading = self.table.snapshot()
         reading.addCallback(self._plan_and_apply, now, started)
         reading.addErrback(self._pass_failed)

@@ -317,6 +317,82 @@ class LostAgentTests(UpdaterTestCase):
         self.assertEqual(self.updater.passes, passes)
 
 
+class EarlyPassTests(UpdaterTestCase):
+    """A significant change of health brings the next pass forward, bounded."""
+
+    def report(self, agent, health):
+        self.registry.healthReported(agent, HTTP, health, self.clock.seconds())
+
+    def test_a_significant_change_between_passes_is_acted_on_at_once(self):
+        self.start(write_config(self))
+        agent = self.connect(3, health=80)
+        self.tick()
+        passes = self.updater.passes
+        self.clock.advance(1.0)
+        self.report(agent, 30)
+        self.clock.advance(0)
+        self.assertEqual(self.updater.passes, passes + 1)
+        self.assertEqual(self.weights()[RS[2]], 30)
+
+    def test_a_change_smaller_than_the_setting_waits_for_the_regular_pass(self):
+        self.start(write_config(self, director="early_pass_change = 20"))
+        agent = self.connect(3, health=80)
+        self.tick()
+        passes = self.updater.passes
+        self.clock.advance(1.0)
+        self.report(agent, 61)
+        self.clock.advance(0.9)
+        self.assertEqual(self.updater.passes, passes)
+        self.assertEqual(self.weights()[RS[2]], 80)
+
+    def test_zero_turns_early_passes_off(self):
+        self.start(write_config(self, director="early_pass_change = 0"))
+        agent = self.connect(3, health=80)
+        self.tick()
+        passes = self.updater.passes
+        self.clock.advance(1.0)
+        self.report(agent, 5)
+        self.clock.advance(0.9)
+        self.assertEqual(self.updater.passes, passes)
+
+    def test_a_change_right_after_a_pass_waits_half_an_interval_from_its_start(self):
+        self.start(write_config(self))
+        agent = self.connect(3, health=80)
+        self.tick()
+        passes = self.updater.passes
+        self.clock.advance(0.2)
+        self.report(agent, 30)
+        self.clock.advance(0.7)
+        self.assertEqual(self.updater.passes, passes, "not before half an interval")
+        self.clock.advance(0.1)
+        self.assertEqual(self.updater.passes, passes + 1)
+
+    def test_a_noisy_signal_never_makes_more_than_two_passes_per_interval(self):
+        self.start(write_config(self))
+        agent = self.connect(3, health=80)
+        self.tick()
+        passes = self.updater.passes
+        for step in range(200):  # 20 s of reports every 0.1 s, each swinging 60 points
+            self.report(agent, 20 if step % 2 else 80)
+            self.clock.advance(0.1)
+        self.assertLessEqual(self.updater.passes - passes, 2 * 10)
+        self.assertGreater(self.updater.passes - passes, 10, "yet passes did come early")
+
+    def test_no_early_pass_when_the_regular_one_is_due_first(self):
+        self.start(write_config(self))
+        agent = self.connect(3, health=80)
+        self.tick()
+        passes = self.updater.passes
+        self.clock.advance(1.5)
+        self.report(agent, 30)
+        self.clock.advance(0.49)
+        self.assertEqual(self.updater.passes, passes)
+        self.clock.advance(0.01)
+        self.assertEqual(self.updater.passes, passes + 1, "the regular pass, once")
+        self.clock.advance(1.0)
+        self.assertEqual(self.updater.passes, passes + 1)
+
+
 class StartGraceTests(UpdaterTestCase):
     """Between an agent's INIT and its START, what was known of its server stands."""
 
