@@ -5,7 +5,10 @@ Every `update_interval` seconds one pass reads the table (weights and
 counters), asks the registry what the agents said, runs the policy, and
 writes only the differences. A lost agent brings a pass forward, so the
 scheduler stops sending new connections to its server at once. Two passes
-never overlap: one asked for while another runs follows it. A pass that
+never overlap: one asked for while another runs (a tick of the clock
+included) follows it. The ticks never wait on a pass, so a reload that
+changes the interval, or a stop, takes effect at once and leaves one rhythm;
+a stop returns a Deferred that fires once the running pass ends. A pass that
 fails is logged and the next one starts from a fresh read, so nothing is
 lost by retrying.
 
@@ -89,7 +92,7 @@ class WeightUpdater(Service):
         self._running: Deferred | None = None
         self._again = False
         self._soon: IDelayedCall | None = None
-        self._loop = LoopingCall(self._one_pass)
+        self._loop = LoopingCall(self._tick)
         self._loop.clock = clock
         registry.lost_listeners.append(self.pass_soon)
         # Called with each pass's PassResult once it is the last one.
@@ -119,13 +122,25 @@ class WeightUpdater(Service):
         self._adopting = True
         self._loop.start(self.config.director.update_interval, now=True)
 
-    def stopService(self):
+    def stopService(self) -> Deferred | None:
+        """No pass after this; the Deferred returned fires when the running one ends."""
         super().stopService()
         if self._loop.running:
             self._loop.stop()
         if self._soon is not None and self._soon.active():
             self._soon.cancel()
         self._soon = None
+        self._again = False
+        if self._running is None:
+            return None
+        ended = Deferred()
+
+        def over(result):
+            ended.callback(None)
+            return result
+
+        self._running.addBoth(over)
+        return ended
 
     @property
     def next_pass(self) -> float | None:
@@ -133,7 +148,7 @@ class WeightUpdater(Service):
         loop = self._loop
         if not loop.running:
             return None
-        # The loop keeps its phase from its start, skipping ticks a long pass overran.
+        # The loop keeps its phase from its start (a pass never delays a tick).
         ticks = (self.clock.seconds() - loop.starttime) // loop.interval + 1
         return loop.starttime + ticks * loop.interval
 
@@ -148,6 +163,11 @@ class WeightUpdater(Service):
 
     def _pass_soon_due(self) -> None:
         self._soon = None
+        self._one_pass()
+
+    def _tick(self) -> None:
+        # Not the pass's Deferred: a LoopingCall waiting on it would neither
+        # stop nor restart at a new interval until the pass ends.
         self._one_pass()
 
     def _one_pass(self) -> Deferred:
