@@ -507,3 +507,87 @@ class RhythmTests(UpdaterTestCase):
         director, path, table = self.start_held()
         table.release()
         self.assertIsNone(self.updater.stopService())
+
+
+AUTO_JOIN = """
+[[service]]
+name = "shop"
+protocol = "tcp"
+address = "10.0.0.2"
+port = 80
+auto_join = ["10.2.0.0/16"]
+on_leave = "remove"
+
+[[service]]
+name = "shop-tls"
+protocol = "tcp"
+address = "10.0.0.2"
+port = 443
+auto_join = ["10.2.0.0/16"]
+on_leave = "remove"
+
+[[service]]
+name = "shop-marked"
+protocol = "fwmark"
+fwmark = 7
+auto_join = ["10.2.0.0/16"]
+on_leave = "remove"
+[service.mark]
+destination = "10.0.0.3"
+protocol = "tcp"
+ports = [80, 443]
+"""
+SHOP = ServiceKey.for_address("tcp", "10.0.0.2", 80)
+SHOP_TLS = ServiceKey.for_address("tcp", "10.0.0.2", 443)
+SHOP_MARKED = ServiceKey.for_fwmark(7)
+HTTPS = Service(forwarding=3, protocol=6, port=443)
+
+
+class AutoJoinTests(UpdaterTestCase):
+    """Agents from an auto_join network join a service by STARTing it, and leave by STOPping it."""
+
+    def setUp(self):
+        super().setUp()
+        self.start(write_config(self, extra=AUTO_JOIN))
+        self.agent = Agent("10.2.0.5", 40000, 5)
+        self.registry.agentUp(self.agent)
+
+    def members(self, key):
+        return set(self.table.table()[key].dests)
+
+    def test_an_agent_starting_an_auto_join_service_joins_it_in_the_kernel(self):
+        self.assertEqual(self.registry.servicesStarted(self.agent, [HTTP]), [])
+        self.tick()
+        self.assertEqual(self.members(SHOP), {DestKey.of("10.2.0.5", 80)})
+        self.assertEqual(self.members(SHOP_MARKED), {DestKey.of("10.2.0.5", 0)})
+        self.assertEqual(self.members(SHOP_TLS), set(), "it did not start port 443")
+
+    def test_a_stop_of_one_service_leaves_the_agent_in_the_other(self):
+        self.registry.servicesStarted(self.agent, [HTTP, HTTPS])
+        self.tick()
+        self.assertEqual(self.members(SHOP), {DestKey.of("10.2.0.5", 80)})
+        self.assertEqual(self.members(SHOP_TLS), {DestKey.of("10.2.0.5", 443)})
+        self.registry.servicesStopped(self.agent, [HTTP])
+        self.tick()
+        self.assertEqual(self.members(SHOP), set())
+        self.assertEqual(self.members(SHOP_TLS), {DestKey.of("10.2.0.5", 443)})
+        self.assertEqual(self.members(SHOP_MARKED), {DestKey.of("10.2.0.5", 0)}, "443 still carries the mark")
+        self.registry.servicesStopped(self.agent, [HTTPS])
+        self.tick()
+        self.assertEqual((self.members(SHOP_TLS), self.members(SHOP_MARKED)), (set(), set()))
+
+    def test_a_lost_agent_leaves_every_service_it_joined(self):
+        self.registry.servicesStarted(self.agent, [HTTP, HTTPS])
+        self.tick()
+        self.registry.agentLost(self.agent, "connection lost")
+        self.tick()
+        self.assertEqual([self.members(key) for key in (SHOP, SHOP_TLS, SHOP_MARKED)], [set()] * 3)
+
+    def test_on_leave_quiesce_keeps_a_stopped_member_at_weight_zero(self):
+        self.updater.configure(write_config(self, extra=AUTO_JOIN.replace('on_leave = "remove"', 'on_leave = "quiesce"')))
+        self.registry.configure(self.updater.config)
+        self.registry.servicesStarted(self.agent, [HTTP, HTTPS])
+        self.tick()
+        self.registry.servicesStopped(self.agent, [HTTP])
+        self.tick()
+        self.assertEqual(self.table.table()[SHOP].dests[DestKey.of("10.2.0.5", 80)].server.weight, 0)
