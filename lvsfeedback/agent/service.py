@@ -8,9 +8,17 @@ first answer is a measurement. Draining sends STOP for every service to every di
 for their STOP_ACKs; while drained every health answer is 0. Stopping the
 service (SIGTERM under twistd) drains first, so a real server leaves the
 pool before its agent goes away.
+
+A reload (SIGHUP) rereads the settings and leaves the drain state alone: a
+bad file is refused and the running settings stay; `drain_timeout` and the
+secret (for sessions opened from then on) change at once, and a change to
+anything else is logged as taking effect on restart.
 """
 
 from __future__ import annotations
+
+from dataclasses import fields, replace
+from typing import Callable
 
 from twisted.application import strports
 from twisted.application.service import MultiService, Service
@@ -18,7 +26,7 @@ from twisted.internet import defer
 from twisted.internet.endpoints import clientFromString
 from twisted.logger import Logger
 
-from lvsfeedback.agent.config import FORWARDING_CODES, AgentSettings
+from lvsfeedback.agent.config import FORWARDING_CODES, AgentConfigError, AgentSettings
 from lvsfeedback.agent.haproxy import HAProxyAgentFactory
 from lvsfeedback.agent.metrics.combine import Combination
 from lvsfeedback.agent.metrics.environment import MetricEnvironment
@@ -27,6 +35,20 @@ from lvsfeedback.agent.protocol import DirectorLinks
 from lvsfeedback.agent.sampler import Sampler, ServiceMetrics
 from lvsfeedback.ipvs.model import PROTOCOLS
 from lvsfeedback.necp.codec import Service as ServiceUnit
+
+
+# What a reload changes in a running agent; the rest is built once, at start.
+RELOADED = ("drain_timeout", "secret_file")
+
+
+def read_secret(settings: AgentSettings) -> bytes | None:
+    path = settings.secret_file
+    if path is None:
+        return None
+    secret = path.read_bytes().strip()
+    if not secret:
+        raise AgentConfigError([f"{path}: the secret file is empty"])
+    return secret
 
 
 def build_sampler(settings: AgentSettings, reactor, registry: MetricRegistry | None = None) -> Sampler:
@@ -57,7 +79,7 @@ class AgentService(MultiService):
         self.units = tuple(
             ServiceUnit(FORWARDING_CODES[s.forwarding], PROTOCOLS[s.protocol], s.port) for s in settings.services
         )
-        secret = settings.secret_file.read_bytes().strip() if settings.secret_file else None
+        secret = read_secret(settings)
         if endpoints is None:
             endpoints = [clientFromString(reactor, director) for director in settings.directors]
         self.links = DirectorLinks(endpoints, self.sampler, self.units, clock=reactor, secret=secret, **timing)
@@ -102,6 +124,24 @@ class AgentService(MultiService):
         self.sampler.drained = False
         self.log.info("undrained: START sent to {count} directors", count=len(self.links.sessions()))
         return self.links.start_services(self.units)
+
+    def reload(self, read_settings: Callable[[], AgentSettings]) -> bool:
+        """Take the settings read_settings rereads; a bad one is refused and the running one stays."""
+        try:
+            new = read_settings()
+            secret = read_secret(new)
+        except (AgentConfigError, OSError) as error:
+            self.log.error("config reload refused, the running config stays:\n{problems}", problems=str(error))
+            return False
+        on_restart = [f.name for f in fields(AgentSettings)
+                      if f.name not in RELOADED and getattr(new, f.name) != getattr(self.settings, f.name)]
+        if on_restart:
+            self.log.warn("{keys} changed: takes effect on restart", keys=", ".join(on_restart))
+        for factory in self.links.factories:
+            factory.secret = secret
+        self.settings = replace(self.settings, **{name: getattr(new, name) for name in RELOADED})
+        self.log.info("config reloaded{drained}", drained=" (still drained)" if self.drained else "")
+        return True
 
     def stopService(self):
         draining = self.drain() if self.running else defer.succeed(None)

@@ -14,8 +14,8 @@ class Options(usage.Options):
     longdesc = (
         "Measure this real server's load and report a health index 0..100 per service to every "
         "LVS director listed, over NECP. Flags override the config file. SIGTERM drains (STOP "
-        "to every director, then exit); SIGUSR2 drains and stays up answering health 0; SIGHUP "
-        "undrains."
+        "to every director, then exit); SIGUSR2 drains and stays up answering health 0; SIGUSR1 "
+        "undrains; SIGHUP rereads the config file (a drained agent stays drained)."
     )
     optParameters = [
         ["config", "c", None, "Agent configuration file (TOML); see tap/agent.toml."],
@@ -50,16 +50,12 @@ class Options(usage.Options):
     opt_m = opt_metric
 
     def postOptions(self):
-        from lvsfeedback.agent.config import AgentConfigError, AgentSettings, check, load_agent_config
+        from lvsfeedback.agent.config import AgentConfigError
 
         try:
-            settings = load_agent_config(self["config"]) if self["config"] else AgentSettings()
-            settings = self._with_flags(settings)
-        except (AgentConfigError, ValueError) as error:
+            settings = self.read_settings()
+        except AgentConfigError as error:
             raise usage.UsageError(str(error)) from None
-        problems = check(settings)
-        if problems:
-            raise usage.UsageError("; ".join(problems))
         from twisted.internet import reactor
 
         from lvsfeedback.agent.service import build_sampler
@@ -69,6 +65,23 @@ class Options(usage.Options):
         except ValueError as error:
             raise usage.UsageError(str(error)) from None
         self.settings = settings
+
+    def read_settings(self):
+        """
+        The config file, read now, with the flags on top: at start and at
+        each reload. AgentConfigError names every problem.
+        """
+        from lvsfeedback.agent.config import AgentConfigError, AgentSettings, check, load_agent_config
+
+        settings = load_agent_config(self["config"]) if self["config"] else AgentSettings()
+        try:
+            settings = self._with_flags(settings)
+        except ValueError as error:
+            raise AgentConfigError([str(error)]) from None
+        problems = check(settings)
+        if problems:
+            raise AgentConfigError(problems)
+        return settings
 
     def _with_flags(self, settings):
         from lvsfeedback.agent.config import parse_service
@@ -108,7 +121,10 @@ def makeService(options, reactor=None):
 
     def on_signals():
         signal.signal(signal.SIGUSR2, lambda *_: reactor.callFromThread(agent.drain))
-        signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(agent.undrain))
+        # SIGUSR1 takes the place of twistd's log-file rotation: the agent
+        # logs to the journal under systemd (tap/lvs-agent.service).
+        signal.signal(signal.SIGUSR1, lambda *_: reactor.callFromThread(agent.undrain))
+        signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(agent.reload, options.read_settings))
 
     reactor.callWhenRunning(on_signals)
     return agent

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
 from twisted.logger import Logger
 
+from lvsfeedback.director.config import OnLeave
 from lvsfeedback.director.policy import Agent, AgentState, HealthReport
 from lvsfeedback.ipvs.model import PROTOCOLS, DestKey, RealServer, ServiceKey
 from lvsfeedback.necp.codec import IPVS_FORWARDING
@@ -125,7 +126,7 @@ class Registry:
                 session.started.pop(port, None)
                 session.health.pop(port, None)
                 session.stopped.add(port)
-            self._forget_auto_joined(session.address)
+            self._forget_auto_joined(session.address, session.started)
         return []
 
     def healthReported(self, agent, service, health: int, when: float) -> None:
@@ -146,7 +147,7 @@ class Registry:
             return
         del self._by_address[session.address]
         self._lost_at[session.address] = self._clock.seconds()
-        self._forget_auto_joined(session.address)
+        self._forget_auto_joined(session.address, ())
         self.log.warn("agent {address} lost: {reason}", address=session.address, reason=reason)
         for listener in self.lost_listeners:
             listener()
@@ -209,11 +210,12 @@ class Registry:
         )
 
     def _auto_join(self, address: str, port: ServicePort) -> bool:
+        """A START of a service's own port (or one its mark gathers) joins it, at the agent's address."""
         joined = False
         for service in self._config.services:
             if not any(ipaddress.ip_address(address) in network for network in service.auto_join):
                 continue
-            dest = DestKey.of(address, 0 if service.key.is_fwmark else port[1])
+            dest = DestKey.of(address, service.key.port)
             if not _port_matches(service, dest, port):
                 continue
             members = self.auto_joined.setdefault(service.key, {})
@@ -223,13 +225,20 @@ class Registry:
             joined = True
         return joined
 
-    def _forget_auto_joined(self, address: str) -> None:
-        """Auto-joined servers of services whose on_leave is `remove` leave with their agent."""
+    def _forget_auto_joined(self, address: str, started: Iterable[ServicePort]) -> None:
+        """
+        An auto-joined server of a service whose on_leave is `remove` leaves
+        it once its agent has started none of the ports that made it join.
+        """
+        started = tuple(started)
         for service in self._config.services:
             members = self.auto_joined.get(service.key, {})
-            if service.on_leave == "remove":
-                for dest in [dest for dest in members if dest.address == address]:
+            if service.on_leave != OnLeave.REMOVE:
+                continue
+            for dest in list(members):
+                if dest.address == address and not any(_port_matches(service, dest, port) for port in started):
                     del members[dest]
+                    self.log.info("{dest} leaves {service}", dest=str(dest), service=str(service.key))
 
 
 def _port_matches(service, dest: DestKey, port: ServicePort) -> bool:

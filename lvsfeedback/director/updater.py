@@ -7,10 +7,12 @@ writes only the differences. A lost agent brings a pass forward, so the
 scheduler stops sending new connections to its server at once; so does a
 significant change of health, but never sooner than half an interval after
 the last pass began, so that a noisy signal cannot make passes continuous.
-Two passes
-never overlap: one asked for while another runs follows it. A pass that
-fails is logged and the next one starts from a fresh read, so nothing is
-lost by retrying.
+Two passes never overlap: one asked for while another runs (a tick of the
+clock included) follows it. The ticks never wait on a pass, so a reload
+that changes the interval, or a stop, takes effect at once and leaves one
+rhythm; a stop returns a Deferred that fires once the running pass ends.
+A pass that fails is logged and the next one starts from a fresh read, so
+nothing is lost by retrying.
 
 Restarts change nothing the policy would not change: the first pass adopts
 the kernel's table as it is, and for a short grace period a real server
@@ -93,7 +95,7 @@ class WeightUpdater(Service):
         self._again = False
         self._soon: IDelayedCall | None = None
         self._last_start: float | None = None
-        self._loop = LoopingCall(self._one_pass)
+        self._loop = LoopingCall(self._tick)
         self._loop.clock = clock
         registry.lost_listeners.append(self.pass_soon)
         registry.change_listeners.append(self.pass_early)
@@ -124,13 +126,25 @@ class WeightUpdater(Service):
         self._adopting = True
         self._loop.start(self.config.director.update_interval, now=True)
 
-    def stopService(self):
+    def stopService(self) -> Deferred | None:
+        """No pass after this; the Deferred returned fires when the running one ends."""
         super().stopService()
         if self._loop.running:
             self._loop.stop()
         if self._soon is not None and self._soon.active():
             self._soon.cancel()
         self._soon = None
+        self._again = False
+        if self._running is None:
+            return None
+        ended = Deferred()
+
+        def over(result):
+            ended.callback(None)
+            return result
+
+        self._running.addBoth(over)
+        return ended
 
     @property
     def next_pass(self) -> float | None:
@@ -138,7 +152,7 @@ class WeightUpdater(Service):
         loop = self._loop
         if not loop.running:
             return None
-        # The loop keeps its phase from its start, skipping ticks a long pass overran.
+        # The loop keeps its phase from its start (a pass never delays a tick).
         ticks = (self.clock.seconds() - loop.starttime) // loop.interval + 1
         return loop.starttime + ticks * loop.interval
 
@@ -170,6 +184,11 @@ class WeightUpdater(Service):
 
     def _pass_soon_due(self) -> None:
         self._soon = None
+        self._one_pass()
+
+    def _tick(self) -> None:
+        # Not the pass's Deferred: a LoopingCall waiting on it would neither
+        # stop nor restart at a new interval until the pass ends.
         self._one_pass()
 
     def _one_pass(self) -> Deferred:

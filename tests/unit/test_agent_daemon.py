@@ -4,14 +4,16 @@ answers, and draining.
 """
 
 import os
+import signal
 
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import Logger, formatEvent
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from lvsfeedback.agent.config import AgentConfigError, ServiceSettings, load_agent_config, parse_service
 from lvsfeedback.agent.haproxy import HAProxyAgentFactory
-from lvsfeedback.agent.tap import Options
+from lvsfeedback.agent.tap import Options, makeService
 
 SAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "tap", "agent.toml")
 
@@ -142,3 +144,100 @@ class ConnectAfterFirstSampleTests(SynchronousTestCase):
         self.assertEqual(reactor.tcpClients, [], "no connection before the first sample")
         sampler.sampled.callback(None)
         self.assertEqual([(host, port) for host, port, *_ in reactor.tcpClients], [("192.0.2.1", 3262)])
+
+
+AGENT_CONFIG = """
+[agent]
+directors = ["tcp:192.0.2.1:3262"]
+secret_file = "necp.secret"
+drain_timeout = {drain_timeout}
+{more}
+[[service]]
+protocol = "tcp"
+port = 80
+metrics = ["cpu"]
+"""
+
+
+class CallingFromThreadReactor(MemoryReactorClock):
+    """A MemoryReactorClock whose callFromThread calls at once, as the reactor thread would soon."""
+
+    def callFromThread(self, f, *args, **kwargs):
+        f(*args, **kwargs)
+
+
+class SignalTests(SynchronousTestCase):
+    """What each signal does to a running agent (the handlers are called as the signal would)."""
+
+    def setUp(self):
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        self.path = os.path.join(folder, "agent.toml")
+        self.secret = os.path.join(folder, "necp.secret")
+        self.write_secret(b"first secret\n")
+        self.write_config()
+        self.events = []
+        reactor = CallingFromThreadReactor()
+        for signum in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+            self.addCleanup(signal.signal, signum, signal.getsignal(signum))
+        self.agent = makeService(parse("--config", self.path), reactor=reactor)
+        self.agent.log = Logger(observer=self.events.append)
+        for hook, args, kwargs in reactor.whenRunningHooks:
+            hook(*args, **kwargs)
+
+    def write_config(self, drain_timeout=10, more=""):
+        with open(self.path, "w") as file:
+            file.write(AGENT_CONFIG.format(drain_timeout=drain_timeout, more=more))
+
+    def write_secret(self, secret):
+        with open(self.secret, "wb") as file:
+            file.write(secret)
+
+    def send(self, signum):
+        signal.getsignal(signum)(signum, None)
+
+    def logged(self):
+        return "\n".join(formatEvent(event) for event in self.events)
+
+    def test_sighup_rereads_the_config_and_a_drained_agent_stays_drained(self):
+        self.send(signal.SIGUSR2)
+        self.assertTrue(self.agent.drained)
+        self.write_config(drain_timeout=3)
+        self.send(signal.SIGHUP)
+        self.assertTrue(self.agent.drained)
+        self.assertEqual(self.agent.settings.drain_timeout, 3)
+        self.assertIn("config reloaded (still drained)", self.logged())
+
+    def test_sighup_gives_sessions_opened_from_then_on_the_new_secret(self):
+        self.write_secret(b"second secret\n")
+        self.send(signal.SIGHUP)
+        self.assertEqual([factory.secret for factory in self.agent.links.factories], [b"second secret"])
+
+    def test_a_bad_config_on_reload_is_refused_with_file_key_and_reason_and_the_old_one_stays(self):
+        before = self.agent.settings
+        self.write_config(drain_timeout=-1, more="intervall = 2")
+        self.send(signal.SIGHUP)
+        self.assertEqual(self.agent.settings, before)
+        logged = self.logged()
+        self.assertIn("config reload refused, the running config stays", logged)
+        self.assertIn(f"{self.path}: agent.intervall: unknown key", logged)
+        self.assertIn(f"{self.path}: agent.drain_timeout: must be a number at least 0, got -1", logged)
+
+    def test_an_empty_secret_on_reload_is_refused(self):
+        self.write_secret(b"\n")
+        self.send(signal.SIGHUP)
+        self.assertEqual([factory.secret for factory in self.agent.links.factories], [b"first secret"])
+        self.assertIn(f"{self.secret}: the secret file is empty", self.logged())
+
+    def test_a_change_that_needs_a_restart_is_said_so_and_not_half_applied(self):
+        self.write_config(drain_timeout=4, more="interval = 5")
+        self.send(signal.SIGHUP)
+        self.assertEqual((self.agent.settings.interval, self.agent.settings.drain_timeout), (1.0, 4))
+        self.assertIn("interval changed: takes effect on restart", self.logged())
+
+    def test_sigusr1_undrains(self):
+        self.send(signal.SIGUSR2)
+        self.assertEqual(self.agent.links.announced, set(), "a drained agent announces nothing")
+        self.send(signal.SIGUSR1)
+        self.assertFalse(self.agent.drained)
+        self.assertEqual(self.agent.links.announced, set(self.agent.units), "START again at every handshake")

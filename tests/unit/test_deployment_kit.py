@@ -130,6 +130,18 @@ class DeploymentKitTests(SynchronousTestCase):
         subprocess.run(reload, check=True)
         director.wait_for(r"config reloaded from .*: 1 services", 10, after=mark)
         director.wait_for(r"observe: TCP 10\.0\.0\.1:80 127\.0\.0\.2:80: desired weight none -> 100", 10, after=mark)
+
+        reload = [part.replace("$MAINPID", str(agent.process.pid)) for part in agent_unit["execreload"]]
+        with open(self.agent_toml, "w") as file:
+            file.write(AGENT_CONFIG.format(port=self.port).replace("drain_timeout = 5", "drain_timeout = -5"))
+        mark = len(agent.lines)
+        subprocess.run(reload, check=True)
+        agent.wait_for(r"config reload refused, the running config stays", 10, after=mark)
+        agent.wait_for(r"agent\.drain_timeout: must be a number at least 0", 10, after=mark)
+        with open(self.agent_toml, "w") as file:
+            file.write(AGENT_CONFIG.format(port=self.port).replace("drain_timeout = 5", "drain_timeout = 4"))
+        subprocess.run(reload, check=True)
+        agent.wait_for(r"config reloaded", 10, after=mark)
         self.assertAgentReportsAndDrains(director, agent)
 
 

@@ -14,6 +14,7 @@ from lvsfeedback.director.config import load_config
 from lvsfeedback.director.policy import DRAINED, Reason
 from lvsfeedback.director.protocol import Agent
 from lvsfeedback.director.registry import START_GRACE, Registry
+from lvsfeedback.director.service import DirectorService
 from lvsfeedback.director.updater import WeightUpdater
 from lvsfeedback.ipvs.memory import MemoryIPVS
 from lvsfeedback.ipvs.model import (
@@ -504,3 +505,165 @@ class FailureTests(UpdaterTestCase):
         self.table.apply([DeleteDest(WEB, RS[0])])  # someone removed it behind our back
         self.tick()
         self.assertIn(RS[0], self.weights())
+
+
+class HeldWritesTable:
+    """A table whose writes wait until the test releases them, like a kernel slow to answer."""
+
+    def __init__(self, table):
+        self.table = table
+        self.writes = []
+
+    def snapshot(self):
+        return self.table.snapshot()
+
+    def apply(self, changes):
+        write = defer.Deferred()
+        self.writes.append(write)
+        write.addCallback(lambda _: self.table.apply(changes))
+        return write
+
+    def release(self):
+        """Let the oldest waiting write through."""
+        self.writes.pop(0).callback(None)
+
+
+class RhythmTests(UpdaterTestCase):
+    """One pass per interval, whatever reloads and stops happen while a pass runs."""
+
+    def start_held(self):
+        """Started, with its first pass (the one that creates the service) waiting on its write."""
+        table = HeldWritesTable(self.table)
+        path = self.mktemp()
+        with open(path, "w") as file:
+            file.write(textwrap.dedent(CONFIG.format(director="", reals=REAL.format(address="10.1.0.1"), extra="")))
+        director = DirectorService(load_config(path), self.clock, table=table)
+        self.updater = director.updater
+        self.updater.startService()
+        self.addCleanup(self.updater.stopService)
+        self.assertEqual((self.updater.passes, len(table.writes)), (1, 1), "the first pass waits on its write")
+        return director, path, table
+
+    def count_passes(self, interval, intervals):
+        """The passes in each of the next `intervals` intervals."""
+        counts = []
+        for _ in range(intervals):
+            before = self.updater.passes
+            self.clock.advance(interval)
+            counts.append(self.updater.passes - before)
+        return counts
+
+    def test_a_reload_with_a_new_interval_during_a_pass_keeps_one_pass_per_interval(self):
+        director, path, table = self.start_held()
+        with open(path) as file:
+            text = file.read()
+        with open(path, "w") as file:
+            file.write(text.replace("update_interval = 2.0", "update_interval = 3.0"))
+        self.clock.advance(0.5)
+        self.assertTrue(director.reload())
+        table.release()
+        self.assertEqual(self.updater.next_pass, self.clock.seconds() + 3.0)
+        self.assertEqual(self.count_passes(3.0, 5), [1] * 5)
+        self.updater.stopService()
+        self.assertEqual(self.count_passes(3.0, 3), [0] * 3, "no pass after the stop")
+
+    def test_stopping_during_a_pass_waits_for_it_and_runs_no_more(self):
+        director, path, table = self.start_held()
+        self.updater.pass_soon()
+        self.clock.advance(0)  # a pass asked for while one runs follows it, unless stopped
+        stopped = self.updater.stopService()
+        self.assertNoResult(stopped)
+        table.release()
+        self.successResultOf(stopped)
+        self.assertIn(WEB, self.table.table(), "the pass it waited for finished its write")
+        self.assertEqual(self.count_passes(2.0, 3), [0] * 3)
+        self.assertEqual(self.updater.passes, 1)
+
+    def test_stopping_between_passes_is_at_once(self):
+        director, path, table = self.start_held()
+        table.release()
+        self.assertIsNone(self.updater.stopService())
+
+
+AUTO_JOIN = """
+[[service]]
+name = "shop"
+protocol = "tcp"
+address = "10.0.0.2"
+port = 80
+auto_join = ["10.2.0.0/16"]
+on_leave = "remove"
+
+[[service]]
+name = "shop-tls"
+protocol = "tcp"
+address = "10.0.0.2"
+port = 443
+auto_join = ["10.2.0.0/16"]
+on_leave = "remove"
+
+[[service]]
+name = "shop-marked"
+protocol = "fwmark"
+fwmark = 7
+auto_join = ["10.2.0.0/16"]
+on_leave = "remove"
+[service.mark]
+destination = "10.0.0.3"
+protocol = "tcp"
+ports = [80, 443]
+"""
+SHOP = ServiceKey.for_address("tcp", "10.0.0.2", 80)
+SHOP_TLS = ServiceKey.for_address("tcp", "10.0.0.2", 443)
+SHOP_MARKED = ServiceKey.for_fwmark(7)
+HTTPS = Service(forwarding=3, protocol=6, port=443)
+
+
+class AutoJoinTests(UpdaterTestCase):
+    """Agents from an auto_join network join a service by STARTing it, and leave by STOPping it."""
+
+    def setUp(self):
+        super().setUp()
+        self.start(write_config(self, extra=AUTO_JOIN))
+        self.agent = Agent("10.2.0.5", 40000, 5)
+        self.registry.agentUp(self.agent)
+
+    def members(self, key):
+        return set(self.table.table()[key].dests)
+
+    def test_an_agent_starting_an_auto_join_service_joins_it_in_the_kernel(self):
+        self.assertEqual(self.registry.servicesStarted(self.agent, [HTTP]), [])
+        self.tick()
+        self.assertEqual(self.members(SHOP), {DestKey.of("10.2.0.5", 80)})
+        self.assertEqual(self.members(SHOP_MARKED), {DestKey.of("10.2.0.5", 0)})
+        self.assertEqual(self.members(SHOP_TLS), set(), "it did not start port 443")
+
+    def test_a_stop_of_one_service_leaves_the_agent_in_the_other(self):
+        self.registry.servicesStarted(self.agent, [HTTP, HTTPS])
+        self.tick()
+        self.assertEqual(self.members(SHOP), {DestKey.of("10.2.0.5", 80)})
+        self.assertEqual(self.members(SHOP_TLS), {DestKey.of("10.2.0.5", 443)})
+        self.registry.servicesStopped(self.agent, [HTTP])
+        self.tick()
+        self.assertEqual(self.members(SHOP), set())
+        self.assertEqual(self.members(SHOP_TLS), {DestKey.of("10.2.0.5", 443)})
+        self.assertEqual(self.members(SHOP_MARKED), {DestKey.of("10.2.0.5", 0)}, "443 still carries the mark")
+        self.registry.servicesStopped(self.agent, [HTTPS])
+        self.tick()
+        self.assertEqual((self.members(SHOP_TLS), self.members(SHOP_MARKED)), (set(), set()))
+
+    def test_a_lost_agent_leaves_every_service_it_joined(self):
+        self.registry.servicesStarted(self.agent, [HTTP, HTTPS])
+        self.tick()
+        self.registry.agentLost(self.agent, "connection lost")
+        self.tick()
+        self.assertEqual([self.members(key) for key in (SHOP, SHOP_TLS, SHOP_MARKED)], [set()] * 3)
+
+    def test_on_leave_quiesce_keeps_a_stopped_member_at_weight_zero(self):
+        self.updater.configure(write_config(self, extra=AUTO_JOIN.replace('on_leave = "remove"', 'on_leave = "quiesce"')))
+        self.registry.configure(self.updater.config)
+        self.registry.servicesStarted(self.agent, [HTTP, HTTPS])
+        self.tick()
+        self.registry.servicesStopped(self.agent, [HTTP])
+        self.tick()
+        self.assertEqual(self.table.table()[SHOP].dests[DestKey.of("10.2.0.5", 80)].server.weight, 0)
