@@ -14,7 +14,7 @@ from twisted.application.service import MultiService
 from twisted.logger import Logger
 
 from lvsfeedback.director.config import ConfigError, DirectorConfig, load_config
-from lvsfeedback.director.protocol import NEFactory
+from lvsfeedback.director.protocol import NEFactory, unmapped
 from lvsfeedback.director.registry import Registry
 from lvsfeedback.director.updater import WeightUpdater
 from lvsfeedback.director.web import StatusListener
@@ -36,7 +36,7 @@ class GuardedNEFactory(NEFactory):
 
     def buildProtocol(self, addr):
         host = getattr(addr, "host", None)
-        if self.allow and (host is None or not any(ipaddress.ip_address(host) in net for net in self.allow)):
+        if self.allow and (host is None or not any(ipaddress.ip_address(unmapped(host)) in net for net in self.allow)):
             self.log.warn("refused an agent connection from {host}: not in [director] allow", host=host)
             return None
         return super().buildProtocol(addr)
