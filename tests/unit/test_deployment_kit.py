@@ -14,6 +14,8 @@ import sys
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from lvsfeedback.director.config import DEFAULT_MAX_AGENTS
+from lvsfeedback.director.service import descriptor_shortage
 from lvsfeedback.testing.daemon import Daemon, free_port
 
 TAP = os.path.join(os.path.dirname(__file__), "..", "..", "tap")
@@ -131,6 +133,25 @@ class DeploymentKitTests(SynchronousTestCase):
         director.wait_for(r"config reloaded from .*: 1 services", 10, after=mark)
         director.wait_for(r"observe: TCP 10\.0\.0\.1:80 127\.0\.0\.2:80: desired weight none -> 100", 10, after=mark)
         self.assertAgentReportsAndDrains(director, agent)
+
+
+def unit_setting(name: str, key: str) -> str | None:
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(os.path.join(TAP, name))
+    return parser["Service"].get(key)
+
+
+class UnitLimitTests(SynchronousTestCase):
+    def test_the_director_unit_opens_enough_files_for_max_agents(self):
+        # The default 1,024 ran out at about a thousand agents.
+        limit = unit_setting("lvs-director.service", "LimitNOFILE")
+        self.assertIsNotNone(limit, "the director unit sets no LimitNOFILE: 1,024 files")
+        self.assertIsNone(descriptor_shortage(DEFAULT_MAX_AGENTS, int(limit)))
+
+    def test_the_agent_unit_raises_its_open_file_limit(self):
+        limit = unit_setting("lvs-agent.service", "LimitNOFILE")
+        self.assertIsNotNone(limit, "the agent unit sets no LimitNOFILE: 1,024 files")
+        self.assertGreater(int(limit), 1024)
 
 
 class JSONLogTests(SynchronousTestCase):
