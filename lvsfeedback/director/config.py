@@ -37,7 +37,15 @@ from lvsfeedback.ipvs.model import (
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-DEFAULT_LISTEN = "tcp:3262"
+# Twisted's own backlog is 50: a thousand agents reconnecting after a restart
+# would have their SYNs dropped and retried a second later. The kernel caps
+# it at net.core.somaxconn (4096 since Linux 5.4).
+DEFAULT_LISTEN = "tcp:3262:backlog=1024"
+# Agent connections open at once, each one file descriptor. The director's
+# own files (epoll, listeners, netlink, logs, status clients) come on top;
+# the shipped unit's LimitNOFILE=65536 leaves room for six times this.
+DEFAULT_MAX_AGENTS = 10_000
+MAX_MAX_AGENTS = 1_000_000
 DEFAULT_STATUS_LISTEN = "tcp:9101:interface=127.0.0.1"
 # Health mode multiplies the base weight by health/100, so a base of 100
 # gives weights in 1% steps; a base of 1 could only ever be 0 or 1.
@@ -72,6 +80,7 @@ class ConfigError(Exception):
 @dataclass(frozen=True)
 class DirectorSettings:
     listen: str  # Twisted server endpoint for agents
+    max_agents: int  # agent connections open at once; more are refused at connect
     secret_file: Path | None  # shared NECP secret; None: no authentication
     allow: tuple[Network, ...]  # agent source networks
     update_interval: float  # seconds between policy passes
@@ -202,6 +211,7 @@ class _Reader:
     def _director(self, table: _Table) -> DirectorSettings:
         settings = DirectorSettings(
             listen=table.take("listen", _endpoint, DEFAULT_LISTEN),
+            max_agents=table.take("max_agents", _integer(1, MAX_MAX_AGENTS), DEFAULT_MAX_AGENTS),
             secret_file=table.take("secret_file", self._readable_file, None),
             allow=table.take_list("allow", _network, EVERYWHERE, allow_empty=False),
             update_interval=table.take("update_interval", _seconds(lambda n: n > 0, "> 0"), 2.0),

@@ -141,6 +141,20 @@ def valid_rule(rule: ExceptionRule) -> bool:
     )
 
 
+def unmapped(host: str) -> str:
+    """
+    C{host}, or for an IPv4-mapped IPv6 address (how a dual-stack C{tcp6:}
+    listener sees an IPv4 agent) the IPv4 address it stands for: the address
+    allow-lists and real servers name.
+    """
+    try:
+        address = ip_address(host)
+    except ValueError:
+        return host
+    mapped = getattr(address, "ipv4_mapped", None)
+    return host if mapped is None else str(mapped)
+
+
 def installer_address(agent: Agent) -> IPv4Address:
     """The agent's IPv4 address as an EXCEPTION_RESP carries it (0.0.0.0 if it has none)."""
     try:
@@ -240,7 +254,7 @@ class NEProtocol(NECPProtocol):
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
         self.agent = Agent(
-            str(getattr(peer, "host", peer)),
+            unmapped(str(getattr(peer, "host", peer))),
             getattr(peer, "port", 0),
             next(self.factory.connection_numbers),
         )

@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import resource
 import signal
 
 from twisted.application import strports
 from twisted.application.service import MultiService
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 
 from lvsfeedback.director.config import ConfigError, DirectorConfig, load_config
-from lvsfeedback.director.protocol import NEFactory
+from lvsfeedback.director.protocol import NEFactory, NEProtocol, unmapped
 from lvsfeedback.director.registry import Registry
 from lvsfeedback.director.updater import WeightUpdater
 from lvsfeedback.director.web import StatusListener
@@ -25,21 +28,89 @@ def read_secret(config: DirectorConfig) -> bytes | None:
     return None if path is None else path.read_bytes().strip()
 
 
-class GuardedNEFactory(NEFactory):
-    """The NE factory, refusing connections from outside the allowed networks."""
+# Connections refused for being one too many cost one log line per this many
+# seconds, however many there are.
+REFUSAL_LOG_INTERVAL = 10.0
+# File descriptors the director needs beside its agents' connections: epoll,
+# the waker, listeners, netlink, logs and status clients (13 measured with
+# 1,000 agents), with room to spare.
+DESCRIPTOR_HEADROOM = 256
 
+
+class CountedNEProtocol(NEProtocol):
+    """An agent's session that its factory counts while the connection is open."""
+
+    factory: GuardedNEFactory
+
+    def connectionMade(self) -> None:
+        self.factory.open_connections += 1
+        super().connectionMade()
+
+    def connectionLost(self, reason=connectionDone) -> None:
+        self.factory.open_connections -= 1
+        super().connectionLost(reason)
+
+
+class GuardedNEFactory(NEFactory):
+    """
+    The NE factory, refusing connections from outside the allowed networks
+    and any beyond C{max_agents} open at once: the listener says no at once
+    rather than run out of file descriptors, and the status listener and
+    the agents already in keep theirs.
+    """
+
+    protocol = CountedNEProtocol
     log = Logger()
 
-    def __init__(self, events, allow, **kwargs):
+    def __init__(self, events, allow, *, max_agents: int, **kwargs):
         super().__init__(events, **kwargs)
         self.allow = allow
+        self.max_agents = max_agents
+        self.open_connections = 0
+        self._refused = 0  # beyond max_agents, since the last log line
+        self._refusal_window: IDelayedCall | None = None
 
     def buildProtocol(self, addr):
         host = getattr(addr, "host", None)
-        if self.allow and (host is None or not any(ipaddress.ip_address(host) in net for net in self.allow)):
+        if self.allow and (host is None or not any(ipaddress.ip_address(unmapped(host)) in net for net in self.allow)):
             self.log.warn("refused an agent connection from {host}: not in [director] allow", host=host)
             return None
+        if self.open_connections >= self.max_agents:
+            self._refused += 1
+            if self._refusal_window is None:
+                self._log_refusals()
+            return None
         return super().buildProtocol(addr)
+
+    def _log_refusals(self) -> None:
+        """Log the refusals counted so far, and count the next ones for an interval."""
+        if not self._refused:
+            self._refusal_window = None
+            return
+        self.log.warn(
+            "refused {count} agent connection(s): {open} open, [director] max_agents = {max_agents}; "
+            "further refusals are counted for {interval:g} s",
+            count=self._refused, open=self.open_connections, max_agents=self.max_agents,
+            interval=REFUSAL_LOG_INTERVAL,
+        )
+        self._refused = 0
+        self._refusal_window = self.clock.callLater(REFUSAL_LOG_INTERVAL, self._log_refusals)
+
+    def stopFactory(self) -> None:
+        if self._refusal_window is not None and self._refusal_window.active():
+            self._refusal_window.cancel()
+        self._refusal_window = None
+
+
+def descriptor_shortage(max_agents: int, limit: int) -> str | None:
+    """Why a process allowed `limit` open files cannot serve `max_agents` agents; None if it can."""
+    needed = max_agents + DESCRIPTOR_HEADROOM
+    if limit == resource.RLIM_INFINITY or limit >= needed:
+        return None
+    return (
+        f"[director] max_agents = {max_agents} needs about {needed} file descriptors, but this process "
+        f"may open only {limit}: raise LimitNOFILE (ulimit -n) or lower max_agents"
+    )
 
 
 def kernel_table(reactor, observe: bool):
@@ -71,7 +142,8 @@ class DirectorService(MultiService):
         self.updater = WeightUpdater(config, self.registry, self.table, reactor, observe=observe)
         self.updater.setServiceParent(self)
         self.factory = GuardedNEFactory(
-            self.registry, config.director.allow, clock=reactor, secret=read_secret(config),
+            self.registry, config.director.allow, max_agents=config.director.max_agents,
+            clock=reactor, secret=read_secret(config),
             health_interval=config.director.health_interval, **timing,
         )
         self.listener = strports.service(config.director.listen, self.factory, reactor=reactor)
@@ -80,8 +152,15 @@ class DirectorService(MultiService):
         self.status.setServiceParent(self)
 
     def startService(self):
+        self.check_descriptors()
         super().startService()
         self.ask_ahead_of_passes()
+
+    def check_descriptors(self) -> None:
+        """Warn when the process's open-file limit is below what max_agents needs."""
+        shortage = descriptor_shortage(self.config.director.max_agents, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        if shortage is not None:
+            self.log.warn("{shortage}", shortage=shortage)
 
     def stopService(self):
         self.factory.stop_asking()
@@ -114,6 +193,9 @@ class DirectorService(MultiService):
                               section=section, listen=changed)
         before = self.config.director
         self.factory.allow = new.director.allow
+        if new.director.max_agents != before.max_agents:
+            self.factory.max_agents = new.director.max_agents
+            self.check_descriptors()
         self.factory.secret = secret
         self.registry.configure(new)
         self.updater.configure(new)

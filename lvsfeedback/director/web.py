@@ -18,6 +18,8 @@ objects; the resources only translate HTTP to and from them.
 Control is allowed without a token only on a listener bound to loopback;
 with `[status] token_file` set, every control request needs its bearer token.
 A listener reachable from the network without a token file is read-only.
+A request body is judged on its headers before it is read (L{StatusRequest}):
+only a sender allowed control may send one, of at most MAX_BODY bytes.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.web import server, static
+from twisted.web.http import RESPONSES
 from twisted.web.resource import Resource
 
 import lvsfeedback
@@ -54,6 +57,10 @@ from lvsfeedback.ipvs.model import (
 )
 
 JSON_TYPE = b"application/json"
+BEARER_CHALLENGE = b'Bearer realm="lvsfeedback"'
+# A control request is a JSON object of a few fields; a body larger than this
+# is refused on its headers, before it is read.
+MAX_BODY = 64 * 1024
 # The dashboard's files come from this package and nowhere else; the policy
 # makes the browser refuse anything else, injected or not.
 CONTENT_SECURITY_POLICY = (
@@ -644,7 +651,7 @@ class ControlResource(JSONResource):
                 who=who, code=error.code, action=action, message=error.message,
             )
             if error.code == 401:
-                request.setHeader(b"www-authenticate", b'Bearer realm="lvsfeedback"')
+                request.setHeader(b"www-authenticate", BEARER_CHALLENGE)
             return _json(request, error.code, {"error": error.message, **error.extra})
         return _json(request, 200, answer)
 
@@ -691,8 +698,79 @@ def status_root(director, access: ControlAccess, history: History) -> Resource:
     return root
 
 
+class StatusRequest(server.Request):
+    """
+    A request whose body is judged on its headers, before any of it is
+    read (twisted.web would read it all before rendering). Only control
+    requests take a body, so a body's sender must be allowed control, and
+    the body may be at most MAX_BODY bytes: a stranger's 50 MB is refused
+    with a 401 on its headers, not read first. A chunked body, whose size
+    the headers do not tell, is cut off where it passes the limit. A refusal
+    is answered at once and the connection closed.
+    """
+
+    log = Logger()
+    _refused = False
+    _received = 0
+
+    def gotLength(self, length):
+        if length != 0:  # None: chunked
+            try:
+                self.channel.site.access.check(self)
+                if length is not None and length > MAX_BODY:
+                    raise _too_large()
+            except ControlError as error:
+                self._refuse(error)
+                return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data):
+        if self._refused:
+            return
+        self._received += len(data)
+        if self._received > MAX_BODY:
+            self._refuse(_too_large())
+            return
+        super().handleContentChunk(data)
+
+    def requestReceived(self, command, path, version):
+        if not self._refused:
+            super().requestReceived(command, path, version)
+
+    def _refuse(self, error: ControlError) -> None:
+        """Answer `error` and close, before the body: the request is never rendered."""
+        self._refused = True
+        self.log.warn("control: refused {who} ({code}) before its body: {message}",
+                      who=_peer(self), code=error.code, message=error.message)
+        # twisted.web would promise the body it is refusing (100 Continue) after the answer.
+        self.requestHeaders.removeHeader(b"expect")
+        body = json.dumps({"error": error.message, **error.extra}, indent=1).encode() + b"\n"
+        head = [
+            b"HTTP/1.1 %d %s" % (error.code, RESPONSES[error.code]),
+            b"Content-Type: " + JSON_TYPE,
+            b"Cache-Control: no-store",
+            b"Content-Length: %d" % len(body),
+            b"Connection: close",
+        ]
+        if error.code == 401:
+            head.append(b"WWW-Authenticate: " + BEARER_CHALLENGE)
+        self.channel.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
+        self.channel.loseConnection()
+
+
+def _too_large() -> ControlError:
+    return ControlError(413, f"the body must be at most {MAX_BODY} bytes: a control request is a small JSON object")
+
+
 class StatusSite(server.Site):
+    """The status listener's site; `access` judges control requests (see L{StatusRequest})."""
+
     noisy = False
+    requestFactory = StatusRequest
+
+    def __init__(self, resource, *, access: ControlAccess, **kwargs):
+        super().__init__(resource, **kwargs)
+        self.access = access
 
     def log(self, request):
         """No access log: the dashboard polls every second, and control actions log themselves."""
@@ -714,7 +792,7 @@ class StatusListener(Service):
         self.port = None
         self.history = History()
         access = ControlAccess(lambda: self.loopback_only, lambda: self.director.config.status.token_file)
-        self.site = StatusSite(status_root(director, access, self.history), reactor=reactor)
+        self.site = StatusSite(status_root(director, access, self.history), access=access, reactor=reactor)
 
     def sample(self) -> None:
         self.history.record(self.director, self.reactor.seconds())

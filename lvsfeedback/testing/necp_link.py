@@ -3,12 +3,17 @@ An agent connected to a director in memory (twisted.test.iosim), on a
 task.Clock: the NECP endpoints' tests and the whole-loop tests share it.
 """
 
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.test import iosim
 
 from lvsfeedback.necp.codec import Decoder
 
 DIRECTOR = IPv4Address("TCP", "10.0.0.1", 3262)
+
+
+def peer_address(host: str, port: int) -> IPv4Address | IPv6Address:
+    """The agent's address as a listener of its family reports it."""
+    return IPv6Address("TCP", host, port) if ":" in host else IPv4Address("TCP", host, port)
 
 
 class Link:
@@ -17,14 +22,11 @@ class Link:
     def __init__(
         self, director, agent_factory, clock, host="10.0.0.2", port=40000, agent=None, greet=True
     ):
-        self.director = director.buildProtocol(IPv4Address("TCP", host, port))
+        agent_address = peer_address(host, port)
+        self.director = director.buildProtocol(agent_address)
         self.agent = agent if agent is not None else agent_factory.buildProtocol(None)
-        self.director_side = iosim.FakeTransport(
-            self.director, True, DIRECTOR, IPv4Address("TCP", host, port)
-        )
-        self.agent_side = iosim.FakeTransport(
-            self.agent, False, IPv4Address("TCP", host, port), DIRECTOR
-        )
+        self.director_side = iosim.FakeTransport(self.director, True, DIRECTOR, agent_address)
+        self.agent_side = iosim.FakeTransport(self.agent, False, agent_address, DIRECTOR)
         self.pump = iosim.connect(
             self.director, self.director_side, self.agent, self.agent_side, clock=clock, greet=greet
         )

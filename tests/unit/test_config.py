@@ -15,6 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from lvsfeedback.director.config import (
     DEFAULT_LISTEN,
+    DEFAULT_MAX_AGENTS,
     DEFAULT_STATUS_LISTEN,
     EVERYWHERE,
     ConfigError,
@@ -97,6 +98,7 @@ class DefaultsTests(ConfigFileTestCase):
     def test_empty_file_gives_defaults(self):
         config = self.load("")
         self.assertEqual(config.director.listen, DEFAULT_LISTEN)
+        self.assertEqual(config.director.max_agents, DEFAULT_MAX_AGENTS)
         self.assertEqual(config.director.allow, EVERYWHERE)
         self.assertEqual(config.director.update_interval, 2.0)
         self.assertEqual((config.director.observe, config.director.weights_only), (False, False))
@@ -223,6 +225,11 @@ class UnknownKeyTests(ConfigFileTestCase):
 
 
 class ValueProblemTests(ConfigFileTestCase):
+    def test_max_agents_must_be_a_positive_integer(self):
+        self.assertProblems(
+            "[director]\nmax_agents = 0\n", ["director.max_agents: must be an integer 1..1000000, got 0"]
+        )
+
     def test_required_keys(self):
         self.assertProblems(
             "[[service]]\n[[service.real]]\n",

@@ -14,6 +14,8 @@ import sys
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from lvsfeedback.director.config import DEFAULT_MAX_AGENTS
+from lvsfeedback.director.service import descriptor_shortage
 from lvsfeedback.testing.daemon import Daemon, free_port
 
 TAP = os.path.join(os.path.dirname(__file__), "..", "..", "tap")
@@ -143,6 +145,25 @@ class DeploymentKitTests(SynchronousTestCase):
         subprocess.run(reload, check=True)
         agent.wait_for(r"config reloaded", 10, after=mark)
         self.assertAgentReportsAndDrains(director, agent)
+
+
+def unit_setting(name: str, key: str) -> str | None:
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(os.path.join(TAP, name))
+    return parser["Service"].get(key)
+
+
+class UnitLimitTests(SynchronousTestCase):
+    def test_the_director_unit_opens_enough_files_for_max_agents(self):
+        # The default 1,024 ran out at about a thousand agents.
+        limit = unit_setting("lvs-director.service", "LimitNOFILE")
+        self.assertIsNotNone(limit, "the director unit sets no LimitNOFILE: 1,024 files")
+        self.assertIsNone(descriptor_shortage(DEFAULT_MAX_AGENTS, int(limit)))
+
+    def test_the_agent_unit_raises_its_open_file_limit(self):
+        limit = unit_setting("lvs-agent.service", "LimitNOFILE")
+        self.assertIsNotNone(limit, "the agent unit sets no LimitNOFILE: 1,024 files")
+        self.assertGreater(int(limit), 1024)
 
 
 class JSONLogTests(SynchronousTestCase):

@@ -137,3 +137,67 @@ class FeedbackLoopTests(SynchronousTestCase):
         self.elapse(4)
         # Each of the three agents at 5.5, 6.5, 7.5 s: still half a second ahead of the passes at 6 and 8 s.
         self.assertEqual(asked, [5.5] * 3 + [6.5] * 3 + [7.5] * 3)
+
+
+class DualStackListenerTests(SynchronousTestCase):
+    """
+    Behind a dual-stack listener (`tcp6:3262`) an IPv4 agent arrives as
+    ::ffff:a.b.c.d; it is the IPv4 agent all the same.
+    """
+
+    def director(self, allow: str) -> DirectorService:
+        path = self.mktemp()
+        with open(path, "w") as file:
+            file.write(textwrap.dedent(f"""
+                [director]
+                listen = "tcp:0:interface=127.0.0.1"
+                {allow}
+                [policy]
+                mode = "health"
+                smoothing_half_life = 0
+                slow_start = 0
+                [[service]]
+                name = "web"
+                protocol = "tcp"
+                address = "192.0.2.1"
+                port = 80
+                [[service.real]]
+                address = "10.0.0.2"
+                """))
+        self.clock = Clock()
+        self.table = MemoryIPVS()
+        director = DirectorService(load_config(path), self.clock, table=self.table)
+        director.updater.startService()
+        return director
+
+    def connect(self, director: DirectorService, health: int) -> Link:
+        settings = AgentSettings(directors=("unused",), services=(ServiceSettings("tcp", 80, "nat", "worst", ("x",)),),
+                                 drain_timeout=5.0)
+        source = SettableHealth(health)
+        agent = AgentService(settings, self.clock, sampler=source, endpoints=[])
+        factory = SEFactory(source, agent.links.announced, clock=self.clock, random=lambda: 0.0)
+        agent.links.factories.append(factory)
+        return Link(director.factory, factory, self.clock, host="::ffff:10.0.0.2")
+
+    def weights(self) -> dict[str, int]:
+        key = ServiceKey.for_address("tcp", "192.0.2.1", 80)
+        return {dest.address: d.server.weight for dest, d in self.table.table()[key].dests.items()}
+
+    def elapse(self, link: Link, seconds: float) -> None:
+        for _ in range(round(seconds / 0.5)):
+            self.clock.advance(0.5)
+            link.flush()
+
+    def test_a_mapped_agent_passes_an_allow_list_of_its_ipv4_network(self):
+        director = self.director('allow = ["10.0.0.0/24"]')
+        link = self.connect(director, 60)
+        self.elapse(link, 4)
+        self.assertFalse(link.closed)
+        self.assertEqual([str(agent) for agent in director.factory.agents()], ["10.0.0.2:40000#1"])
+
+    def test_a_mapped_agents_health_reaches_its_ipv4_real_server(self):
+        director = self.director("")
+        link = self.connect(director, 60)
+        self.elapse(link, 8)
+        self.assertEqual(self.weights(), {"10.0.0.2": 60})
+        self.assertEqual([session.address for session in director.registry.sessions], ["10.0.0.2"])

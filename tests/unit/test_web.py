@@ -24,6 +24,7 @@ from lvsfeedback.director.protocol import Agent
 from lvsfeedback.director.service import DirectorService
 from lvsfeedback.director.web import (
     DASHBOARD_FILES,
+    MAX_BODY,
     ControlAccess,
     History,
     StatusSite,
@@ -133,10 +134,7 @@ class Response:
 def http(site, method: bytes, path: bytes, *, body: bytes = b"", headers: dict[bytes, bytes] | None = None,
          peer: str = "127.0.0.1") -> Response:
     """One HTTP/1.1 request through `site` in memory, as bytes on the wire."""
-    client = IPv4Address("TCP", peer, 50123)
-    transport = StringTransport(hostAddress=IPv4Address("TCP", "127.0.0.1", 9101), peerAddress=client)
-    channel = site.buildProtocol(client)
-    channel.makeConnection(transport)
+    channel, transport = open_channel(site, peer=peer)
     sent = {b"host": b"127.0.0.1:9101", b"connection": b"close", **(headers or {})}
     if body:
         sent[b"content-length"] = str(len(body)).encode()
@@ -144,6 +142,19 @@ def http(site, method: bytes, path: bytes, *, body: bytes = b"", headers: dict[b
     channel.dataReceived(b"%s %s HTTP/1.1\r\n%s\r\n%s" % (method, path, head, body))
     raw = transport.value()
     channel.connectionLost(None)
+    return parse_response(raw)
+
+
+def open_channel(site, *, peer: str = "127.0.0.1"):
+    """A connection to `site` in memory: its HTTP channel and its transport."""
+    client = IPv4Address("TCP", peer, 50123)
+    transport = StringTransport(hostAddress=IPv4Address("TCP", "127.0.0.1", 9101), peerAddress=client)
+    channel = site.buildProtocol(client)
+    channel.makeConnection(transport)
+    return channel, transport
+
+
+def parse_response(raw: bytes) -> Response:
     status_line, _, rest = raw.partition(b"\r\n")
     header_block, _, payload = rest.partition(b"\r\n\r\n")
     answer_headers = {}
@@ -181,7 +192,7 @@ class DirectorCase(SynchronousTestCase):
         self.addCleanup(self.director.updater.stopService)
         self.history = History()
         access = ControlAccess(lambda: self.loopback_only, lambda: self.director.config.status.token_file)
-        self.site = StatusSite(status_root(self.director, access, self.history), reactor=self.clock)
+        self.site = StatusSite(status_root(self.director, access, self.history), access=access, reactor=self.clock)
 
     def tick(self, seconds: float = 2.0) -> None:
         self.clock.advance(seconds)
@@ -523,8 +534,87 @@ class ControlTests(DirectorCase):
             self.assertEqual(response.code, 200, host)
 
 
+DRAIN_HEAD = (
+    b"POST /control/drain HTTP/1.1\r\nHost: 127.0.0.1:9101\r\nContent-Type: application/json\r\n%s\r\n"
+)
+DRAIN_BODY = json.dumps({"service": "web", "server": "10.1.0.1:80"}).encode()
+
+
+def chunked(body: bytes, size: int) -> bytes:
+    """`body` in chunks of `size` bytes, chunked transfer coding, without the last chunk."""
+    return b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in
+                    (body[at:at + size] for at in range(0, len(body), size)))
+
+
+class RequestBodyLimitTests(DirectorCase):
+    """A body is judged on its headers, before any of it is read."""
+
+    def recorded_requests(self) -> list:
+        """The requests the site makes from now on."""
+        made = []
+        make = self.site.requestFactory
+
+        def record(*args, **kwargs):
+            made.append(make(*args, **kwargs))
+            return made[-1]
+
+        self.site.requestFactory = record
+        return made
+
+    def test_a_body_over_the_limit_is_refused_on_its_headers_alone(self):
+        channel, transport = open_channel(self.site)
+        channel.dataReceived(DRAIN_HEAD % b"Content-Length: 50000000\r\n")
+        response = parse_response(transport.value())
+        self.assertEqual(response.code, 413)
+        self.assertIn(f"at most {MAX_BODY} bytes", response.json()["error"])
+        self.assertTrue(transport.disconnecting)
+
+    def test_a_refused_body_is_not_kept_when_it_comes_anyway(self):
+        made = self.recorded_requests()
+        channel, transport = open_channel(self.site)
+        channel.dataReceived(DRAIN_HEAD % b"Content-Length: 50000000\r\n")
+        channel.dataReceived(b"x" * 100_000)
+        [request] = made
+        self.assertIsNone(request.content)
+        self.assertEqual(self.director.updater.overrides, {})
+
+    def test_a_refused_body_gets_no_100_continue_after_the_refusal(self):
+        channel, transport = open_channel(self.site)
+        channel.dataReceived(DRAIN_HEAD % b"Content-Length: 50000000\r\nExpect: 100-continue\r\n")
+        self.assertNotIn(b"100 Continue", transport.value())
+        self.assertEqual(parse_response(transport.value()).code, 413)
+
+    def test_a_chunked_body_is_cut_off_at_the_limit(self):
+        made = self.recorded_requests()
+        channel, transport = open_channel(self.site)
+        channel.dataReceived(DRAIN_HEAD % b"Transfer-Encoding: chunked\r\n")
+        channel.dataReceived(chunked(b"x" * (MAX_BODY + 1), 4096))
+        self.assertEqual(parse_response(transport.value()).code, 413)
+        self.assertTrue(transport.disconnecting)
+        [request] = made
+        self.assertLessEqual(request.content.tell(), MAX_BODY)
+
+    def test_a_chunked_drain_within_the_limit_is_obeyed(self):
+        channel, transport = open_channel(self.site)
+        channel.dataReceived(DRAIN_HEAD % b"Transfer-Encoding: chunked\r\n" + chunked(DRAIN_BODY, 10) + b"0\r\n\r\n")
+        self.assertEqual(parse_response(transport.value()).code, 200, transport.value())
+        self.assertIs(self.director.updater.overrides[WEB, RS[0]], DRAINED)
+
+    def test_a_body_at_the_limit_is_read(self):
+        body = DRAIN_BODY[:-1] + b" " * (MAX_BODY - len(DRAIN_BODY)) + b"}"
+        response = http(self.site, b"POST", b"/control/drain", body=body,
+                        headers={b"content-type": b"application/json"})
+        self.assertEqual(response.code, 200, response.body)
+
+
 class NetworkListenerWithoutTokenTests(DirectorCase):
     loopback_only = False
+
+    def test_control_is_refused_before_the_body_is_sent(self):
+        channel, transport = open_channel(self.site, peer="192.0.2.7")
+        channel.dataReceived(DRAIN_HEAD % b"Content-Length: 100\r\n")
+        self.assertEqual(parse_response(transport.value()).code, 403)
+        self.assertTrue(transport.disconnecting)
 
     def test_control_is_refused_with_a_clear_message(self):
         response = post_json(self.site, "drain", {"service": "web", "server": "10.1.0.1:80"})
@@ -545,6 +635,25 @@ class NetworkListenerWithTokenTests(DirectorCase):
         self.assertEqual(response.code, 401)
         self.assertEqual(response.headers[b"www-authenticate"], b'Bearer realm="lvsfeedback"')
         self.assertIn("control needs a token", response.json()["error"])
+
+    def test_no_token_is_401_before_the_body_is_sent(self):
+        channel, transport = open_channel(self.site, peer="192.0.2.7")
+        channel.dataReceived(DRAIN_HEAD % b"Content-Length: 50000000\r\n")
+        response = parse_response(transport.value())
+        self.assertEqual(response.code, 401)
+        self.assertEqual(response.headers[b"www-authenticate"], b'Bearer realm="lvsfeedback"')
+        self.assertTrue(transport.disconnecting)
+
+    def test_a_token_is_checked_before_the_size(self):
+        # A stranger learns nothing about what it may send.
+        channel, transport = open_channel(self.site, peer="192.0.2.7")
+        channel.dataReceived(DRAIN_HEAD % b"Content-Length: 50000000\r\nAuthorization: Bearer guess\r\n")
+        self.assertEqual(parse_response(transport.value()).code, 401)
+
+    def test_the_right_token_with_a_body_over_the_limit_is_413(self):
+        channel, transport = open_channel(self.site, peer="192.0.2.7")
+        channel.dataReceived(DRAIN_HEAD % f"Content-Length: 50000000\r\nAuthorization: Bearer {TOKEN}\r\n".encode())
+        self.assertEqual(parse_response(transport.value()).code, 413)
 
     def test_wrong_token_is_401(self):
         with capturedLogs() as events:

@@ -6,14 +6,33 @@ stop the director.
 """
 
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
-from twisted.internet.protocol import Factory
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import TestCase
 
 from lvsfeedback.director.service import DirectorService
 from lvsfeedback.ipvs.memory import MemoryIPVS
 from tests.unit.test_web import write_config
+
+
+class HeadersOnly(Protocol):
+    """Sends a request's headers, never its body, and keeps what comes back until the close."""
+
+    def __init__(self, head: bytes):
+        self.head = head
+        self.received = b""
+        self.closed = Deferred()
+
+    def connectionMade(self):
+        self.transport.write(self.head)
+
+    def dataReceived(self, data):
+        self.received += data
+
+    def connectionLost(self, reason):
+        self.closed.callback(self.received)
 
 
 class StatusListenerTests(TestCase):
@@ -66,3 +85,18 @@ class StatusListenerTests(TestCase):
         self.assertFalse(director.status.loopback_only, "control must not open up without a listener")
         self.assertEqual(director.updater.passes, 1)
         yield director.stopService()
+
+    @inlineCallbacks
+    def test_a_body_over_the_limit_is_refused_before_it_is_sent(self):
+        director = self.start()
+        port = director.status.port.getHost().port
+        client = HeadersOnly(
+            b"POST /control/drain HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 50000000\r\n\r\n"
+        )
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+        answer = yield client.closed
+        self.assertTrue(answer.startswith(b"HTTP/1.1 413 "), answer)
+
+    # Without the limit the listener waits for the body, until its own 60 s idle timeout.
+    test_a_body_over_the_limit_is_refused_before_it_is_sent.timeout = 10
