@@ -28,6 +28,7 @@ from lvsfeedback.necp.codec import (
     HEALTH_QUERY,
     Authenticator,
     IPVS_FORWARDING,
+    MAX_SEQUENCE,
     SCOPE_NOT_TO_FARM,
     Answer,
     ErrorReply,
@@ -232,6 +233,9 @@ class NEProtocol(NECPProtocol):
 
     @ivar agent: the L{Agent} this session is.
     @ivar services: the services the agent has started, in order.
+    @ivar proving: an authenticated session between its INIT_ACK and the
+        agent's first verified message: an INIT may be a replay, so the
+        session replaces nothing and reports nothing until then.
     """
 
     factory: NEFactory
@@ -247,6 +251,8 @@ class NEProtocol(NECPProtocol):
         self.services: dict[Service, None] = {}
         self._queries: tuple[Query, ...] = ()  # of the started services, asked every round
         self.forgotten = False
+        self.proving = False
+        self._proof_call: IDelayedCall | None = None
         super().connectionMade()
 
     def make_authenticator(self) -> Authenticator | None:
@@ -265,9 +271,12 @@ class NEProtocol(NECPProtocol):
         if authenticator is None:
             reply = InitAck()
         else:
-            # Reply with exactly the number the agent asked for, then expect ours.
+            # Reply with exactly the number the agent asked for, then expect
+            # ours: one no message captured before can carry.
+            first = self.factory.fresh_sequence(self.agent.host)
+            if first > MAX_SEQUENCE:
+                return self._refuse_init(request, "sequence numbers from this host are exhausted")
             authenticator.start_sending(request.receive_sequence)
-            first = authenticator.initial_sequence(self.factory.clock.seconds())
             authenticator.start_receiving(first)
             self.signing = True
             reply = InitAck(receive_sequence=first)
@@ -286,10 +295,32 @@ class NEProtocol(NECPProtocol):
         return None
 
     def session_established(self) -> None:
-        self.factory.agent_up(self)
+        if self.authenticator is None:
+            self.factory.agent_up(self)
+            return
+        self.proving = True
+        clock = self.factory.clock
+        self._proof_call = clock.callLater(self.factory.handshake_timeout, self._not_proven)
+        # An agent with no service to START proves itself by answering this.
+        clock.callLater(0, self.ask_health)
+
+    def message_received(self, message: Message) -> None:
+        floor = self.authenticator.receive_floor if self.authenticator is not None else None
+        if floor is None:
+            return
+        self.factory.sequence_accepted(self.agent.host, floor)
+        if self.proving:
+            self.proving = False
+            self._cancel(self._proof_call)
+            self.factory.agent_up(self)
+
+    def _not_proven(self) -> None:
+        self._proof_call = None
+        self.close(f"no verified message within {self.factory.handshake_timeout} s of INIT_ACK")
 
     def session_ended(self, reason: str, was_established: bool) -> None:
-        if was_established:
+        self._cancel(self._proof_call)
+        if was_established and not self.proving:
             self.factory.agent_gone(self, reason)
 
     def start_received(self, request: Start) -> Message:
@@ -411,7 +442,10 @@ class NEFactory(NECPFactory):
 
     With a C{secret}, only agents that authenticate with it are accepted.
     On INIT, any older session from the same host is dropped: the director
-    forgets everything it held for that agent (NECP's rule for INIT).
+    forgets everything it held for that agent (NECP's rule for INIT). With
+    a secret, not on INIT but on the newcomer's first verified message after
+    its INIT_ACK, whose sequence number is above any ever accepted from that
+    host: a replayed INIT cannot take a session over.
     With C{ask_on_start}, newly started services are asked for their health
     at once; with a C{health_interval}, every agent is asked every that many
     seconds, all in one round from one timer (see L{start_asking}), each
@@ -442,6 +476,8 @@ class NEFactory(NECPFactory):
         self.exceptions = ExceptionTable(clock, self._exception_expired)
         self.connection_numbers = itertools.count(1)
         self._sessions: dict[Agent, NEProtocol] = {}
+        # Per agent host, above the highest sequence number ever accepted from it.
+        self._sequence_floors: dict[str, int] = {}
         self._asking: LoopingCall | None = None
         self._first_round: IDelayedCall | None = None
 
@@ -496,6 +532,20 @@ class NEFactory(NECPFactory):
         self._sessions[session.agent] = session
         self.log.info("agent {agent} up", agent=session.agent)
         self.notify("agentUp", session.agent)
+
+    def fresh_sequence(self, host: str) -> int:
+        """
+        The sequence number to expect first from a new session of C{host}:
+        above the clock's start and every number accepted from C{host}, so
+        that no message captured from an earlier session carries it.
+        """
+        start = Authenticator.initial_sequence(self.clock.seconds())
+        return max(start, self._sequence_floors.get(host, 0))
+
+    def sequence_accepted(self, host: str, floor: int) -> None:
+        """A message from C{host} was accepted; it will take nothing under C{floor} again."""
+        if floor > self._sequence_floors.get(host, 0):
+            self._sequence_floors[host] = floor
 
     def agent_gone(self, session: NEProtocol, reason: str) -> None:
         if not session.forgotten:

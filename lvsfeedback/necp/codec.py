@@ -830,6 +830,11 @@ class Authenticator:
         self._receive_floor = _check(first, MAX_SEQUENCE, "sequence number")
         self.required = True
 
+    @property
+    def receive_floor(self) -> int | None:
+        """The lowest sequence number still acceptable; None before L{start_receiving}."""
+        return self._receive_floor
+
     def next_sequence(self, now: float) -> int:
         """The sequence number for the next message sent (0 before L{start_sending})."""
         if self._send_next is None:

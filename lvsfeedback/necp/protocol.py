@@ -202,6 +202,12 @@ class NECPProtocol(Protocol):
     def session_ended(self, reason: str, was_established: bool) -> None:
         """The connection is gone, for C{reason}."""
 
+    def message_received(self, message: Message) -> None:
+        """
+        C{message} was read whole and accepted (verified, on an
+        authenticated connection); it is acted on next.
+        """
+
     def keepalive_queries(self) -> tuple[Query, ...]:
         """What to ask in the next keepalive."""
         return ()
@@ -344,6 +350,7 @@ class NECPProtocol(Protocol):
                 return
             if message is None:
                 return
+            self.message_received(message)
             self._dispatch(message)
 
     def _dispatch(self, message: Message) -> None:

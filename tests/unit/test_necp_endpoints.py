@@ -598,6 +598,89 @@ class AuthenticationTests(EndpointTestCase):
         self.assertEqual(link.director.services, {WEB: None})
         self.assertFalse(link.closed)
 
+    def captured_session(self, director):
+        """A real agent's session from 10.0.0.2 and the bytes of its INIT and its START."""
+        link = Link(director, self.agent_factory(secret=SECRET), self.clock, greet=False)
+        self.links.append(link)
+        init = b"".join(link.agent_side.stream)
+        link.pump.pump()  # the INIT arrives; the INIT_ACK is written
+        link.pump.pump()  # the INIT_ACK arrives; the agent writes its START
+        start = b"".join(link.agent_side.stream)
+        self.flush()
+        return link, init, start
+
+    def replay(self, director, data, port=40001):
+        protocol = director.buildProtocol(IPv4Address("TCP", "10.0.0.2", port))
+        transport = iosim.FakeTransport(protocol, True, DIRECTOR, IPv4Address("TCP", "10.0.0.2", port))
+        protocol.makeConnection(transport)
+        protocol.dataReceived(data)
+        return transport
+
+    def test_replayed_init_and_start_from_the_same_host_take_nothing_over(self):
+        director = self.director(secret=SECRET)
+        legit, init, start = self.captured_session(director)
+        self.elapse(5)
+        before = list(self.events.calls)
+        # Within the same second as the capture: the clock alone would not
+        # make the INIT_ACK's sequence number fresh.
+        replayed = self.replay(director, init + start)
+        self.assertEqual(self.events.calls, before)
+        self.assertEqual(director.agents(), {legit.director.agent: (WEB,)})
+        self.assertFalse(legit.closed)
+        self.elapse(10)
+        self.assertTrue(replayed.disconnecting, "the newcomer never proved itself")
+        self.assertEqual(self.events.of("lost"), [])
+        self.assertEqual(len(self.events.of("up")), 1)
+        self.assertEqual(self.events.of("health")[-1][:3], (legit.director.agent, WEB, 75))
+        self.assertEqual(director.agents(), {legit.director.agent: (WEB,)})
+
+    def test_replayed_init_long_after_the_capture_takes_nothing_over(self):
+        director = self.director(secret=SECRET)
+        legit, init, start = self.captured_session(director)
+        self.elapse(60)
+        replayed = self.replay(director, init + start)
+        self.elapse(10)
+        self.assertTrue(replayed.disconnecting)
+        self.assertEqual(self.events.of("lost"), [])
+        self.assertEqual(director.agents(), {legit.director.agent: (WEB,)})
+
+    def test_init_ack_asks_for_more_than_any_number_accepted_from_that_host(self):
+        director = self.director(secret=SECRET)
+        # An agent whose clock runs an hour ahead of the director's.
+        ahead = Clock()
+        ahead.advance(3600)
+        agent_factory = self.agent_factory(secret=SECRET)
+        agent_factory.clock = ahead
+        legit = self.connect(director, agent_factory)
+        self.elapse(5)
+        accepted = legit.director.authenticator.receive_floor - 1
+        self.assertGreaterEqual(accepted, 3600 << 32)
+        replayed = self.replay(director, encode(Init(authenticate=True), secret=SECRET))
+        [init_ack] = [decode(data, Authenticator(SECRET)) for data in replayed.stream]
+        self.assertGreater(init_ack.receive_sequence, accepted)
+
+    def test_reconnecting_agent_with_the_secret_replaces_the_old_session(self):
+        director = self.director(secret=SECRET)
+        old = self.connect(director, self.agent_factory(secret=SECRET), port=40000)
+        self.elapse(5)
+        new = self.connect(director, self.agent_factory(secret=SECRET), port=40001)
+        self.flush()
+        self.assertEqual([call[0] for call in self.events.calls][-3:], ["lost", "up", "started"])
+        self.assertEqual(self.events.of("lost")[0][0], old.director.agent)
+        self.assertEqual(list(director.agents()), [new.director.agent])
+        self.assertTrue(old.closed)
+        self.elapse(5)
+        self.assertEqual(self.events.of("health")[-1][0], new.director.agent)
+
+    def test_reconnecting_agent_without_services_proves_itself_by_answering(self):
+        director = self.director(secret=SECRET)
+        old = self.connect(director, self.agent_factory((), secret=SECRET), port=40000)
+        new = self.connect(director, self.agent_factory((), secret=SECRET), port=40001)
+        self.flush()
+        self.assertEqual(list(director.agents()), [new.director.agent])
+        self.assertTrue(old.closed)
+        self.assertFalse(new.closed)
+
     def test_unverifiable_reply_makes_the_agent_ask_again(self):
         link = self.connect(self.director(secret=SECRET), self.agent_factory(secret=SECRET))
         stopped = []
