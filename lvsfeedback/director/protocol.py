@@ -13,6 +13,7 @@ provider the factory is given (the registry). Nothing here decides weights.
 from __future__ import annotations
 
 import itertools
+from operator import itemgetter
 import random as _random
 from dataclasses import dataclass
 from ipaddress import IPv4Address, ip_address
@@ -54,6 +55,7 @@ from lvsfeedback.necp.codec import (
     StartAck,
     Stop,
     StopAck,
+    pack_unit,
 )
 from lvsfeedback.necp.protocol import NECPFactory, NECPProtocol
 
@@ -151,15 +153,14 @@ def installer_address(agent: Agent) -> IPv4Address:
     return address if isinstance(address, IPv4Address) else ANY_ADDRESS
 
 
-def _matches(entry: InstalledException, pattern: InstalledException) -> bool:
-    """Every non-zero field of C{pattern} (addresses included) equals the entry's."""
-    return all(not int(wanted) or wanted == actual for wanted, actual in zip(pattern, entry))
-
-
 class ExceptionTable:
     """
     Exceptions installed by agents, each kept until its TTL runs out on the
     injected clock (TTL 0: until deleted). Plain object, no I/O.
+
+    A query costs one comparison per installed exception, none when its
+    filter matches everything: the entries in the RESP layout, and their
+    bytes, are made once per change, not once per query.
 
     @param expired: called with (agent, rule) when a TTL runs out.
     """
@@ -168,13 +169,18 @@ class ExceptionTable:
         self._clock = clock
         self._expired = expired
         self._entries: dict[Agent, dict[ExceptionRule, tuple[ExceptionRule, IDelayedCall | None]]] = {}
+        self._installed: tuple[InstalledException, ...] | None = None  # None: to be built again
+        self._packed: tuple[bytes, ...] = ()  # the bytes of each of _installed
+        self._packed_all = b""
 
     def add(self, agent: Agent, rule: ExceptionRule) -> None:
         """Install C{rule}; installing an existing one again restarts its TTL."""
         entries = self._entries.setdefault(agent, {})
         key = rule.key
         previous = entries.get(key)
-        if previous is not None and previous[1] is not None and previous[1].active():
+        if previous is None:
+            self._installed = None
+        elif previous[1] is not None and previous[1].active():
             previous[1].cancel()
         expiry = self._clock.callLater(rule.ttl, self._expire, agent, key) if rule.ttl else None
         entries[key] = (rule, expiry)
@@ -185,6 +191,7 @@ class ExceptionTable:
         found = entries.pop(rule.key, None)
         if found is None:
             return None
+        self._installed = None
         if found[1] is not None and found[1].active():
             found[1].cancel()
         return found[0]
@@ -192,6 +199,8 @@ class ExceptionTable:
     def reset(self, agent: Agent) -> list[ExceptionRule]:
         """Remove all of C{agent}'s rules; those removed."""
         entries = self._entries.pop(agent, {})
+        if entries:
+            self._installed = None
         for _, expiry in entries.values():
             if expiry is not None and expiry.active():
                 expiry.cancel()
@@ -200,13 +209,37 @@ class ExceptionTable:
     def rules(self, agent: Agent) -> tuple[ExceptionRule, ...]:
         return tuple(rule for rule, _ in self._entries.get(agent, {}).values())
 
+    def count(self, agent: Agent) -> int:
+        """How many rules C{agent} has installed."""
+        return len(self._entries.get(agent, ()))
+
     def query(self, pattern: InstalledException) -> tuple[InstalledException, ...]:
         """Every installed exception matching C{pattern}, in the RESP layout."""
+        return self.answer(pattern).entries
+
+    def answer(self, pattern: InstalledException) -> ExceptionResp:
+        """The EXCEPTION_RESP to a query for C{pattern}, its entries packed."""
+        if self._installed is None:
+            self._build()
+        installed, packed = self._installed, self._packed
+        # Every non-zero field of the pattern (addresses included) must match.
+        fields = [index for index, wanted in enumerate(pattern) if int(wanted)]
+        if not fields:
+            return ExceptionResp(entries=installed, packed=self._packed_all)
+        pick = itemgetter(*fields)
+        wanted = pick(pattern)
+        matching = [index for index, entry in enumerate(installed) if pick(entry) == wanted]
+        return ExceptionResp(
+            entries=tuple(installed[index] for index in matching),
+            packed=b"".join(packed[index] for index in matching),
+        )
+
+    def _build(self) -> None:
         found = []
         for agent, entries in sorted(self._entries.items()):
             installer = installer_address(agent)
-            for rule, _ in entries.values():
-                entry = InstalledException(
+            found.extend(
+                InstalledException(
                     rule.scope,
                     installer,
                     rule.source,
@@ -216,14 +249,17 @@ class ExceptionTable:
                     rule.protocol,
                     rule.port,
                 )
-                if _matches(entry, pattern):
-                    found.append(entry)
-        return tuple(found)
+                for rule, _ in entries.values()
+            )
+        self._installed = tuple(found)
+        self._packed = tuple(pack_unit(entry) for entry in found)
+        self._packed_all = b"".join(self._packed)
 
     def _expire(self, agent: Agent, key: ExceptionRule) -> None:
         rule, _ = self._entries[agent].pop(key)
         if not self._entries[agent]:
             del self._entries[agent]
+        self._installed = None
         self._expired(agent, rule)
 
 
@@ -432,7 +468,7 @@ class NEProtocol(NECPProtocol):
         return ExceptionResetAck()
 
     def exception_query_received(self, request: ExceptionQuery) -> Message:
-        return ExceptionResp(entries=self.factory.exceptions.query(request.filter))
+        return self.factory.exceptions.answer(request.filter)
 
 
 class NEFactory(NECPFactory):

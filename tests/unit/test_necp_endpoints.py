@@ -14,6 +14,8 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs, formatEvent
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
@@ -31,6 +33,8 @@ from lvsfeedback.necp.codec import (
     Authenticator,
     Decoder,
     ErrorReply,
+    ExceptionAdd,
+    ExceptionQuery,
     ExceptionRule,
     Flag,
     Init,
@@ -41,10 +45,11 @@ from lvsfeedback.necp.codec import (
     Query,
     Service,
     Start,
+    StartAck,
     decode,
     encode,
 )
-from lvsfeedback.necp.protocol import RequestFailed
+from lvsfeedback.necp.protocol import MESSAGES_PER_TURN, RequestFailed
 from lvsfeedback.testing.necp_link import DIRECTOR, Link
 
 WEB = Service(3, 6, 80)
@@ -784,6 +789,130 @@ class RobustnessTests(EndpointTestCase):
         link = self.connect(self.director(), self.agent_factory())
         link.agent.dataReceived(encode(KeepaliveAck(request_id=999)))
         self.assertFalse(link.agent_side.disconnecting)
+
+
+class ConsumerTransport(StringTransport):
+    """
+    A transport that pauses its streaming producer once more than
+    C{buffer_size} bytes wait to be sent, as Twisted's TCP transport does,
+    and resumes it when the peer L{drain}s them.
+    """
+
+    buffer_size = 65536
+
+    def __init__(self, host="10.0.0.2", port=40000):
+        super().__init__(peerAddress=IPv4Address("TCP", host, port))
+        self.producer_paused = False
+
+    def write(self, data):
+        super().write(data)
+        if self.producer is not None and not self.producer_paused and len(self.value()) > self.buffer_size:
+            self.producer_paused = True
+            self.producer.pauseProducing()
+
+    def drain(self):
+        """The peer reads everything; the messages it read."""
+        messages = decode_all(self.value())
+        self.clear()
+        if self.producer_paused:
+            self.producer_paused = False
+            self.producer.resumeProducing()
+        return messages
+
+
+def decode_all(data):
+    decoder = Decoder()
+    decoder.feed(data)
+    found = []
+    while (message := decoder.next_message()) is not None:
+        found.append(message)
+    return found
+
+
+class FlowControlTests(EndpointTestCase):
+    """One peer gets bounded work per reactor turn and bounded queued output."""
+
+    def session(self, director, **where):
+        transport = ConsumerTransport(**where)
+        protocol = director.buildProtocol(transport.getPeer())
+        protocol.makeConnection(transport)
+        protocol.dataReceived(encode(Init(request_id=1)))
+        self.assertTrue(protocol.established)
+        transport.drain()
+        return protocol, transport
+
+    def reactor_turn(self):
+        """
+        Run the calls due now, as one reactor iteration does, and not those
+        they schedule (Clock.advance would run those too).
+        """
+        due = [call for call in self.clock.getDelayedCalls() if call.getTime() <= self.clock.seconds()]
+        for call in due:
+            func, args, kw = call.func, call.args, call.kw
+            call.cancel()
+            func(*args, **kw)
+
+    def queries(self, count, first_id=10):
+        return b"".join(encode(ExceptionQuery(request_id=first_id + n)) for n in range(count))
+
+    def test_a_flood_of_queries_in_one_write_is_handled_in_slices_one_per_reactor_turn(self):
+        director = self.director()
+        protocol, transport = self.session(director)
+        protocol.dataReceived(self.queries(3 * MESSAGES_PER_TURN + 5))
+        slices = [len(transport.drain())]
+        self.assertEqual(transport.producerState, "paused", "no reading while a backlog waits")
+        while transport.producerState == "paused":
+            self.reactor_turn()
+            slices.append(len(transport.drain()))
+        self.assertEqual(slices, [MESSAGES_PER_TURN] * 3 + [5])
+        self.assertEqual(transport.producerState, "producing")
+
+    def test_other_connections_are_served_between_the_slices_of_a_flood(self):
+        director = self.director()
+        flooder, flooder_transport = self.session(director, host="10.0.0.2")
+        other, other_transport = self.session(director, host="10.0.0.3")
+        flooder.dataReceived(self.queries(10 * MESSAGES_PER_TURN))
+        other.dataReceived(encode(Start(request_id=2, services=(WEB,))))
+        self.assertEqual(other_transport.drain(), [StartAck(request_id=2)])
+        self.assertEqual(len(flooder_transport.drain()), MESSAGES_PER_TURN, "the flood waits its turns")
+        self.clock.advance(0)
+        self.assertEqual(len(flooder_transport.drain()), 9 * MESSAGES_PER_TURN)
+
+    def test_a_peer_that_does_not_read_pauses_the_director_and_its_output_stays_under_the_cap(self):
+        director = self.director()
+        protocol, transport = self.session(director)
+        rules = [ExceptionRule(port=port) for port in range(1, 1001)]
+        protocol.dataReceived(encode(ExceptionAdd(request_id=2, rules=tuple(rules))))
+        transport.drain()
+        # 1,000 queries, each answered with 32 KB: 32 MB if all were answered.
+        protocol.dataReceived(self.queries(1000))
+        for _ in range(20):
+            self.clock.advance(0)
+        self.assertTrue(transport.producer_paused)
+        self.assertEqual(transport.producerState, "paused", "the director stopped reading")
+        self.assertLessEqual(len(transport.value()), transport.buffer_size + director.max_queued_output)
+        answered = len(decode_all(transport.value()))
+        self.assertLess(answered, 5)
+        # Once the peer reads, the director goes on where it stopped.
+        answered += len(transport.drain())
+        self.clock.advance(0)
+        self.assertGreater(answered + len(decode_all(transport.value())), answered)
+        self.assertFalse(transport.disconnecting)
+
+    def test_a_connection_queueing_more_than_the_cap_is_aborted_with_one_reason(self):
+        director = self.director(max_queued_output=100)
+        protocol, transport = self.session(director)
+        protocol.dataReceived(encode(Start(request_id=2, services=(WEB,))))
+        transport.drain()
+        protocol.pauseProducing()  # the peer stopped reading
+        with capturedLogs() as events:
+            self.clock.advance(5)  # a keepalive with a health query: 52 bytes
+            self.assertFalse(transport.disconnecting)
+            self.clock.advance(5)  # another: over the cap
+        self.assertTrue(transport.disconnecting)
+        self.assertTrue(transport.disconnected, "aborted: what was queued is dropped")
+        [reason] = [formatEvent(event) for event in events if "closing" in formatEvent(event)]
+        self.assertIn("peer is not reading: over 100 bytes queued", reason)
 
 
 class ScriptedEndpoint:
