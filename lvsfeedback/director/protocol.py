@@ -30,6 +30,7 @@ from lvsfeedback.necp.codec import (
     Authenticator,
     IPVS_FORWARDING,
     MAX_SEQUENCE,
+    MAX_UNITS,
     SCOPE_NOT_TO_FARM,
     Answer,
     ErrorReply,
@@ -61,6 +62,7 @@ from lvsfeedback.necp.protocol import NECPFactory, NECPProtocol
 
 # IP protocols IPVS balances.
 BALANCED_PROTOCOLS = frozenset({6, 17, 132})
+MAX_EXCEPTIONS_PER_AGENT = 1024
 
 
 @dataclass(frozen=True, order=True)
@@ -212,6 +214,10 @@ class ExceptionTable:
     def count(self, agent: Agent) -> int:
         """How many rules C{agent} has installed."""
         return len(self._entries.get(agent, ()))
+
+    def holds(self, agent: Agent, rule: ExceptionRule) -> bool:
+        """Whether C{agent} has installed C{rule} (TTL aside)."""
+        return rule.key in self._entries.get(agent, ())
 
     def query(self, pattern: InstalledException) -> tuple[InstalledException, ...]:
         """Every installed exception matching C{pattern}, in the RESP layout."""
@@ -439,13 +445,26 @@ class NEProtocol(NECPProtocol):
                 self.factory.notify("healthReported", self.agent, service, answer.value, when)
 
     def exception_add_received(self, request: ExceptionAdd) -> Message:
+        exceptions, limit = self.factory.exceptions, self.factory.max_exceptions_per_agent
         failed = []
+        over_limit = 0
         for rule in request.rules:
             if not valid_rule(rule):
                 failed.append(rule)
                 continue
-            self.factory.exceptions.add(self.agent, rule)
+            if exceptions.count(self.agent) >= limit and not exceptions.holds(self.agent, rule):
+                failed.append(rule)
+                over_limit += 1
+                continue
+            exceptions.add(self.agent, rule)
             self.factory.notify("exceptionAdded", self.agent, rule)
+        if over_limit:
+            self.log.warn(
+                "agent {agent}: refused {count} exception rules over the limit of {limit} per agent",
+                agent=self.agent,
+                count=over_limit,
+                limit=limit,
+            )
         if failed:
             return ErrorReply(opcode=Opcode.EXCEPTION_ADD_ACK, units=tuple(failed))
         return ExceptionAddAck()
@@ -468,7 +487,18 @@ class NEProtocol(NECPProtocol):
         return ExceptionResetAck()
 
     def exception_query_received(self, request: ExceptionQuery) -> Message:
-        return self.factory.exceptions.answer(request.filter)
+        answer = self.factory.exceptions.answer(request.filter)
+        if len(answer.entries) > MAX_UNITS:
+            # One EXCEPTION_RESP answers one query; a narrower filter fits.
+            self.log.warn(
+                "agent {agent}: refused an exception query matching {count} entries, "
+                "over the {limit} one answer holds",
+                agent=self.agent,
+                count=len(answer.entries),
+                limit=MAX_UNITS,
+            )
+            return ErrorReply(opcode=Opcode.EXCEPTION_RESP, units=(request.filter,))
+        return answer
 
 
 class NEFactory(NECPFactory):
@@ -489,6 +519,8 @@ class NEFactory(NECPFactory):
     keepalive.
 
     @ivar exceptions: the L{ExceptionTable} of all agents.
+    @ivar max_exceptions_per_agent: rules one agent may install; more are
+        refused (copies in the error EXCEPTION_ADD_ACK).
     """
 
     protocol = NEProtocol
@@ -503,9 +535,11 @@ class NEFactory(NECPFactory):
         random: Callable[[], float] = _random.random,
         ask_on_start: bool = True,
         health_interval: float = 0.0,
+        max_exceptions_per_agent: int = MAX_EXCEPTIONS_PER_AGENT,
         **timing: float,
     ):
         super().__init__(clock=clock, secret=secret, random=random, **timing)
+        self.max_exceptions_per_agent = max_exceptions_per_agent
         self.events = events
         self.ask_on_start = ask_on_start
         self.health_interval = health_interval

@@ -42,6 +42,14 @@ class GuardedNEFactory(NEFactory):
         return super().buildProtocol(addr)
 
 
+def necp_limits(config: DirectorConfig) -> dict:
+    """The [necp] limits, as the NE factory's settings."""
+    return {
+        "max_exceptions_per_agent": config.necp.max_exceptions_per_agent,
+        "max_queued_output": config.necp.max_queued_output,
+    }
+
+
 def kernel_table(reactor, observe: bool):
     """The kernel's table; in observe mode without ip_vs, an empty stand-in."""
     if observe and not os.path.exists("/proc/net/ip_vs"):
@@ -73,6 +81,7 @@ class DirectorService(MultiService):
         self.factory = GuardedNEFactory(
             self.registry, config.director.allow, clock=reactor, secret=read_secret(config),
             health_interval=config.director.health_interval, **timing,
+            **necp_limits(config),
         )
         self.listener = strports.service(config.director.listen, self.factory, reactor=reactor)
         self.listener.setServiceParent(self)
@@ -115,6 +124,8 @@ class DirectorService(MultiService):
         before = self.config.director
         self.factory.allow = new.director.allow
         self.factory.secret = secret
+        for name, value in necp_limits(new).items():
+            setattr(self.factory, name, value)
         self.registry.configure(new)
         self.updater.configure(new)
         self.config = new

@@ -513,6 +513,38 @@ class ExceptionTests(EndpointTestCase):
         by_installer = InstalledException(installer=IP("10.0.0.2"))
         self.assertEqual(len(self.call(self.link.agent.query_exceptions(by_installer))), 1)
 
+    def test_rules_over_the_limit_per_agent_are_refused_with_one_log_line(self):
+        director = self.director(max_exceptions_per_agent=3)
+        link = self.connect(director, self.agent_factory(), host="10.0.0.9")
+        rules = [self.rule._replace(port=port) for port in range(1, 6)]
+        with capturedLogs() as events:
+            refused = self.call(link.agent.add_exceptions(rules))
+        self.assertEqual(refused, tuple(rules[3:]))
+        self.assertEqual([rule for _, rule in self.events.of("added")], rules[:3])
+        [line] = [formatEvent(event) for event in events if "exception" in formatEvent(event)]
+        self.assertIn("refused 2 exception rules over the limit of 3 per agent", line)
+        # At the limit, an installed rule may still be refreshed.
+        self.assertEqual(self.call(link.agent.add_exceptions(rules[:1])), ())
+        self.assertFalse(link.closed)
+
+    def test_a_query_matching_more_than_one_answer_holds_is_refused_cleanly(self):
+        links = [self.link] + [
+            self.connect(self.director_factory, self.agent_factory(), host=f"10.0.0.{n}") for n in (3, 4, 5)
+        ]
+        for link in links:
+            rules = [self.rule._replace(port=port) for port in range(1, 601)]
+            self.assertEqual(self.call(link.agent.add_exceptions(rules)), ())
+        replies = []
+        self.link.agent.send_request(ExceptionQuery(filter=InstalledException())).addCallback(replies.append)
+        self.flush()
+        self.assertEqual(
+            replies, [ErrorReply(opcode=Opcode.EXCEPTION_RESP, request_id=replies[0].request_id,
+                                 units=(InstalledException(),))]
+        )
+        self.assertFalse(self.link.closed)
+        mine = self.call(self.link.agent.query_exceptions(InstalledException(installer=IP("10.0.0.2"))))
+        self.assertEqual(len(mine), 600)
+
     def test_invalid_rules_are_refused(self):
         bad = self.rule._replace(scope=3)
         self.assertEqual(self.call(self.link.agent.add_exceptions([bad, self.rule])), (bad,))
