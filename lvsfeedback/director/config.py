@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable, Mapping, TypeVar
 from twisted.internet.endpoints import serverFromString
 
 from lvsfeedback.director.policy import LostAgentAction, Mode, PolicySettings
+from lvsfeedback.director.protocol import MAX_EXCEPTIONS_PER_AGENT
 from lvsfeedback.ipvs.model import (
     FORWARDING,
     MAX_WEIGHT,
@@ -34,6 +35,7 @@ from lvsfeedback.ipvs.model import (
     ServiceKey,
     VirtualService,
 )
+from lvsfeedback.necp.protocol import MAX_QUEUED_OUTPUT
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -92,6 +94,14 @@ class DirectorSettings:
 
 
 @dataclass(frozen=True)
+class NECPSettings:
+    """Limits on what one agent connection may cost the director."""
+
+    max_exceptions_per_agent: int  # exception rules one agent may install
+    max_queued_output: int  # bytes queued for an agent that stopped reading, past the socket's buffer
+
+
+@dataclass(frozen=True)
 class StatusSettings:
     listen: str  # Twisted server endpoint for the status and control listener
     token_file: Path | None  # bearer token for the control API; None: read-only
@@ -138,6 +148,7 @@ class DirectorConfig:
     status: StatusSettings
     policy: PolicySettings  # the [policy] table; each service has its effective one
     services: tuple[ServiceConfig, ...]
+    necp: NECPSettings
 
 
 def load_config(path: str | os.PathLike[str]) -> DirectorConfig:
@@ -205,8 +216,9 @@ class _Reader:
         status = self._status(top.table("status"))
         policy = self._policy(top.table("policy"), PolicySettings(), "policy")
         services = self._services(top.tables("service"), policy)
+        necp = self._necp(top.table("necp"))
         top.finish()
-        return DirectorConfig(self.path, director, status, policy, services)
+        return DirectorConfig(self.path, director, status, policy, services, necp)
 
     def _director(self, table: _Table) -> DirectorSettings:
         settings = DirectorSettings(
@@ -220,6 +232,16 @@ class _Reader:
             early_pass_change=table.take("early_pass_change", _integer(0, 100), 20),
             observe=table.take("observe", _boolean, False),
             weights_only=table.take("weights_only", _boolean, False),
+        )
+        table.finish()
+        return settings
+
+    def _necp(self, table: _Table) -> NECPSettings:
+        settings = NECPSettings(
+            max_exceptions_per_agent=table.take(
+                "max_exceptions_per_agent", _integer(0, 65536), MAX_EXCEPTIONS_PER_AGENT
+            ),
+            max_queued_output=table.take("max_queued_output", _integer(1024, 64 * 1024 * 1024), MAX_QUEUED_OUTPUT),
         )
         table.finish()
         return settings

@@ -13,6 +13,7 @@ provider the factory is given (the registry). Nothing here decides weights.
 from __future__ import annotations
 
 import itertools
+from operator import itemgetter
 import random as _random
 from dataclasses import dataclass
 from ipaddress import IPv4Address, ip_address
@@ -28,6 +29,8 @@ from lvsfeedback.necp.codec import (
     HEALTH_QUERY,
     Authenticator,
     IPVS_FORWARDING,
+    MAX_SEQUENCE,
+    MAX_UNITS,
     SCOPE_NOT_TO_FARM,
     Answer,
     ErrorReply,
@@ -53,11 +56,13 @@ from lvsfeedback.necp.codec import (
     StartAck,
     Stop,
     StopAck,
+    pack_unit,
 )
 from lvsfeedback.necp.protocol import NECPFactory, NECPProtocol
 
 # IP protocols IPVS balances.
 BALANCED_PROTOCOLS = frozenset({6, 17, 132})
+MAX_EXCEPTIONS_PER_AGENT = 1024
 
 
 @dataclass(frozen=True, order=True)
@@ -164,15 +169,14 @@ def installer_address(agent: Agent) -> IPv4Address:
     return address if isinstance(address, IPv4Address) else ANY_ADDRESS
 
 
-def _matches(entry: InstalledException, pattern: InstalledException) -> bool:
-    """Every non-zero field of C{pattern} (addresses included) equals the entry's."""
-    return all(not int(wanted) or wanted == actual for wanted, actual in zip(pattern, entry))
-
-
 class ExceptionTable:
     """
     Exceptions installed by agents, each kept until its TTL runs out on the
     injected clock (TTL 0: until deleted). Plain object, no I/O.
+
+    A query costs one comparison per installed exception, none when its
+    filter matches everything: the entries in the RESP layout, and their
+    bytes, are made once per change, not once per query.
 
     @param expired: called with (agent, rule) when a TTL runs out.
     """
@@ -181,13 +185,18 @@ class ExceptionTable:
         self._clock = clock
         self._expired = expired
         self._entries: dict[Agent, dict[ExceptionRule, tuple[ExceptionRule, IDelayedCall | None]]] = {}
+        self._installed: tuple[InstalledException, ...] | None = None  # None: to be built again
+        self._packed: tuple[bytes, ...] = ()  # the bytes of each of _installed
+        self._packed_all = b""
 
     def add(self, agent: Agent, rule: ExceptionRule) -> None:
         """Install C{rule}; installing an existing one again restarts its TTL."""
         entries = self._entries.setdefault(agent, {})
         key = rule.key
         previous = entries.get(key)
-        if previous is not None and previous[1] is not None and previous[1].active():
+        if previous is None:
+            self._installed = None
+        elif previous[1] is not None and previous[1].active():
             previous[1].cancel()
         expiry = self._clock.callLater(rule.ttl, self._expire, agent, key) if rule.ttl else None
         entries[key] = (rule, expiry)
@@ -198,6 +207,7 @@ class ExceptionTable:
         found = entries.pop(rule.key, None)
         if found is None:
             return None
+        self._installed = None
         if found[1] is not None and found[1].active():
             found[1].cancel()
         return found[0]
@@ -205,6 +215,8 @@ class ExceptionTable:
     def reset(self, agent: Agent) -> list[ExceptionRule]:
         """Remove all of C{agent}'s rules; those removed."""
         entries = self._entries.pop(agent, {})
+        if entries:
+            self._installed = None
         for _, expiry in entries.values():
             if expiry is not None and expiry.active():
                 expiry.cancel()
@@ -213,13 +225,41 @@ class ExceptionTable:
     def rules(self, agent: Agent) -> tuple[ExceptionRule, ...]:
         return tuple(rule for rule, _ in self._entries.get(agent, {}).values())
 
+    def count(self, agent: Agent) -> int:
+        """How many rules C{agent} has installed."""
+        return len(self._entries.get(agent, ()))
+
+    def holds(self, agent: Agent, rule: ExceptionRule) -> bool:
+        """Whether C{agent} has installed C{rule} (TTL aside)."""
+        return rule.key in self._entries.get(agent, ())
+
     def query(self, pattern: InstalledException) -> tuple[InstalledException, ...]:
         """Every installed exception matching C{pattern}, in the RESP layout."""
+        return self.answer(pattern).entries
+
+    def answer(self, pattern: InstalledException) -> ExceptionResp:
+        """The EXCEPTION_RESP to a query for C{pattern}, its entries packed."""
+        if self._installed is None:
+            self._build()
+        installed, packed = self._installed, self._packed
+        # Every non-zero field of the pattern (addresses included) must match.
+        fields = [index for index, wanted in enumerate(pattern) if int(wanted)]
+        if not fields:
+            return ExceptionResp(entries=installed, packed=self._packed_all)
+        pick = itemgetter(*fields)
+        wanted = pick(pattern)
+        matching = [index for index, entry in enumerate(installed) if pick(entry) == wanted]
+        return ExceptionResp(
+            entries=tuple(installed[index] for index in matching),
+            packed=b"".join(packed[index] for index in matching),
+        )
+
+    def _build(self) -> None:
         found = []
         for agent, entries in sorted(self._entries.items()):
             installer = installer_address(agent)
-            for rule, _ in entries.values():
-                entry = InstalledException(
+            found.extend(
+                InstalledException(
                     rule.scope,
                     installer,
                     rule.source,
@@ -229,14 +269,17 @@ class ExceptionTable:
                     rule.protocol,
                     rule.port,
                 )
-                if _matches(entry, pattern):
-                    found.append(entry)
-        return tuple(found)
+                for rule, _ in entries.values()
+            )
+        self._installed = tuple(found)
+        self._packed = tuple(pack_unit(entry) for entry in found)
+        self._packed_all = b"".join(self._packed)
 
     def _expire(self, agent: Agent, key: ExceptionRule) -> None:
         rule, _ = self._entries[agent].pop(key)
         if not self._entries[agent]:
             del self._entries[agent]
+        self._installed = None
         self._expired(agent, rule)
 
 
@@ -246,6 +289,9 @@ class NEProtocol(NECPProtocol):
 
     @ivar agent: the L{Agent} this session is.
     @ivar services: the services the agent has started, in order.
+    @ivar proving: an authenticated session between its INIT_ACK and the
+        agent's first verified message: an INIT may be a replay, so the
+        session replaces nothing and reports nothing until then.
     """
 
     factory: NEFactory
@@ -261,6 +307,8 @@ class NEProtocol(NECPProtocol):
         self.services: dict[Service, None] = {}
         self._queries: tuple[Query, ...] = ()  # of the started services, asked every round
         self.forgotten = False
+        self.proving = False
+        self._proof_call: IDelayedCall | None = None
         super().connectionMade()
 
     def make_authenticator(self) -> Authenticator | None:
@@ -279,9 +327,12 @@ class NEProtocol(NECPProtocol):
         if authenticator is None:
             reply = InitAck()
         else:
-            # Reply with exactly the number the agent asked for, then expect ours.
+            # Reply with exactly the number the agent asked for, then expect
+            # ours: one no message captured before can carry.
+            first = self.factory.fresh_sequence(self.agent.host)
+            if first > MAX_SEQUENCE:
+                return self._refuse_init(request, "sequence numbers from this host are exhausted")
             authenticator.start_sending(request.receive_sequence)
-            first = authenticator.initial_sequence(self.factory.clock.seconds())
             authenticator.start_receiving(first)
             self.signing = True
             reply = InitAck(receive_sequence=first)
@@ -300,10 +351,32 @@ class NEProtocol(NECPProtocol):
         return None
 
     def session_established(self) -> None:
-        self.factory.agent_up(self)
+        if self.authenticator is None:
+            self.factory.agent_up(self)
+            return
+        self.proving = True
+        clock = self.factory.clock
+        self._proof_call = clock.callLater(self.factory.handshake_timeout, self._not_proven)
+        # An agent with no service to START proves itself by answering this.
+        clock.callLater(0, self.ask_health)
+
+    def message_received(self, message: Message) -> None:
+        floor = self.authenticator.receive_floor if self.authenticator is not None else None
+        if floor is None:
+            return
+        self.factory.sequence_accepted(self.agent.host, floor)
+        if self.proving:
+            self.proving = False
+            self._cancel(self._proof_call)
+            self.factory.agent_up(self)
+
+    def _not_proven(self) -> None:
+        self._proof_call = None
+        self.close(f"no verified message within {self.factory.handshake_timeout} s of INIT_ACK")
 
     def session_ended(self, reason: str, was_established: bool) -> None:
-        if was_established:
+        self._cancel(self._proof_call)
+        if was_established and not self.proving:
             self.factory.agent_gone(self, reason)
 
     def start_received(self, request: Start) -> Message:
@@ -386,13 +459,26 @@ class NEProtocol(NECPProtocol):
                 self.factory.notify("healthReported", self.agent, service, answer.value, when)
 
     def exception_add_received(self, request: ExceptionAdd) -> Message:
+        exceptions, limit = self.factory.exceptions, self.factory.max_exceptions_per_agent
         failed = []
+        over_limit = 0
         for rule in request.rules:
             if not valid_rule(rule):
                 failed.append(rule)
                 continue
-            self.factory.exceptions.add(self.agent, rule)
+            if exceptions.count(self.agent) >= limit and not exceptions.holds(self.agent, rule):
+                failed.append(rule)
+                over_limit += 1
+                continue
+            exceptions.add(self.agent, rule)
             self.factory.notify("exceptionAdded", self.agent, rule)
+        if over_limit:
+            self.log.warn(
+                "agent {agent}: refused {count} exception rules over the limit of {limit} per agent",
+                agent=self.agent,
+                count=over_limit,
+                limit=limit,
+            )
         if failed:
             return ErrorReply(opcode=Opcode.EXCEPTION_ADD_ACK, units=tuple(failed))
         return ExceptionAddAck()
@@ -415,7 +501,18 @@ class NEProtocol(NECPProtocol):
         return ExceptionResetAck()
 
     def exception_query_received(self, request: ExceptionQuery) -> Message:
-        return ExceptionResp(entries=self.factory.exceptions.query(request.filter))
+        answer = self.factory.exceptions.answer(request.filter)
+        if len(answer.entries) > MAX_UNITS:
+            # One EXCEPTION_RESP answers one query; a narrower filter fits.
+            self.log.warn(
+                "agent {agent}: refused an exception query matching {count} entries, "
+                "over the {limit} one answer holds",
+                agent=self.agent,
+                count=len(answer.entries),
+                limit=MAX_UNITS,
+            )
+            return ErrorReply(opcode=Opcode.EXCEPTION_RESP, units=(request.filter,))
+        return answer
 
 
 class NEFactory(NECPFactory):
@@ -425,7 +522,10 @@ class NEFactory(NECPFactory):
 
     With a C{secret}, only agents that authenticate with it are accepted.
     On INIT, any older session from the same host is dropped: the director
-    forgets everything it held for that agent (NECP's rule for INIT).
+    forgets everything it held for that agent (NECP's rule for INIT). With
+    a secret, not on INIT but on the newcomer's first verified message after
+    its INIT_ACK, whose sequence number is above any ever accepted from that
+    host: a replayed INIT cannot take a session over.
     With C{ask_on_start}, newly started services are asked for their health
     at once; with a C{health_interval}, every agent is asked every that many
     seconds, all in one round from one timer (see L{start_asking}), each
@@ -433,6 +533,8 @@ class NEFactory(NECPFactory):
     keepalive.
 
     @ivar exceptions: the L{ExceptionTable} of all agents.
+    @ivar max_exceptions_per_agent: rules one agent may install; more are
+        refused (copies in the error EXCEPTION_ADD_ACK).
     """
 
     protocol = NEProtocol
@@ -447,15 +549,19 @@ class NEFactory(NECPFactory):
         random: Callable[[], float] = _random.random,
         ask_on_start: bool = True,
         health_interval: float = 0.0,
+        max_exceptions_per_agent: int = MAX_EXCEPTIONS_PER_AGENT,
         **timing: float,
     ):
         super().__init__(clock=clock, secret=secret, random=random, **timing)
+        self.max_exceptions_per_agent = max_exceptions_per_agent
         self.events = events
         self.ask_on_start = ask_on_start
         self.health_interval = health_interval
         self.exceptions = ExceptionTable(clock, self._exception_expired)
         self.connection_numbers = itertools.count(1)
         self._sessions: dict[Agent, NEProtocol] = {}
+        # Per agent host, above the highest sequence number ever accepted from it.
+        self._sequence_floors: dict[str, int] = {}
         self._asking: LoopingCall | None = None
         self._first_round: IDelayedCall | None = None
 
@@ -510,6 +616,20 @@ class NEFactory(NECPFactory):
         self._sessions[session.agent] = session
         self.log.info("agent {agent} up", agent=session.agent)
         self.notify("agentUp", session.agent)
+
+    def fresh_sequence(self, host: str) -> int:
+        """
+        The sequence number to expect first from a new session of C{host}:
+        above the clock's start and every number accepted from C{host}, so
+        that no message captured from an earlier session carries it.
+        """
+        start = Authenticator.initial_sequence(self.clock.seconds())
+        return max(start, self._sequence_floors.get(host, 0))
+
+    def sequence_accepted(self, host: str, floor: int) -> None:
+        """A message from C{host} was accepted; it will take nothing under C{floor} again."""
+        if floor > self._sequence_floors.get(host, 0):
+            self._sequence_floors[host] = floor
 
     def agent_gone(self, session: NEProtocol, reason: str) -> None:
         if not session.forgotten:

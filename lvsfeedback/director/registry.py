@@ -109,18 +109,19 @@ class Registry:
                 self._lost_at.pop(session.address, None)
             else:
                 refused.append(unit)
-                self.log.warn(
-                    "agent {address} started {protocol}/{port}, which no configured real server "
-                    "at its address provides: refused",
-                    address=session.address, protocol=unit.protocol, port=unit.port,
-                )
+        if refused:
+            self.log.warn(
+                "agent {address} started {count} services no configured real server at its "
+                "address provides, refused: {services}",
+                address=session.address, count=len(refused), services=_summary(refused),
+            )
         return refused
 
     def servicesStopped(self, agent, services) -> list:
         session = self._sessions.get(agent)
         if session is not None:
             self.log.info("agent {address} stopped {services}", address=session.address,
-                          services=", ".join(f"{unit.protocol}/{unit.port}" for unit in services))
+                          services=_summary(services))
             for unit in services:
                 port = (unit.protocol, unit.port)
                 session.started.pop(port, None)
@@ -253,6 +254,13 @@ def _port_matches(service, dest: DestKey, port: ServicePort) -> bool:
             and (not mark.ports or number in mark.ports or (dest.port and number == dest.port))
         )
     return PROTOCOLS[key.protocol] == protocol and number == (dest.port or key.port)
+
+
+def _summary(services, examples: int = 3) -> str:
+    """A few of C{services} as protocol/port, and how many more: one short log line for any number."""
+    shown = ", ".join(f"{unit.protocol}/{unit.port}" for unit in services[:examples])
+    more = len(services) - examples
+    return f"{shown} and {more} more" if more > 0 else shown
 
 
 def _address_of(agent) -> str:

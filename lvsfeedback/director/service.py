@@ -113,6 +113,14 @@ def descriptor_shortage(max_agents: int, limit: int) -> str | None:
     )
 
 
+def necp_limits(config: DirectorConfig) -> dict:
+    """The [necp] limits, as the NE factory's settings."""
+    return {
+        "max_exceptions_per_agent": config.necp.max_exceptions_per_agent,
+        "max_queued_output": config.necp.max_queued_output,
+    }
+
+
 def kernel_table(reactor, observe: bool):
     """The kernel's table; in observe mode without ip_vs, an empty stand-in."""
     if observe and not os.path.exists("/proc/net/ip_vs"):
@@ -145,6 +153,7 @@ class DirectorService(MultiService):
             self.registry, config.director.allow, max_agents=config.director.max_agents,
             clock=reactor, secret=read_secret(config),
             health_interval=config.director.health_interval, **timing,
+            **necp_limits(config),
         )
         self.listener = strports.service(config.director.listen, self.factory, reactor=reactor)
         self.listener.setServiceParent(self)
@@ -197,6 +206,8 @@ class DirectorService(MultiService):
             self.factory.max_agents = new.director.max_agents
             self.check_descriptors()
         self.factory.secret = secret
+        for name, value in necp_limits(new).items():
+            setattr(self.factory, name, value)
         self.registry.configure(new)
         self.updater.configure(new)
         self.config = new

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hmac
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum, IntFlag
 from ipaddress import IPv4Address
 from typing import Callable, ClassVar, NamedTuple, Union
@@ -376,9 +376,18 @@ class RawUnit(NamedTuple):
 Unit = Union[Query, Answer, Service, ExceptionRule, InstalledException, RawUnit]
 
 
+def _check_unit_count(count: int) -> None:
+    if count > MAX_UNITS:
+        raise NECPError(f"{count} units exceed the limit of {MAX_UNITS}")
+
+
+def pack_unit(unit: Unit) -> bytes:
+    """The 32 bytes of one unit."""
+    return UNIT.pack(*unit.fields())
+
+
 def _pack_units(units: tuple[Unit, ...]) -> bytes:
-    if len(units) > MAX_UNITS:
-        raise NECPError(f"{len(units)} units exceed the limit of {MAX_UNITS}")
+    _check_unit_count(len(units))
     pack = UNIT.pack
     return b"".join([pack(*unit.fields()) for unit in units])
 
@@ -592,14 +601,24 @@ class ExceptionQuery:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ExceptionResp:
-    """EXCEPTION_RESP: the exceptions matching an EXCEPTION_QUERY."""
+    """
+    EXCEPTION_RESP: the exceptions matching an EXCEPTION_QUERY.
+
+    C{packed}, when given, is the entries' bytes as L{pack_unit} makes
+    them: a sender that keeps its entries packed does not pack them again
+    for every answer.
+    """
 
     request_id: int = 0
     entries: tuple[InstalledException, ...] = ()
+    packed: bytes | None = field(default=None, compare=False, repr=False)
     opcode: ClassVar[int] = Opcode.EXCEPTION_RESP
 
     def payload(self) -> bytes:
-        return _pack_units(self.entries)
+        if self.packed is None:
+            return _pack_units(self.entries)
+        _check_unit_count(len(self.entries))
+        return self.packed
 
     @classmethod
     def from_payload(cls, request_id: int, payload: bytes) -> ExceptionResp:
@@ -829,6 +848,11 @@ class Authenticator:
         """Accept from now on only credentials, with sequence numbers from C{first} up."""
         self._receive_floor = _check(first, MAX_SEQUENCE, "sequence number")
         self.required = True
+
+    @property
+    def receive_floor(self) -> int | None:
+        """The lowest sequence number still acceptable; None before L{start_receiving}."""
+        return self._receive_floor
 
     def next_sequence(self, now: float) -> int:
         """The sequence number for the next message sent (0 before L{start_sending})."""

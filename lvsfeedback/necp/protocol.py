@@ -10,6 +10,14 @@ unanswered, when the handshake does not finish in time, or when the input
 is malformed. A refused message (bad credential, replay, other version,
 reserved opcode) is answered with an error reply and the session goes on.
 
+A peer gets bounded work and bounded output: at most C{messages_per_turn}
+messages are handled per reactor turn (the rest on the next turns, reading
+paused meanwhile, so that other connections are served in between); the
+protocol is a streaming producer on its transport, so while the peer does
+not read what it is sent, nothing more is read from it or handled for it;
+and a connection that queues more than C{max_queued_output} bytes past that
+point is aborted.
+
 L{NECPFactory} holds the settings every connection of one endpoint shares,
 including the clock and the random source, so tests drive all timers with
 a L{twisted.internet.task.Clock}. The NE and SE sides subclass both.
@@ -23,10 +31,11 @@ from typing import Callable
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from lvsfeedback.necp.codec import (
     REPLY_OPCODE,
@@ -59,6 +68,8 @@ KEEPALIVE_INTERVAL = 5.0
 KEEPALIVE_JITTER = 1.0
 MAX_UNANSWERED_KEEPALIVES = 3
 HANDSHAKE_TIMEOUT = 10.0
+MESSAGES_PER_TURN = 64
+MAX_QUEUED_OUTPUT = 256 * 1024
 MAX_ATTEMPTS = 3  # a request whose reply cannot be verified is sent at most this often
 
 
@@ -94,6 +105,11 @@ class NECPFactory(Factory):
     @param request_timeout: seconds a request other than a keepalive waits
         for its reply; by default as long as it takes to declare a silent
         peer dead.
+    @param messages_per_turn: messages of one connection handled before
+        the reactor serves the others.
+    @param max_queued_output: bytes a connection may write after its
+        transport's buffer filled up (the peer stopped reading) before it
+        is aborted.
     """
 
     def __init__(
@@ -107,6 +123,8 @@ class NECPFactory(Factory):
         max_unanswered: int = MAX_UNANSWERED_KEEPALIVES,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         request_timeout: float | None = None,
+        messages_per_turn: int = MESSAGES_PER_TURN,
+        max_queued_output: int = MAX_QUEUED_OUTPUT,
     ):
         if secret is not None and (not isinstance(secret, bytes) or not secret):
             raise ValueError("the shared secret must be non-empty bytes")
@@ -114,6 +132,8 @@ class NECPFactory(Factory):
             raise ValueError("keepalive interval and handshake timeout must be positive")
         if max_unanswered < 1:
             raise ValueError("max_unanswered must be at least 1")
+        if messages_per_turn < 1 or max_queued_output < 1:
+            raise ValueError("messages_per_turn and max_queued_output must be at least 1")
         self.clock = clock
         self.secret = secret
         self.random = random
@@ -124,6 +144,8 @@ class NECPFactory(Factory):
         if request_timeout is None:
             request_timeout = max_unanswered * (keepalive_interval + keepalive_jitter)
         self.request_timeout = request_timeout
+        self.messages_per_turn = messages_per_turn
+        self.max_queued_output = max_queued_output
 
 
 class _Pending:
@@ -158,6 +180,7 @@ _HANDLERS = {
 }
 
 
+@implementer(IPushProducer)
 class NECPProtocol(Protocol):
     """
     One NECP connection, either end. Subclasses decide what the handshake
@@ -189,6 +212,11 @@ class NECPProtocol(Protocol):
         self._handshake_call: IDelayedCall | None = self.factory.clock.callLater(
             self.factory.handshake_timeout, self._handshake_timed_out
         )
+        self._backlog_call: IDelayedCall | None = None  # the next slice of buffered messages
+        self._output_paused = False  # the peer is not reading what we send
+        self._queued_while_paused = 0
+        self._reading = True
+        self.transport.registerProducer(self, True)
 
     # Hooks for the two ends.
 
@@ -201,6 +229,12 @@ class NECPProtocol(Protocol):
 
     def session_ended(self, reason: str, was_established: bool) -> None:
         """The connection is gone, for C{reason}."""
+
+    def message_received(self, message: Message) -> None:
+        """
+        C{message} was read whole and accepted (verified, on an
+        authenticated connection); it is acted on next.
+        """
 
     def keepalive_queries(self) -> tuple[Query, ...]:
         """What to ask in the next keepalive."""
@@ -272,6 +306,15 @@ class NECPProtocol(Protocol):
             data = self.authenticator.encode(message, self.factory.clock.seconds())
         else:
             data = encode(message)
+        if self._output_paused:
+            self._queued_while_paused += len(data)
+            if self._queued_while_paused > self.factory.max_queued_output:
+                self.close(
+                    f"peer is not reading: over {self.factory.max_queued_output} bytes "
+                    "queued beyond the transport's buffer",
+                    abort=True,
+                )
+                return
         self.transport.write(data)
 
     def send_request(self, message: Message, *, retryable: bool = True, timed: bool = True) -> Deferred:
@@ -318,6 +361,8 @@ class NECPProtocol(Protocol):
         self._closing = reason
         self.log.warn("closing NECP connection with {peer}: {reason}", peer=self.peer, reason=reason)
         self._stop_timers()
+        # A transport with a producer registered waits for it before closing.
+        self.transport.unregisterProducer()
         if abort:
             self.transport.abortConnection()
         else:
@@ -333,7 +378,15 @@ class NECPProtocol(Protocol):
         except NECPError as error:
             self.close(f"malformed NECP input: {error}", abort=True)
             return
-        while self._closing is None:
+        if self._backlog_call is None and not self._output_paused:
+            self._handle_messages()
+
+    def _handle_messages(self) -> None:
+        """Handle buffered messages, at most C{messages_per_turn} of them this turn."""
+        self._backlog_call = None
+        for _ in range(self.factory.messages_per_turn):
+            if self._closing is not None or self._output_paused:
+                return  # resumeProducing picks up the rest
             try:
                 message = self._decoder.next_message()
             except MessageRefused as refusal:
@@ -343,8 +396,44 @@ class NECPProtocol(Protocol):
                 self.close(f"malformed NECP input: {error}", abort=True)
                 return
             if message is None:
+                self._read(True)
                 return
+            self.message_received(message)
             self._dispatch(message)
+        if self._closing is None and not self._output_paused:
+            # More may be buffered: read no more until it is handled, and
+            # let the reactor serve other connections first.
+            self._read(False)
+            self._backlog_call = self.factory.clock.callLater(0, self._handle_messages)
+
+    def _read(self, wanted: bool) -> None:
+        """Start or stop reading from the peer."""
+        if wanted == self._reading or self._closing is not None:
+            return
+        self._reading = wanted
+        if wanted:
+            self.transport.resumeProducing()
+        else:
+            self.transport.pauseProducing()
+
+    # IPushProducer: the transport pauses us while the peer does not read.
+
+    def pauseProducing(self) -> None:
+        self._output_paused = True
+        self._cancel(self._backlog_call)
+        self._backlog_call = None
+        self._read(False)
+
+    def resumeProducing(self) -> None:
+        if not self._output_paused or self._closing is not None:
+            return
+        self._output_paused = False
+        self._queued_while_paused = 0
+        self._cancel(self._backlog_call)
+        self._backlog_call = self.factory.clock.callLater(0, self._handle_messages)
+
+    def stopProducing(self) -> None:
+        """The transport is going away; connectionLost follows."""
 
     def _dispatch(self, message: Message) -> None:
         kind = type(message)
@@ -506,7 +595,8 @@ class NECPProtocol(Protocol):
     def _stop_timers(self) -> None:
         self._cancel(self._handshake_call)
         self._cancel(self._keepalive_call)
-        self._handshake_call = self._keepalive_call = None
+        self._cancel(self._backlog_call)
+        self._handshake_call = self._keepalive_call = self._backlog_call = None
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._stop_timers()

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from lvsfeedback.director.protocol import MAX_EXCEPTIONS_PER_AGENT
+from lvsfeedback.necp.protocol import MAX_QUEUED_OUTPUT
 from lvsfeedback.director.config import (
     DEFAULT_LISTEN,
     DEFAULT_MAX_AGENTS,
@@ -106,6 +108,12 @@ class DefaultsTests(ConfigFileTestCase):
         self.assertEqual((config.status.listen, config.status.token_file), (DEFAULT_STATUS_LISTEN, None))
         self.assertEqual(config.policy, PolicySettings())
         self.assertEqual(config.services, ())
+
+    def test_necp_limits_default_to_the_protocols_own(self):
+        config = self.load("")
+        self.assertEqual(config.necp.max_exceptions_per_agent, MAX_EXCEPTIONS_PER_AGENT)
+        self.assertEqual(config.necp.max_queued_output, MAX_QUEUED_OUTPUT)
+        self.assertEqual(self.load("[necp]\nmax_exceptions_per_agent = 10\n").necp.max_exceptions_per_agent, 10)
 
     def test_service_defaults(self):
         service = self.load(WEB + '[[service.real]]\naddress = "10.0.0.1"\n').services[0]
@@ -394,6 +402,18 @@ class ValueProblemTests(ConfigFileTestCase):
         self.assertProblems(
             WEB + 'real = "10.0.0.1"\n',
             ['service[0].real: must be an array of tables ([[service[0].real]]), got "10.0.0.1"'],
+        )
+
+
+class NECPProblemTests(ConfigFileTestCase):
+    def test_necp_limits_out_of_range_are_named(self):
+        self.assertProblems(
+            "[necp]\nmax_exceptions_per_agent = -1\nmax_queued_output = 10\nmax_agents = 5\n",
+            [
+                "necp.max_exceptions_per_agent: must be an integer 0..65536, got -1",
+                "necp.max_queued_output: must be an integer 1024..67108864, got 10",
+                "necp.max_agents: unknown key; expected one of: max_exceptions_per_agent, max_queued_output",
+            ],
         )
 
 

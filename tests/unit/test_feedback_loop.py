@@ -9,6 +9,7 @@ import textwrap
 
 from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from lvsfeedback.agent.config import AgentSettings, ServiceSettings
@@ -18,6 +19,7 @@ from lvsfeedback.director.config import load_config
 from lvsfeedback.director.service import DirectorService
 from lvsfeedback.ipvs.memory import MemoryIPVS
 from lvsfeedback.ipvs.model import DestKey, ServiceKey
+from lvsfeedback.necp.codec import Service
 from lvsfeedback.testing.necp_link import Link
 
 WEB = ServiceKey.for_address("tcp", "10.0.0.1", 80)
@@ -95,6 +97,20 @@ class FeedbackLoopTests(SynchronousTestCase):
         self.agents["10.1.0.2"][1].value = 80
         self.elapse(8)
         self.assertEqual(self.weights()["10.1.0.2"], 80)
+
+    def test_a_refused_start_of_two_thousand_services_costs_one_log_line(self):
+        self.elapse(2)
+        agent = self.links[0].agent
+        services = [Service(3, 6, port) for port in range(1000, 3000)]
+        refused = []
+        with capturedLogs() as events:
+            agent.start(services).addCallback(refused.append)
+            self.elapse(0.5)
+        self.assertEqual(refused, [tuple(services)])
+        [line] = [formatEvent(event) for event in events]
+        self.assertIn("2000 services", line)
+        self.assertLess(len(line), 300)
+        self.assertEqual(self.weights()[SERVERS[0]], 100)
 
     def test_a_draining_agent_is_quiesced_once_the_director_acknowledges(self):
         self.elapse(8)

@@ -14,6 +14,8 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs, formatEvent
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
@@ -31,6 +33,8 @@ from lvsfeedback.necp.codec import (
     Authenticator,
     Decoder,
     ErrorReply,
+    ExceptionAdd,
+    ExceptionQuery,
     ExceptionRule,
     Flag,
     Init,
@@ -41,10 +45,11 @@ from lvsfeedback.necp.codec import (
     Query,
     Service,
     Start,
+    StartAck,
     decode,
     encode,
 )
-from lvsfeedback.necp.protocol import RequestFailed
+from lvsfeedback.necp.protocol import MESSAGES_PER_TURN, RequestFailed
 from lvsfeedback.testing.necp_link import DIRECTOR, Link
 
 WEB = Service(3, 6, 80)
@@ -508,6 +513,38 @@ class ExceptionTests(EndpointTestCase):
         by_installer = InstalledException(installer=IP("10.0.0.2"))
         self.assertEqual(len(self.call(self.link.agent.query_exceptions(by_installer))), 1)
 
+    def test_rules_over_the_limit_per_agent_are_refused_with_one_log_line(self):
+        director = self.director(max_exceptions_per_agent=3)
+        link = self.connect(director, self.agent_factory(), host="10.0.0.9")
+        rules = [self.rule._replace(port=port) for port in range(1, 6)]
+        with capturedLogs() as events:
+            refused = self.call(link.agent.add_exceptions(rules))
+        self.assertEqual(refused, tuple(rules[3:]))
+        self.assertEqual([rule for _, rule in self.events.of("added")], rules[:3])
+        [line] = [formatEvent(event) for event in events if "exception" in formatEvent(event)]
+        self.assertIn("refused 2 exception rules over the limit of 3 per agent", line)
+        # At the limit, an installed rule may still be refreshed.
+        self.assertEqual(self.call(link.agent.add_exceptions(rules[:1])), ())
+        self.assertFalse(link.closed)
+
+    def test_a_query_matching_more_than_one_answer_holds_is_refused_cleanly(self):
+        links = [self.link] + [
+            self.connect(self.director_factory, self.agent_factory(), host=f"10.0.0.{n}") for n in (3, 4, 5)
+        ]
+        for link in links:
+            rules = [self.rule._replace(port=port) for port in range(1, 601)]
+            self.assertEqual(self.call(link.agent.add_exceptions(rules)), ())
+        replies = []
+        self.link.agent.send_request(ExceptionQuery(filter=InstalledException())).addCallback(replies.append)
+        self.flush()
+        self.assertEqual(
+            replies, [ErrorReply(opcode=Opcode.EXCEPTION_RESP, request_id=replies[0].request_id,
+                                 units=(InstalledException(),))]
+        )
+        self.assertFalse(self.link.closed)
+        mine = self.call(self.link.agent.query_exceptions(InstalledException(installer=IP("10.0.0.2"))))
+        self.assertEqual(len(mine), 600)
+
     def test_invalid_rules_are_refused(self):
         bad = self.rule._replace(scope=3)
         self.assertEqual(self.call(self.link.agent.add_exceptions([bad, self.rule])), (bad,))
@@ -597,6 +634,89 @@ class AuthenticationTests(EndpointTestCase):
         self.assertEqual(len(self.events.of("started")), 2)
         self.assertEqual(link.director.services, {WEB: None})
         self.assertFalse(link.closed)
+
+    def captured_session(self, director):
+        """A real agent's session from 10.0.0.2 and the bytes of its INIT and its START."""
+        link = Link(director, self.agent_factory(secret=SECRET), self.clock, greet=False)
+        self.links.append(link)
+        init = b"".join(link.agent_side.stream)
+        link.pump.pump()  # the INIT arrives; the INIT_ACK is written
+        link.pump.pump()  # the INIT_ACK arrives; the agent writes its START
+        start = b"".join(link.agent_side.stream)
+        self.flush()
+        return link, init, start
+
+    def replay(self, director, data, port=40001):
+        protocol = director.buildProtocol(IPv4Address("TCP", "10.0.0.2", port))
+        transport = iosim.FakeTransport(protocol, True, DIRECTOR, IPv4Address("TCP", "10.0.0.2", port))
+        protocol.makeConnection(transport)
+        protocol.dataReceived(data)
+        return transport
+
+    def test_replayed_init_and_start_from_the_same_host_take_nothing_over(self):
+        director = self.director(secret=SECRET)
+        legit, init, start = self.captured_session(director)
+        self.elapse(5)
+        before = list(self.events.calls)
+        # Within the same second as the capture: the clock alone would not
+        # make the INIT_ACK's sequence number fresh.
+        replayed = self.replay(director, init + start)
+        self.assertEqual(self.events.calls, before)
+        self.assertEqual(director.agents(), {legit.director.agent: (WEB,)})
+        self.assertFalse(legit.closed)
+        self.elapse(10)
+        self.assertTrue(replayed.disconnecting, "the newcomer never proved itself")
+        self.assertEqual(self.events.of("lost"), [])
+        self.assertEqual(len(self.events.of("up")), 1)
+        self.assertEqual(self.events.of("health")[-1][:3], (legit.director.agent, WEB, 75))
+        self.assertEqual(director.agents(), {legit.director.agent: (WEB,)})
+
+    def test_replayed_init_long_after_the_capture_takes_nothing_over(self):
+        director = self.director(secret=SECRET)
+        legit, init, start = self.captured_session(director)
+        self.elapse(60)
+        replayed = self.replay(director, init + start)
+        self.elapse(10)
+        self.assertTrue(replayed.disconnecting)
+        self.assertEqual(self.events.of("lost"), [])
+        self.assertEqual(director.agents(), {legit.director.agent: (WEB,)})
+
+    def test_init_ack_asks_for_more_than_any_number_accepted_from_that_host(self):
+        director = self.director(secret=SECRET)
+        # An agent whose clock runs an hour ahead of the director's.
+        ahead = Clock()
+        ahead.advance(3600)
+        agent_factory = self.agent_factory(secret=SECRET)
+        agent_factory.clock = ahead
+        legit = self.connect(director, agent_factory)
+        self.elapse(5)
+        accepted = legit.director.authenticator.receive_floor - 1
+        self.assertGreaterEqual(accepted, 3600 << 32)
+        replayed = self.replay(director, encode(Init(authenticate=True), secret=SECRET))
+        [init_ack] = [decode(data, Authenticator(SECRET)) for data in replayed.stream]
+        self.assertGreater(init_ack.receive_sequence, accepted)
+
+    def test_reconnecting_agent_with_the_secret_replaces_the_old_session(self):
+        director = self.director(secret=SECRET)
+        old = self.connect(director, self.agent_factory(secret=SECRET), port=40000)
+        self.elapse(5)
+        new = self.connect(director, self.agent_factory(secret=SECRET), port=40001)
+        self.flush()
+        self.assertEqual([call[0] for call in self.events.calls][-3:], ["lost", "up", "started"])
+        self.assertEqual(self.events.of("lost")[0][0], old.director.agent)
+        self.assertEqual(list(director.agents()), [new.director.agent])
+        self.assertTrue(old.closed)
+        self.elapse(5)
+        self.assertEqual(self.events.of("health")[-1][0], new.director.agent)
+
+    def test_reconnecting_agent_without_services_proves_itself_by_answering(self):
+        director = self.director(secret=SECRET)
+        old = self.connect(director, self.agent_factory((), secret=SECRET), port=40000)
+        new = self.connect(director, self.agent_factory((), secret=SECRET), port=40001)
+        self.flush()
+        self.assertEqual(list(director.agents()), [new.director.agent])
+        self.assertTrue(old.closed)
+        self.assertFalse(new.closed)
 
     def test_unverifiable_reply_makes_the_agent_ask_again(self):
         link = self.connect(self.director(secret=SECRET), self.agent_factory(secret=SECRET))
@@ -701,6 +821,130 @@ class RobustnessTests(EndpointTestCase):
         link = self.connect(self.director(), self.agent_factory())
         link.agent.dataReceived(encode(KeepaliveAck(request_id=999)))
         self.assertFalse(link.agent_side.disconnecting)
+
+
+class ConsumerTransport(StringTransport):
+    """
+    A transport that pauses its streaming producer once more than
+    C{buffer_size} bytes wait to be sent, as Twisted's TCP transport does,
+    and resumes it when the peer L{drain}s them.
+    """
+
+    buffer_size = 65536
+
+    def __init__(self, host="10.0.0.2", port=40000):
+        super().__init__(peerAddress=IPv4Address("TCP", host, port))
+        self.producer_paused = False
+
+    def write(self, data):
+        super().write(data)
+        if self.producer is not None and not self.producer_paused and len(self.value()) > self.buffer_size:
+            self.producer_paused = True
+            self.producer.pauseProducing()
+
+    def drain(self):
+        """The peer reads everything; the messages it read."""
+        messages = decode_all(self.value())
+        self.clear()
+        if self.producer_paused:
+            self.producer_paused = False
+            self.producer.resumeProducing()
+        return messages
+
+
+def decode_all(data):
+    decoder = Decoder()
+    decoder.feed(data)
+    found = []
+    while (message := decoder.next_message()) is not None:
+        found.append(message)
+    return found
+
+
+class FlowControlTests(EndpointTestCase):
+    """One peer gets bounded work per reactor turn and bounded queued output."""
+
+    def session(self, director, **where):
+        transport = ConsumerTransport(**where)
+        protocol = director.buildProtocol(transport.getPeer())
+        protocol.makeConnection(transport)
+        protocol.dataReceived(encode(Init(request_id=1)))
+        self.assertTrue(protocol.established)
+        transport.drain()
+        return protocol, transport
+
+    def reactor_turn(self):
+        """
+        Run the calls due now, as one reactor iteration does, and not those
+        they schedule (Clock.advance would run those too).
+        """
+        due = [call for call in self.clock.getDelayedCalls() if call.getTime() <= self.clock.seconds()]
+        for call in due:
+            func, args, kw = call.func, call.args, call.kw
+            call.cancel()
+            func(*args, **kw)
+
+    def queries(self, count, first_id=10):
+        return b"".join(encode(ExceptionQuery(request_id=first_id + n)) for n in range(count))
+
+    def test_a_flood_of_queries_in_one_write_is_handled_in_slices_one_per_reactor_turn(self):
+        director = self.director()
+        protocol, transport = self.session(director)
+        protocol.dataReceived(self.queries(3 * MESSAGES_PER_TURN + 5))
+        slices = [len(transport.drain())]
+        self.assertEqual(transport.producerState, "paused", "no reading while a backlog waits")
+        while transport.producerState == "paused":
+            self.reactor_turn()
+            slices.append(len(transport.drain()))
+        self.assertEqual(slices, [MESSAGES_PER_TURN] * 3 + [5])
+        self.assertEqual(transport.producerState, "producing")
+
+    def test_other_connections_are_served_between_the_slices_of_a_flood(self):
+        director = self.director()
+        flooder, flooder_transport = self.session(director, host="10.0.0.2")
+        other, other_transport = self.session(director, host="10.0.0.3")
+        flooder.dataReceived(self.queries(10 * MESSAGES_PER_TURN))
+        other.dataReceived(encode(Start(request_id=2, services=(WEB,))))
+        self.assertEqual(other_transport.drain(), [StartAck(request_id=2)])
+        self.assertEqual(len(flooder_transport.drain()), MESSAGES_PER_TURN, "the flood waits its turns")
+        self.clock.advance(0)
+        self.assertEqual(len(flooder_transport.drain()), 9 * MESSAGES_PER_TURN)
+
+    def test_a_peer_that_does_not_read_pauses_the_director_and_its_output_stays_under_the_cap(self):
+        director = self.director()
+        protocol, transport = self.session(director)
+        rules = [ExceptionRule(port=port) for port in range(1, 1001)]
+        protocol.dataReceived(encode(ExceptionAdd(request_id=2, rules=tuple(rules))))
+        transport.drain()
+        # 1,000 queries, each answered with 32 KB: 32 MB if all were answered.
+        protocol.dataReceived(self.queries(1000))
+        for _ in range(20):
+            self.clock.advance(0)
+        self.assertTrue(transport.producer_paused)
+        self.assertEqual(transport.producerState, "paused", "the director stopped reading")
+        self.assertLessEqual(len(transport.value()), transport.buffer_size + director.max_queued_output)
+        answered = len(decode_all(transport.value()))
+        self.assertLess(answered, 5)
+        # Once the peer reads, the director goes on where it stopped.
+        answered += len(transport.drain())
+        self.clock.advance(0)
+        self.assertGreater(answered + len(decode_all(transport.value())), answered)
+        self.assertFalse(transport.disconnecting)
+
+    def test_a_connection_queueing_more_than_the_cap_is_aborted_with_one_reason(self):
+        director = self.director(max_queued_output=100)
+        protocol, transport = self.session(director)
+        protocol.dataReceived(encode(Start(request_id=2, services=(WEB,))))
+        transport.drain()
+        protocol.pauseProducing()  # the peer stopped reading
+        with capturedLogs() as events:
+            self.clock.advance(5)  # a keepalive with a health query: 52 bytes
+            self.assertFalse(transport.disconnecting)
+            self.clock.advance(5)  # another: over the cap
+        self.assertTrue(transport.disconnecting)
+        self.assertTrue(transport.disconnected, "aborted: what was queued is dropped")
+        [reason] = [formatEvent(event) for event in events if "closing" in formatEvent(event)]
+        self.assertIn("peer is not reading: over 100 bytes queued", reason)
 
 
 class ScriptedEndpoint:
