@@ -58,6 +58,7 @@ from lvsfeedback.necp.codec import (
     StopAck,
     pack_unit,
 )
+from lvsfeedback.necp.counters import BAD_CREDENTIAL, BAD_SEQUENCE, LIMIT, MALFORMED, NOT_ALLOWED, UNEXPECTED
 from lvsfeedback.necp.protocol import NECPFactory, NECPProtocol
 
 # IP protocols IPVS balances.
@@ -97,8 +98,10 @@ class IAgentEvents(Interface):
         C{agent} is ready for new flows of C{services} (a tuple of L{Service},
         none already started on this session).
 
-        @return: an iterable of the services refused (empty to accept all);
-            their units go back to the agent in an error START_ACK.
+        @return: an iterable of the services refused (empty to accept all):
+            those the agent may not offer. Their units go back to the agent
+            in an error START_ACK, and the protocol counts and logs the
+            refusal (as C{not_allowed}).
         """
 
     def servicesStopped(agent, services):
@@ -133,6 +136,13 @@ def valid_service(service: Service) -> bool:
         and service.protocol in BALANCED_PROTOCOLS
         and 0 < service.port
     )
+
+
+def summarise_services(services, examples: int = 3) -> str:
+    """A few of C{services} as protocol/port, and how many more: one short log line for any number."""
+    shown = ", ".join(f"{unit.protocol}/{unit.port}" for unit in services[:examples])
+    more = len(services) - examples
+    return f"{shown} and {more} more" if more > 0 else shown
 
 
 def health_queries(services) -> tuple[Query, ...]:
@@ -310,6 +320,7 @@ class NEProtocol(NECPProtocol):
         self.proving = False
         self._proof_call: IDelayedCall | None = None
         super().connectionMade()
+        self.peer_host = self.agent.host
 
     def make_authenticator(self) -> Authenticator | None:
         secret = self.factory.secret
@@ -317,13 +328,13 @@ class NEProtocol(NECPProtocol):
 
     def init_received(self, request: Init) -> Message | None:
         if self.established:
-            self.close("INIT on an established session")
+            self.close("INIT on an established session", refused=UNEXPECTED)
             return None
         authenticator = self.authenticator
         if authenticator is not None and not request.authenticate:
-            return self._refuse_init(request, "agent does not authenticate; this director requires it")
+            return self._refuse_init(request, "agent does not authenticate; this director requires it", BAD_CREDENTIAL)
         if authenticator is None and request.authenticate:
-            return self._refuse_init(request, "agent asks for authentication; this director has no secret")
+            return self._refuse_init(request, "agent asks for authentication; this director has no secret", BAD_CREDENTIAL)
         if authenticator is None:
             reply = InitAck()
         else:
@@ -331,7 +342,7 @@ class NEProtocol(NECPProtocol):
             # ours: one no message captured before can carry.
             first = self.factory.fresh_sequence(self.agent.host)
             if first > MAX_SEQUENCE:
-                return self._refuse_init(request, "sequence numbers from this host are exhausted")
+                return self._refuse_init(request, "sequence numbers from this host are exhausted", BAD_SEQUENCE)
             authenticator.start_sending(request.receive_sequence)
             authenticator.start_receiving(first)
             self.signing = True
@@ -339,7 +350,7 @@ class NEProtocol(NECPProtocol):
         self.establish()
         return reply
 
-    def _refuse_init(self, request: Init, reason: str) -> None:
+    def _refuse_init(self, request: Init, reason: str, refused: str) -> None:
         self.send_message(
             ErrorReply(
                 opcode=Opcode.INIT_ACK,
@@ -347,7 +358,7 @@ class NEProtocol(NECPProtocol):
                 flags=Flag.ERROR | Flag.AUTH_REQUIRED,
             )
         )
-        self.close(f"INIT refused: {reason}")
+        self.close(f"INIT refused: {reason}", refused=refused)
         return None
 
     def session_established(self) -> None:
@@ -372,7 +383,7 @@ class NEProtocol(NECPProtocol):
 
     def _not_proven(self) -> None:
         self._proof_call = None
-        self.close(f"no verified message within {self.factory.handshake_timeout} s of INIT_ACK")
+        self.close(f"no verified message within {self.factory.handshake_timeout} s of INIT_ACK", refused=LIMIT)
 
     def session_ended(self, reason: str, was_established: bool) -> None:
         self._cancel(self._proof_call)
@@ -398,7 +409,16 @@ class NEProtocol(NECPProtocol):
             if service not in refused:
                 self.services[service] = None
         self._queries = health_queries(self.services)
-        failed = invalid + [service for service in candidates if service in refused]
+        not_allowed = [service for service in candidates if service in refused]
+        if invalid:
+            self.refuse(MALFORMED, f"START of services NECP or IPVS does not define: {summarise_services(invalid)}")
+        if not_allowed:
+            self.refuse(
+                NOT_ALLOWED,
+                f"START of {len(not_allowed)} services no configured real server at its address provides: "
+                f"{summarise_services(not_allowed)}",
+            )
+        failed = invalid + not_allowed
         started = [service for service in candidates if service not in refused]
         if started and self.factory.ask_on_start:
             # Ask now rather than at the next keepalive (up to 6 s away): a
@@ -422,6 +442,8 @@ class NEProtocol(NECPProtocol):
         # Stopping a service that is not started already holds: that makes a
         # STOP sent again (after an unverifiable STOP_ACK) harmless.
         failed = [service for service in request.services if not valid_service(service)]
+        if failed:
+            self.refuse(MALFORMED, f"STOP of services NECP or IPVS does not define: {summarise_services(failed)}")
         stopped = list(dict.fromkeys(s for s in request.services if s in self.services))
         for service in stopped:
             del self.services[service]
@@ -461,10 +483,11 @@ class NEProtocol(NECPProtocol):
     def exception_add_received(self, request: ExceptionAdd) -> Message:
         exceptions, limit = self.factory.exceptions, self.factory.max_exceptions_per_agent
         failed = []
-        over_limit = 0
+        invalid = over_limit = 0
         for rule in request.rules:
             if not valid_rule(rule):
                 failed.append(rule)
+                invalid += 1
                 continue
             if exceptions.count(self.agent) >= limit and not exceptions.holds(self.agent, rule):
                 failed.append(rule)
@@ -472,13 +495,10 @@ class NEProtocol(NECPProtocol):
                 continue
             exceptions.add(self.agent, rule)
             self.factory.notify("exceptionAdded", self.agent, rule)
+        if invalid:
+            self.refuse(MALFORMED, f"EXCEPTION_ADD: {invalid} exception rules with a scope or prefix NECP does not define")
         if over_limit:
-            self.log.warn(
-                "agent {agent}: refused {count} exception rules over the limit of {limit} per agent",
-                agent=self.agent,
-                count=over_limit,
-                limit=limit,
-            )
+            self.refuse(LIMIT, f"EXCEPTION_ADD: {over_limit} exception rules over the limit of {limit} per agent")
         if failed:
             return ErrorReply(opcode=Opcode.EXCEPTION_ADD_ACK, units=tuple(failed))
         return ExceptionAddAck()
@@ -504,12 +524,9 @@ class NEProtocol(NECPProtocol):
         answer = self.factory.exceptions.answer(request.filter)
         if len(answer.entries) > MAX_UNITS:
             # One EXCEPTION_RESP answers one query; a narrower filter fits.
-            self.log.warn(
-                "agent {agent}: refused an exception query matching {count} entries, "
-                "over the {limit} one answer holds",
-                agent=self.agent,
-                count=len(answer.entries),
-                limit=MAX_UNITS,
+            self.refuse(
+                LIMIT,
+                f"EXCEPTION_QUERY: an exception query matching {len(answer.entries)} entries, over the {MAX_UNITS} one answer holds",
             )
             return ErrorReply(opcode=Opcode.EXCEPTION_RESP, units=(request.filter,))
         return answer

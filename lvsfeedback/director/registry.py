@@ -9,7 +9,7 @@ virtual service S? It also decides nothing about weights; the policy does.
 
 An agent speaks only for its own address: a START for a service that no
 configured real server at that address provides (and no auto_join network
-admits) is refused and logged.
+admits) is refused; the NE protocol counts and logs the refusal.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from twisted.logger import Logger
 
 from lvsfeedback.director.config import OnLeave
 from lvsfeedback.director.policy import Agent, AgentState, HealthReport
+from lvsfeedback.director.protocol import summarise_services
 from lvsfeedback.ipvs.model import PROTOCOLS, DestKey, RealServer, ServiceKey
 from lvsfeedback.necp.codec import IPVS_FORWARDING
 
@@ -109,19 +110,13 @@ class Registry:
                 self._lost_at.pop(session.address, None)
             else:
                 refused.append(unit)
-        if refused:
-            self.log.warn(
-                "agent {address} started {count} services no configured real server at its "
-                "address provides, refused: {services}",
-                address=session.address, count=len(refused), services=_summary(refused),
-            )
         return refused
 
     def servicesStopped(self, agent, services) -> list:
         session = self._sessions.get(agent)
         if session is not None:
             self.log.info("agent {address} stopped {services}", address=session.address,
-                          services=_summary(services))
+                          services=summarise_services(services))
             for unit in services:
                 port = (unit.protocol, unit.port)
                 session.started.pop(port, None)
@@ -254,13 +249,6 @@ def _port_matches(service, dest: DestKey, port: ServicePort) -> bool:
             and (not mark.ports or number in mark.ports or (dest.port and number == dest.port))
         )
     return PROTOCOLS[key.protocol] == protocol and number == (dest.port or key.port)
-
-
-def _summary(services, examples: int = 3) -> str:
-    """A few of C{services} as protocol/port, and how many more: one short log line for any number."""
-    shown = ", ".join(f"{unit.protocol}/{unit.port}" for unit in services[:examples])
-    more = len(services) - examples
-    return f"{shown} and {more} more" if more > 0 else shown
 
 
 def _address_of(agent) -> str:

@@ -12,7 +12,6 @@ import signal
 
 from twisted.application import strports
 from twisted.application.service import MultiService
-from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 
@@ -21,6 +20,7 @@ from lvsfeedback.director.protocol import NEFactory, NEProtocol, unmapped
 from lvsfeedback.director.registry import Registry
 from lvsfeedback.director.updater import WeightUpdater
 from lvsfeedback.director.web import StatusListener
+from lvsfeedback.necp.counters import ALLOW, MAX_AGENTS
 
 
 def read_secret(config: DirectorConfig) -> bytes | None:
@@ -28,9 +28,9 @@ def read_secret(config: DirectorConfig) -> bytes | None:
     return None if path is None else path.read_bytes().strip()
 
 
-# Connections refused for being one too many cost one log line per this many
-# seconds, however many there are.
-REFUSAL_LOG_INTERVAL = 10.0
+# Connections refused for being one too many are logged as one peer's: the
+# limit is the director's, and a reconnect storm of agents over it is no attack.
+ANY_HOST = "any host"
 # File descriptors the director needs beside its agents' connections: epoll,
 # the waker, listeners, netlink, logs and status clients (13 measured with
 # 1,000 agents), with room to spare.
@@ -56,7 +56,8 @@ class GuardedNEFactory(NEFactory):
     The NE factory, refusing connections from outside the allowed networks
     and any beyond C{max_agents} open at once: the listener says no at once
     rather than run out of file descriptors, and the status listener and
-    the agents already in keep theirs.
+    the agents already in keep theirs. Each refusal is counted and logged
+    in the factory's L{NECPCounters}.
     """
 
     protocol = CountedNEProtocol
@@ -67,39 +68,23 @@ class GuardedNEFactory(NEFactory):
         self.allow = allow
         self.max_agents = max_agents
         self.open_connections = 0
-        self._refused = 0  # beyond max_agents, since the last log line
-        self._refusal_window: IDelayedCall | None = None
 
     def buildProtocol(self, addr):
         host = getattr(addr, "host", None)
-        if self.allow and (host is None or not any(ipaddress.ip_address(unmapped(host)) in net for net in self.allow)):
-            self.log.warn("refused an agent connection from {host}: not in [director] allow", host=host)
+        if host is not None:
+            host = unmapped(host)
+        if self.allow and (host is None or not any(ipaddress.ip_address(host) in net for net in self.allow)):
+            self.counters.connection_refused(ALLOW, str(host), f"agent connection from {host}: not in [director] allow")
             return None
         if self.open_connections >= self.max_agents:
-            self._refused += 1
-            if self._refusal_window is None:
-                self._log_refusals()
+            self.counters.connection_refused(
+                MAX_AGENTS, str(host),
+                f"agent connection from {host}: {self.open_connections} open, "
+                f"[director] max_agents = {self.max_agents}",
+                scope=ANY_HOST,
+            )
             return None
         return super().buildProtocol(addr)
-
-    def _log_refusals(self) -> None:
-        """Log the refusals counted so far, and count the next ones for an interval."""
-        if not self._refused:
-            self._refusal_window = None
-            return
-        self.log.warn(
-            "refused {count} agent connection(s): {open} open, [director] max_agents = {max_agents}; "
-            "further refusals are counted for {interval:g} s",
-            count=self._refused, open=self.open_connections, max_agents=self.max_agents,
-            interval=REFUSAL_LOG_INTERVAL,
-        )
-        self._refused = 0
-        self._refusal_window = self.clock.callLater(REFUSAL_LOG_INTERVAL, self._log_refusals)
-
-    def stopFactory(self) -> None:
-        if self._refusal_window is not None and self._refusal_window.active():
-            self._refusal_window.cancel()
-        self._refusal_window = None
 
 
 def descriptor_shortage(max_agents: int, limit: int) -> str | None:

@@ -3,7 +3,7 @@ The director's status listener: what it knows, for people and for
 Prometheus, and the few knobs an operator may turn.
 
     GET  /                  the dashboard (files shipped in this package, no CDN)
-    GET  /status.json       services, real servers, weights and why, agents, passes
+    GET  /status.json       services, real servers, weights and why, agents, passes, NECP counts
     GET  /history.json      weights and health of the last minutes, for the charts
     GET  /metrics           Prometheus exposition, read from the live objects
     POST /control/drain     {"service": ..., "server": ...}: weight 0 until undrained
@@ -55,6 +55,7 @@ from lvsfeedback.ipvs.model import (
     EditDest,
     ServiceKey,
 )
+from lvsfeedback.necp.codec import opcode_name
 
 JSON_TYPE = b"application/json"
 BEARER_CHALLENGE = b'Bearer realm="lvsfeedback"'
@@ -229,6 +230,18 @@ def _agent_status(session, now: float) -> dict[str, Any]:
     }
 
 
+def _necp_status(counters) -> dict[str, Any]:
+    """What the agents' listener handled and refused (its L{NECPCounters})."""
+    return {
+        "messages": {
+            "total": sum(counters.messages.values()),
+            "by_type": {opcode_name(opcode): count for opcode, count in sorted(counters.messages.items())},
+        },
+        "refused": dict(counters.refusals),
+        "connections_refused": dict(counters.connections_refused),
+    }
+
+
 def build_status(director, now: float) -> dict[str, Any]:
     """Everything the director knows and decided, as plain JSON-ready values."""
     updater = director.updater
@@ -259,6 +272,7 @@ def build_status(director, now: float) -> dict[str, Any]:
             },
         },
         "agents": [_agent_status(session, now) for session in director.registry.sessions],
+        "necp": _necp_status(director.factory.counters),
         "services": [_service_status(director, service, kernel, now) for service in config.services],
     }
 
@@ -369,6 +383,27 @@ class DirectorCollector:
         if passes["last"] is not None:
             duration.add_metric([], passes["last"]["duration"])
         yield from (agents, observe, health, age, kernel, desired, reason, panic, total, failed, writes, duration)
+        yield from necp_metrics(status["necp"])
+
+
+def necp_metrics(necp: dict[str, Any]):
+    """The NECP counts of the status document as Prometheus counters."""
+    messages = CounterMetricFamily(
+        "lvsfeedback_necp_messages", "NECP messages read from agents and accepted, by type.", labels=["type"]
+    )
+    for kind, count in necp["messages"]["by_type"].items():
+        messages.add_metric([kind], count)
+    refusals = CounterMetricFamily(
+        "lvsfeedback_necp_refusals", "NECP messages or sessions of agents refused, by reason.", labels=["reason"]
+    )
+    for why, count in necp["refused"].items():
+        refusals.add_metric([why], count)
+    connections = CounterMetricFamily(
+        "lvsfeedback_agent_connections_refused", "Agent connections refused at connect, by reason.", labels=["reason"]
+    )
+    for why, count in necp["connections_refused"].items():
+        connections.add_metric([why], count)
+    yield from (messages, refusals, connections)
 
 
 def metrics_registry(director) -> CollectorRegistry:

@@ -125,6 +125,10 @@ class NECPError(Exception):
     """
 
 
+class MessageTooLarge(NECPError):
+    """A header announcing a payload over the limit: refused before it is read."""
+
+
 class MessageRefused(NECPError):
     """
     One whole message was read and refused; the stream is still in step.
@@ -953,7 +957,7 @@ class Decoder:
         credential = flags & _CREDENTIAL_BIT
         limit = MAX_PAYLOAD + CREDENTIAL_SIZE if credential else MAX_PAYLOAD
         if length > limit:
-            raise NECPError(f"payload length {length} over the limit of {limit}")
+            raise MessageTooLarge(f"payload length {length} over the limit of {limit}")
         end = start + HEADER_SIZE + length
         if len(buffer) < end:
             return None

@@ -9,6 +9,8 @@ closes the connection when the peer leaves too many keepalives in a row
 unanswered, when the handshake does not finish in time, or when the input
 is malformed. A refused message (bad credential, replay, other version,
 reserved opcode) is answered with an error reply and the session goes on.
+Every message handled and every refusal is counted in the factory's
+L{NECPCounters}, which logs each refusal class once per peer per minute.
 
 A peer gets bounded work and bounded output: at most C{messages_per_turn}
 messages are handled per reactor turn (the rest on the next turns, reading
@@ -40,7 +42,9 @@ from zope.interface import implementer
 from lvsfeedback.necp.codec import (
     REPLY_OPCODE,
     REPLY_OPCODES,
+    AuthenticationFailed,
     Authenticator,
+    BadSequenceNumber,
     Decoder,
     ErrorReply,
     ExceptionAdd,
@@ -53,6 +57,7 @@ from lvsfeedback.necp.codec import (
     KeepaliveAck,
     Message,
     MessageRefused,
+    MessageTooLarge,
     NECPError,
     Noop,
     Opcode,
@@ -62,6 +67,14 @@ from lvsfeedback.necp.codec import (
     UnsupportedVersion,
     encode,
     opcode_name,
+)
+from lvsfeedback.necp.counters import (
+    BAD_CREDENTIAL,
+    BAD_SEQUENCE,
+    LIMIT,
+    MALFORMED,
+    UNEXPECTED,
+    NECPCounters,
 )
 
 KEEPALIVE_INTERVAL = 5.0
@@ -81,6 +94,17 @@ def describe_flags(flags: int) -> str:
     """Header flags as readable names, e.g. C{'ERROR|AUTH_REQUIRED'}."""
     names = [flag.name for flag in Flag if flags & flag]
     return "|".join(names) if names else "none"
+
+
+def refusal_reason(error: NECPError) -> str:
+    """The counted reason for refusing what the codec refused with C{error}."""
+    if isinstance(error, AuthenticationFailed):
+        return BAD_CREDENTIAL
+    if isinstance(error, BadSequenceNumber):
+        return BAD_SEQUENCE
+    if isinstance(error, MessageTooLarge):
+        return LIMIT
+    return MALFORMED
 
 
 def describe_address(address: object) -> str:
@@ -110,6 +134,7 @@ class NECPFactory(Factory):
     @param max_queued_output: bytes a connection may write after its
         transport's buffer filled up (the peer stopped reading) before it
         is aborted.
+    @ivar counters: the L{NECPCounters} of every connection of this endpoint.
     """
 
     def __init__(
@@ -146,6 +171,10 @@ class NECPFactory(Factory):
         self.request_timeout = request_timeout
         self.messages_per_turn = messages_per_turn
         self.max_queued_output = max_queued_output
+        self.counters = NECPCounters(clock)
+
+    def stopFactory(self) -> None:
+        self.counters.flush()
 
 
 class _Pending:
@@ -200,7 +229,10 @@ class NECPProtocol(Protocol):
     signing = False
 
     def connectionMade(self) -> None:
-        self.peer = describe_address(self.transport.getPeer())
+        address = self.transport.getPeer()
+        self.peer = describe_address(address)
+        # Refusals are logged per host: a peer's connections share its minute.
+        self.peer_host = str(getattr(address, "host", self.peer))
         self.authenticator = self.make_authenticator()
         self._decoder = Decoder(self.authenticator)
         self._pending: dict[int, _Pending] = {}
@@ -254,7 +286,7 @@ class NECPProtocol(Protocol):
         return not heard
 
     def init_received(self, request: Init) -> Message | None:
-        self.close("unexpected INIT: this end does not accept sessions")
+        self.close("unexpected INIT: this end does not accept sessions", refused=UNEXPECTED)
         return None
 
     def keepalive_received(self, request: Keepalive) -> Message | None:
@@ -283,11 +315,7 @@ class NECPProtocol(Protocol):
 
     def not_accepted(self, request: Message) -> ErrorReply:
         """An error reply for a request this end does not take, copying its units."""
-        self.log.warn(
-            "{peer} sent {request}, which this end does not accept",
-            peer=self.peer,
-            request=opcode_name(request.opcode),
-        )
+        self.refuse(UNEXPECTED, f"{opcode_name(request.opcode)}, which this end does not accept")
         if isinstance(request, (Start, Stop)):
             units = request.services
         elif isinstance(request, (ExceptionAdd, ExceptionDel)):
@@ -313,6 +341,7 @@ class NECPProtocol(Protocol):
                     f"peer is not reading: over {self.factory.max_queued_output} bytes "
                     "queued beyond the transport's buffer",
                     abort=True,
+                    refused=LIMIT,
                 )
                 return
         self.transport.write(data)
@@ -354,12 +383,23 @@ class NECPProtocol(Protocol):
         self._schedule_keepalive()
         self.session_established()
 
-    def close(self, reason: str, *, abort: bool = False) -> None:
-        """Close the connection, logging C{reason}; C{abort} drops unsent data."""
+    def refuse(self, reason: str, detail: str) -> None:
+        """Count a refusal of what the peer sent, for C{reason}; logged once per peer per minute."""
+        self.factory.counters.refused(reason, self.peer_host, f"from {self.peer}: {detail}")
+
+    def close(self, reason: str, *, abort: bool = False, refused: str | None = None) -> None:
+        """
+        Close the connection, logging C{reason}; C{abort} drops unsent data.
+        A close that C{refused} the peer for that reason is counted and
+        logged as a refusal (once per peer per minute) instead.
+        """
         if self._closing is not None:
             return
         self._closing = reason
-        self.log.warn("closing NECP connection with {peer}: {reason}", peer=self.peer, reason=reason)
+        if refused is None:
+            self.log.warn("closing NECP connection with {peer}: {reason}", peer=self.peer, reason=reason)
+        else:
+            self.refuse(refused, f"closing the connection: {reason}")
         self._stop_timers()
         # A transport with a producer registered waits for it before closing.
         self.transport.unregisterProducer()
@@ -376,7 +416,7 @@ class NECPProtocol(Protocol):
         try:
             self._decoder.feed(data)
         except NECPError as error:
-            self.close(f"malformed NECP input: {error}", abort=True)
+            self.close(f"malformed NECP input: {error}", abort=True, refused=refusal_reason(error))
             return
         if self._backlog_call is None and not self._output_paused:
             self._handle_messages()
@@ -384,6 +424,7 @@ class NECPProtocol(Protocol):
     def _handle_messages(self) -> None:
         """Handle buffered messages, at most C{messages_per_turn} of them this turn."""
         self._backlog_call = None
+        counted = self.factory.counters.messages
         for _ in range(self.factory.messages_per_turn):
             if self._closing is not None or self._output_paused:
                 return  # resumeProducing picks up the rest
@@ -393,11 +434,12 @@ class NECPProtocol(Protocol):
                 self._refused(refusal)
                 continue
             except NECPError as error:
-                self.close(f"malformed NECP input: {error}", abort=True)
+                self.close(f"malformed NECP input: {error}", abort=True, refused=refusal_reason(error))
                 return
             if message is None:
                 self._read(True)
                 return
+            counted[message.opcode] += 1
             self.message_received(message)
             self._dispatch(message)
         if self._closing is None and not self._output_paused:
@@ -443,7 +485,7 @@ class NECPProtocol(Protocol):
             self._reply_received(message)
             return
         if not self.established and kind is not Init:
-            self.close(f"{opcode_name(message.opcode)} before the session was initialised")
+            self.close(f"{opcode_name(message.opcode)} before the session was initialised", refused=UNEXPECTED)
             return
         if kind is Keepalive:
             self._peer_kept_alive = True
@@ -454,15 +496,12 @@ class NECPProtocol(Protocol):
     def _reply_received(self, reply: Message) -> None:
         pending = self._pending.get(reply.request_id)
         if pending is None:
-            self.log.info(
-                "ignoring {reply} from {peer} for request {request_id}: nothing waits for it",
-                reply=opcode_name(reply.opcode),
-                peer=self.peer,
-                request_id=reply.request_id,
+            self.refuse(
+                UNEXPECTED, f"ignored {opcode_name(reply.opcode)} for request {reply.request_id}: nothing waits for it"
             )
             return
         if reply.opcode != REPLY_OPCODE[pending.message.opcode]:
-            self.close(f"{opcode_name(reply.opcode)} does not answer {pending.name}")
+            self.close(f"{opcode_name(reply.opcode)} does not answer {pending.name}", refused=UNEXPECTED)
             return
         if type(reply) is ErrorReply:
             if reply.flags & Flag.VERSION_MISMATCH:
@@ -480,38 +519,31 @@ class NECPProtocol(Protocol):
         if refusal.flags & Flag.ERROR or refusal.opcode in REPLY_OPCODES:
             self._reply_refused(refusal)
             return
-        self.log.warn(
-            "refused {request} from {peer}: {reason}",
-            request=opcode_name(refusal.opcode),
-            peer=self.peer,
-            reason=refusal.reason,
-        )
-        if refusal.opcode == Opcode.NOOP:
-            return
-        self.send_message(
-            ErrorReply(
-                opcode=REPLY_OPCODE.get(refusal.opcode, refusal.opcode),
-                request_id=refusal.request_id,
-                flags=refusal.reply_flags,
+        reason = refusal_reason(refusal)
+        if refusal.opcode != Opcode.NOOP:
+            self.send_message(
+                ErrorReply(
+                    opcode=REPLY_OPCODE.get(refusal.opcode, refusal.opcode),
+                    request_id=refusal.request_id,
+                    flags=refusal.reply_flags,
+                )
             )
-        )
-        if not self.established:
-            self.close(f"handshake failed: {refusal.reason}")
+            if not self.established:
+                self.close(f"handshake failed: {opcode_name(refusal.opcode)}: {refusal.reason}", refused=reason)
+                return
+        self.refuse(reason, f"{opcode_name(refusal.opcode)}: {refusal.reason}")
 
     def _reply_refused(self, refusal: MessageRefused) -> None:
         """A reply we cannot accept: ask again, up to L{MAX_ATTEMPTS} times in all."""
         pending = self._pending.get(refusal.request_id)
         reason = f"{refusal.reason} (peer flags {describe_flags(refusal.flags)})"
+        counted = refusal_reason(refusal)
         if pending is None or REPLY_OPCODE[pending.message.opcode] != refusal.opcode:
-            self.log.warn(
-                "ignoring unverifiable {reply} from {peer}: {reason}",
-                reply=opcode_name(refusal.opcode),
-                peer=self.peer,
-                reason=reason,
-            )
+            self.refuse(counted, f"ignored unverifiable {opcode_name(refusal.opcode)}: {reason}")
         elif not pending.retryable:
-            self.close(f"reply to {pending.name} refused: {reason}")
+            self.close(f"reply to {pending.name} refused: {reason}", refused=counted)
         else:
+            self.refuse(counted, f"cannot verify its {opcode_name(refusal.opcode)}: {reason}")
             self._retry(pending, f"cannot verify the reply: {reason}")
 
     def _retry(self, pending: _Pending, reason: str) -> None:
@@ -585,7 +617,7 @@ class NECPProtocol(Protocol):
 
     def _handshake_timed_out(self) -> None:
         self._handshake_call = None
-        self.close(f"no session within {self.factory.handshake_timeout} s of connecting")
+        self.close(f"no session within {self.factory.handshake_timeout} s of connecting", refused=LIMIT)
 
     @staticmethod
     def _cancel(call: IDelayedCall | None) -> None:

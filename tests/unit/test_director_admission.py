@@ -1,7 +1,8 @@
 """
 Which agent connections the director lets in: at most [director] max_agents
-open at once, the next one refused at connect (the listener closes it) and
-logged once per interval, so that it never runs out of file descriptors.
+open at once, the next one refused at connect (the listener closes it),
+counted, and logged once a minute, so that it never runs out of file
+descriptors; and connections from outside [director] allow are refused.
 """
 
 import textwrap
@@ -9,18 +10,18 @@ import textwrap
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.internet.error import ConnectionDone
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from lvsfeedback.director.config import load_config
 from lvsfeedback.director.service import (
     DESCRIPTOR_HEADROOM,
-    REFUSAL_LOG_INTERVAL,
     DirectorService,
     descriptor_shortage,
 )
 from lvsfeedback.ipvs.memory import MemoryIPVS
+from lvsfeedback.necp.counters import LOG_WINDOW
 
 CONFIG = """
 [director]
@@ -85,18 +86,21 @@ class MaxAgentsTests(SynchronousTestCase):
         self.assertEqual(self.factory.agents(), {})
         self.assertFalse(self.connect(4))
 
-    def test_refusals_cost_one_log_line_per_interval(self):
+    def test_refusals_from_every_host_cost_one_line_a_minute_and_a_summary(self):
+        # The limit is the director's: agents over it are one class, whoever they are.
         for n in (1, 2, 3):
             self.connect(n)
         with capturedLogs() as events:
             for n in range(10, 15):
                 self.connect(n)
-            self.reactor.advance(REFUSAL_LOG_INTERVAL)
-            self.reactor.advance(REFUSAL_LOG_INTERVAL)
+            self.reactor.advance(LOG_WINDOW)
             self.connect(20)
-        refusals = [event for event in events if "max_agents" in event.get("log_format", "")]
-        self.assertEqual([event["count"] for event in refusals], [1, 4, 1])
-        self.assertEqual({(event["open"], event["max_agents"]) for event in refusals}, {(3, 3)})
+        lines = [line for line in map(formatEvent, events) if "max_agents" in line]
+        self.assertEqual(len(lines), 3, lines)
+        self.assertIn("10.0.0.10: 3 open, [director] max_agents = 3", lines[0])
+        self.assertIn("and 4 more max_agents refusals from any host in the last 60 s", lines[1])
+        self.assertIn("10.0.0.20", lines[2])
+        self.assertEqual(self.factory.counters.connections_refused["max_agents"], 6)
 
     def test_a_reload_sets_the_new_limit(self):
         for n in (1, 2, 3):

@@ -522,7 +522,7 @@ class ExceptionTests(EndpointTestCase):
         self.assertEqual(refused, tuple(rules[3:]))
         self.assertEqual([rule for _, rule in self.events.of("added")], rules[:3])
         [line] = [formatEvent(event) for event in events if "exception" in formatEvent(event)]
-        self.assertIn("refused 2 exception rules over the limit of 3 per agent", line)
+        self.assertIn("2 exception rules over the limit of 3 per agent", line)
         # At the limit, an installed rule may still be refreshed.
         self.assertEqual(self.call(link.agent.add_exceptions(rules[:1])), ())
         self.assertFalse(link.closed)
