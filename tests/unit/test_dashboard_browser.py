@@ -181,11 +181,15 @@ class DashboardInBrowserTests(TestCase):
         self.director.registry.servicesStarted(first, [DNS_SERVICE])
         self.director.registry.healthReported(first, DNS_SERVICE, 90, reactor.seconds())
         connect(self.director, 2, health=70)
+        counters = self.director.factory.counters
+        counters.refused("malformed", "192.0.2.9", "from 192.0.2.9:1: garbage")
+        counters.connection_refused("allow", "192.0.2.9", "agent connection from 192.0.2.9: not in [director] allow")
         yield self.advance()
 
         page = yield self.load()
         self.assertEqual(page.mode, "OBSERVE: weights not written")
         self.assertEqual(page.summary["agents"], "2")
+        self.assertEqual(page.summary["refused"], "2")
         web_first = {field: page.cells[("web", "10.1.0.1:80", field)] for field in
                      ("health", "desired-weight", "kernel-weight", "base-weight", "reason")}
         self.assertEqual(web_first, {"health": "40", "desired-weight": "40", "kernel-weight": "-",

@@ -249,6 +249,10 @@ function serviceSection(service, now) {
   return section;
 }
 
+function total(counts) {
+  return Object.values(counts).reduce((sum, count) => sum + count, 0);
+}
+
 function render(status) {
   const mode = document.getElementById("mode");
   mode.textContent = status.director.observe ? "OBSERVE: weights not written" : "LIVE";
@@ -259,6 +263,7 @@ function render(status) {
     failed: status.passes.failed,
     writes: status.passes.writes,
     "last-pass": status.passes.last ? `${seconds(status.passes.last.age)} ago` : "none yet",
+    refused: total(status.necp.refused) + total(status.necp.connections_refused),
   };
   for (const [field, value] of Object.entries(summary)) {
     document.querySelector(`#summary [data-field="${field}"]`).textContent = String(value);
