@@ -332,9 +332,13 @@ class NEProtocol(NECPProtocol):
             return None
         authenticator = self.authenticator
         if authenticator is not None and not request.authenticate:
-            return self._refuse_init(request, "agent does not authenticate; this director requires it", BAD_CREDENTIAL)
+            return self._refuse_init(
+                request, "agent does not authenticate; this director requires it", BAD_CREDENTIAL
+            )
         if authenticator is None and request.authenticate:
-            return self._refuse_init(request, "agent asks for authentication; this director has no secret", BAD_CREDENTIAL)
+            return self._refuse_init(
+                request, "agent asks for authentication; this director has no secret", BAD_CREDENTIAL
+            )
         if authenticator is None:
             reply = InitAck()
         else:
@@ -342,7 +346,9 @@ class NEProtocol(NECPProtocol):
             # ours: one no message captured before can carry.
             first = self.factory.fresh_sequence(self.agent.host)
             if first > MAX_SEQUENCE:
-                return self._refuse_init(request, "sequence numbers from this host are exhausted", BAD_SEQUENCE)
+                return self._refuse_init(
+                    request, "sequence numbers from this host are exhausted", BAD_SEQUENCE
+                )
             authenticator.start_sending(request.receive_sequence)
             authenticator.start_receiving(first)
             self.signing = True
@@ -383,7 +389,9 @@ class NEProtocol(NECPProtocol):
 
     def _not_proven(self) -> None:
         self._proof_call = None
-        self.close(f"no verified message within {self.factory.handshake_timeout} s of INIT_ACK", refused=LIMIT)
+        self.close(
+            f"no verified message within {self.factory.handshake_timeout} s of INIT_ACK", refused=LIMIT
+        )
 
     def session_ended(self, reason: str, was_established: bool) -> None:
         self._cancel(self._proof_call)
@@ -411,7 +419,9 @@ class NEProtocol(NECPProtocol):
         self._queries = health_queries(self.services)
         not_allowed = [service for service in candidates if service in refused]
         if invalid:
-            self.refuse(MALFORMED, f"START of services NECP or IPVS does not define: {summarise_services(invalid)}")
+            self.refuse(
+                MALFORMED, f"START of services NECP or IPVS does not define: {summarise_services(invalid)}"
+            )
         if not_allowed:
             self.refuse(
                 NOT_ALLOWED,
@@ -443,7 +453,9 @@ class NEProtocol(NECPProtocol):
         # STOP sent again (after an unverifiable STOP_ACK) harmless.
         failed = [service for service in request.services if not valid_service(service)]
         if failed:
-            self.refuse(MALFORMED, f"STOP of services NECP or IPVS does not define: {summarise_services(failed)}")
+            self.refuse(
+                MALFORMED, f"STOP of services NECP or IPVS does not define: {summarise_services(failed)}"
+            )
         stopped = list(dict.fromkeys(s for s in request.services if s in self.services))
         for service in stopped:
             del self.services[service]
@@ -496,9 +508,14 @@ class NEProtocol(NECPProtocol):
             exceptions.add(self.agent, rule)
             self.factory.notify("exceptionAdded", self.agent, rule)
         if invalid:
-            self.refuse(MALFORMED, f"EXCEPTION_ADD: {invalid} exception rules with a scope or prefix NECP does not define")
+            self.refuse(
+                MALFORMED,
+                f"EXCEPTION_ADD: {invalid} exception rules with a scope or prefix NECP does not define",
+            )
         if over_limit:
-            self.refuse(LIMIT, f"EXCEPTION_ADD: {over_limit} exception rules over the limit of {limit} per agent")
+            self.refuse(
+                LIMIT, f"EXCEPTION_ADD: {over_limit} exception rules over the limit of {limit} per agent"
+            )
         if failed:
             return ErrorReply(opcode=Opcode.EXCEPTION_ADD_ACK, units=tuple(failed))
         return ExceptionAddAck()
@@ -526,7 +543,8 @@ class NEProtocol(NECPProtocol):
             # One EXCEPTION_RESP answers one query; a narrower filter fits.
             self.refuse(
                 LIMIT,
-                f"EXCEPTION_QUERY: an exception query matching {len(answer.entries)} entries, over the {MAX_UNITS} one answer holds",
+                f"EXCEPTION_QUERY: an exception query matching {len(answer.entries)} entries, "
+                f"over the {MAX_UNITS} one answer holds",
             )
             return ErrorReply(opcode=Opcode.EXCEPTION_RESP, units=(request.filter,))
         return answer

@@ -485,7 +485,9 @@ class NECPProtocol(Protocol):
             self._reply_received(message)
             return
         if not self.established and kind is not Init:
-            self.close(f"{opcode_name(message.opcode)} before the session was initialised", refused=UNEXPECTED)
+            self.close(
+                f"{opcode_name(message.opcode)} before the session was initialised", refused=UNEXPECTED
+            )
             return
         if kind is Keepalive:
             self._peer_kept_alive = True
@@ -497,7 +499,8 @@ class NECPProtocol(Protocol):
         pending = self._pending.get(reply.request_id)
         if pending is None:
             self.refuse(
-                UNEXPECTED, f"ignored {opcode_name(reply.opcode)} for request {reply.request_id}: nothing waits for it"
+                UNEXPECTED,
+                f"ignored {opcode_name(reply.opcode)} for request {reply.request_id}: nothing waits for it",
             )
             return
         if reply.opcode != REPLY_OPCODE[pending.message.opcode]:
@@ -529,7 +532,8 @@ class NECPProtocol(Protocol):
                 )
             )
             if not self.established:
-                self.close(f"handshake failed: {opcode_name(refusal.opcode)}: {refusal.reason}", refused=reason)
+                why = f"handshake failed: {opcode_name(refusal.opcode)}: {refusal.reason}"
+                self.close(why, refused=reason)
                 return
         self.refuse(reason, f"{opcode_name(refusal.opcode)}: {refusal.reason}")
 
