@@ -33,6 +33,7 @@ import json
 import os
 import re
 import resource
+import select
 import selectors
 import shutil
 import socket
@@ -73,6 +74,7 @@ UPDATE_INTERVAL = 1.0
 HEALTH_INTERVAL = 1.0
 POLL_INTERVAL = 0.5
 RSS_INTERVAL = 0.1
+AGENTS_UP_WITHIN = 15.0
 AFTERMATH = 2.0  # seconds watched after an attack: its effects show at the next passes
 CLOSE_WITHIN = 1.0  # an offending connection closed or refused within this long of its offence
 RSS_FACTOR = 2.0
@@ -257,7 +259,7 @@ class Director:
         if self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(timeout=20)
+                self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
@@ -296,6 +298,10 @@ class Cluster:
         director = self.director
         self.agents = AgentsProcess(f"127.0.0.1:{director.necp_port}", len(LEGITIMATE_HEALTH), 5.0, 1.0, 100,
                                     self.workdir / "agents.log", secret_file=self.workdir / "necp.secret")
+        # The agents connect once and never again: a director too busy to
+        # answer their INIT in time leaves them waiting for nothing.
+        if not select.select([self.agents.process.stdout], [], [], AGENTS_UP_WITHIN)[0]:
+            raise RuntimeError(f"the legitimate agents were not up within {AGENTS_UP_WITHIN:g} s")
         self.agents.expect("up")
         for number, health in enumerate(LEGITIMATE_HEALTH):
             self.agents.ask(f"set {health} {number}", "set")
@@ -316,15 +322,23 @@ class Cluster:
         return None
 
     def ready(self) -> dict[str, float | None]:
-        """Steady legitimate sessions, restarting the agents, then everything, if they are not."""
-        if self.director is not None and self.director.alive():
+        """
+        Steady legitimate sessions: as they are, or with the agents started
+        again, or (when the director is gone, or too busy to answer its
+        status) with the director started again too.
+        """
+        director = self.director
+        if director is not None and director.alive() and read_status(director.status_port) is not None:
             sessions = self.steady(3.0)
             if sessions is not None:
                 return sessions
             self.restarts += 1
             self.stop_agents()
-            self.agents_up()
-            sessions = self.steady(15.0)
+            try:
+                self.agents_up()
+                sessions = self.steady(15.0)
+            except RuntimeError:
+                sessions = None
             if sessions is not None:
                 return sessions
         if self.director is not None:
@@ -479,7 +493,7 @@ class Session:
             self.sock.settimeout(timeout)
             try:
                 data = self.sock.recv(1 << 20)
-            except socket.timeout:
+            except (socket.timeout, BlockingIOError):  # a timeout of 0 makes the socket non-blocking
                 return
             except ConnectionResetError:
                 data = b""
