@@ -62,20 +62,23 @@ def agent_address(number: int) -> str:
 
 
 def director_toml(listen: str, services: int, reals: int, *, observe: bool, health_interval: float,
-                  policy: str = "") -> str:
+                  policy: str = "", update_interval: float = 2.0, director: str = "",
+                  status: str = 'listen = "tcp:0:interface=127.0.0.1"') -> str:
     """
     Services 192.0.2.S:80 (nat), real server i of service s at
-    agent_address(s * reals + i); the status listener on a free loopback port.
+    agent_address(s * reals + i); by default the status listener on a free
+    loopback port. `director` and `status` are more lines for those tables.
     """
     lines = [
         "[director]",
         f'listen = "{listen}"',
-        "update_interval = 2.0",
+        f"update_interval = {update_interval}",
         f"health_interval = {health_interval}",
         f"observe = {'true' if observe else 'false'}",
+        director,
         "",
         "[status]",
-        'listen = "tcp:0:interface=127.0.0.1"',
+        status,
         "",
         "[policy]",
         policy,
@@ -143,9 +146,12 @@ def run_agents(args) -> None:
 
     host, port = args.director.rsplit(":", 1)
     timing = {"keepalive_interval": args.keepalive, "keepalive_jitter": args.jitter}
+    # As the director reads its own secret file: surrounding whitespace is not part of it.
+    secret = Path(args.secret_file).read_bytes().strip() if args.secret_file else None
     sources = [SettableHealth(args.health) for _ in range(args.agents)]
     factories = [
-        SEFactory(source, {Service(FORWARD_LAYER3, socket.IPPROTO_TCP, HEALTH_PORT)}, clock=reactor, **timing)
+        SEFactory(source, {Service(FORWARD_LAYER3, socket.IPPROTO_TCP, HEALTH_PORT)}, clock=reactor, secret=secret,
+                  **timing)
         for source in sources
     ]
 
@@ -189,10 +195,12 @@ class AgentsProcess:
     """The agents' process seen from a blocking parent: lines in, lines out."""
 
     def __init__(self, director: str, count: int, keepalive: float, jitter: float, health: int, log: Path,
-                 preexec=None):
+                 preexec=None, secret_file: Path | None = None):
         argv = [sys.executable, str(Path(__file__).resolve()), "--role", "agents", "--director", director,
                 "--agents", str(count), "--keepalive", str(keepalive), "--jitter", str(jitter),
                 "--health", str(health), "--log", str(log)]
+        if secret_file is not None:
+            argv += ["--secret-file", str(secret_file)]
         self.process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                         bufsize=1, preexec_fn=preexec)
 
@@ -650,7 +658,7 @@ def measure_director(workdir: Path, args, keepalive: float, jitter: float, healt
     log = workdir / f"director-{port}.log"
     agents = None
     try:
-        wait_for(lambda: _listening(port) or director.poll() is not None, 180, "the director to listen")
+        wait_for(lambda: listening(port) or director.poll() is not None, 180, "the director to listen")
         if director.poll() is not None:
             raise RuntimeError(f"the director exited with status {director.returncode}; its log ends:\n{tail(log)}")
         agents = AgentsProcess(f"127.0.0.1:{port}", REALS, keepalive, jitter, 50, workdir / f"agents-{port}.log")
@@ -722,7 +730,7 @@ def settled(counts: dict[str, str]) -> bool:
     return int(counts["servers"]) == REALS and min(weights) >= 47
 
 
-def _listening(port: int) -> bool:
+def listening(port: int) -> bool:
     with socket.socket() as probe:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
@@ -823,6 +831,7 @@ def parse_args(argv):
     parser.add_argument("--agents", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--health", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
+    parser.add_argument("--secret-file", help=argparse.SUPPRESS)
     parser.add_argument("--log", help=argparse.SUPPRESS)
     parser.add_argument("--memory-table", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--in-vm", action="store_true", help=argparse.SUPPRESS)
