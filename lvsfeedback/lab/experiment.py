@@ -387,6 +387,7 @@ class Plan:
             for pattern in self.patterns
             for repeat in range(self.repeats)
             for scheduler in self.schedulers
+            if SCHEDULERS[scheduler].repeats is None or repeat < SCHEDULERS[scheduler].repeats
         ]
 
 
@@ -720,34 +721,82 @@ def scenario_setup(plan: Plan, cost: float) -> dict:
     return setup
 
 
-def run_experiment(plan: Plan, out: Path, command: str, where: str, say: Callable[[str], None] = print) -> dict:
-    """Every cell of the plan; results.json is rewritten after each cell, so a broken run keeps what it measured."""
+def open_result_set(results: Path, plan: Plan, session: dict, fresh: bool) -> dict:
+    """
+    The result set this run adds its cells to: the one in C{results} when
+    there is one, measured with the same plan shape (L{report.PLAN_SHAPE}),
+    unless C{fresh}; else a new one. A run is limited in time, the matrix
+    is not: the cells already measured are kept and skipped.
+    """
+    stored_plan = json.loads(json.dumps(asdict(plan)))  # as results.json holds it: lists, not tuples
+    servers = max(SCENARIOS[name].servers for name in plan.scenarios)
+    if fresh or not results.exists():
+        return {"experiment": {
+            **session, "vip": VIP, "servers": servers, "quota_period_ms": QUOTA_PERIOD_USEC / 1000,
+            "plan": stored_plan, "sessions": [session],
+        }, "cells": []}
+    try:
+        document = report.read_results(results)
+    except report.ResultsError as error:
+        raise ExperimentError(f"{error}: --fresh starts a new result set there") from None
+    experiment = document["experiment"]
+    differences = report.plan_differences(experiment["plan"], stored_plan)
+    if differences:
+        raise ExperimentError(f"{results} was measured with another plan ({'; '.join(differences)}): resume it with "
+                              "the same settings, or start again with --fresh, or use another --out")
+    experiment["sessions"] = report.sessions(experiment) + [session]
+    experiment["plan"] = report.widen_plan(experiment["plan"], stored_plan)
+    experiment["servers"] = max(experiment["servers"], servers)
+    return document
+
+
+def cells_to_run(plan: Plan, document: dict) -> list[tuple[str, str, str, int]]:
+    """The plan's cells the result set does not hold yet."""
+    held = {report.cell_key(cell) for cell in document["cells"]}
+    return [cell for cell in plan.cells() if cell not in held]
+
+
+def run_experiment(plan: Plan, out: Path, command: str, where: str, say: Callable[[str], None] = print,
+                   fresh: bool = False) -> dict:
+    """
+    The plan's cells that results.json in C{out} does not hold yet (every
+    cell when C{fresh}); results.json is rewritten after each cell, so a
+    broken run keeps what it measured and the next run goes on from there.
+    """
     if os.geteuid() != 0 or not os.path.exists("/proc/net/ip_vs"):
         raise ExperimentError("the experiment needs root on a kernel with IPVS (ip_vs loaded): see scripts/demo")
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
+    results = out / "results.json"
+    session = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+               "command": command, "machine": machine(where)}
+    document = open_result_set(results, plan, session, fresh)
+    experiment = document["experiment"]
+    cells = cells_to_run(plan, document)
+    if document["cells"]:
+        say(f"resuming {results}: {len(document['cells'])} cells measured already, {len(cells)} to go")
+    if not cells:
+        return document
     if any(SCHEDULERS[name].feedback for name in plan.schedulers):
         say("preparing: importing the daemons once, so that every process forks from this one")
         preload_daemons()
-    document = {"experiment": {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": command, "machine": machine(where), "vip": VIP, "servers": len(SCENARIOS[plan.scenarios[0]].quotas),
-        "quota_period_ms": QUOTA_PERIOD_USEC / 1000, "plan": asdict(plan),
-    }, "cells": []}
-    results = out / "results.json"
-    with Topology(servers=document["experiment"]["servers"]) as topology:
+    with Topology(servers=max(SCENARIOS[name].servers for name in plan.scenarios)) as topology:
         lab = Lab(topology, plan, out, say)
         try:
             lab.set_quotas(SCENARIOS[plan.scenarios[0]].quotas)
             lab.start_backends()
-            say(f"lab up in {time.monotonic() - started:.0f} s; calibrating the cost of a request")
-            calibration = lab.calibrate()
+            if "calibration" in experiment:
+                # The same cost as the cells already measured: the same offered loads.
+                calibration = experiment["calibration"]
+                say(f"lab up in {time.monotonic() - started:.0f} s; the result set's calibration stands")
+            else:
+                say(f"lab up in {time.monotonic() - started:.0f} s; calibrating the cost of a request")
+                calibration = lab.calibrate()
+                experiment["calibration"] = calibration
             cost = calibration["cost"]
-            document["experiment"]["calibration"] = calibration
-            document["experiment"]["scenarios"] = scenario_setup(plan, cost)
+            experiment["scenarios"] = {**scenario_setup(plan, cost), **experiment.get("scenarios", {})}
             say(f"a request costs {cost * 1000:.1f} ms of CPU (median latency at light load "
                 f"{calibration['median_latency'] * 1000:.0f} ms)")
-            cells = plan.cells()
             for number, (scenario_name, pattern, scheduler_name, repeat) in enumerate(cells, 1):
                 scenario = SCENARIOS[scenario_name]
                 say(f"[{number}/{len(cells)}] {scenario_name} ({scenario.title}), {pattern}, {scheduler_name}, "
@@ -771,8 +820,8 @@ def run_experiment(plan: Plan, out: Path, command: str, where: str, say: Callabl
                     say(f"    the generator ran late (p99 {late} ms > {plan.max_lateness:g} ms): running the cell again")
                 cell["late_attempts"] = late_attempts
                 document["cells"].append(cell)
-                document["experiment"]["machine"]["loadavg_end"] = " ".join(
-                    Path("/proc/loadavg").read_text().split()[:3])
+                document["cells"].sort(key=lambda held: report.plan_order(experiment["plan"], held))
+                session["machine"]["loadavg_end"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
                 results.write_text(json.dumps(document))
         finally:
             lab.stop_all()
@@ -801,7 +850,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--max-lateness", type=float, metavar="MS",
                         help="run a cell again when the generator's p99 lateness exceeds this (50; 0: never)")
     parser.add_argument("--retries", type=int, help="at most this many reruns of a late cell (2)")
-    parser.add_argument("--out", type=Path, default=Path("results/experiment"), help="output folder")
+    parser.add_argument("--out", type=Path, default=Path("results/experiment"),
+                        help="output folder; a results.json there is resumed: its cells are kept and skipped")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start a new result set in --out, replacing its results.json")
     parser.add_argument("--where", default="the lab", help="where it runs, for the report (e.g. 'the test VM')")
     return parser.parse_args(argv)
 
@@ -849,7 +901,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         plan = plan_from_args(args)
-        document = run_experiment(plan, args.out, "lvsfeedback experiment " + " ".join(arguments), args.where, say)
+        document = run_experiment(plan, args.out, "lvsfeedback experiment " + " ".join(arguments), args.where, say,
+                                  fresh=args.fresh)
     except (ExperimentError, LabError) as error:
         print(f"lvsfeedback experiment: {error}", file=sys.stderr)
         return 1

@@ -38,6 +38,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from lvsfeedback.lab.loadgen import OK, RequestRecord, percentile, summarize
+from lvsfeedback.lab.scenarios import SCHEDULERS
 
 SETTLE_BAND = 0.10
 # Targets of issue #6, checked where the results hold the cells they need.
@@ -212,6 +213,86 @@ def cell_result(*, scenario: str, scheduler: str, pattern: str, repeat: int, con
     }
 
 
+# result sets built over several runs ---------------------------------------------------
+
+# The plan settings that shape a cell's numbers: cells measured under
+# different values of any of them do not belong in one table.
+PLAN_SHAPE = ("warmup", "measure", "load", "work_ms", "seed", "connections", "requests_per_connection", "timeout",
+              "feedback")
+PLAN_SELECTION = ("scenarios", "schedulers", "patterns")
+
+
+class ResultsError(Exception):
+    """Result sets that cannot be combined, or a results.json that cannot be read; the message says which and why."""
+
+
+def cell_key(cell: dict) -> tuple[str, str, str, int]:
+    """What a cell measured: two cells with the same key answer the same question."""
+    return cell["scenario"], cell["pattern"], cell["scheduler"], cell["repeat"]
+
+
+def plan_differences(stored: dict, plan: dict) -> list[str]:
+    """The plan settings (of L{PLAN_SHAPE}) in which two plans differ, as 'knob a vs b'."""
+    return [f"{knob} {stored.get(knob)!r} vs {plan.get(knob)!r}"
+            for knob in PLAN_SHAPE if stored.get(knob) != plan.get(knob)]
+
+
+def widen_plan(stored: dict, plan: dict) -> dict:
+    """A plan covering both: the union of scenarios, schedulers and patterns, the larger repeat count."""
+    widened = dict(stored)
+    for key in PLAN_SELECTION:
+        widened[key] = list(dict.fromkeys([*stored[key], *plan[key]]))
+    widened["repeats"] = max(stored["repeats"], plan["repeats"])
+    return widened
+
+
+def sessions(experiment: dict) -> list[dict]:
+    """The runs that measured a result set: recorded by resumed and merged sets, else the one run it had."""
+    return experiment.get("sessions") or [
+        {"date": experiment["date"], "command": experiment["command"], "machine": experiment["machine"]}]
+
+
+def merge(documents: list[tuple[str, dict]]) -> tuple[dict, list[str]]:
+    """
+    One result set from several (name, document) pairs measured with the
+    same plan shape: the union of their cells, the first's where two hold
+    the same cell. Returns it with a line per cell left out.
+    """
+    if not documents:
+        raise ResultsError("nothing to merge")
+    first_name, first = documents[0]
+    merged = json.loads(json.dumps(first))
+    experiment = merged["experiment"]
+    experiment["sessions"] = sessions(experiment)
+    held = {cell_key(cell): first_name for cell in merged["cells"]}
+    notes = []
+    for name, document in documents[1:]:
+        other = document["experiment"]
+        differences = plan_differences(experiment["plan"], other["plan"])
+        if differences:
+            raise ResultsError(f"{name} was measured with another plan than {first_name} "
+                               f"({'; '.join(differences)}): its cells do not compare")
+        experiment["plan"] = widen_plan(experiment["plan"], other["plan"])
+        experiment["servers"] = max(experiment["servers"], other["servers"])
+        experiment["scenarios"] = {**other.get("scenarios", {}), **experiment.get("scenarios", {})}
+        experiment["sessions"] += sessions(other)
+        for cell in document["cells"]:
+            key = cell_key(cell)
+            if key in held:
+                notes.append(f"{name} and {held[key]} both hold {'/'.join(map(str, key))}: kept {held[key]}'s")
+                continue
+            held[key] = name
+            merged["cells"].append(cell)
+    merged["cells"].sort(key=lambda cell: plan_order(experiment["plan"], cell))
+    return merged, notes
+
+
+def plan_order(plan: dict, cell: dict) -> tuple[int, int, int, int]:
+    """Where a cell comes in a run of the plan: scenario, pattern, repeat, then scheduler."""
+    return (plan["scenarios"].index(cell["scenario"]), plan["patterns"].index(cell["pattern"]), cell["repeat"],
+            plan["schedulers"].index(cell["scheduler"]))
+
+
 # many cells --------------------------------------------------------------------------
 
 
@@ -347,10 +428,16 @@ def _late(row: dict | None, max_lateness: float | None) -> float | None:
     return late if late > max_lateness else None
 
 
+def _versus(rows: list[dict], scenario: str, pattern: str, ours: str, other: str, limit: float) -> str:
+    """Two p99s compared: the medians, with their [min-max] over repeats, and the limit on ours."""
+    return (f"{_cell(_find(rows, scenario, pattern, ours)['p99'])} ms vs {other} "
+            f"{_cell(_find(rows, scenario, pattern, other)['p99'])} ms (limit {limit:.0f})")
+
+
 def check_targets(rows: list[dict], max_lateness: float | None = DEFAULT_MAX_LATENESS) -> list[dict]:
     """
     Issue #6's targets, each met or missed with its numbers, for the cells
-    present. A comparison with a cell whose load generator ran late (the
+    present: a p99 is the median over the repeats (their range beside it). A comparison with a cell whose load generator ran late (the
     machine stalled) gets no verdict: C{met} is None.
     """
     checks = []
@@ -369,14 +456,14 @@ def check_targets(rows: list[dict], max_lateness: float | None = DEFAULT_MAX_LAT
                         "schedulers": (scheduler, "wlc"),
                         "target": f"{scenario} {pattern}: {scheduler} p99 <= "
                                   f"{'half of ' if pattern == 'persistent' else ''}wlc's",
-                        "met": ours <= limit, "numbers": f"{ours:.0f} ms vs wlc {wlc:.0f} ms (limit {limit:.0f})",
+                        "met": ours <= limit, "numbers": _versus(rows, scenario, pattern, scheduler, "wlc", limit),
                     })
                 if oracle is not None:
                     checks.append({
                         "schedulers": (scheduler, "oracle"),
                         "target": f"{scenario} {pattern}: {scheduler} p99 within 20% of the oracle's",
                         "met": ours <= NEAR_ORACLE * oracle,
-                        "numbers": f"{ours:.0f} ms vs oracle {oracle:.0f} ms (limit {NEAR_ORACLE * oracle:.0f})",
+                        "numbers": _versus(rows, scenario, pattern, scheduler, "oracle", NEAR_ORACLE * oracle),
                     })
         for pattern in ("persistent", "short"):
             ours = _p99(_find(rows, "equal", pattern, scheduler))
@@ -386,7 +473,7 @@ def check_targets(rows: list[dict], max_lateness: float | None = DEFAULT_MAX_LAT
                     "schedulers": (scheduler, "wlc"),
                     "target": f"equal {pattern}: {scheduler} p99 no worse than wlc's by more than 5%",
                     "met": ours <= EQUAL_SLACK * wlc,
-                    "numbers": f"{ours:.0f} ms vs wlc {wlc:.0f} ms (limit {EQUAL_SLACK * wlc:.0f})",
+                    "numbers": _versus(rows, "equal", pattern, scheduler, "wlc", EQUAL_SLACK * wlc),
                 })
             row = _find(rows, "hog-on-off", pattern, scheduler)
             if row is not None and (row["settle_periods"] is not None or row["unsettled"]):
@@ -530,6 +617,24 @@ def _cost_range(cells: list[dict]) -> str:
     return f"{min(costs):.1f}-{max(costs):.1f}" if costs else "-"
 
 
+def _sessions_lines(setup: dict) -> list[str]:
+    """The runs that built a resumed or merged result set, one line each."""
+    runs = sessions(setup)
+    if len(runs) < 2:
+        return []
+    lines = [f"The cells were measured in {len(runs)} runs:", ""]
+    lines += [f"- {run['date']} ({run['machine']['where']}, guest load average at start "
+              f"{run['machine']['loadavg_start']}): `{run['command']}`" for run in runs]
+    return lines + [""]
+
+
+def _capped_repeats(plan: dict) -> str:
+    capped = [f"`{name}` {SCHEDULERS[name].repeats}" for name in plan["schedulers"]
+              if name in SCHEDULERS and SCHEDULERS[name].repeats is not None
+              and SCHEDULERS[name].repeats < plan["repeats"]]
+    return f" ({', '.join(capped)}: equal weights, one repeat tells all they show)" if capped else ""
+
+
 def markdown(document: dict, rows: list[dict], checks: list[dict], plot_paths: list[Path]) -> str:
     setup = document["experiment"]
     machine = setup["machine"]
@@ -540,6 +645,7 @@ def markdown(document: dict, rows: list[dict], checks: list[dict], plot_paths: l
         f"{machine['cpu_model']}; guest load average at start {machine['loadavg_start']}, at end "
         f"{machine.get('loadavg_end', '-')}). Command: `{setup['command']}`.",
         "",
+        *_sessions_lines(setup),
         "## Setup",
         "",
         f"- Cluster: client, director (IPVS NAT, VIP {setup['vip']}:80) and {setup['servers']} real servers, each in "
@@ -563,7 +669,8 @@ def markdown(document: dict, rows: list[dict], checks: list[dict], plot_paths: l
         f"- Director settings: update_interval {setup['plan']['feedback']['update_interval']:g} s, health_interval "
         f"{setup['plan']['feedback']['health_interval']:g} s, policy "
         + ", ".join(f"{key} = {value}" for key, value in setup['plan']['feedback']['policy'].items()) + ".",
-        f"- Repeats: {setup['plan']['repeats']} per cell; tables give the median with [min-max] over repeats. "
+        f"- Repeats: {setup['plan']['repeats']} per cell{_capped_repeats(setup['plan'])}; tables give the median "
+        "with [min-max] over repeats. "
         + ("A cell whose load generator ran more than "
            f"{setup['plan']['max_lateness']:g} ms late at p99 (the VM stalled) ran again, at most "
            f"{setup['plan']['retries']} times; the table counts those reruns."
@@ -618,16 +725,46 @@ def write_report(document: dict, out: Path, with_plots: bool = True) -> tuple[st
     return terminal, plot_paths
 
 
+def read_results(path: Path) -> dict:
+    """A results.json, or a ResultsError saying why it cannot be read."""
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ResultsError(f"cannot read {path}: {error}") from None
+    if not isinstance(document, dict) or "cells" not in document \
+            or "plan" not in document.get("experiment", {}):
+        raise ResultsError(f"{path} is not an experiment's results.json (no plan or no cells)")
+    return document
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lvsfeedback.lab.report",
-                                     description="Rebuild report.md and the plots from a results.json.")
-    parser.add_argument("results", type=Path)
+    parser = argparse.ArgumentParser(
+        prog="python -m lvsfeedback.lab.report",
+        description="Rebuild report.md and the plots from a results.json, or merge several into one.")
+    parser.add_argument("results", type=Path, nargs="?", help="a results.json")
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="RESULTS",
+                        help="merge these results.json files (same plan shape) into --out/results.json")
     parser.add_argument("--out", type=Path, help="folder for report.md and plots (the results' folder)")
     parser.add_argument("--no-plots", action="store_true")
     args = parser.parse_args(argv)
-    document = json.loads(args.results.read_text())
+    if (args.results is None) == (args.merge is None):
+        parser.error("give one results.json, or --merge with several")
+    if args.merge and args.out is None:
+        parser.error("--merge needs --out, the folder of the merged result set")
+    try:
+        if args.merge:
+            document, notes = merge([(str(path), read_results(path)) for path in args.merge])
+            for note in notes:
+                print(note)
+        else:
+            document = read_results(args.results)
+    except ResultsError as error:
+        print(f"lvsfeedback report: {error}", file=sys.stderr)
+        return 1
     out = args.out or args.results.parent
     out.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        (out / "results.json").write_text(json.dumps(document))
     terminal, plot_paths = write_report(document, out, with_plots=not args.no_plots)
     print(terminal)
     print(f"\nreport: {out / 'report.md'}")

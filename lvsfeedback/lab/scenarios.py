@@ -117,6 +117,8 @@ class Scheduler:
     # spare capacities; None: lvsfeedback sets them from its agents' reports.
     static_weights: str | None
     mode: str | None = None  # the lvsfeedback policy mode
+    # At most this many repeats of a cell; None: as many as the plan asks.
+    repeats: int | None = None
 
     @property
     def feedback(self) -> bool:
@@ -126,8 +128,10 @@ class Scheduler:
 SCHEDULERS: dict[str, Scheduler] = {
     scheduler.name: scheduler
     for scheduler in (
-        Scheduler("rr", "rr", "equal"),
-        Scheduler("wrr", "wrr", "equal"),
+        # With equal weights rr and wrr only show what no scheduler knowledge
+        # costs; their spread over repeats answers nothing the verdicts need.
+        Scheduler("rr", "rr", "equal", repeats=1),
+        Scheduler("wrr", "wrr", "equal", repeats=1),
         Scheduler("wlc", "wlc", "equal"),
         Scheduler("lvsfeedback-health", "wlc", None, "health"),
         Scheduler("lvsfeedback-capacity", "wlc", None, "capacity"),

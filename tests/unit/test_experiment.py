@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import threading
@@ -121,11 +122,20 @@ class PlanTests(SynchronousTestCase):
         ]))
         self.assertEqual((plan.scenarios, plan.patterns, plan.repeats, plan.measure),
                          (("equal", "failure"), ("short",), 2, 30.0))
-        self.assertEqual(len(plan.cells()), 2 * 1 * 2 * len(SCHEDULERS))
+        # rr and wrr run once, the others twice, in each scenario and pattern.
+        self.assertEqual(len(plan.cells()), 2 * 1 * (2 * len(SCHEDULERS) - 2))
         # Within one scenario, pattern and repeat every scheduler runs back to back: same conditions.
         self.assertEqual([cell[2] for cell in plan.cells()[:len(SCHEDULERS)]], list(SCHEDULERS))
         self.assertEqual((plan.feedback.policy["hysteresis"], plan.feedback.policy["lost_agent"]), (0.2, "static"))
         self.assertEqual(plan.feedback.update_interval, 1.0)
+
+    def test_rr_and_wrr_run_one_repeat_where_the_others_run_three(self):
+        plan = plan_from_args(parse_args(["--scenario", "hog", "--pattern", "short"]))
+        self.assertEqual(plan.repeats, 3)
+        repeats = {name: [cell[3] for cell in plan.cells() if cell[2] == name] for name in plan.schedulers}
+        self.assertEqual((repeats["rr"], repeats["wrr"]), ([0], [0]))
+        self.assertEqual(repeats["wlc"], [0, 1, 2])
+        self.assertEqual(repeats["lvsfeedback-capacity"], [0, 1, 2])
 
     def test_late_cells_run_again_unless_told_not_to(self):
         self.assertEqual((QUICK.max_lateness, QUICK.retries), (50.0, 1))
@@ -138,6 +148,91 @@ class PlanTests(SynchronousTestCase):
     def test_a_policy_setting_without_a_value_is_refused(self):
         with self.assertRaises(ExperimentError):
             plan_from_args(parse_args(["--policy", "hysteresis"]))
+
+
+def measured_cell(scenario: str, pattern: str, scheduler: str, repeat: int) -> dict:
+    """The fields of a cell that result sets look at."""
+    return {"scenario": scenario, "pattern": pattern, "scheduler": scheduler, "repeat": repeat}
+
+
+class ResultSetTests(SynchronousTestCase):
+    """A result set built over several runs: what a run resumes, skips and refuses."""
+
+    SESSION = {"date": "2026-11-28 10:00 UTC", "command": "lvsfeedback experiment", "machine": {"where": "here"}}
+    PLAN = replace(QUICK, schedulers=("wlc", "oracle"), repeats=2)
+
+    def results(self, document: dict | None = None) -> Path:
+        folder = Path(self.mktemp())
+        folder.mkdir()
+        path = folder / "results.json"
+        if document is not None:
+            path.write_text(json.dumps(document))
+        return path
+
+    def stored(self, plan, cells) -> dict:
+        document = experiment.open_result_set(self.results(), plan, dict(self.SESSION), fresh=False)
+        document["cells"] = cells
+        document["experiment"]["calibration"] = {"cost": 0.03}
+        return document
+
+    def test_a_new_result_set_holds_the_plan_and_this_run(self):
+        document = experiment.open_result_set(self.results(), self.PLAN, dict(self.SESSION), fresh=False)
+        self.assertEqual(document["cells"], [])
+        self.assertEqual(document["experiment"]["plan"]["schedulers"], ["wlc", "oracle"])
+        self.assertEqual(document["experiment"]["sessions"], [self.SESSION])
+        self.assertEqual(experiment.cells_to_run(self.PLAN, document), self.PLAN.cells())
+
+    def test_a_resumed_run_skips_the_cells_measured_and_adds_its_session(self):
+        done = [measured_cell("hog", "persistent", "wlc", 0), measured_cell("hog", "persistent", "oracle", 0)]
+        path = self.results(self.stored(self.PLAN, done))
+        later = dict(self.SESSION, date="2026-11-28 13:00 UTC")
+        document = experiment.open_result_set(path, self.PLAN, later, fresh=False)
+        self.assertEqual(document["cells"], done)
+        self.assertEqual(document["experiment"]["calibration"], {"cost": 0.03})
+        self.assertEqual([run["date"] for run in document["experiment"]["sessions"]],
+                         ["2026-11-28 10:00 UTC", "2026-11-28 13:00 UTC"])
+        self.assertEqual(experiment.cells_to_run(self.PLAN, document),
+                         [("hog", "persistent", "wlc", 1), ("hog", "persistent", "oracle", 1)])
+
+    def test_a_resumed_run_may_add_scenarios_schedulers_and_repeats(self):
+        path = self.results(self.stored(self.PLAN, [measured_cell("hog", "persistent", "wlc", 0)]))
+        wider = replace(self.PLAN, scenarios=("hog", "equal"), schedulers=("wlc", "rr"), repeats=3)
+        document = experiment.open_result_set(path, wider, dict(self.SESSION), fresh=False)
+        plan = document["experiment"]["plan"]
+        self.assertEqual((plan["scenarios"], plan["schedulers"], plan["repeats"]),
+                         (["hog", "equal"], ["wlc", "oracle", "rr"], 3))
+        self.assertNotIn(("hog", "persistent", "wlc", 0), experiment.cells_to_run(wider, document))
+        self.assertIn(("equal", "persistent", "rr", 0), experiment.cells_to_run(wider, document))
+
+    def test_a_result_set_of_another_plan_shape_is_refused_in_one_line(self):
+        path = self.results(self.stored(self.PLAN, [measured_cell("hog", "persistent", "wlc", 0)]))
+        for other in (replace(self.PLAN, warmup=40.0), replace(self.PLAN, work_ms=10.0),
+                      replace(self.PLAN, feedback=FeedbackSettings(update_interval=1.0))):
+            with self.assertRaises(ExperimentError) as raised:
+                experiment.open_result_set(path, other, dict(self.SESSION), fresh=False)
+            message = str(raised.exception)
+            self.assertNotIn("\n", message)
+            self.assertIn("another plan", message)
+            self.assertIn("--fresh", message)
+        self.assertIn("warmup 15.0 vs 40.0", str(self.assertRaises(
+            ExperimentError, experiment.open_result_set, path, replace(self.PLAN, warmup=40.0), self.SESSION, False)))
+
+    def test_fresh_starts_again_whatever_the_folder_holds(self):
+        path = self.results(self.stored(self.PLAN, [measured_cell("hog", "persistent", "wlc", 0)]))
+        document = experiment.open_result_set(path, replace(self.PLAN, warmup=40.0), dict(self.SESSION), fresh=True)
+        self.assertEqual((document["cells"], document["experiment"]["plan"]["warmup"]), ([], 40.0))
+
+    def test_an_unreadable_results_json_is_refused_not_overwritten(self):
+        path = self.results()
+        path.write_text("{not json")
+        with self.assertRaises(ExperimentError) as raised:
+            experiment.open_result_set(path, self.PLAN, dict(self.SESSION), fresh=False)
+        self.assertIn("--fresh", str(raised.exception))
+        self.assertEqual(path.read_text(), "{not json")
+
+    def test_fresh_and_resume_are_options_of_the_command_line(self):
+        self.assertTrue(parse_args(["--fresh"]).fresh)
+        self.assertFalse(parse_args([]).fresh)
 
 
 class IPVSTableTests(SynchronousTestCase):

@@ -147,6 +147,14 @@ class RecordedRunTests(SynchronousTestCase):
         later = report.check_targets(self.rows, max_lateness=61.0)
         self.assertNotIn(None, [check["met"] for check in later])
 
+    def test_a_verdict_compares_medians_and_shows_their_range(self):
+        rows = json.loads(json.dumps(self.rows))
+        rows[1]["p99"] = {"median": 600.0, "min": 500.0, "max": 1900.0, "n": 3}
+        rows[0]["p99"] = {"median": 1300.0, "min": 1100.0, "max": 1400.0, "n": 3}
+        (half,) = [check for check in report.check_targets(rows, max_lateness=None) if "half" in check["target"]]
+        self.assertTrue(half["met"])
+        self.assertTrue(half["numbers"].startswith("600 [500-1900] ms vs wlc 1300 [1100-1400] ms (limit 650)"))
+
     def test_a_missed_target_is_reported_with_its_numbers(self):
         rows = json.loads(json.dumps(self.rows))
         rows[1]["p99"]["median"] = rows[0]["p99"]["median"]  # feedback as slow as wlc: misses "half of wlc"
@@ -188,3 +196,77 @@ class RecordedRunTests(SynchronousTestCase):
         self.patch(sys, "stdout", io.StringIO())
         self.assertEqual(report.main([str(results), "--no-plots"]), 0)
         self.assertIn("## Results", (out / "report.md").read_text())
+
+
+class MergeTests(SynchronousTestCase):
+    """Several results.json measured with one plan shape become one result set."""
+
+    def setUp(self):
+        self.first = json.loads(RECORDED.read_text())
+        self.second = json.loads(RECORDED.read_text())
+        self.second["experiment"]["date"] = "2026-11-27 09:00 UTC"
+        for cell in self.second["cells"]:
+            cell["repeat"] = 1
+            cell["summary"]["p99"] += 100
+        self.second["experiment"]["plan"]["repeats"] = 2
+
+    def test_the_union_of_the_cells_in_plan_order_with_every_session(self):
+        merged, notes = report.merge([("a.json", self.first), ("b.json", self.second)])
+        self.assertEqual(notes, [])
+        self.assertEqual([(cell["scheduler"], cell["repeat"]) for cell in merged["cells"]],
+                         [("wlc", 0), ("lvsfeedback-health", 0), ("oracle", 0),
+                          ("wlc", 1), ("lvsfeedback-health", 1), ("oracle", 1)])
+        self.assertEqual([run["date"] for run in merged["experiment"]["sessions"]],
+                         ["2026-11-26 11:05 UTC", "2026-11-27 09:00 UTC"])
+        self.assertEqual(merged["experiment"]["plan"]["repeats"], 2)
+        # The report is built from the union: each row has both repeats.
+        rows = report.aggregate(merged["cells"])
+        self.assertEqual([row["repeats"] for row in rows], [2, 2, 2])
+        # The inputs are left as they were.
+        self.assertNotIn("sessions", self.first["experiment"])
+
+    def test_a_cell_held_twice_is_taken_from_the_first_set_and_named(self):
+        self.second["cells"][0]["repeat"] = 0
+        merged, notes = report.merge([("a.json", self.first), ("b.json", self.second)])
+        self.assertEqual(len(merged["cells"]), 5)
+        wlc = [cell for cell in merged["cells"] if cell["scheduler"] == "wlc"]
+        self.assertEqual([cell["summary"]["p99"] for cell in wlc], [self.first["cells"][0]["summary"]["p99"]])
+        self.assertEqual(notes, ["b.json and a.json both hold hog/persistent/wlc/0: kept a.json's"])
+
+    def test_result_sets_of_another_plan_shape_are_refused(self):
+        self.second["experiment"]["plan"]["measure"] = 60.0
+        with self.assertRaises(report.ResultsError) as raised:
+            report.merge([("a.json", self.first), ("b.json", self.second)])
+        self.assertEqual(str(raised.exception), "b.json was measured with another plan than a.json "
+                                                "(measure 45.0 vs 60.0): its cells do not compare")
+
+    def test_the_merge_command_writes_the_merged_set_and_its_report(self):
+        folder = Path(self.mktemp())
+        folder.mkdir()
+        (folder / "a.json").write_text(json.dumps(self.first))
+        (folder / "b.json").write_text(json.dumps(self.second))
+        self.patch(sys, "stdout", io.StringIO())
+        out = folder / "merged"
+        self.assertEqual(report.main(["--merge", str(folder / "a.json"), str(folder / "b.json"), "--out", str(out),
+                                      "--no-plots"]), 0)
+        self.assertEqual(len(json.loads((out / "results.json").read_text())["cells"]), 6)
+        text = (out / "report.md").read_text()
+        self.assertIn("The cells were measured in 2 runs:", text)
+        self.assertIn("- Repeats: 2 per cell", text)
+
+    def test_the_merge_command_refuses_in_one_line_and_writes_nothing(self):
+        folder = Path(self.mktemp())
+        folder.mkdir()
+        self.second["experiment"]["plan"]["work_ms"] = 25.0
+        (folder / "a.json").write_text(json.dumps(self.first))
+        (folder / "b.json").write_text(json.dumps(self.second))
+        (folder / "c.json").write_text("[]")
+        for inputs in (["a.json", "b.json"], ["a.json", "c.json"], ["a.json", "missing.json"]):
+            errors = io.StringIO()
+            self.patch(sys, "stderr", errors)
+            out = folder / "merged"
+            arguments = ["--merge", *(str(folder / name) for name in inputs), "--out", str(out), "--no-plots"]
+            self.assertEqual(report.main(arguments), 1)
+            self.assertEqual(len(errors.getvalue().strip().splitlines()), 1)
+            self.assertTrue(errors.getvalue().startswith("lvsfeedback report: "))
+            self.assertFalse(out.exists())
