@@ -70,6 +70,7 @@ from lvsfeedback.lab.scenarios import (
     agent_arguments,
     director_config,
     ipvsadm_restore,
+    matrix_schedulers,
     static_weights,
 )
 from lvsfeedback.lab.topology import DIRECTOR_BACKEND_ADDRESS, NETNS_DIR, VIP, LabError, Topology
@@ -375,6 +376,9 @@ class Plan:
     requests_per_connection: int = 25
     timeout: float = 5.0
     feedback: FeedbackSettings = field(default_factory=FeedbackSettings)
+    # Seconds a warm feedback cell's director and agents run, the scenario's
+    # condition in place (quotas, a hog from the start), before the load.
+    preroll: float = 20.0
     # A cell whose load generator sent its arrivals later than this (p99, ms)
     # measured a stalled machine: it runs again, at most `retries` times.
     max_lateness: float | None = 50.0
@@ -394,7 +398,7 @@ class Plan:
 # The demo reruns a late cell once at most, to stay near its five minutes.
 QUICK = Plan(scenarios=("hog",), schedulers=("wlc", "lvsfeedback-capacity", "oracle"), patterns=("persistent",),
              repeats=1, warmup=15.0, measure=45.0, retries=1)
-FULL = Plan(scenarios=tuple(SCENARIOS), schedulers=tuple(SCHEDULERS), patterns=("persistent", "short"),
+FULL = Plan(scenarios=tuple(SCENARIOS), schedulers=matrix_schedulers(), patterns=("persistent", "short"),
             repeats=3, warmup=20.0, measure=60.0)
 
 
@@ -590,6 +594,9 @@ def run_cell(lab: Lab, scenario: Scenario, scheduler: Scheduler, pattern: str, r
             lab.restore_ipvs("-C\n")
             daemons = FeedbackDaemons(lab, scheduler, scenario)
             daemons.wait_until_feeding_back()
+            if not scheduler.cold:
+                lab.say(f"    the director runs {plan.preroll:g} s before the load (warm start)")
+                time.sleep(plan.preroll)
         else:
             weights = static_weights(scheduler, scenario, cost)
             lab.restore_ipvs(ipvsadm_restore(VIP, scheduler.ipvs_scheduler, weights))
@@ -679,6 +686,7 @@ def run_cell(lab: Lab, scenario: Scenario, scheduler: Scheduler, pattern: str, r
         records=raw["records"], lateness=raw["lateness"], samples=samples, events=events, director=director,
         addresses=lab.addresses,
         update_interval=plan.feedback.update_interval if scheduler.feedback else None,
+        preroll=None if not scheduler.feedback else 0.0 if scheduler.cold else plan.preroll,
     )
 
 
@@ -838,11 +846,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="the demo: scenario hog, persistent, wlc vs lvsfeedback-capacity (the default mode) "
                              "vs oracle, one repeat")
     parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS), help="a scenario (repeatable)")
-    parser.add_argument("--scheduler", action="append", choices=sorted(SCHEDULERS), help="a scheduler (repeatable)")
+    parser.add_argument("--scheduler", action="append", choices=sorted(SCHEDULERS),
+                        help="a scheduler (repeatable; lvsfeedback-MODE-cold: lvsfeedback started just before the load)")
     parser.add_argument("--pattern", action="append", choices=("persistent", "short"), help="a pattern (repeatable)")
     parser.add_argument("--repeats", type=int, help="repeats per cell (full: 3, quick: 1)")
     parser.add_argument("--warmup", type=float, help="seconds of load before measuring (full: 20, quick: 15)")
     parser.add_argument("--measure", type=float, help="seconds measured per cell (full: 60, quick: 45)")
+    parser.add_argument("--preroll", type=float,
+                        help="seconds lvsfeedback runs before the load in its warm cells (20; -cold cells: none)")
     parser.add_argument("--load", type=float, help="offered load as a share of capacity (0.7)")
     parser.add_argument("--policy", action="append", default=[], metavar="KNOB=VALUE",
                         help="a director [policy] setting for the feedback cells, e.g. smoothing_half_life=1")
@@ -873,7 +884,7 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
     for option, key in (("scenario", "scenarios"), ("scheduler", "schedulers"), ("pattern", "patterns")):
         if getattr(args, option):
             changes[key] = tuple(getattr(args, option))
-    for key in ("repeats", "warmup", "measure", "load", "retries"):
+    for key in ("repeats", "warmup", "measure", "load", "retries", "preroll"):
         if getattr(args, key) is not None:
             changes[key] = getattr(args, key)
     if args.max_lateness is not None:

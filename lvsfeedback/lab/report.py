@@ -167,7 +167,7 @@ def cell_result(*, scenario: str, scheduler: str, pattern: str, repeat: int, con
                 measure: float, rate: float, static_weights: dict | None, quotas: dict[str, float],
                 hog_server: str | None, records: list[list], lateness: list[float], samples: list[dict],
                 events: list[dict], director: dict | None, addresses: dict[str, str],
-                update_interval: float | None) -> dict:
+                update_interval: float | None, preroll: float | None = None) -> dict:
     """A cell's result document: its settings, statistics and series, with the raw records."""
     unpacked = [unpack_record(packed) for packed in records]
     summary = summarize(measured(unpacked, warmup, measure), measure)
@@ -209,6 +209,8 @@ def cell_result(*, scenario: str, scheduler: str, pattern: str, repeat: int, con
         "failures": failed,
         "director": director,
         "update_interval": update_interval,
+        # Seconds lvsfeedback ran before the load (0: a cold start); None: a static scheduler.
+        "preroll": preroll,
         "records": records,
     }
 
@@ -218,7 +220,7 @@ def cell_result(*, scenario: str, scheduler: str, pattern: str, repeat: int, con
 # The plan settings that shape a cell's numbers: cells measured under
 # different values of any of them do not belong in one table.
 PLAN_SHAPE = ("warmup", "measure", "load", "work_ms", "seed", "connections", "requests_per_connection", "timeout",
-              "feedback")
+              "feedback", "preroll")
 PLAN_SELECTION = ("scenarios", "schedulers", "patterns")
 
 
@@ -665,7 +667,11 @@ def markdown(document: dict, rows: list[dict], checks: list[dict], plot_paths: l
         "- Schedulers: `rr`, `wrr`, `wlc` with static equal weights (an operator who does not know the "
         "capacities); `oracle`: `wlc` with static weights proportional to the true spare capacities; "
         "`lvsfeedback-health` and `lvsfeedback-capacity`: `wlc` with weights set by `lvs-director` from one "
-        "`lvs-agent` per server reporting the `cgroup` metric of its server's cgroup.",
+        "`lvs-agent` per server reporting the `cgroup` metric of its server's cgroup. "
+        + (f"They start warm: the director and agents run {setup['plan']['preroll']:g} s with the scenario's "
+           "condition in place (quotas, a hog from the start) before the load, as a director that has been "
+           "running; `lvsfeedback-MODE-cold` starts the load as soon as every agent has reported and slow start "
+           "is over." if "preroll" in setup["plan"] else ""),
         f"- Director settings: update_interval {setup['plan']['feedback']['update_interval']:g} s, health_interval "
         f"{setup['plan']['feedback']['health_interval']:g} s, policy "
         + ", ".join(f"{key} = {value}" for key, value in setup['plan']['feedback']['policy'].items()) + ".",

@@ -15,7 +15,7 @@ the weight an all-knowing operator would give it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 from lvsfeedback.director.policy import PolicySettings
 
@@ -119,10 +119,26 @@ class Scheduler:
     mode: str | None = None  # the lvsfeedback policy mode
     # At most this many repeats of a cell; None: as many as the plan asks.
     repeats: int | None = None
+    # lvsfeedback started just before the load, instead of having run with
+    # the scenario's condition in place for the plan's pre-roll (warm).
+    cold: bool = False
 
     @property
     def feedback(self) -> bool:
         return self.static_weights is None
+
+
+COLD_SUFFIX = "-cold"
+
+
+def feedback_schedulers(mode: str) -> tuple[Scheduler, Scheduler]:
+    """
+    lvsfeedback in one policy mode, on wlc: C{lvsfeedback-MODE}, warm (its
+    director has run before the load, as in production), and
+    C{lvsfeedback-MODE-cold} (started just before the load).
+    """
+    warm = Scheduler(f"lvsfeedback-{mode}", "wlc", None, mode)
+    return warm, replace(warm, name=warm.name + COLD_SUFFIX, cold=True)
 
 
 SCHEDULERS: dict[str, Scheduler] = {
@@ -133,11 +149,17 @@ SCHEDULERS: dict[str, Scheduler] = {
         Scheduler("rr", "rr", "equal", repeats=1),
         Scheduler("wrr", "wrr", "equal", repeats=1),
         Scheduler("wlc", "wlc", "equal"),
-        Scheduler("lvsfeedback-health", "wlc", None, "health"),
-        Scheduler("lvsfeedback-capacity", "wlc", None, "capacity"),
+        *feedback_schedulers("health"),
+        *feedback_schedulers("capacity"),
         Scheduler("oracle", "wlc", "oracle"),
     )
 }
+
+
+def matrix_schedulers() -> tuple[str, ...]:
+    """Every scheduler but the cold starts of the modes that do not ship as the default: the full matrix's."""
+    default = str(PolicySettings().mode)
+    return tuple(name for name, scheduler in SCHEDULERS.items() if not scheduler.cold or scheduler.mode == default)
 
 
 def static_weights(scheduler: Scheduler, scenario: Scenario, cost: float) -> list[int]:

@@ -71,6 +71,37 @@ class CapacityModelTests(SynchronousTestCase):
             static_weights(SCHEDULERS["lvsfeedback-health"], SCENARIOS["equal"], 0.01)
 
 
+class WarmAndColdStartTests(SynchronousTestCase):
+    def test_every_feedback_mode_has_a_warm_and_a_cold_scheduler_alike_but_for_the_start(self):
+        for mode in ("health", "capacity"):
+            warm, cold = SCHEDULERS[f"lvsfeedback-{mode}"], SCHEDULERS[f"lvsfeedback-{mode}-cold"]
+            self.assertEqual((warm.cold, cold.cold), (False, True))
+            self.assertEqual(replace(cold, name=warm.name, cold=False), warm)
+            self.assertTrue(cold.feedback)
+
+    def test_the_full_matrix_has_the_cold_start_of_the_default_mode_only(self):
+        default = str(PolicySettings().mode)
+        cold = [name for name in experiment.FULL.schedulers if SCHEDULERS[name].cold]
+        self.assertEqual(cold, [f"lvsfeedback-{default}-cold"])
+        self.assertEqual(experiment.FULL.schedulers,
+                         tuple(name for name in SCHEDULERS if not SCHEDULERS[name].cold or name in cold))
+
+    def test_the_demo_and_the_default_feedback_cells_start_warm_after_a_preroll(self):
+        self.assertEqual(QUICK.preroll, 20.0)
+        self.assertFalse(any(SCHEDULERS[name].cold for name in QUICK.schedulers))
+        self.assertEqual(plan_from_args(parse_args(["--quick", "--preroll", "40"])).preroll, 40.0)
+
+    def test_a_result_set_with_another_preroll_is_not_resumed(self):
+        folder = Path(self.mktemp())
+        folder.mkdir()
+        session = {"date": "-", "command": "-", "machine": {}}
+        document = experiment.open_result_set(folder / "results.json", QUICK, session, fresh=False)
+        (folder / "results.json").write_text(json.dumps(document))
+        with self.assertRaises(ExperimentError) as raised:
+            experiment.open_result_set(folder / "results.json", replace(QUICK, preroll=5.0), session, fresh=False)
+        self.assertIn("preroll 20.0 vs 5.0", str(raised.exception))
+
+
 class GeneratedConfigurationTests(SynchronousTestCase):
     def test_the_director_config_is_one_the_director_accepts(self):
         path = Path(self.mktemp())
@@ -123,9 +154,10 @@ class PlanTests(SynchronousTestCase):
         self.assertEqual((plan.scenarios, plan.patterns, plan.repeats, plan.measure),
                          (("equal", "failure"), ("short",), 2, 30.0))
         # rr and wrr run once, the others twice, in each scenario and pattern.
-        self.assertEqual(len(plan.cells()), 2 * 1 * (2 * len(SCHEDULERS) - 2))
+        schedulers = experiment.FULL.schedulers
+        self.assertEqual(len(plan.cells()), 2 * 1 * (2 * len(schedulers) - 2))
         # Within one scenario, pattern and repeat every scheduler runs back to back: same conditions.
-        self.assertEqual([cell[2] for cell in plan.cells()[:len(SCHEDULERS)]], list(SCHEDULERS))
+        self.assertEqual([cell[2] for cell in plan.cells()[:len(schedulers)]], list(schedulers))
         self.assertEqual((plan.feedback.policy["hysteresis"], plan.feedback.policy["lost_agent"]), (0.2, "static"))
         self.assertEqual(plan.feedback.update_interval, 1.0)
 
