@@ -65,6 +65,7 @@ from lvsfeedback.lab.scenarios import (
     SERVICE_PORT,
     STATUS_PORT,
     FeedbackSettings,
+    Event,
     Scenario,
     Scheduler,
     agent_arguments,
@@ -456,11 +457,11 @@ class Lab:
         for process in started:
             process.wait_for_log(BACKEND_READY, STARTUP_TIMEOUT)
 
-    def progress(self, cell: str, elapsed: float, duration: float, sample: dict) -> None:
+    def progress(self, cell: str, elapsed: float, duration: float, sample: dict, addresses: dict[str, str]) -> None:
         """One status line while a cell runs: rewritten in place on a terminal, every few seconds otherwise."""
         weights = " ".join(
             f"{name}={sample['ipvs'].get(address, {}).get('weight', '-')}"
-            for name, address in self.addresses.items()
+            for name, address in addresses.items()
         )
         line = f"    {cell}: {max(0.0, elapsed):5.1f}/{duration:.0f} s  weights {weights}"
         if sys.stdout.isatty():
@@ -474,9 +475,13 @@ class Lab:
             sys.stdout.write("\r" + " " * 100 + "\r")
             sys.stdout.flush()
 
-    @property
-    def addresses(self) -> dict[str, str]:
-        return {server.name: f"{server.address}:{BACKEND_PORT}" for server in self.topology.servers}
+    def servers(self, scenario: Scenario) -> list:
+        """The real servers a scenario uses: the lab's first ones (it holds as many as the plan's largest scenario)."""
+        return self.topology.servers[:scenario.servers]
+
+    @staticmethod
+    def addresses(servers: list) -> dict[str, str]:
+        return {server.name: f"{server.address}:{BACKEND_PORT}" for server in servers}
 
     def ipvs_table(self) -> dict[str, dict[str, int]]:
         with network_namespace(self.topology.director):
@@ -492,14 +497,14 @@ class Lab:
     def run_load(self, config: LoadConfig, start_at: float, result_path: Path) -> ForkedProcess:
         return self.fork("loadgen", load_run(config, start_at, result_path), namespace=self.topology.client)
 
-    def calibrate(self) -> dict[str, float]:
+    def calibrate(self, scenario: Scenario) -> dict[str, float]:
         """
         CPU seconds one request costs a backend: the servers' cgroup usage
         over the requests they served, from a short run through IPVS
         (round robin) at a moderate load. A light load would overstate the
         cost: the emulated VM charges every wake-up dearly.
         """
-        servers = self.topology.servers
+        servers = self.servers(scenario)
         self.restore_ipvs(ipvsadm_restore(VIP, "rr", [BASE_WEIGHT] * len(servers)))
         rate, duration = 4.0 * len(servers), 12.0
         config = LoadConfig(VIP, SERVICE_PORT, rate=rate, duration=duration, seed=self.plan.seed + 1000,
@@ -532,7 +537,7 @@ class FeedbackDaemons:
         self.director = lab.fork("lvs-director", twistd(["lvs-director", "--config", str(config)]),
                                  namespace=topology.director)
         self.director.wait_for_log("status listener on", STARTUP_TIMEOUT)
-        self.agents = {server.name: self.start_agent(index) for index, server in enumerate(topology.servers)}
+        self.agents = {server.name: self.start_agent(index) for index, server in enumerate(lab.servers(scenario))}
 
     def start_agent(self, index: int) -> ForkedProcess:
         # The agent runs beside the server (its namespace), not inside its
@@ -569,26 +574,35 @@ class FeedbackDaemons:
         self.director.stop()
 
 
+def cell_load(plan: Plan, scenario: Scenario, pattern: str, cost: float) -> LoadConfig:
+    """The arrivals of a cell: the scenario's load (or the plan's) as a share of the cluster's capacity in its weakest state."""
+    capacity = scenario.worst_capacity(cost)
+    (_, load), *changes = scenario.load_schedule(plan.load, plan.warmup, plan.measure)
+    return LoadConfig(VIP, SERVICE_PORT, rate=load * capacity, duration=plan.warmup + plan.measure, seed=plan.seed,
+                      pattern=pattern, connections=plan.connections,
+                      requests_per_connection=plan.requests_per_connection, timeout=plan.timeout,
+                      rate_changes=tuple((at, share * capacity) for at, share in changes))
+
+
 def run_cell(lab: Lab, scenario: Scenario, scheduler: Scheduler, pattern: str, repeat: int,
              cost: float) -> dict:
     """One cell, from a clean IPVS table to its result document (see L{report} for the fields)."""
     plan = lab.plan
-    topology = lab.topology
-    names = [server.name for server in topology.servers]
+    servers = lab.servers(scenario)
+    names = [server.name for server in servers]
+    addresses = lab.addresses(servers)
     lab.set_quotas(scenario.quotas)
-    rate = plan.load * scenario.worst_capacity(cost)
-    config = LoadConfig(VIP, SERVICE_PORT, rate=rate, duration=plan.warmup + plan.measure, seed=plan.seed,
-                        pattern=pattern, connections=plan.connections,
-                        requests_per_connection=plan.requests_per_connection, timeout=plan.timeout)
+    config = cell_load(plan, scenario, pattern, cost)
     cell_name = f"{scenario.name}-{pattern}-{scheduler.name}-{repeat}"
     extras: list[ForkedProcess] = []
     events: list[dict] = []
+    running_hogs: list[ForkedProcess] = []
     daemons = None
     weights = None
     try:
         hogged = scenario.hog_server
         if hogged is not None and scenario.hog_window is None:
-            extras.append(lab.fork("hog", hog(scenario.hog_workers), cgroup=topology.servers[hogged].cgroup))
+            extras.append(lab.fork("hog", hog(scenario.hog_workers), cgroup=servers[hogged].cgroup))
             extras[-1].wait_for_log(HOG_READY, STARTUP_TIMEOUT)
         if scheduler.feedback:
             lab.restore_ipvs("-C\n")
@@ -601,44 +615,25 @@ def run_cell(lab: Lab, scenario: Scenario, scheduler: Scheduler, pattern: str, r
             weights = static_weights(scheduler, scenario, cost)
             lab.restore_ipvs(ipvsadm_restore(VIP, scheduler.ipvs_scheduler, weights))
 
-        # Scenario events, in seconds from the load's start.
-        timeline: list[tuple[float, str, Callable[[], None]]] = []
-        if scenario.hog_window is not None:
-            server = topology.servers[scenario.hog_server]
-            running: list[ForkedProcess] = []
-
-            def hog_on():
-                running.append(lab.fork("hog", hog(scenario.hog_workers), cgroup=server.cgroup))
-
-            def hog_off():
-                running.pop().stop()
-
-            timeline += [
-                (plan.warmup + scenario.hog_window.start * plan.measure, f"hog starts on {server.name}", hog_on),
-                (plan.warmup + scenario.hog_window.stop * plan.measure, f"hog stops on {server.name}", hog_off),
-            ]
-        if scenario.failure_window is not None:
-            index = scenario.failed_server
-            server = topology.servers[index]
-
-            def fail():
+        def act(event: Event) -> None:
+            """What the scenario changes at this event; the load generator changes its own rate."""
+            server = None if event.server is None else servers[event.server]
+            if event.kind == "hog-on":
+                running_hogs.append(lab.fork("hog", hog(scenario.hog_workers), cgroup=server.cgroup))
+            elif event.kind == "hog-off":
+                running_hogs.pop().stop()
+            elif event.kind == "fail":
                 lab.backends[server.name].kill()
                 if daemons is not None:
                     daemons.agents[server.name].kill()
-
-            def recover():
-                lab.start_backend(index)
+            elif event.kind == "return":
+                lab.start_backend(event.server)
                 if daemons is not None:
-                    daemons.agents[server.name] = daemons.start_agent(index)
+                    daemons.agents[server.name] = daemons.start_agent(event.server)
+            elif event.kind == "quota":
+                server.cgroup.set_cpus(event.value, QUOTA_PERIOD_USEC)
 
-            timeline += [
-                (plan.warmup + scenario.failure_window.start * plan.measure,
-                 f"{server.name} fails (backend{' and agent' if daemons else ''} killed)", fail),
-                (plan.warmup + scenario.failure_window.stop * plan.measure,
-                 f"{server.name} returns (backend{' and agent' if daemons else ''} restarted)", recover),
-            ]
-        timeline.sort(key=lambda event: event[0])
-
+        timeline = scenario.events(plan.warmup, plan.measure, scheduler.feedback)
         result_path = lab.out / "records" / f"{cell_name}.json"
         result_path.parent.mkdir(exist_ok=True)
         start_at = time.monotonic() + 1.0
@@ -648,19 +643,20 @@ def run_cell(lab: Lab, scenario: Scenario, scheduler: Scheduler, pattern: str, r
         last_line = 0.0
         while loadgen.poll() is None:
             now = time.monotonic()
-            while timeline and now >= start_at + timeline[0][0]:
-                at, what, act = timeline.pop(0)
-                act()
-                events.append({"time": round(time.monotonic() - start_at, 3), "planned": at, "event": what})
-                lab.say(f"    t={at:5.1f}s {what}")
+            while timeline and now >= start_at + timeline[0].at:
+                event = timeline.pop(0)
+                act(event)
+                events.append({"time": round(time.monotonic() - start_at, 3), "planned": event.at,
+                               "event": event.text})
+                lab.say(f"    t={event.at:5.1f}s {event.text}")
             if now >= next_sample:
-                samples.append(sample_cluster(lab, start_at, names))
+                samples.append(sample_cluster(lab, start_at, servers, addresses))
                 next_sample += SAMPLE_INTERVAL
                 if sys.stdout.isatty() or now - last_line >= 15:
                     last_line = now
-                    lab.progress(cell_name, now - start_at, config.duration, samples[-1])
+                    lab.progress(cell_name, now - start_at, config.duration, samples[-1], addresses)
             time.sleep(min(0.1, max(0.0, min([next_sample - time.monotonic()]
-                                               + [start_at + t[0] - time.monotonic() for t in timeline]))))
+                                               + [start_at + event.at - time.monotonic() for event in timeline]))))
         lab.progress_done()
         if loadgen.status != 0:
             raise ExperimentError(f"the load generator of {cell_name} failed ({loadgen.status}):\n{loadgen.log_tail()}")
@@ -671,32 +667,33 @@ def run_cell(lab: Lab, scenario: Scenario, scheduler: Scheduler, pattern: str, r
                         "failed_passes": status["passes"]["failed"]}
         raw = json.loads(result_path.read_text())
     finally:
-        for extra in extras:
+        for extra in extras + running_hogs:
             extra.stop()
         if daemons is not None:
             daemons.stop()
         if scenario.failure_window is not None and not lab.backends_alive():
             lab.restart_dead_backends()
-    quotas = dict(zip(names, scenario.quotas))
     return report.cell_result(
         scenario=scenario.name, scheduler=scheduler.name, pattern=pattern, repeat=repeat,
-        config=asdict(config), warmup=plan.warmup, measure=plan.measure, rate=rate,
+        config=asdict(config), warmup=plan.warmup, measure=plan.measure,
+        rate=scenario.mean_load(plan.load, plan.warmup, plan.measure) * scenario.worst_capacity(cost),
         static_weights=None if weights is None else dict(zip(names, weights)),
-        quotas=quotas, hog_server=None if scenario.hog_server is None else names[scenario.hog_server],
+        quotas=dict(zip(names, scenario.quotas)),
+        hog_server=None if scenario.hog_server is None else names[scenario.hog_server],
         records=raw["records"], lateness=raw["lateness"], samples=samples, events=events, director=director,
-        addresses=lab.addresses,
+        addresses=addresses,
         update_interval=plan.feedback.update_interval if scheduler.feedback else None,
         preroll=None if not scheduler.feedback else 0.0 if scheduler.cold else plan.preroll,
     )
 
 
-def sample_cluster(lab: Lab, start_at: float, names: list[str]) -> dict:
-    """One sample: time since the load's start, the IPVS table, each server's CPU usage so far."""
+def sample_cluster(lab: Lab, start_at: float, servers: list, addresses: dict[str, str]) -> dict:
+    """One sample: time since the load's start, the scenario's servers in the IPVS table, their CPU usage so far."""
     table = lab.ipvs_table()
     return {
         "time": round(time.monotonic() - start_at, 3),
-        "ipvs": table,
-        "usage_usec": {server.name: server.cgroup.cpu_stat().usage_usec for server in lab.topology.servers},
+        "ipvs": {address: table[address] for address in addresses.values() if address in table},
+        "usage_usec": {server.name: server.cgroup.cpu_stat().usage_usec for server in servers},
     }
 
 
@@ -722,7 +719,7 @@ def scenario_setup(plan: Plan, cost: float) -> dict:
         scenario = SCENARIOS[name]
         setup[name] = {
             "number": scenario.number, "title": scenario.title, "quotas": list(scenario.quotas),
-            "rate": plan.load * scenario.worst_capacity(cost),
+            "rate": scenario.mean_load(plan.load, plan.warmup, plan.measure) * scenario.worst_capacity(cost),
             "capacities": [round(c, 2) for c in scenario.oracle_capacities(cost)],
             "oracle_weights": static_weights(SCHEDULERS["oracle"], scenario, cost),
         }
@@ -799,7 +796,7 @@ def run_experiment(plan: Plan, out: Path, command: str, where: str, say: Callabl
                 say(f"lab up in {time.monotonic() - started:.0f} s; the result set's calibration stands")
             else:
                 say(f"lab up in {time.monotonic() - started:.0f} s; calibrating the cost of a request")
-                calibration = lab.calibrate()
+                calibration = lab.calibrate(SCENARIOS[plan.scenarios[0]])
                 experiment["calibration"] = calibration
             cost = calibration["cost"]
             experiment["scenarios"] = {**scenario_setup(plan, cost), **experiment.get("scenarios", {})}
@@ -808,7 +805,8 @@ def run_experiment(plan: Plan, out: Path, command: str, where: str, say: Callabl
             for number, (scenario_name, pattern, scheduler_name, repeat) in enumerate(cells, 1):
                 scenario = SCENARIOS[scenario_name]
                 say(f"[{number}/{len(cells)}] {scenario_name} ({scenario.title}), {pattern}, {scheduler_name}, "
-                    f"repeat {repeat + 1}: {plan.load * scenario.worst_capacity(cost):.1f} requests/s "
+                    f"repeat {repeat + 1}: {scenario.mean_load(plan.load, plan.warmup, plan.measure) * scenario.worst_capacity(cost):.1f} "
+                    "requests/s "
                     f"({time.monotonic() - started:.0f} s so far)")
                 late_attempts = []
                 while True:

@@ -26,6 +26,7 @@ from lvsfeedback.lab.experiment import (
     plan_from_args,
 )
 from lvsfeedback.lab.loadgen import OK, LoadConfig
+from lvsfeedback.lab.topology import TopologyPlan
 from lvsfeedback.lab.scenarios import (
     SCENARIOS,
     SCHEDULERS,
@@ -100,6 +101,77 @@ class WarmAndColdStartTests(SynchronousTestCase):
         with self.assertRaises(ExperimentError) as raised:
             experiment.open_result_set(folder / "results.json", replace(QUICK, preroll=5.0), session, fresh=False)
         self.assertIn("preroll 20.0 vs 5.0", str(raised.exception))
+
+
+class UntunedScenarioTests(SynchronousTestCase):
+    """The scenarios nobody tuned for (#14): a load that rises, capacities that change, five servers."""
+
+    def test_light_load_offers_40_percent_until_a_third_of_the_measured_period_then_70(self):
+        light = SCENARIOS["light"]
+        self.assertEqual(light.quotas, SCENARIOS["unequal"].quotas)
+        self.assertEqual(light.load_schedule(0.7, warmup=20.0, measure=60.0), [(0.0, 0.4), (40.0, 0.7)])
+        # Over the measured 60 s: 20 s at 40 %, 40 s at 70 %.
+        self.assertAlmostEqual(light.mean_load(0.7, 20.0, 60.0), 0.6)
+        (rise,) = light.events(20.0, 60.0, feedback=True)
+        self.assertEqual((rise.at, rise.kind, rise.value), (40.0, "load", 0.7))
+
+    def test_a_cells_arrivals_follow_the_scenarios_load_over_its_capacity(self):
+        plan = replace(QUICK, warmup=20.0, measure=60.0)
+        # unequal 1:2:4 at 10 ms a request: 105 requests/s.
+        config = experiment.cell_load(plan, SCENARIOS["light"], "short", 0.01)
+        self.assertAlmostEqual(config.rate, 42.0)
+        ((moment, rate),) = config.rate_changes
+        self.assertEqual(moment, 40.0)
+        self.assertAlmostEqual(rate, 73.5)
+        self.assertEqual((config.duration, config.pattern, config.seed), (80.0, "short", plan.seed))
+        steady = experiment.cell_load(plan, SCENARIOS["unequal"], "persistent", 0.01)
+        self.assertEqual((steady.rate_changes, steady.connections), ((), plan.connections))
+        self.assertAlmostEqual(steady.rate, 73.5)
+
+    def test_a_scenario_without_load_steps_offers_the_plans_load(self):
+        self.assertEqual(SCENARIOS["hog"].load_schedule(0.7, 20.0, 60.0), [(0.0, 0.7)])
+        self.assertAlmostEqual(SCENARIOS["hog"].mean_load(0.7, 20.0, 60.0), 0.7)
+
+    def test_load_steps_must_start_at_zero_and_rise(self):
+        from lvsfeedback.lab.scenarios import LoadStep, Scenario
+        for steps in ((LoadStep(0.2, 0.4),), (LoadStep(0.0, 0.4), LoadStep(0.0, 0.7)),
+                      (LoadStep(0.0, 0.4), LoadStep(1.0, 0.7))):
+            self.assertRaises(ValueError, Scenario, 99, "bad", "bad", (0.1,), load_steps=steps)
+
+    def test_the_largest_server_halves_and_the_load_is_a_share_of_that_weakest_state(self):
+        shrink = SCENARIOS["shrink"]
+        self.assertEqual(shrink.quotas, (0.15, 0.3, 0.6))
+        # Weakest: rs3 at 0.3 CPU, so 0.15 + 0.3 + 0.3 = 0.75 CPU at 10 ms a request.
+        self.assertAlmostEqual(shrink.worst_capacity(0.01), 75.0)
+        # The static oracle knows the normal state only.
+        self.assertEqual(static_weights(SCHEDULERS["oracle"], shrink, 0.01), [25, 50, 100])
+        events = shrink.events(20.0, 60.0, feedback=False)
+        self.assertEqual([(event.at, event.kind, event.server, event.value) for event in events],
+                         [(40.0, "quota", 2, 0.3), (60.0, "quota", 2, 0.6)])
+        self.assertEqual(events[0].text, "rs3's quota 0.6 -> 0.3 CPU")
+
+    def test_the_smallest_server_grows_and_the_weakest_state_is_the_normal_one(self):
+        grow = SCENARIOS["grow"]
+        self.assertAlmostEqual(grow.worst_capacity(0.01), 105.0)
+        self.assertEqual([(event.kind, event.server, event.value) for event in grow.events(20.0, 60.0, True)],
+                         [("quota", 0, 0.3), ("quota", 0, 0.15)])
+
+    def test_five_servers_fit_the_lab_and_the_vm(self):
+        five = SCENARIOS["five"]
+        self.assertEqual(five.servers, 5)
+        self.assertLessEqual(sum(five.quotas), 1.0)
+        self.assertEqual(static_weights(SCHEDULERS["oracle"], five, 0.01), [25, 25, 50, 50, 100])
+        self.assertEqual(TopologyPlan("lab", five.servers, Path("/sys/fs/cgroup")).real_servers[-1].name, "rs5")
+        self.assertEqual(five.server_names(), ["rs1", "rs2", "rs3", "rs4", "rs5"])
+
+    def test_the_events_of_the_first_scenarios_are_as_before(self):
+        self.assertEqual([(event.at, event.kind, event.text) for event in SCENARIOS["hog-on-off"].events(15, 45, True)],
+                         [(30.0, "hog-on", "hog starts on rs1"), (45.0, "hog-off", "hog stops on rs1")])
+        self.assertEqual([event.text for event in SCENARIOS["failure"].events(15, 45, True)],
+                         ["rs1 fails (backend and agent killed)", "rs1 returns (backend and agent restarted)"])
+        self.assertEqual([event.text for event in SCENARIOS["failure"].events(15, 45, False)],
+                         ["rs1 fails (backend killed)", "rs1 returns (backend restarted)"])
+        self.assertEqual(SCENARIOS["equal"].events(15, 45, True), [])
 
 
 class GeneratedConfigurationTests(SynchronousTestCase):

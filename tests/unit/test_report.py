@@ -136,12 +136,13 @@ class RecordedRunTests(SynchronousTestCase):
         self.assertEqual(targets, {
             "hog persistent: lvsfeedback-health p99 <= half of wlc's": ours <= wlc / 2,
             "hog persistent: lvsfeedback-health p99 within 20% of the oracle's": ours <= 1.2 * oracle,
+            "hog persistent: lvsfeedback-health p99 no worse than wlc's by more than 5%": ours <= 1.05 * wlc,
         })
 
     def test_a_comparison_with_a_cell_whose_generator_ran_late_gets_no_verdict(self):
         # In the recording the generator ran 60 ms late (p99) in the feedback cell, 53 ms in the oracle's.
         checks = report.check_targets(self.rows, max_lateness=55.0)
-        self.assertEqual([check["met"] for check in checks], [None, None])
+        self.assertEqual([check["met"] for check in checks], [None, None, None])
         self.assertIn("60 ms late", checks[0]["numbers"])
         self.assertIn("NO VERDICT", report.format_checks(checks))
         later = report.check_targets(self.rows, max_lateness=61.0)
@@ -270,3 +271,45 @@ class MergeTests(SynchronousTestCase):
             self.assertEqual(len(errors.getvalue().strip().splitlines()), 1)
             self.assertTrue(errors.getvalue().startswith("lvsfeedback report: "))
             self.assertFalse(out.exists())
+
+
+def row(scenario: str, pattern: str, scheduler: str, p99: float, **more) -> dict:
+    """An aggregated row with what check_targets reads: one repeat, a generator on time."""
+    return {"scenario": scenario, "pattern": pattern, "scheduler": scheduler,
+            "p99": {"median": p99, "min": p99, "max": p99, "n": 1},
+            "lateness_p99": {"median": 5.0, "min": 5.0, "max": 5.0, "n": 1},
+            "settle_periods": None, "settle_exits": None, "unsettled": 0, "failures_after": None, **more}
+
+
+class NeverWorseThanWlcTests(SynchronousTestCase):
+    """Feedback must never do worse than no feedback: p99 within 5% of wlc's in every scenario and pattern."""
+
+    def verdicts(self, rows):
+        return {check["target"]: check["met"] for check in report.check_targets(rows, max_lateness=50.0)
+                if "no worse than wlc" in check["target"]}
+
+    def test_every_scenario_and_pattern_is_checked_for_every_feedback_scheduler(self):
+        rows = [row("light", "short", "wlc", 400), row("light", "short", "lvsfeedback-capacity", 420),
+                row("shrink", "persistent", "wlc", 1000), row("shrink", "persistent", "lvsfeedback-capacity", 1051),
+                row("shrink", "persistent", "lvsfeedback-capacity-cold", 900),
+                row("five", "short", "wlc", 300), row("five", "short", "oracle", 200)]
+        self.assertEqual(self.verdicts(rows), {
+            "light short: lvsfeedback-capacity p99 no worse than wlc's by more than 5%": True,
+            "shrink persistent: lvsfeedback-capacity p99 no worse than wlc's by more than 5%": False,
+            "shrink persistent: lvsfeedback-capacity-cold p99 no worse than wlc's by more than 5%": True,
+        })
+
+    def test_the_old_targets_stay_beside_it(self):
+        rows = [row("unequal", "persistent", "wlc", 4000), row("unequal", "persistent", "oracle", 700),
+                row("unequal", "persistent", "lvsfeedback-capacity", 1300)]
+        targets = {check["target"]: check["met"] for check in report.check_targets(rows, max_lateness=50.0)}
+        self.assertEqual(targets, {
+            "unequal persistent: lvsfeedback-capacity p99 <= half of wlc's": True,
+            "unequal persistent: lvsfeedback-capacity p99 within 20% of the oracle's": False,
+            "unequal persistent: lvsfeedback-capacity p99 no worse than wlc's by more than 5%": True,
+        })
+
+    def test_no_verdict_when_the_generator_ran_late_in_a_compared_cell(self):
+        late = row("grow", "short", "wlc", 300, lateness_p99={"median": 80.0, "min": 80.0, "max": 80.0, "n": 1})
+        rows = [late, row("grow", "short", "lvsfeedback-capacity", 900)]
+        self.assertEqual(list(self.verdicts(rows).values()), [None])
