@@ -380,6 +380,8 @@ class Plan:
     # Seconds a warm feedback cell's director and agents run, the scenario's
     # condition in place (quotas, a hog from the start), before the load.
     preroll: float = 20.0
+    # Seconds of each load step of a ramp scenario (they replace `measure` there).
+    ramp_step: float = 15.0
     # A cell whose load generator sent its arrivals later than this (p99, ms)
     # measured a stalled machine: it runs again, at most `retries` times.
     max_lateness: float | None = 50.0
@@ -577,8 +579,9 @@ class FeedbackDaemons:
 def cell_load(plan: Plan, scenario: Scenario, pattern: str, cost: float) -> LoadConfig:
     """The arrivals of a cell: the scenario's load (or the plan's) as a share of the cluster's capacity in its weakest state."""
     capacity = scenario.worst_capacity(cost)
-    (_, load), *changes = scenario.load_schedule(plan.load, plan.warmup, plan.measure)
-    return LoadConfig(VIP, SERVICE_PORT, rate=load * capacity, duration=plan.warmup + plan.measure, seed=plan.seed,
+    measure = scenario.measured(plan.measure, plan.ramp_step)
+    (_, load), *changes = scenario.load_schedule(plan.load, plan.warmup, measure)
+    return LoadConfig(VIP, SERVICE_PORT, rate=load * capacity, duration=plan.warmup + measure, seed=plan.seed,
                       pattern=pattern, connections=plan.connections,
                       requests_per_connection=plan.requests_per_connection, timeout=plan.timeout,
                       rate_changes=tuple((at, share * capacity) for at, share in changes))
@@ -591,6 +594,7 @@ def run_cell(lab: Lab, scenario: Scenario, scheduler: Scheduler, pattern: str, r
     servers = lab.servers(scenario)
     names = [server.name for server in servers]
     addresses = lab.addresses(servers)
+    measure = scenario.measured(plan.measure, plan.ramp_step)
     lab.set_quotas(scenario.quotas)
     config = cell_load(plan, scenario, pattern, cost)
     cell_name = f"{scenario.name}-{pattern}-{scheduler.name}-{repeat}"
@@ -633,7 +637,7 @@ def run_cell(lab: Lab, scenario: Scenario, scheduler: Scheduler, pattern: str, r
             elif event.kind == "quota":
                 server.cgroup.set_cpus(event.value, QUOTA_PERIOD_USEC)
 
-        timeline = scenario.events(plan.warmup, plan.measure, scheduler.feedback)
+        timeline = scenario.events(plan.warmup, measure, scheduler.feedback)
         result_path = lab.out / "records" / f"{cell_name}.json"
         result_path.parent.mkdir(exist_ok=True)
         start_at = time.monotonic() + 1.0
@@ -675,8 +679,8 @@ def run_cell(lab: Lab, scenario: Scenario, scheduler: Scheduler, pattern: str, r
             lab.restart_dead_backends()
     return report.cell_result(
         scenario=scenario.name, scheduler=scheduler.name, pattern=pattern, repeat=repeat,
-        config=asdict(config), warmup=plan.warmup, measure=plan.measure,
-        rate=scenario.mean_load(plan.load, plan.warmup, plan.measure) * scenario.worst_capacity(cost),
+        config=asdict(config), warmup=plan.warmup, measure=measure,
+        rate=scenario.mean_load(plan.load, plan.warmup, measure) * scenario.worst_capacity(cost),
         static_weights=None if weights is None else dict(zip(names, weights)),
         quotas=dict(zip(names, scenario.quotas)),
         hog_server=None if scenario.hog_server is None else names[scenario.hog_server],
@@ -684,6 +688,7 @@ def run_cell(lab: Lab, scenario: Scenario, scheduler: Scheduler, pattern: str, r
         addresses=addresses,
         update_interval=plan.feedback.update_interval if scheduler.feedback else None,
         preroll=None if not scheduler.feedback else 0.0 if scheduler.cold else plan.preroll,
+        ramp_steps=scenario.ramp_steps(plan.warmup, measure),
     )
 
 
@@ -719,7 +724,8 @@ def scenario_setup(plan: Plan, cost: float) -> dict:
         scenario = SCENARIOS[name]
         setup[name] = {
             "number": scenario.number, "title": scenario.title, "quotas": list(scenario.quotas),
-            "rate": scenario.mean_load(plan.load, plan.warmup, plan.measure) * scenario.worst_capacity(cost),
+            "rate": scenario.mean_load(plan.load, plan.warmup, scenario.measured(plan.measure, plan.ramp_step))
+                    * scenario.worst_capacity(cost),
             "capacities": [round(c, 2) for c in scenario.oracle_capacities(cost)],
             "oracle_weights": static_weights(SCHEDULERS["oracle"], scenario, cost),
         }
@@ -805,8 +811,7 @@ def run_experiment(plan: Plan, out: Path, command: str, where: str, say: Callabl
             for number, (scenario_name, pattern, scheduler_name, repeat) in enumerate(cells, 1):
                 scenario = SCENARIOS[scenario_name]
                 say(f"[{number}/{len(cells)}] {scenario_name} ({scenario.title}), {pattern}, {scheduler_name}, "
-                    f"repeat {repeat + 1}: {scenario.mean_load(plan.load, plan.warmup, plan.measure) * scenario.worst_capacity(cost):.1f} "
-                    "requests/s "
+                    f"repeat {repeat + 1}: {experiment['scenarios'][scenario_name]['rate']:.1f} requests/s on average "
                     f"({time.monotonic() - started:.0f} s so far)")
                 late_attempts = []
                 while True:
@@ -852,6 +857,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--measure", type=float, help="seconds measured per cell (full: 60, quick: 45)")
     parser.add_argument("--preroll", type=float,
                         help="seconds lvsfeedback runs before the load in its warm cells (20; -cold cells: none)")
+    parser.add_argument("--ramp-step", type=float, help="seconds of each load step of the ramp scenarios (15)")
     parser.add_argument("--load", type=float, help="offered load as a share of capacity (0.7)")
     parser.add_argument("--policy", action="append", default=[], metavar="KNOB=VALUE",
                         help="a director [policy] setting for the feedback cells, e.g. smoothing_half_life=1")
@@ -882,7 +888,7 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
     for option, key in (("scenario", "scenarios"), ("scheduler", "schedulers"), ("pattern", "patterns")):
         if getattr(args, option):
             changes[key] = tuple(getattr(args, option))
-    for key in ("repeats", "warmup", "measure", "load", "retries", "preroll"):
+    for key in ("repeats", "warmup", "measure", "load", "retries", "preroll", "ramp_step"):
         if getattr(args, key) is not None:
             changes[key] = getattr(args, key)
     if args.max_lateness is not None:

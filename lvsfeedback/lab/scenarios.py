@@ -84,6 +84,9 @@ class Scenario:
     resize: Resize | None = None
     # The offered load over time; none: the plan's load throughout.
     load_steps: tuple[LoadStep, ...] = ()
+    # A ramp: equal load steps of the plan's ramp_step seconds each, which
+    # make the measured period; the report finds the highest one sustained.
+    ramp: bool = False
 
     def __post_init__(self):
         moments = [step.at for step in self.load_steps]
@@ -121,6 +124,18 @@ class Scenario:
             capacities.append(quota * share / cost)
         return capacities
 
+    def measured(self, measure: float, ramp_step: float) -> float:
+        """Seconds measured: the plan's, or a ramp's steps end to end."""
+        return ramp_step * len(self.load_steps) if self.ramp else measure
+
+    def ramp_steps(self, warmup: float, measure: float) -> list[dict[str, float]]:
+        """A ramp's steps: their start and stop in seconds from the load's start, and their load."""
+        if not self.ramp:
+            return []
+        bounds = [warmup + step.at * measure for step in self.load_steps] + [warmup + measure]
+        return [{"start": start, "stop": stop, "load": step.load}
+                for step, start, stop in zip(self.load_steps, bounds, bounds[1:])]
+
     def load_schedule(self, load: float, warmup: float, measure: float) -> list[tuple[float, float]]:
         """(seconds from the load's start, share of capacity) of each step of offered load, the first at 0."""
         if not self.load_steps:
@@ -156,7 +171,7 @@ class Scenario:
                              f"{names[server]}'s quota {quota:g} -> {self.resize.quota:g} CPU", self.resize.quota),
                        Event(at(self.resize.window.stop), "quota", server,
                              f"{names[server]}'s quota {self.resize.quota:g} -> {quota:g} CPU", quota)]
-        for step in self.load_steps[1:]:
+        for step in [] if self.ramp else self.load_steps[1:]:
             events.append(Event(at(step.at), "load", None, f"offered load {step.load:.0%} of capacity", step.load))
         return sorted(events, key=lambda event: event.at)
 
@@ -173,6 +188,9 @@ class Scenario:
         hogged = self.hog_server if self.hog_window is None else None
         return self.capacities(cost, hogged, None)
 
+
+# Nine equal steps of offered load, 50% to 130% of the cluster's true capacity.
+RAMP = tuple(LoadStep(index / 9, round(0.5 + 0.1 * index, 1)) for index in range(9))
 
 SCENARIOS: dict[str, Scenario] = {
     scenario.name: scenario
@@ -193,6 +211,11 @@ SCENARIOS: dict[str, Scenario] = {
                  (0.15, 0.3, 0.6), resize=Resize(0, 0.3, Window(1 / 3, 2 / 3))),
         # Five servers share the VM's 2 CPUs with the director and the load: 1.0 CPU of quotas in all.
         Scenario(9, "five", "five servers, capacities 1:1:2:2:4", (0.1, 0.1, 0.2, 0.2, 0.4)),
+        # Overload: what load each scheduler sustains, in scenario 2's and 3's conditions.
+        Scenario(10, "ramp-hog", "scenario 2's cluster (rs1 hogged), load rising from 50% to 130% of capacity",
+                 (0.3, 0.3, 0.3), hog_server=0, load_steps=RAMP, ramp=True),
+        Scenario(11, "ramp-unequal", "scenario 3's cluster (1:2:4), load rising from 50% to 130% of capacity",
+                 (0.15, 0.3, 0.6), load_steps=RAMP, ramp=True),
     )
 }
 

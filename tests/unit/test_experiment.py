@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from lvsfeedback.director.config import load_config
 from lvsfeedback.director.policy import Mode, PolicySettings
-from lvsfeedback.lab import experiment
+from lvsfeedback.lab import experiment, report
 from lvsfeedback.lab.backend import Backend
 from lvsfeedback.lab.experiment import (
     QUICK,
@@ -172,6 +172,45 @@ class UntunedScenarioTests(SynchronousTestCase):
         self.assertEqual([event.text for event in SCENARIOS["failure"].events(15, 45, False)],
                          ["rs1 fails (backend killed)", "rs1 returns (backend restarted)"])
         self.assertEqual(SCENARIOS["equal"].events(15, 45, True), [])
+
+
+class RampTests(SynchronousTestCase):
+    """Overload: load rising step by step from 50% to 130% of the true capacity, in scenario 2's and 3's conditions."""
+
+    def test_the_ramps_run_in_scenario_2s_and_3s_conditions(self):
+        for name, like in (("ramp-hog", "hog"), ("ramp-unequal", "unequal")):
+            ramp, base = SCENARIOS[name], SCENARIOS[like]
+            self.assertEqual((ramp.quotas, ramp.hog_server, ramp.ramp), (base.quotas, base.hog_server, True))
+            self.assertEqual([step.load for step in ramp.load_steps],
+                             [0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3])
+
+    def test_a_ramp_measures_its_steps_end_to_end_and_says_where_each_is(self):
+        ramp = SCENARIOS["ramp-hog"]
+        self.assertEqual(ramp.measured(60.0, 15.0), 135.0)
+        self.assertEqual(SCENARIOS["hog"].measured(60.0, 15.0), 60.0)
+        steps = ramp.ramp_steps(20.0, 135.0)
+        self.assertEqual(len(steps), 9)
+        self.assertEqual(steps[0], {"start": 20.0, "stop": 35.0, "load": 0.5})
+        self.assertAlmostEqual(steps[-1]["start"], 140.0)
+        self.assertEqual((steps[-1]["stop"], steps[-1]["load"]), (155.0, 1.3))
+        self.assertEqual(SCENARIOS["hog"].ramp_steps(20.0, 60.0), [])
+        # Its steps are the analysis, not events to settle after.
+        self.assertEqual(ramp.events(20.0, 135.0, feedback=True), [])
+
+    def test_a_ramp_cells_arrivals_rise_every_step_from_its_warm_up_at_the_first(self):
+        plan = replace(QUICK, warmup=20.0, ramp_step=10.0)
+        # The hog halves rs1: 0.75 CPU at 10 ms a request, 75 requests/s.
+        config = experiment.cell_load(plan, SCENARIOS["ramp-hog"], "short", 0.01)
+        self.assertEqual(config.duration, 110.0)
+        self.assertAlmostEqual(config.rate, 37.5)
+        self.assertEqual(len(config.rate_changes), 8)
+        self.assertAlmostEqual(config.rate_changes[0][0], 30.0)
+        self.assertAlmostEqual(config.rate_changes[-1][1], 97.5)
+        self.assertAlmostEqual(SCENARIOS["ramp-hog"].mean_load(0.7, 20.0, 90.0), 0.9)
+
+    def test_the_ramp_step_is_part_of_the_plans_shape(self):
+        self.assertIn("ramp_step", report.PLAN_SHAPE)
+        self.assertEqual(plan_from_args(parse_args(["--ramp-step", "20"])).ramp_step, 20.0)
 
 
 class GeneratedConfigurationTests(SynchronousTestCase):

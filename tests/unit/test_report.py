@@ -313,3 +313,88 @@ class NeverWorseThanWlcTests(SynchronousTestCase):
         late = row("grow", "short", "wlc", 300, lateness_p99={"median": 80.0, "min": 80.0, "max": 80.0, "n": 1})
         rows = [late, row("grow", "short", "lvsfeedback-capacity", 900)]
         self.assertEqual(list(self.verdicts(rows).values()), [None])
+
+
+def step_records(start: float, count: int, latency: float, failed: int = 0) -> list[RequestRecord]:
+    """count requests spread over a 10 s step from start, `failed` of them timing out."""
+    records = [RequestRecord(start + 10 * index / count, OK, latency, "rs1", 200) for index in range(count - failed)]
+    records += [RequestRecord(start + 9.99, TIMEOUT) for _ in range(failed)]
+    return records
+
+
+STEPS = [{"start": 10.0 * index, "stop": 10.0 * (index + 1), "load": round(0.5 + 0.1 * index, 1)}
+         for index in range(4)]
+
+
+class RampAnalysisTests(SynchronousTestCase):
+    def test_each_step_has_its_requests_p99_and_failed_share(self):
+        records = step_records(0, 100, 0.2) + step_records(10, 200, 0.4, failed=1) + step_records(20, 300, 1.5)
+        analysis = report.ramp_analysis(records, STEPS[:3])
+        self.assertEqual(analysis, [
+            {"load": 0.5, "requests": 100, "p99": 200.0, "failed_share": 0.0},
+            {"load": 0.6, "requests": 200, "p99": 400.0, "failed_share": 0.005},
+            {"load": 0.7, "requests": 300, "p99": 1500.0, "failed_share": 0.0},
+        ])
+
+    def test_the_sustained_load_is_the_last_step_passed_from_the_first_on(self):
+        def step(load, p99, failed=0.0):
+            return {"load": load, "requests": 1000, "p99": p99, "failed_share": failed}
+
+        self.assertEqual(report.sustained_load([step(0.5, 300), step(0.6, 900), step(0.7, 1000), step(0.8, 400)]), 0.6)
+        # A failed request in a thousand is the limit: not sustained.
+        self.assertEqual(report.sustained_load([step(0.5, 300), step(0.6, 300, failed=0.001)]), 0.5)
+        self.assertEqual(report.sustained_load([step(0.5, 300), step(0.6, 300, failed=0.0009)]), 0.6)
+        self.assertEqual(report.sustained_load([step(0.5, 1200), step(0.6, 300)]), 0.0)
+        # Nothing answered: no p99, not sustained.
+        self.assertEqual(report.sustained_load([step(0.5, None, failed=1.0)]), 0.0)
+
+    def test_a_ramp_cell_carries_its_steps_and_the_load_it_sustained(self):
+        records = step_records(0, 50, 0.1) + step_records(10, 50, 0.3) + step_records(20, 50, 0.6) \
+            + step_records(30, 50, 3.0, failed=10)
+        cell = report.cell_result(
+            scenario="ramp-hog", scheduler="wlc", pattern="short", repeat=0, config={"timeout": 5.0}, warmup=10,
+            measure=30, rate=1.0, static_weights=None, quotas={"rs1": 0.3}, hog_server="rs1",
+            records=[report.pack_record(record) for record in records], lateness=[0.001], samples=[], events=[],
+            director=None, addresses={"rs1": ADDRESSES["rs1"]}, update_interval=None, ramp_steps=STEPS[1:])
+        self.assertEqual([step["load"] for step in cell["ramp"]], [0.6, 0.7, 0.8])
+        self.assertEqual(cell["sustained"], 0.7)
+        (row,) = report.aggregate([cell])
+        self.assertEqual(row["sustained"], {"median": 0.7, "min": 0.7, "max": 0.7, "n": 1})
+
+    def test_a_steady_cell_has_no_ramp(self):
+        cell = json.loads(RECORDED.read_text())["cells"][0]
+        self.assertIsNone(report.aggregate([cell])[0]["sustained"])
+
+
+class SustainTargetTests(SynchronousTestCase):
+    def ramp(self, scheduler, sustained, p99=5000.0, scenario="ramp-hog"):
+        return row(scenario, "persistent", scheduler, p99,
+                   sustained={"median": sustained, "min": sustained, "max": sustained, "n": 1})
+
+    def test_feedback_must_sustain_90_percent_the_oracles_load_and_half_again_wlcs(self):
+        rows = [self.ramp("wlc", 0.6), self.ramp("oracle", 0.9), self.ramp("lvsfeedback-capacity", 1.0)]
+        checks = report.check_targets(rows, max_lateness=50.0)
+        self.assertEqual({check["target"]: check["met"] for check in checks}, {
+            "ramp-hog persistent: lvsfeedback-capacity sustains at least 90% of the true capacity": True,
+            "ramp-hog persistent: lvsfeedback-capacity sustains at least the oracle's load": True,
+            "ramp-hog persistent: lvsfeedback-capacity sustains at least 1.5 times wlc's load": True,
+        })
+        self.assertIn("sustained 1.0 vs wlc 0.6 (limit 0.90)", report.format_checks(checks))
+
+    def test_each_overload_target_can_be_missed(self):
+        rows = [self.ramp("wlc", 0.6), self.ramp("oracle", 1.0), self.ramp("lvsfeedback-capacity", 0.8)]
+        self.assertEqual([check["met"] for check in report.check_targets(rows, max_lateness=50.0)],
+                         [False, False, False])
+
+    def test_a_ramps_p99_over_all_its_steps_is_not_held_against_wlcs(self):
+        rows = [self.ramp("wlc", 0.6, p99=900.0), self.ramp("lvsfeedback-capacity", 1.0, p99=2000.0)]
+        targets = [check["target"] for check in report.check_targets(rows, max_lateness=50.0)]
+        self.assertFalse([target for target in targets if "no worse than wlc" in target])
+
+    def test_the_report_shows_the_sustained_load_per_scheduler(self):
+        rows = [self.ramp("wlc", 0.6), self.ramp("lvsfeedback-capacity", 1.0),
+                self.ramp("wlc", 0.5, scenario="ramp-unequal"), row("hog", "persistent", "wlc", 700)]
+        self.assertEqual(report.sustained_overview(rows).splitlines(), [
+            "| scenario, pattern | wlc | lvsfeedback-capacity |", "|---|---|---|",
+            "| ramp-hog, persistent | 0.6 | 1.0 |", "| ramp-unequal, persistent | 0.5 | - |"])
+        self.assertEqual(report.sustained_overview(rows[3:]), "")
