@@ -7,19 +7,27 @@ capacity, in several scenarios (see L{lvsfeedback.lab.scenarios}).
     lvsfeedback experiment [--quick] [--scenario hog ...] [--out results/experiment]
 
 Run as root on a kernel with IPVS (in the test VM: see C{scripts/demo}).
-It prints a line per cell as it goes, then the table, and writes
-C{results.json} (raw), C{report.md} and PNG plots into the output folder.
+It prints a line per cell as it goes, then the table, where the files
+are, and last the verdicts on the targets, with a plain line when the
+machine was too busy to judge (the load generator ran late, or the VM did
+not get its CPU). It writes C{results.json} (raw), C{report.md} and PNG
+plots into the output folder; a C{results.json} already there is resumed
+(see L{open_result_set}).
 
 One cell = one scenario x scheduler x connection pattern x repeat:
 
-1. configure IPVS: static weights with C{ipvsadm -R}, or start
+1. set the quotas of the scenario's servers (the lab's first ones) and
+   start the hog if the scenario has one for the whole cell;
+2. configure IPVS: static weights with C{ipvsadm -R}, or start
    C{lvs-director} and one C{lvs-agent} per real server (each reporting the
-   C{cgroup} metric of its server's cgroup) and wait for their first reports;
-2. start the hog if the scenario has one for the whole cell;
-3. offer load for C{warmup + measure} seconds, the first C{warmup} seconds
-   uncounted, while sampling the IPVS table and the servers' C{cpu.stat}
-   every second and acting the scenario's events (hog on/off, a server
-   killed and restarted) at their times;
+   C{cgroup} metric of its server's cgroup), wait for their first reports
+   and, unless the scheduler is a C{-cold} one, let them run for the
+   plan's pre-roll (a warm start, as a director that has been running);
+3. offer load for C{warmup + measure} seconds (a ramp: its steps), the
+   first C{warmup} seconds uncounted, while sampling the IPVS table and the
+   servers' C{cpu.stat} every second and acting the scenario's events (hog
+   on/off, a server killed and restarted, a quota changed) at their times;
+   the machine's steal time is read at the load's start and end;
 4. read the director's status (its weight writes), stop what the cell started.
 
 Processes are forked from this one rather than started afresh: in the
@@ -338,6 +346,26 @@ def parse_ip_vs(text: str) -> dict[str, dict[str, int]]:
     return servers
 
 
+def parse_cpu_times(text: str) -> dict[str, int]:
+    """
+    C{/proc/stat} → the machine's CPU time so far, in ticks: C{total} and
+    C{steal}, the time a hypervisor ran something else while this guest had
+    work. Total is user to steal (guest time is already inside user).
+    """
+    for line in text.splitlines():
+        fields = line.split()
+        if fields and fields[0] == "cpu":
+            ticks = [int(value) for value in fields[1:9]]
+            ticks += [0] * (8 - len(ticks))  # kernels older than 2.6.11 have no steal column
+            return {"total": sum(ticks), "steal": ticks[7]}
+    raise ExperimentError("/proc/stat has no 'cpu' line")
+
+
+def read_cpu_times() -> dict[str, int]:
+    with open("/proc/stat") as stat:
+        return parse_cpu_times(stat.read())
+
+
 def http_get_json(namespace: str, port: int, path: str, timeout: float = 10.0) -> dict:
     """GET http://127.0.0.1:port/path inside a namespace (the socket is made there), as JSON."""
     with network_namespace(namespace):
@@ -640,6 +668,7 @@ def run_cell(lab: Lab, scenario: Scenario, scheduler: Scheduler, pattern: str, r
         timeline = scenario.events(plan.warmup, measure, scheduler.feedback)
         result_path = lab.out / "records" / f"{cell_name}.json"
         result_path.parent.mkdir(exist_ok=True)
+        cpu_before = read_cpu_times()
         start_at = time.monotonic() + 1.0
         loadgen = lab.run_load(config, start_at, result_path)
         samples = []
@@ -661,6 +690,7 @@ def run_cell(lab: Lab, scenario: Scenario, scheduler: Scheduler, pattern: str, r
                     lab.progress(cell_name, now - start_at, config.duration, samples[-1], addresses)
             time.sleep(min(0.1, max(0.0, min([next_sample - time.monotonic()]
                                                + [start_at + event.at - time.monotonic() for event in timeline]))))
+        cpu_after = read_cpu_times()
         lab.progress_done()
         if loadgen.status != 0:
             raise ExperimentError(f"the load generator of {cell_name} failed ({loadgen.status}):\n{loadgen.log_tail()}")
@@ -689,6 +719,7 @@ def run_cell(lab: Lab, scenario: Scenario, scheduler: Scheduler, pattern: str, r
         update_interval=plan.feedback.update_interval if scheduler.feedback else None,
         preroll=None if not scheduler.feedback else 0.0 if scheduler.cold else plan.preroll,
         ramp_steps=scenario.ramp_steps(plan.warmup, measure),
+        cpu_times=(cpu_before, cpu_after),
     )
 
 
@@ -821,7 +852,8 @@ def run_experiment(plan: Plan, out: Path, command: str, where: str, say: Callabl
                     say(f"    p50 {summary['p50']} ms, p99 {summary['p99']} ms, failed "
                         f"{summary['errors'] + summary['timeouts']}, shares "
                         + " ".join(f"{name} {share:.0%}" for name, share in summary["shares"].items())
-                        + f", generator late p99 {late} ms")
+                        + f", generator late p99 {late} ms"
+                        + ("" if cell["steal"] is None else f", CPU stolen from the VM {cell['steal']:.1%}"))
                     if plan.max_lateness is None or late is None or late <= plan.max_lateness \
                             or len(late_attempts) >= plan.retries:
                         break
@@ -927,6 +959,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nreport: {args.out / 'report.md'}")
     print(f"raw results: {args.out / 'results.json'}")
     print("plots: " + ", ".join(str(path) for path in plot_paths))
+    # What the run concludes comes last, where a reader of the terminal looks.
+    conclusion = report.verdicts(document)
+    if conclusion:
+        print()
+        print(conclusion)
     return 0
 
 

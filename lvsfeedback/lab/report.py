@@ -49,6 +49,9 @@ SETTLE_PERIODS = 3
 # A ramp's load step is sustained when its p99 stays under this (ms) and fewer than this share of its requests fail.
 SUSTAINED_P99_MS = 1000.0
 SUSTAINED_FAILED = 0.001
+# A cell in which the VM did not get more than this share of its CPU time
+# (steal: the host ran something else) measured the host as much as the lab.
+MAX_STEAL = 0.10
 # Overload targets (#14), on the highest load sustained, a share of the true capacity.
 SUSTAIN_CAPACITY = 0.9
 SUSTAIN_OVER_WLC = 1.5
@@ -199,12 +202,20 @@ def sustained_load(analysis: list[dict]) -> float:
     return sustained
 
 
+def steal_share(before: dict[str, int] | None, after: dict[str, int] | None) -> float | None:
+    """The share of the machine's CPU time between two readings of /proc/stat that the hypervisor took (steal)."""
+    if before is None or after is None or after["total"] <= before["total"]:
+        return None
+    return round((after["steal"] - before["steal"]) / (after["total"] - before["total"]), 4)
+
+
 def cell_result(*, scenario: str, scheduler: str, pattern: str, repeat: int, config: dict, warmup: float,
                 measure: float, rate: float, static_weights: dict | None, quotas: dict[str, float],
                 hog_server: str | None, records: list[list], lateness: list[float], samples: list[dict],
                 events: list[dict], director: dict | None, addresses: dict[str, str],
                 update_interval: float | None, preroll: float | None = None,
-                ramp_steps: list[dict] | None = None) -> dict:
+                ramp_steps: list[dict] | None = None,
+                cpu_times: tuple[dict, dict] | None = None) -> dict:
     """A cell's result document: its settings, statistics and series, with the raw records."""
     unpacked = [unpack_record(packed) for packed in records]
     summary = summarize(measured(unpacked, warmup, measure), measure)
@@ -239,6 +250,8 @@ def cell_result(*, scenario: str, scheduler: str, pattern: str, repeat: int, con
             for key, value in asdict(summary).items()
         },
         "lateness_ms": lateness_summary(lateness),
+        # From the load's start to its end, as the guest's /proc/stat counts it.
+        "steal": steal_share(*(cpu_times or (None, None))),
         "cpu_utilisation": cpu_utilisation(samples, quotas, warmup, end),
         "cost_ms": _milliseconds(cost_in_cell(samples, summary, hog_server, warmup, end)),
         "weights": series,
@@ -364,6 +377,7 @@ def aggregate(cells: list[dict]) -> list[dict]:
         row["shares"] = {name: _spread([summary["shares"].get(name, 0.0) for summary in summaries]) for name in names}
         row["cpu"] = {name: _spread([cell["cpu_utilisation"][name] for cell in group]) for name in names}
         row["lateness_p99"] = _spread([cell["lateness_ms"]["p99"] for cell in group])
+        row["steal"] = _spread([cell.get("steal") for cell in group])
         row["reruns"] = sum(len(cell.get("late_attempts", [])) for cell in group)
         row["writes"] = _spread([cell["director"]["writes"] for cell in group if cell["director"]])
         settles = [entry for cell in group for entry in cell["settling"]]
@@ -393,7 +407,7 @@ def _cell(spread: dict | None, digits: int = 0) -> str:
 
 
 TABLE_COLUMNS = ("scenario", "pattern", "scheduler", "rate/s", "p50 ms", "p99 ms", "p99.9 ms", "mean ms",
-                 "failed", "shares %", "cpu %", "late p99 ms", "writes", "settle (periods)")
+                 "failed", "shares %", "cpu %", "late p99 ms", "steal %", "writes", "settle (periods)")
 
 
 def table_rows(rows: list[dict]) -> list[list[str]]:
@@ -415,6 +429,8 @@ def table_rows(rows: list[dict]) -> list[list[str]]:
             _cell(row["p50"]), _cell(row["p99"]), _cell(row["p999"]), _cell(row["mean"]),
             _cell(row["failed"]), shares, cpu,
             _cell(row["lateness_p99"], 1) + (f" ({row['reruns']} reruns)" if row.get("reruns") else ""),
+            _cell(None if row["steal"] is None else {key: value * 100 if key != "n" else value
+                                                     for key, value in row["steal"].items()}, 1),
             _cell(row["writes"]), settle,
         ])
     return lines
@@ -599,6 +615,43 @@ def check_targets(rows: list[dict], max_lateness: float | None = DEFAULT_MAX_LAT
             check["met"] = None
             check["numbers"] += f"; the generator ran {max(late):.0f} ms late at p99 in a cell compared"
     return checks
+
+
+def too_busy(cells: list[dict], max_lateness: float, max_steal: float = MAX_STEAL) -> str | None:
+    """
+    A plain line when the machine was too busy for the cells to be judged:
+    the load generator ran late, or the VM did not get its CPU (steal).
+    """
+    def cell_name(cell: dict) -> str:
+        return f"{cell['scenario']}/{cell['pattern']}/{cell['scheduler']}/{cell['repeat'] + 1}"
+
+    late = [cell for cell in cells if (cell["lateness_ms"]["p99"] or 0) > max_lateness]
+    stolen = [cell for cell in cells if (cell.get("steal") or 0) > max_steal]
+    reasons = []
+    if late:
+        worst = max(cell["lateness_ms"]["p99"] for cell in late)
+        reasons.append(f"the load generator ran up to {worst:.0f} ms late at p99 (limit {max_lateness:g} ms) in "
+                       f"{len(late)} of {len(cells)} cells ({', '.join(map(cell_name, late[:3]))}"
+                       f"{', ...' if len(late) > 3 else ''})")
+    if stolen:
+        worst = max(cell["steal"] for cell in stolen)
+        reasons.append(f"the VM did not get up to {worst:.0%} of its CPU time (steal, limit {max_steal:.0%}) in "
+                       f"{len(stolen)} of {len(cells)} cells ({', '.join(map(cell_name, stolen[:3]))}"
+                       f"{', ...' if len(stolen) > 3 else ''})")
+    if not reasons:
+        return None
+    return "the machine was too busy to judge this run: " + "; ".join(reasons) + "."
+
+
+def verdicts(document: dict) -> str:
+    """What a run concludes, for the end of its output: the targets, and whether the machine was too busy to judge."""
+    plan = document["experiment"]["plan"]
+    checks = check_targets(aggregate(document["cells"]), plan.get("max_lateness", DEFAULT_MAX_LATENESS))
+    lines = ["Targets:", format_checks(checks)] if checks else []
+    busy = too_busy(document["cells"], plan.get("max_lateness") or DEFAULT_MAX_LATENESS)
+    if busy:
+        lines.append(busy)
+    return "\n".join(lines)
 
 
 def format_checks(checks: list[dict]) -> str:
@@ -807,6 +860,8 @@ def markdown(document: dict, rows: list[dict], checks: list[dict], plot_paths: l
         "",
         format_checks(checks) or "- (no cell of this run has a target)",
         "",
+        *([busy, ""] if (busy := too_busy(document["cells"], setup["plan"].get("max_lateness")
+                                          or DEFAULT_MAX_LATENESS)) else []),
         "## Definitions",
         "",
         __doc__.split("Definitions used throughout:")[1].strip(),
@@ -827,8 +882,6 @@ def write_report(document: dict, out: Path, with_plots: bool = True) -> tuple[st
     terminal = format_table(rows)
     if sustained_overview(rows):
         terminal += "\n\nHighest load sustained on the ramps (share of the true capacity):\n" + sustained_overview(rows)
-    if checks:
-        terminal += "\n\nTargets:\n" + format_checks(checks)
     return terminal, plot_paths
 
 
@@ -875,6 +928,10 @@ def main(argv: list[str] | None = None) -> int:
     terminal, plot_paths = write_report(document, out, with_plots=not args.no_plots)
     print(terminal)
     print(f"\nreport: {out / 'report.md'}")
+    conclusion = verdicts(document)
+    if conclusion:
+        print()
+        print(conclusion)
     return 0
 
 

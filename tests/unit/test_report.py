@@ -9,7 +9,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from lvsfeedback.lab import report
+from lvsfeedback.lab import experiment, report
 from lvsfeedback.lab.loadgen import ERROR, OK, TIMEOUT, RequestRecord
 
 RECORDED = Path(__file__).parent / "fixtures" / "experiment-hog-quick.json"
@@ -187,7 +187,7 @@ class RecordedRunTests(SynchronousTestCase):
                          "| hog | persistent | oracle |"):
             self.assertIn(expected, text)
         self.assertIn("scheduler", terminal.splitlines()[0])
-        self.assertIn("Targets:", terminal)
+        self.assertIn("steal %", terminal.splitlines()[0])
 
     def test_the_report_command_rebuilds_from_results_json(self):
         out = Path(self.mktemp())
@@ -398,3 +398,99 @@ class SustainTargetTests(SynchronousTestCase):
             "| scenario, pattern | wlc | lvsfeedback-capacity |", "|---|---|---|",
             "| ramp-hog, persistent | 0.6 | 1.0 |", "| ramp-unequal, persistent | 0.5 | - |"])
         self.assertEqual(report.sustained_overview(rows[3:]), "")
+
+
+class TooBusyToJudgeTests(SynchronousTestCase):
+    """A run says plainly when the machine was too busy: its generator ran late, or the VM's CPU was stolen."""
+
+    def cells(self, late=(5.0, 5.0), steal=(0.0, 0.0)):
+        return [{"scenario": "hog", "pattern": "persistent", "scheduler": name, "repeat": 0,
+                 "lateness_ms": {"p99": lateness}, "steal": stolen}
+                for name, lateness, stolen in zip(("wlc", "oracle"), late, steal)]
+
+    def test_a_quiet_machine_says_nothing(self):
+        self.assertIsNone(report.too_busy(self.cells(), max_lateness=50.0))
+
+    def test_a_late_generator_is_named_with_its_cells(self):
+        line = report.too_busy(self.cells(late=(120.0, 5.0)), max_lateness=50.0)
+        self.assertEqual(line, "the machine was too busy to judge this run: the load generator ran up to 120 ms "
+                               "late at p99 (limit 50 ms) in 1 of 2 cells (hog/persistent/wlc/1).")
+
+    def test_stolen_cpu_is_named_with_its_cells(self):
+        line = report.too_busy(self.cells(steal=(0.02, 0.25)), max_lateness=50.0)
+        self.assertEqual(line, "the machine was too busy to judge this run: the VM did not get up to 25% of its "
+                               "CPU time (steal, limit 10%) in 1 of 2 cells (hog/persistent/oracle/1).")
+
+    def test_cells_recorded_before_steal_was_read_count_as_none_stolen(self):
+        cells = self.cells()
+        for cell in cells:
+            del cell["steal"]
+        self.assertIsNone(report.too_busy(cells, max_lateness=50.0))
+
+    def test_the_steal_share_is_steal_over_all_cpu_time_between_two_readings(self):
+        before = experiment.parse_cpu_times(PROC_STAT)
+        after = {"total": before["total"] + 1000, "steal": before["steal"] + 150}
+        self.assertEqual(report.steal_share(before, after), 0.15)
+        self.assertIsNone(report.steal_share(before, before))
+        self.assertIsNone(report.steal_share(None, after))
+
+    def test_a_cell_records_its_steal_and_the_table_shows_it(self):
+        document = json.loads(RECORDED.read_text())
+        cell = document["cells"][0]
+        self.assertNotIn("steal", cell)
+        cell["steal"] = 0.125
+        (row,) = report.aggregate([cell])
+        self.assertEqual(row["steal"]["median"], 0.125)
+        header, line = report.format_table([row]).splitlines()
+        self.assertEqual(line[header.index("steal %"):].split()[0], "12.5")
+
+    def test_verdicts_end_with_the_busy_line_in_the_terminal_and_in_report_md(self):
+        document = json.loads(RECORDED.read_text())
+        document["cells"][2]["steal"] = 0.3
+        conclusion = report.verdicts(document).splitlines()
+        self.assertEqual(conclusion[0], "Targets:")
+        self.assertTrue(conclusion[-1].startswith("the machine was too busy to judge this run: "))
+        self.assertIn("30% of its CPU time", conclusion[-1])
+        out = Path(self.mktemp())
+        out.mkdir()
+        report.write_report(document, out, with_plots=False)
+        self.assertIn(conclusion[-1], (out / "report.md").read_text())
+
+
+# /proc/stat of a two-CPU guest (user nice system idle iowait irq softirq steal guest guest_nice).
+PROC_STAT = """\
+cpu  4705 150 1120 16250 520 0 35 410 0 0
+cpu0 2352 75 560 8125 260 0 17 205 0 0
+cpu1 2353 75 560 8125 260 0 18 205 0 0
+intr 1234 0 0
+ctxt 5678
+"""
+
+
+class CpuTimesTests(SynchronousTestCase):
+    def test_total_and_steal_come_from_the_machines_cpu_line(self):
+        self.assertEqual(experiment.parse_cpu_times(PROC_STAT),
+                         {"total": 4705 + 150 + 1120 + 16250 + 520 + 0 + 35 + 410, "steal": 410})
+
+    def test_a_kernel_without_a_steal_column_reads_as_none_stolen(self):
+        self.assertEqual(experiment.parse_cpu_times("cpu  10 0 5 100 1 0 2\n"), {"total": 118, "steal": 0})
+
+    def test_a_proc_stat_without_a_cpu_line_is_an_error(self):
+        self.assertRaises(experiment.ExperimentError, experiment.parse_cpu_times, "intr 1\n")
+
+
+class ExperimentOutputTests(SynchronousTestCase):
+    def test_the_verdicts_and_the_busy_line_are_the_last_lines_a_run_prints(self):
+        document = json.loads(RECORDED.read_text())
+        document["cells"][0]["lateness_ms"]["p99"] = 400.0
+        self.patch(experiment, "run_experiment", lambda *args, **kwargs: document)
+        printed = io.StringIO()
+        self.patch(sys, "stdout", printed)
+        out = Path(self.mktemp())
+        out.mkdir()  # run_experiment makes it
+        self.assertEqual(experiment.main(["--quick", "--out", str(out)]), 0)
+        lines = printed.getvalue().rstrip().splitlines()
+        self.assertTrue(lines[-1].startswith("the machine was too busy to judge this run: the load generator ran "
+                                             "up to 400 ms late"))
+        self.assertEqual(lines[-5:-1], report.verdicts(document).splitlines()[:4])
+        self.assertLess(lines.index(f"report: {out / 'report.md'}"), lines.index("Targets:"))
