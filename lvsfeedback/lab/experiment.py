@@ -7,19 +7,27 @@ capacity, in several scenarios (see L{lvsfeedback.lab.scenarios}).
     lvsfeedback experiment [--quick] [--scenario hog ...] [--out results/experiment]
 
 Run as root on a kernel with IPVS (in the test VM: see C{scripts/demo}).
-It prints a line per cell as it goes, then the table, and writes
-C{results.json} (raw), C{report.md} and PNG plots into the output folder.
+It prints a line per cell as it goes, then the table, where the files
+are, and last the verdicts on the targets, with a plain line when the
+machine was too busy to judge (the load generator ran late, or the VM did
+not get its CPU). It writes C{results.json} (raw), C{report.md} and PNG
+plots into the output folder; a C{results.json} already there is resumed
+(see L{open_result_set}).
 
 One cell = one scenario x scheduler x connection pattern x repeat:
 
-1. configure IPVS: static weights with C{ipvsadm -R}, or start
+1. set the quotas of the scenario's servers (the lab's first ones) and
+   start the hog if the scenario has one for the whole cell;
+2. configure IPVS: static weights with C{ipvsadm -R}, or start
    C{lvs-director} and one C{lvs-agent} per real server (each reporting the
-   C{cgroup} metric of its server's cgroup) and wait for their first reports;
-2. start the hog if the scenario has one for the whole cell;
-3. offer load for C{warmup + measure} seconds, the first C{warmup} seconds
-   uncounted, while sampling the IPVS table and the servers' C{cpu.stat}
-   every second and acting the scenario's events (hog on/off, a server
-   killed and restarted) at their times;
+   C{cgroup} metric of its server's cgroup), wait for their first reports
+   and, unless the scheduler is a C{-cold} one, let them run for the
+   plan's pre-roll (a warm start, as a director that has been running);
+3. offer load for C{warmup + measure} seconds (a ramp: its steps), the
+   first C{warmup} seconds uncounted, while sampling the IPVS table and the
+   servers' C{cpu.stat} every second and acting the scenario's events (hog
+   on/off, a server killed and restarted, a quota changed) at their times;
+   the machine's steal time is read at the load's start and end;
 4. read the director's status (its weight writes), stop what the cell started.
 
 Processes are forked from this one rather than started afresh: in the
@@ -65,11 +73,13 @@ from lvsfeedback.lab.scenarios import (
     SERVICE_PORT,
     STATUS_PORT,
     FeedbackSettings,
+    Event,
     Scenario,
     Scheduler,
     agent_arguments,
     director_config,
     ipvsadm_restore,
+    matrix_schedulers,
     static_weights,
 )
 from lvsfeedback.lab.topology import DIRECTOR_BACKEND_ADDRESS, NETNS_DIR, VIP, LabError, Topology
@@ -336,6 +346,26 @@ def parse_ip_vs(text: str) -> dict[str, dict[str, int]]:
     return servers
 
 
+def parse_cpu_times(text: str) -> dict[str, int]:
+    """
+    C{/proc/stat} → the machine's CPU time so far, in ticks: C{total} and
+    C{steal}, the time a hypervisor ran something else while this guest had
+    work. Total is user to steal (guest time is already inside user).
+    """
+    for line in text.splitlines():
+        fields = line.split()
+        if fields and fields[0] == "cpu":
+            ticks = [int(value) for value in fields[1:9]]
+            ticks += [0] * (8 - len(ticks))  # kernels older than 2.6.11 have no steal column
+            return {"total": sum(ticks), "steal": ticks[7]}
+    raise ExperimentError("/proc/stat has no 'cpu' line")
+
+
+def read_cpu_times() -> dict[str, int]:
+    with open("/proc/stat") as stat:
+        return parse_cpu_times(stat.read())
+
+
 def http_get_json(namespace: str, port: int, path: str, timeout: float = 10.0) -> dict:
     """GET http://127.0.0.1:port/path inside a namespace (the socket is made there), as JSON."""
     with network_namespace(namespace):
@@ -375,6 +405,11 @@ class Plan:
     requests_per_connection: int = 25
     timeout: float = 5.0
     feedback: FeedbackSettings = field(default_factory=FeedbackSettings)
+    # Seconds a warm feedback cell's director and agents run, the scenario's
+    # condition in place (quotas, a hog from the start), before the load.
+    preroll: float = 20.0
+    # Seconds of each load step of a ramp scenario (they replace `measure` there).
+    ramp_step: float = 15.0
     # A cell whose load generator sent its arrivals later than this (p99, ms)
     # measured a stalled machine: it runs again, at most `retries` times.
     max_lateness: float | None = 50.0
@@ -387,13 +422,14 @@ class Plan:
             for pattern in self.patterns
             for repeat in range(self.repeats)
             for scheduler in self.schedulers
+            if SCHEDULERS[scheduler].repeats is None or repeat < SCHEDULERS[scheduler].repeats
         ]
 
 
 # The demo reruns a late cell once at most, to stay near its five minutes.
 QUICK = Plan(scenarios=("hog",), schedulers=("wlc", "lvsfeedback-capacity", "oracle"), patterns=("persistent",),
              repeats=1, warmup=15.0, measure=45.0, retries=1)
-FULL = Plan(scenarios=tuple(SCENARIOS), schedulers=tuple(SCHEDULERS), patterns=("persistent", "short"),
+FULL = Plan(scenarios=tuple(SCENARIOS), schedulers=matrix_schedulers(), patterns=("persistent", "short"),
             repeats=3, warmup=20.0, measure=60.0)
 
 
@@ -451,11 +487,11 @@ class Lab:
         for process in started:
             process.wait_for_log(BACKEND_READY, STARTUP_TIMEOUT)
 
-    def progress(self, cell: str, elapsed: float, duration: float, sample: dict) -> None:
+    def progress(self, cell: str, elapsed: float, duration: float, sample: dict, addresses: dict[str, str]) -> None:
         """One status line while a cell runs: rewritten in place on a terminal, every few seconds otherwise."""
         weights = " ".join(
             f"{name}={sample['ipvs'].get(address, {}).get('weight', '-')}"
-            for name, address in self.addresses.items()
+            for name, address in addresses.items()
         )
         line = f"    {cell}: {max(0.0, elapsed):5.1f}/{duration:.0f} s  weights {weights}"
         if sys.stdout.isatty():
@@ -469,9 +505,13 @@ class Lab:
             sys.stdout.write("\r" + " " * 100 + "\r")
             sys.stdout.flush()
 
-    @property
-    def addresses(self) -> dict[str, str]:
-        return {server.name: f"{server.address}:{BACKEND_PORT}" for server in self.topology.servers}
+    def servers(self, scenario: Scenario) -> list:
+        """The real servers a scenario uses: the lab's first ones (it holds as many as the plan's largest scenario)."""
+        return self.topology.servers[:scenario.servers]
+
+    @staticmethod
+    def addresses(servers: list) -> dict[str, str]:
+        return {server.name: f"{server.address}:{BACKEND_PORT}" for server in servers}
 
     def ipvs_table(self) -> dict[str, dict[str, int]]:
         with network_namespace(self.topology.director):
@@ -487,14 +527,14 @@ class Lab:
     def run_load(self, config: LoadConfig, start_at: float, result_path: Path) -> ForkedProcess:
         return self.fork("loadgen", load_run(config, start_at, result_path), namespace=self.topology.client)
 
-    def calibrate(self) -> dict[str, float]:
+    def calibrate(self, scenario: Scenario) -> dict[str, float]:
         """
         CPU seconds one request costs a backend: the servers' cgroup usage
         over the requests they served, from a short run through IPVS
         (round robin) at a moderate load. A light load would overstate the
         cost: the emulated VM charges every wake-up dearly.
         """
-        servers = self.topology.servers
+        servers = self.servers(scenario)
         self.restore_ipvs(ipvsadm_restore(VIP, "rr", [BASE_WEIGHT] * len(servers)))
         rate, duration = 4.0 * len(servers), 12.0
         config = LoadConfig(VIP, SERVICE_PORT, rate=rate, duration=duration, seed=self.plan.seed + 1000,
@@ -527,7 +567,7 @@ class FeedbackDaemons:
         self.director = lab.fork("lvs-director", twistd(["lvs-director", "--config", str(config)]),
                                  namespace=topology.director)
         self.director.wait_for_log("status listener on", STARTUP_TIMEOUT)
-        self.agents = {server.name: self.start_agent(index) for index, server in enumerate(topology.servers)}
+        self.agents = {server.name: self.start_agent(index) for index, server in enumerate(lab.servers(scenario))}
 
     def start_agent(self, index: int) -> ForkedProcess:
         # The agent runs beside the server (its namespace), not inside its
@@ -564,75 +604,71 @@ class FeedbackDaemons:
         self.director.stop()
 
 
+def cell_load(plan: Plan, scenario: Scenario, pattern: str, cost: float) -> LoadConfig:
+    """The arrivals of a cell: the scenario's load (or the plan's) as a share of the cluster's capacity in its weakest state."""
+    capacity = scenario.worst_capacity(cost)
+    measure = scenario.measured(plan.measure, plan.ramp_step)
+    (_, load), *changes = scenario.load_schedule(plan.load, plan.warmup, measure)
+    return LoadConfig(VIP, SERVICE_PORT, rate=load * capacity, duration=plan.warmup + measure, seed=plan.seed,
+                      pattern=pattern, connections=plan.connections,
+                      requests_per_connection=plan.requests_per_connection, timeout=plan.timeout,
+                      rate_changes=tuple((at, share * capacity) for at, share in changes))
+
+
 def run_cell(lab: Lab, scenario: Scenario, scheduler: Scheduler, pattern: str, repeat: int,
              cost: float) -> dict:
     """One cell, from a clean IPVS table to its result document (see L{report} for the fields)."""
     plan = lab.plan
-    topology = lab.topology
-    names = [server.name for server in topology.servers]
+    servers = lab.servers(scenario)
+    names = [server.name for server in servers]
+    addresses = lab.addresses(servers)
+    measure = scenario.measured(plan.measure, plan.ramp_step)
     lab.set_quotas(scenario.quotas)
-    rate = plan.load * scenario.worst_capacity(cost)
-    config = LoadConfig(VIP, SERVICE_PORT, rate=rate, duration=plan.warmup + plan.measure, seed=plan.seed,
-                        pattern=pattern, connections=plan.connections,
-                        requests_per_connection=plan.requests_per_connection, timeout=plan.timeout)
+    config = cell_load(plan, scenario, pattern, cost)
     cell_name = f"{scenario.name}-{pattern}-{scheduler.name}-{repeat}"
     extras: list[ForkedProcess] = []
     events: list[dict] = []
+    running_hogs: list[ForkedProcess] = []
     daemons = None
     weights = None
     try:
         hogged = scenario.hog_server
         if hogged is not None and scenario.hog_window is None:
-            extras.append(lab.fork("hog", hog(scenario.hog_workers), cgroup=topology.servers[hogged].cgroup))
+            extras.append(lab.fork("hog", hog(scenario.hog_workers), cgroup=servers[hogged].cgroup))
             extras[-1].wait_for_log(HOG_READY, STARTUP_TIMEOUT)
         if scheduler.feedback:
             lab.restore_ipvs("-C\n")
             daemons = FeedbackDaemons(lab, scheduler, scenario)
             daemons.wait_until_feeding_back()
+            if not scheduler.cold:
+                lab.say(f"    the director runs {plan.preroll:g} s before the load (warm start)")
+                time.sleep(plan.preroll)
         else:
             weights = static_weights(scheduler, scenario, cost)
             lab.restore_ipvs(ipvsadm_restore(VIP, scheduler.ipvs_scheduler, weights))
 
-        # Scenario events, in seconds from the load's start.
-        timeline: list[tuple[float, str, Callable[[], None]]] = []
-        if scenario.hog_window is not None:
-            server = topology.servers[scenario.hog_server]
-            running: list[ForkedProcess] = []
-
-            def hog_on():
-                running.append(lab.fork("hog", hog(scenario.hog_workers), cgroup=server.cgroup))
-
-            def hog_off():
-                running.pop().stop()
-
-            timeline += [
-                (plan.warmup + scenario.hog_window.start * plan.measure, f"hog starts on {server.name}", hog_on),
-                (plan.warmup + scenario.hog_window.stop * plan.measure, f"hog stops on {server.name}", hog_off),
-            ]
-        if scenario.failure_window is not None:
-            index = scenario.failed_server
-            server = topology.servers[index]
-
-            def fail():
+        def act(event: Event) -> None:
+            """What the scenario changes at this event; the load generator changes its own rate."""
+            server = None if event.server is None else servers[event.server]
+            if event.kind == "hog-on":
+                running_hogs.append(lab.fork("hog", hog(scenario.hog_workers), cgroup=server.cgroup))
+            elif event.kind == "hog-off":
+                running_hogs.pop().stop()
+            elif event.kind == "fail":
                 lab.backends[server.name].kill()
                 if daemons is not None:
                     daemons.agents[server.name].kill()
-
-            def recover():
-                lab.start_backend(index)
+            elif event.kind == "return":
+                lab.start_backend(event.server)
                 if daemons is not None:
-                    daemons.agents[server.name] = daemons.start_agent(index)
+                    daemons.agents[server.name] = daemons.start_agent(event.server)
+            elif event.kind == "quota":
+                server.cgroup.set_cpus(event.value, QUOTA_PERIOD_USEC)
 
-            timeline += [
-                (plan.warmup + scenario.failure_window.start * plan.measure,
-                 f"{server.name} fails (backend{' and agent' if daemons else ''} killed)", fail),
-                (plan.warmup + scenario.failure_window.stop * plan.measure,
-                 f"{server.name} returns (backend{' and agent' if daemons else ''} restarted)", recover),
-            ]
-        timeline.sort(key=lambda event: event[0])
-
+        timeline = scenario.events(plan.warmup, measure, scheduler.feedback)
         result_path = lab.out / "records" / f"{cell_name}.json"
         result_path.parent.mkdir(exist_ok=True)
+        cpu_before = read_cpu_times()
         start_at = time.monotonic() + 1.0
         loadgen = lab.run_load(config, start_at, result_path)
         samples = []
@@ -640,19 +676,21 @@ def run_cell(lab: Lab, scenario: Scenario, scheduler: Scheduler, pattern: str, r
         last_line = 0.0
         while loadgen.poll() is None:
             now = time.monotonic()
-            while timeline and now >= start_at + timeline[0][0]:
-                at, what, act = timeline.pop(0)
-                act()
-                events.append({"time": round(time.monotonic() - start_at, 3), "planned": at, "event": what})
-                lab.say(f"    t={at:5.1f}s {what}")
+            while timeline and now >= start_at + timeline[0].at:
+                event = timeline.pop(0)
+                act(event)
+                events.append({"time": round(time.monotonic() - start_at, 3), "planned": event.at,
+                               "event": event.text})
+                lab.say(f"    t={event.at:5.1f}s {event.text}")
             if now >= next_sample:
-                samples.append(sample_cluster(lab, start_at, names))
+                samples.append(sample_cluster(lab, start_at, servers, addresses))
                 next_sample += SAMPLE_INTERVAL
                 if sys.stdout.isatty() or now - last_line >= 15:
                     last_line = now
-                    lab.progress(cell_name, now - start_at, config.duration, samples[-1])
+                    lab.progress(cell_name, now - start_at, config.duration, samples[-1], addresses)
             time.sleep(min(0.1, max(0.0, min([next_sample - time.monotonic()]
-                                               + [start_at + t[0] - time.monotonic() for t in timeline]))))
+                                               + [start_at + event.at - time.monotonic() for event in timeline]))))
+        cpu_after = read_cpu_times()
         lab.progress_done()
         if loadgen.status != 0:
             raise ExperimentError(f"the load generator of {cell_name} failed ({loadgen.status}):\n{loadgen.log_tail()}")
@@ -663,31 +701,35 @@ def run_cell(lab: Lab, scenario: Scenario, scheduler: Scheduler, pattern: str, r
                         "failed_passes": status["passes"]["failed"]}
         raw = json.loads(result_path.read_text())
     finally:
-        for extra in extras:
+        for extra in extras + running_hogs:
             extra.stop()
         if daemons is not None:
             daemons.stop()
         if scenario.failure_window is not None and not lab.backends_alive():
             lab.restart_dead_backends()
-    quotas = dict(zip(names, scenario.quotas))
     return report.cell_result(
         scenario=scenario.name, scheduler=scheduler.name, pattern=pattern, repeat=repeat,
-        config=asdict(config), warmup=plan.warmup, measure=plan.measure, rate=rate,
+        config=asdict(config), warmup=plan.warmup, measure=measure,
+        rate=scenario.mean_load(plan.load, plan.warmup, measure) * scenario.worst_capacity(cost),
         static_weights=None if weights is None else dict(zip(names, weights)),
-        quotas=quotas, hog_server=None if scenario.hog_server is None else names[scenario.hog_server],
+        quotas=dict(zip(names, scenario.quotas)),
+        hog_server=None if scenario.hog_server is None else names[scenario.hog_server],
         records=raw["records"], lateness=raw["lateness"], samples=samples, events=events, director=director,
-        addresses=lab.addresses,
+        addresses=addresses,
         update_interval=plan.feedback.update_interval if scheduler.feedback else None,
+        preroll=None if not scheduler.feedback else 0.0 if scheduler.cold else plan.preroll,
+        ramp_steps=scenario.ramp_steps(plan.warmup, measure),
+        cpu_times=(cpu_before, cpu_after),
     )
 
 
-def sample_cluster(lab: Lab, start_at: float, names: list[str]) -> dict:
-    """One sample: time since the load's start, the IPVS table, each server's CPU usage so far."""
+def sample_cluster(lab: Lab, start_at: float, servers: list, addresses: dict[str, str]) -> dict:
+    """One sample: time since the load's start, the scenario's servers in the IPVS table, their CPU usage so far."""
     table = lab.ipvs_table()
     return {
         "time": round(time.monotonic() - start_at, 3),
-        "ipvs": table,
-        "usage_usec": {server.name: server.cgroup.cpu_stat().usage_usec for server in lab.topology.servers},
+        "ipvs": {address: table[address] for address in addresses.values() if address in table},
+        "usage_usec": {server.name: server.cgroup.cpu_stat().usage_usec for server in servers},
     }
 
 
@@ -713,45 +755,94 @@ def scenario_setup(plan: Plan, cost: float) -> dict:
         scenario = SCENARIOS[name]
         setup[name] = {
             "number": scenario.number, "title": scenario.title, "quotas": list(scenario.quotas),
-            "rate": plan.load * scenario.worst_capacity(cost),
+            "rate": scenario.mean_load(plan.load, plan.warmup, scenario.measured(plan.measure, plan.ramp_step))
+                    * scenario.worst_capacity(cost),
             "capacities": [round(c, 2) for c in scenario.oracle_capacities(cost)],
             "oracle_weights": static_weights(SCHEDULERS["oracle"], scenario, cost),
         }
     return setup
 
 
-def run_experiment(plan: Plan, out: Path, command: str, where: str, say: Callable[[str], None] = print) -> dict:
-    """Every cell of the plan; results.json is rewritten after each cell, so a broken run keeps what it measured."""
+def open_result_set(results: Path, plan: Plan, session: dict, fresh: bool) -> dict:
+    """
+    The result set this run adds its cells to: the one in C{results} when
+    there is one, measured with the same plan shape (L{report.PLAN_SHAPE}),
+    unless C{fresh}; else a new one. A run is limited in time, the matrix
+    is not: the cells already measured are kept and skipped.
+    """
+    stored_plan = json.loads(json.dumps(asdict(plan)))  # as results.json holds it: lists, not tuples
+    servers = max(SCENARIOS[name].servers for name in plan.scenarios)
+    if fresh or not results.exists():
+        return {"experiment": {
+            **session, "vip": VIP, "servers": servers, "quota_period_ms": QUOTA_PERIOD_USEC / 1000,
+            "plan": stored_plan, "sessions": [session],
+        }, "cells": []}
+    try:
+        document = report.read_results(results)
+    except report.ResultsError as error:
+        raise ExperimentError(f"{error}: --fresh starts a new result set there") from None
+    experiment = document["experiment"]
+    differences = report.plan_differences(experiment["plan"], stored_plan)
+    if differences:
+        raise ExperimentError(f"{results} was measured with another plan ({'; '.join(differences)}): resume it with "
+                              "the same settings, or start again with --fresh, or use another --out")
+    experiment["sessions"] = report.sessions(experiment) + [session]
+    experiment["plan"] = report.widen_plan(experiment["plan"], stored_plan)
+    experiment["servers"] = max(experiment["servers"], servers)
+    return document
+
+
+def cells_to_run(plan: Plan, document: dict) -> list[tuple[str, str, str, int]]:
+    """The plan's cells the result set does not hold yet."""
+    held = {report.cell_key(cell) for cell in document["cells"]}
+    return [cell for cell in plan.cells() if cell not in held]
+
+
+def run_experiment(plan: Plan, out: Path, command: str, where: str, say: Callable[[str], None] = print,
+                   fresh: bool = False) -> dict:
+    """
+    The plan's cells that results.json in C{out} does not hold yet (every
+    cell when C{fresh}); results.json is rewritten after each cell, so a
+    broken run keeps what it measured and the next run goes on from there.
+    """
     if os.geteuid() != 0 or not os.path.exists("/proc/net/ip_vs"):
         raise ExperimentError("the experiment needs root on a kernel with IPVS (ip_vs loaded): see scripts/demo")
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
+    results = out / "results.json"
+    session = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+               "command": command, "machine": machine(where)}
+    document = open_result_set(results, plan, session, fresh)
+    experiment = document["experiment"]
+    cells = cells_to_run(plan, document)
+    if document["cells"]:
+        say(f"resuming {results}: {len(document['cells'])} cells measured already, {len(cells)} to go")
+    if not cells:
+        return document
     if any(SCHEDULERS[name].feedback for name in plan.schedulers):
         say("preparing: importing the daemons once, so that every process forks from this one")
         preload_daemons()
-    document = {"experiment": {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": command, "machine": machine(where), "vip": VIP, "servers": len(SCENARIOS[plan.scenarios[0]].quotas),
-        "quota_period_ms": QUOTA_PERIOD_USEC / 1000, "plan": asdict(plan),
-    }, "cells": []}
-    results = out / "results.json"
-    with Topology(servers=document["experiment"]["servers"]) as topology:
+    with Topology(servers=max(SCENARIOS[name].servers for name in plan.scenarios)) as topology:
         lab = Lab(topology, plan, out, say)
         try:
             lab.set_quotas(SCENARIOS[plan.scenarios[0]].quotas)
             lab.start_backends()
-            say(f"lab up in {time.monotonic() - started:.0f} s; calibrating the cost of a request")
-            calibration = lab.calibrate()
+            if "calibration" in experiment:
+                # The same cost as the cells already measured: the same offered loads.
+                calibration = experiment["calibration"]
+                say(f"lab up in {time.monotonic() - started:.0f} s; the result set's calibration stands")
+            else:
+                say(f"lab up in {time.monotonic() - started:.0f} s; calibrating the cost of a request")
+                calibration = lab.calibrate(SCENARIOS[plan.scenarios[0]])
+                experiment["calibration"] = calibration
             cost = calibration["cost"]
-            document["experiment"]["calibration"] = calibration
-            document["experiment"]["scenarios"] = scenario_setup(plan, cost)
+            experiment["scenarios"] = {**scenario_setup(plan, cost), **experiment.get("scenarios", {})}
             say(f"a request costs {cost * 1000:.1f} ms of CPU (median latency at light load "
                 f"{calibration['median_latency'] * 1000:.0f} ms)")
-            cells = plan.cells()
             for number, (scenario_name, pattern, scheduler_name, repeat) in enumerate(cells, 1):
                 scenario = SCENARIOS[scenario_name]
                 say(f"[{number}/{len(cells)}] {scenario_name} ({scenario.title}), {pattern}, {scheduler_name}, "
-                    f"repeat {repeat + 1}: {plan.load * scenario.worst_capacity(cost):.1f} requests/s "
+                    f"repeat {repeat + 1}: {experiment['scenarios'][scenario_name]['rate']:.1f} requests/s on average "
                     f"({time.monotonic() - started:.0f} s so far)")
                 late_attempts = []
                 while True:
@@ -761,7 +852,8 @@ def run_experiment(plan: Plan, out: Path, command: str, where: str, say: Callabl
                     say(f"    p50 {summary['p50']} ms, p99 {summary['p99']} ms, failed "
                         f"{summary['errors'] + summary['timeouts']}, shares "
                         + " ".join(f"{name} {share:.0%}" for name, share in summary["shares"].items())
-                        + f", generator late p99 {late} ms")
+                        + f", generator late p99 {late} ms"
+                        + ("" if cell["steal"] is None else f", CPU stolen from the VM {cell['steal']:.1%}"))
                     if plan.max_lateness is None or late is None or late <= plan.max_lateness \
                             or len(late_attempts) >= plan.retries:
                         break
@@ -771,8 +863,8 @@ def run_experiment(plan: Plan, out: Path, command: str, where: str, say: Callabl
                     say(f"    the generator ran late (p99 {late} ms > {plan.max_lateness:g} ms): running the cell again")
                 cell["late_attempts"] = late_attempts
                 document["cells"].append(cell)
-                document["experiment"]["machine"]["loadavg_end"] = " ".join(
-                    Path("/proc/loadavg").read_text().split()[:3])
+                document["cells"].sort(key=lambda held: report.plan_order(experiment["plan"], held))
+                session["machine"]["loadavg_end"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
                 results.write_text(json.dumps(document))
         finally:
             lab.stop_all()
@@ -789,11 +881,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="the demo: scenario hog, persistent, wlc vs lvsfeedback-capacity (the default mode) "
                              "vs oracle, one repeat")
     parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS), help="a scenario (repeatable)")
-    parser.add_argument("--scheduler", action="append", choices=sorted(SCHEDULERS), help="a scheduler (repeatable)")
+    parser.add_argument("--scheduler", action="append", choices=sorted(SCHEDULERS),
+                        help="a scheduler (repeatable; lvsfeedback-MODE-cold: lvsfeedback started just before the load)")
     parser.add_argument("--pattern", action="append", choices=("persistent", "short"), help="a pattern (repeatable)")
     parser.add_argument("--repeats", type=int, help="repeats per cell (full: 3, quick: 1)")
     parser.add_argument("--warmup", type=float, help="seconds of load before measuring (full: 20, quick: 15)")
     parser.add_argument("--measure", type=float, help="seconds measured per cell (full: 60, quick: 45)")
+    parser.add_argument("--preroll", type=float,
+                        help="seconds lvsfeedback runs before the load in its warm cells (20; -cold cells: none)")
+    parser.add_argument("--ramp-step", type=float, help="seconds of each load step of the ramp scenarios (15)")
     parser.add_argument("--load", type=float, help="offered load as a share of capacity (0.7)")
     parser.add_argument("--policy", action="append", default=[], metavar="KNOB=VALUE",
                         help="a director [policy] setting for the feedback cells, e.g. smoothing_half_life=1")
@@ -801,7 +897,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--max-lateness", type=float, metavar="MS",
                         help="run a cell again when the generator's p99 lateness exceeds this (50; 0: never)")
     parser.add_argument("--retries", type=int, help="at most this many reruns of a late cell (2)")
-    parser.add_argument("--out", type=Path, default=Path("results/experiment"), help="output folder")
+    parser.add_argument("--out", type=Path, default=Path("results/experiment"),
+                        help="output folder; a results.json there is resumed: its cells are kept and skipped")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start a new result set in --out, replacing its results.json")
     parser.add_argument("--where", default="the lab", help="where it runs, for the report (e.g. 'the test VM')")
     return parser.parse_args(argv)
 
@@ -821,7 +920,7 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
     for option, key in (("scenario", "scenarios"), ("scheduler", "schedulers"), ("pattern", "patterns")):
         if getattr(args, option):
             changes[key] = tuple(getattr(args, option))
-    for key in ("repeats", "warmup", "measure", "load", "retries"):
+    for key in ("repeats", "warmup", "measure", "load", "retries", "preroll", "ramp_step"):
         if getattr(args, key) is not None:
             changes[key] = getattr(args, key)
     if args.max_lateness is not None:
@@ -849,7 +948,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         plan = plan_from_args(args)
-        document = run_experiment(plan, args.out, "lvsfeedback experiment " + " ".join(arguments), args.where, say)
+        document = run_experiment(plan, args.out, "lvsfeedback experiment " + " ".join(arguments), args.where, say,
+                                  fresh=args.fresh)
     except (ExperimentError, LabError) as error:
         print(f"lvsfeedback experiment: {error}", file=sys.stderr)
         return 1
@@ -859,6 +959,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nreport: {args.out / 'report.md'}")
     print(f"raw results: {args.out / 'results.json'}")
     print("plots: " + ", ".join(str(path) for path in plot_paths))
+    # What the run concludes comes last, where a reader of the terminal looks.
+    conclusion = report.verdicts(document)
+    if conclusion:
+        print()
+        print(conclusion)
     return 0
 
 

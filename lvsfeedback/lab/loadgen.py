@@ -1,8 +1,9 @@
 """
 An open-loop HTTP load generator for the lab.
 
-Requests arrive on a Poisson process at a set rate, drawn from a seeded RNG
-(same seed, same schedule), and are sent at their scheduled time whatever
+Requests arrive on a Poisson process at a set rate (or a rate that changes
+at set moments: piecewise constant), drawn from a seeded RNG (same seed,
+same schedule), and are sent at their scheduled time whatever
 earlier requests are doing. Latency counts from each request's *scheduled*
 time, so a request that waited for a connection or for a slow server pays
 for that wait: no coordinated omission.
@@ -70,12 +71,18 @@ class LoadConfig:
     max_requests: int | None = None
     max_in_flight: int = 512
     path: str = "/"
+    # (moment, rate): from each moment on (seconds from the start) arrivals come at that rate.
+    rate_changes: tuple[tuple[float, float], ...] = ()
 
     def __post_init__(self):
         if self.pattern not in PATTERNS:
             raise ValueError(f"pattern must be one of {', '.join(PATTERNS)}, not {self.pattern!r}")
         if self.rate <= 0 or self.duration <= 0 or self.timeout <= 0:
             raise ValueError("rate, duration and timeout must be positive")
+        moments = [moment for moment, _ in self.rate_changes]
+        if moments != sorted(set(moments)) or any(not 0 < moment < self.duration for moment in moments) \
+                or any(rate <= 0 for _, rate in self.rate_changes):
+            raise ValueError("rate changes need increasing moments inside the duration and positive rates")
         if self.connections < 1 or self.requests_per_connection < 1 or self.max_in_flight < 1:
             raise ValueError("connections, requests_per_connection and max_in_flight must be at least 1")
 
@@ -111,14 +118,25 @@ class Summary:
     shares: dict[str, float] = field(default_factory=dict)
 
 
-def poisson_schedule(rate: float, duration: float, seed: int, max_requests: int | None = None) -> list[float]:
-    """Arrival times in [0, duration) of a Poisson process at `rate` per second, fixed by `seed`."""
+def poisson_schedule(rate: float, duration: float, seed: int, max_requests: int | None = None,
+                     rate_changes: tuple[tuple[float, float], ...] = ()) -> list[float]:
+    """
+    Arrival times in [0, duration) of a Poisson process at `rate` per second,
+    fixed by `seed`; with `rate_changes`, (moment, rate) pairs in time order,
+    the rate is piecewise constant. Each piece starts its own gaps at its
+    first moment, which the process's lack of memory allows.
+    """
     rng = random.Random(seed)
+    pieces = [(0.0, rate), *rate_changes]
     arrivals = []
-    moment = rng.expovariate(rate)
-    while moment < duration and (max_requests is None or len(arrivals) < max_requests):
-        arrivals.append(moment)
-        moment += rng.expovariate(rate)
+    for index, (begin, piece_rate) in enumerate(pieces):
+        end = pieces[index + 1][0] if index + 1 < len(pieces) else duration
+        moment = begin + rng.expovariate(piece_rate)
+        while moment < min(end, duration):
+            if max_requests is not None and len(arrivals) >= max_requests:
+                return arrivals
+            arrivals.append(moment)
+            moment += rng.expovariate(piece_rate)
     return arrivals
 
 
@@ -289,7 +307,8 @@ class LoadRun:
 
     def __init__(self, config: LoadConfig):
         self.config = config
-        self.schedule = poisson_schedule(config.rate, config.duration, config.seed, config.max_requests)
+        self.schedule = poisson_schedule(config.rate, config.duration, config.seed, config.max_requests,
+                                         config.rate_changes)
         self.records: list[RequestRecord | None] = [None] * len(self.schedule)
         self.stopped_at: float | None = None
         self._issued = 0
@@ -453,6 +472,8 @@ def command_line(config: LoadConfig, records_path: str | None = None) -> list[st
     ]
     if config.max_requests is not None:
         arguments += ["--max-requests", str(config.max_requests)]
+    for moment, rate in config.rate_changes:
+        arguments += ["--rate-change", f"{moment!r}:{rate!r}"]
     if records_path is not None:
         arguments += ["--records", records_path]
     return arguments
@@ -465,6 +486,14 @@ def parse_target(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def parse_rate_change(text: str) -> tuple[float, float]:
+    moment, colon, rate = text.partition(":")
+    try:
+        return float(moment), float(rate)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not SECONDS:RATE") from None
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m lvsfeedback.lab.loadgen", description="Open-loop Poisson HTTP load; prints a JSON summary."
@@ -472,6 +501,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--target", type=parse_target, required=True, help="HOST:PORT to send requests to")
     parser.add_argument("--rate", type=float, required=True, help="mean arrivals per second")
     parser.add_argument("--duration", type=float, required=True, help="seconds of arrivals")
+    parser.add_argument("--rate-change", type=parse_rate_change, action="append", default=[], metavar="SECONDS:RATE",
+                        help="from SECONDS after the start on, RATE arrivals per second (repeatable, in time order)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the arrival schedule (0)")
     parser.add_argument("--pattern", choices=PATTERNS, default="short", help="connection pattern (short)")
     parser.add_argument("--connections", type=int, default=16, help="persistent: connections in the pool (16)")
@@ -491,6 +522,7 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
         host=host, port=port, rate=args.rate, duration=args.duration, seed=args.seed, pattern=args.pattern,
         connections=args.connections, requests_per_connection=args.requests_per_connection,
         timeout=args.timeout, max_requests=args.max_requests, max_in_flight=args.max_in_flight, path=args.path,
+        rate_changes=tuple(args.rate_change),
     )
 
 

@@ -38,6 +38,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from lvsfeedback.lab.loadgen import OK, RequestRecord, percentile, summarize
+from lvsfeedback.lab.scenarios import SCHEDULERS
 
 SETTLE_BAND = 0.10
 # Targets of issue #6, checked where the results hold the cells they need.
@@ -45,6 +46,15 @@ HALF = 0.5
 NEAR_ORACLE = 1.2
 EQUAL_SLACK = 1.05
 SETTLE_PERIODS = 3
+# A ramp's load step is sustained when its p99 stays under this (ms) and fewer than this share of its requests fail.
+SUSTAINED_P99_MS = 1000.0
+SUSTAINED_FAILED = 0.001
+# A cell in which the VM did not get more than this share of its CPU time
+# (steal: the host ran something else) measured the host as much as the lab.
+MAX_STEAL = 0.10
+# Overload targets (#14), on the highest load sustained, a share of the true capacity.
+SUSTAIN_CAPACITY = 0.9
+SUSTAIN_OVER_WLC = 1.5
 # A cell whose load generator sent arrivals later than this (p99, ms) measured a stalled machine.
 DEFAULT_MAX_LATENESS = 50.0
 FEEDBACK_PREFIX = "lvsfeedback"
@@ -162,11 +172,50 @@ def failures_after(records: list[RequestRecord], moment: float, until: float, ti
     }
 
 
+def ramp_analysis(records: list[RequestRecord], steps: list[dict]) -> list[dict]:
+    """Per load step of a ramp: its load, requests, p99 (ms) and share failed, over the requests scheduled in it."""
+    analysis = []
+    for step in steps:
+        inside = [record for record in records if step["start"] <= record.scheduled < step["stop"]]
+        latencies = sorted(record.latency for record in inside if record.outcome == OK)
+        failed = len(inside) - len(latencies)
+        analysis.append({
+            "load": step["load"], "requests": len(inside),
+            "p99": _milliseconds(percentile(latencies, 99)) if latencies else None,
+            "failed_share": round(failed / len(inside), 6) if inside else None,
+        })
+    return analysis
+
+
+def sustained_load(analysis: list[dict]) -> float:
+    """
+    The highest load of the steps sustained from the first one on (p99 under
+    L{SUSTAINED_P99_MS}, failures under L{SUSTAINED_FAILED}); 0.0 when the
+    first is not. A step passed after one failed does not count: the ramp
+    has already broken.
+    """
+    sustained = 0.0
+    for step in analysis:
+        if step["p99"] is None or step["p99"] >= SUSTAINED_P99_MS or step["failed_share"] >= SUSTAINED_FAILED:
+            break
+        sustained = step["load"]
+    return sustained
+
+
+def steal_share(before: dict[str, int] | None, after: dict[str, int] | None) -> float | None:
+    """The share of the machine's CPU time between two readings of /proc/stat that the hypervisor took (steal)."""
+    if before is None or after is None or after["total"] <= before["total"]:
+        return None
+    return round((after["steal"] - before["steal"]) / (after["total"] - before["total"]), 4)
+
+
 def cell_result(*, scenario: str, scheduler: str, pattern: str, repeat: int, config: dict, warmup: float,
                 measure: float, rate: float, static_weights: dict | None, quotas: dict[str, float],
                 hog_server: str | None, records: list[list], lateness: list[float], samples: list[dict],
                 events: list[dict], director: dict | None, addresses: dict[str, str],
-                update_interval: float | None) -> dict:
+                update_interval: float | None, preroll: float | None = None,
+                ramp_steps: list[dict] | None = None,
+                cpu_times: tuple[dict, dict] | None = None) -> dict:
     """A cell's result document: its settings, statistics and series, with the raw records."""
     unpacked = [unpack_record(packed) for packed in records]
     summary = summarize(measured(unpacked, warmup, measure), measure)
@@ -183,6 +232,7 @@ def cell_result(*, scenario: str, scheduler: str, pattern: str, repeat: int, con
     if failing:
         returning = [event["time"] for event in events if "returns" in event["event"]]
         failed = failures_after(unpacked, failing[0]["time"], returning[0] if returning else end, config["timeout"])
+    ramp = ramp_analysis(unpacked, ramp_steps) if ramp_steps else None
     return {
         "scenario": scenario,
         "scheduler": scheduler,
@@ -200,6 +250,8 @@ def cell_result(*, scenario: str, scheduler: str, pattern: str, repeat: int, con
             for key, value in asdict(summary).items()
         },
         "lateness_ms": lateness_summary(lateness),
+        # From the load's start to its end, as the guest's /proc/stat counts it.
+        "steal": steal_share(*(cpu_times or (None, None))),
         "cpu_utilisation": cpu_utilisation(samples, quotas, warmup, end),
         "cost_ms": _milliseconds(cost_in_cell(samples, summary, hog_server, warmup, end)),
         "weights": series,
@@ -208,8 +260,92 @@ def cell_result(*, scenario: str, scheduler: str, pattern: str, repeat: int, con
         "failures": failed,
         "director": director,
         "update_interval": update_interval,
+        # Seconds lvsfeedback ran before the load (0: a cold start); None: a static scheduler.
+        "preroll": preroll,
+        "ramp": ramp,
+        "sustained": None if ramp is None else sustained_load(ramp),
         "records": records,
     }
+
+
+# result sets built over several runs ---------------------------------------------------
+
+# The plan settings that shape a cell's numbers: cells measured under
+# different values of any of them do not belong in one table.
+PLAN_SHAPE = ("warmup", "measure", "load", "work_ms", "seed", "connections", "requests_per_connection", "timeout",
+              "feedback", "preroll", "ramp_step")
+PLAN_SELECTION = ("scenarios", "schedulers", "patterns")
+
+
+class ResultsError(Exception):
+    """Result sets that cannot be combined, or a results.json that cannot be read; the message says which and why."""
+
+
+def cell_key(cell: dict) -> tuple[str, str, str, int]:
+    """What a cell measured: two cells with the same key answer the same question."""
+    return cell["scenario"], cell["pattern"], cell["scheduler"], cell["repeat"]
+
+
+def plan_differences(stored: dict, plan: dict) -> list[str]:
+    """The plan settings (of L{PLAN_SHAPE}) in which two plans differ, as 'knob a vs b'."""
+    return [f"{knob} {stored.get(knob)!r} vs {plan.get(knob)!r}"
+            for knob in PLAN_SHAPE if stored.get(knob) != plan.get(knob)]
+
+
+def widen_plan(stored: dict, plan: dict) -> dict:
+    """A plan covering both: the union of scenarios, schedulers and patterns, the larger repeat count."""
+    widened = dict(stored)
+    for key in PLAN_SELECTION:
+        widened[key] = list(dict.fromkeys([*stored[key], *plan[key]]))
+    widened["repeats"] = max(stored["repeats"], plan["repeats"])
+    return widened
+
+
+def sessions(experiment: dict) -> list[dict]:
+    """The runs that measured a result set: recorded by resumed and merged sets, else the one run it had."""
+    return experiment.get("sessions") or [
+        {"date": experiment["date"], "command": experiment["command"], "machine": experiment["machine"]}]
+
+
+def merge(documents: list[tuple[str, dict]]) -> tuple[dict, list[str]]:
+    """
+    One result set from several (name, document) pairs measured with the
+    same plan shape: the union of their cells, the first's where two hold
+    the same cell. Returns it with a line per cell left out.
+    """
+    if not documents:
+        raise ResultsError("nothing to merge")
+    first_name, first = documents[0]
+    merged = json.loads(json.dumps(first))
+    experiment = merged["experiment"]
+    experiment["sessions"] = sessions(experiment)
+    held = {cell_key(cell): first_name for cell in merged["cells"]}
+    notes = []
+    for name, document in documents[1:]:
+        other = document["experiment"]
+        differences = plan_differences(experiment["plan"], other["plan"])
+        if differences:
+            raise ResultsError(f"{name} was measured with another plan than {first_name} "
+                               f"({'; '.join(differences)}): its cells do not compare")
+        experiment["plan"] = widen_plan(experiment["plan"], other["plan"])
+        experiment["servers"] = max(experiment["servers"], other["servers"])
+        experiment["scenarios"] = {**other.get("scenarios", {}), **experiment.get("scenarios", {})}
+        experiment["sessions"] += sessions(other)
+        for cell in document["cells"]:
+            key = cell_key(cell)
+            if key in held:
+                notes.append(f"{name} and {held[key]} both hold {'/'.join(map(str, key))}: kept {held[key]}'s")
+                continue
+            held[key] = name
+            merged["cells"].append(cell)
+    merged["cells"].sort(key=lambda cell: plan_order(experiment["plan"], cell))
+    return merged, notes
+
+
+def plan_order(plan: dict, cell: dict) -> tuple[int, int, int, int]:
+    """Where a cell comes in a run of the plan: scenario, pattern, repeat, then scheduler."""
+    return (plan["scenarios"].index(cell["scenario"]), plan["patterns"].index(cell["pattern"]), cell["repeat"],
+            plan["schedulers"].index(cell["scheduler"]))
 
 
 # many cells --------------------------------------------------------------------------
@@ -241,6 +377,7 @@ def aggregate(cells: list[dict]) -> list[dict]:
         row["shares"] = {name: _spread([summary["shares"].get(name, 0.0) for summary in summaries]) for name in names}
         row["cpu"] = {name: _spread([cell["cpu_utilisation"][name] for cell in group]) for name in names}
         row["lateness_p99"] = _spread([cell["lateness_ms"]["p99"] for cell in group])
+        row["steal"] = _spread([cell.get("steal") for cell in group])
         row["reruns"] = sum(len(cell.get("late_attempts", [])) for cell in group)
         row["writes"] = _spread([cell["director"]["writes"] for cell in group if cell["director"]])
         settles = [entry for cell in group for entry in cell["settling"]]
@@ -248,6 +385,7 @@ def aggregate(cells: list[dict]) -> list[dict]:
         row["settle_exits"] = _spread([entry["exits"] for entry in settles])
         row["unsettled"] = sum(1 for entry in settles if entry["periods"] is None)
         row["failures_after"] = _spread([cell["failures"]["after"] for cell in group if cell["failures"]])
+        row["sustained"] = _spread([cell.get("sustained") for cell in group])
         rows.append(row)
     return rows
 
@@ -269,7 +407,7 @@ def _cell(spread: dict | None, digits: int = 0) -> str:
 
 
 TABLE_COLUMNS = ("scenario", "pattern", "scheduler", "rate/s", "p50 ms", "p99 ms", "p99.9 ms", "mean ms",
-                 "failed", "shares %", "cpu %", "late p99 ms", "writes", "settle (periods)")
+                 "failed", "shares %", "cpu %", "late p99 ms", "steal %", "writes", "settle (periods)")
 
 
 def table_rows(rows: list[dict]) -> list[list[str]]:
@@ -291,6 +429,8 @@ def table_rows(rows: list[dict]) -> list[list[str]]:
             _cell(row["p50"]), _cell(row["p99"]), _cell(row["p999"]), _cell(row["mean"]),
             _cell(row["failed"]), shares, cpu,
             _cell(row["lateness_p99"], 1) + (f" ({row['reruns']} reruns)" if row.get("reruns") else ""),
+            _cell(None if row["steal"] is None else {key: value * 100 if key != "n" else value
+                                                     for key, value in row["steal"].items()}, 1),
             _cell(row["writes"]), settle,
         ])
     return lines
@@ -328,6 +468,21 @@ def p99_overview(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def sustained_overview(rows: list[dict]) -> str:
+    """A markdown grid of the highest load sustained on the ramps (share of true capacity), or '' without ramps."""
+    ramps = [row for row in rows if row.get("sustained") is not None]
+    if not ramps:
+        return ""
+    schedulers = list(dict.fromkeys(row["scheduler"] for row in ramps))
+    lines_of: dict[tuple[str, str], dict[str, str]] = {}
+    for row in ramps:
+        lines_of.setdefault((row["scenario"], row["pattern"]), {})[row["scheduler"]] = _cell(row["sustained"], 1)
+    lines = ["| scenario, pattern | " + " | ".join(schedulers) + " |", "|" + "---|" * (len(schedulers) + 1)]
+    for (scenario, pattern), cells in lines_of.items():
+        lines.append(f"| {scenario}, {pattern} | " + " | ".join(cells.get(name, "-") for name in schedulers) + " |")
+    return "\n".join(lines)
+
+
 def _find(rows: list[dict], scenario: str, pattern: str, scheduler: str) -> dict | None:
     for row in rows:
         if (row["scenario"], row["pattern"], row["scheduler"]) == (scenario, pattern, scheduler):
@@ -347,10 +502,48 @@ def _late(row: dict | None, max_lateness: float | None) -> float | None:
     return late if late > max_lateness else None
 
 
+def _versus(rows: list[dict], scenario: str, pattern: str, ours: str, other: str, limit: float) -> str:
+    """Two p99s compared: the medians, with their [min-max] over repeats, and the limit on ours."""
+    return (f"{_cell(_find(rows, scenario, pattern, ours)['p99'])} ms vs {other} "
+            f"{_cell(_find(rows, scenario, pattern, other)['p99'])} ms (limit {limit:.0f})")
+
+
+def _sustained(row: dict | None) -> float | None:
+    return None if row is None or row.get("sustained") is None else row["sustained"]["median"]
+
+
+def _sustain_checks(rows: list[dict], scheduler: str) -> list[dict]:
+    """On each ramp: the load the scheduler sustains against the true capacity, the oracle's and wlc's."""
+    checks = []
+    for scenario, pattern in dict.fromkeys((row["scenario"], row["pattern"]) for row in rows
+                                           if row.get("sustained") is not None):
+        ours = _sustained(_find(rows, scenario, pattern, scheduler))
+        if ours is None:
+            continue
+        mine = _cell(_find(rows, scenario, pattern, scheduler)["sustained"], 1)
+        checks.append({
+            "schedulers": (scheduler,),
+            "target": f"{scenario} {pattern}: {scheduler} sustains at least {SUSTAIN_CAPACITY:.0%} of the true capacity",
+            "met": ours >= SUSTAIN_CAPACITY, "numbers": f"sustained {mine}",
+        })
+        for other, factor, wording in (("oracle", 1.0, "the oracle's"), ("wlc", SUSTAIN_OVER_WLC, "1.5 times wlc's")):
+            theirs = _sustained(_find(rows, scenario, pattern, other))
+            if theirs is None:
+                continue
+            checks.append({
+                "schedulers": (scheduler, other),
+                "target": f"{scenario} {pattern}: {scheduler} sustains at least {wording} load",
+                "met": ours >= factor * theirs,
+                "numbers": f"sustained {mine} vs {other} {_cell(_find(rows, scenario, pattern, other)['sustained'], 1)} "
+                           f"(limit {factor * theirs:.2f})",
+            })
+    return checks
+
+
 def check_targets(rows: list[dict], max_lateness: float | None = DEFAULT_MAX_LATENESS) -> list[dict]:
     """
     Issue #6's targets, each met or missed with its numbers, for the cells
-    present. A comparison with a cell whose load generator ran late (the
+    present: a p99 is the median over the repeats (their range beside it). A comparison with a cell whose load generator ran late (the
     machine stalled) gets no verdict: C{met} is None.
     """
     checks = []
@@ -369,25 +562,30 @@ def check_targets(rows: list[dict], max_lateness: float | None = DEFAULT_MAX_LAT
                         "schedulers": (scheduler, "wlc"),
                         "target": f"{scenario} {pattern}: {scheduler} p99 <= "
                                   f"{'half of ' if pattern == 'persistent' else ''}wlc's",
-                        "met": ours <= limit, "numbers": f"{ours:.0f} ms vs wlc {wlc:.0f} ms (limit {limit:.0f})",
+                        "met": ours <= limit, "numbers": _versus(rows, scenario, pattern, scheduler, "wlc", limit),
                     })
                 if oracle is not None:
                     checks.append({
                         "schedulers": (scheduler, "oracle"),
                         "target": f"{scenario} {pattern}: {scheduler} p99 within 20% of the oracle's",
                         "met": ours <= NEAR_ORACLE * oracle,
-                        "numbers": f"{ours:.0f} ms vs oracle {oracle:.0f} ms (limit {NEAR_ORACLE * oracle:.0f})",
+                        "numbers": _versus(rows, scenario, pattern, scheduler, "oracle", NEAR_ORACLE * oracle),
                     })
-        for pattern in ("persistent", "short"):
-            ours = _p99(_find(rows, "equal", pattern, scheduler))
-            wlc = _p99(_find(rows, "equal", pattern, "wlc"))
+        # Feedback must never do worse than no feedback (#14): in every scenario and pattern.
+        # A ramp's p99 mixes its overloaded steps in: it is judged by the load it sustains instead.
+        steady = [row for row in rows if row.get("sustained") is None]
+        for scenario, pattern in dict.fromkeys((row["scenario"], row["pattern"]) for row in steady):
+            ours = _p99(_find(rows, scenario, pattern, scheduler))
+            wlc = _p99(_find(rows, scenario, pattern, "wlc"))
             if ours is not None and wlc is not None:
                 checks.append({
                     "schedulers": (scheduler, "wlc"),
-                    "target": f"equal {pattern}: {scheduler} p99 no worse than wlc's by more than 5%",
+                    "target": f"{scenario} {pattern}: {scheduler} p99 no worse than wlc's by more than 5%",
                     "met": ours <= EQUAL_SLACK * wlc,
-                    "numbers": f"{ours:.0f} ms vs wlc {wlc:.0f} ms (limit {EQUAL_SLACK * wlc:.0f})",
+                    "numbers": _versus(rows, scenario, pattern, scheduler, "wlc", EQUAL_SLACK * wlc),
                 })
+        checks += _sustain_checks(rows, scheduler)
+        for pattern in ("persistent", "short"):
             row = _find(rows, "hog-on-off", pattern, scheduler)
             if row is not None and (row["settle_periods"] is not None or row["unsettled"]):
                 worst = None if row["settle_periods"] is None else row["settle_periods"]["max"]
@@ -417,6 +615,43 @@ def check_targets(rows: list[dict], max_lateness: float | None = DEFAULT_MAX_LAT
             check["met"] = None
             check["numbers"] += f"; the generator ran {max(late):.0f} ms late at p99 in a cell compared"
     return checks
+
+
+def too_busy(cells: list[dict], max_lateness: float, max_steal: float = MAX_STEAL) -> str | None:
+    """
+    A plain line when the machine was too busy for the cells to be judged:
+    the load generator ran late, or the VM did not get its CPU (steal).
+    """
+    def cell_name(cell: dict) -> str:
+        return f"{cell['scenario']}/{cell['pattern']}/{cell['scheduler']}/{cell['repeat'] + 1}"
+
+    late = [cell for cell in cells if (cell["lateness_ms"]["p99"] or 0) > max_lateness]
+    stolen = [cell for cell in cells if (cell.get("steal") or 0) > max_steal]
+    reasons = []
+    if late:
+        worst = max(cell["lateness_ms"]["p99"] for cell in late)
+        reasons.append(f"the load generator ran up to {worst:.0f} ms late at p99 (limit {max_lateness:g} ms) in "
+                       f"{len(late)} of {len(cells)} cells ({', '.join(map(cell_name, late[:3]))}"
+                       f"{', ...' if len(late) > 3 else ''})")
+    if stolen:
+        worst = max(cell["steal"] for cell in stolen)
+        reasons.append(f"the VM did not get up to {worst:.0%} of its CPU time (steal, limit {max_steal:.0%}) in "
+                       f"{len(stolen)} of {len(cells)} cells ({', '.join(map(cell_name, stolen[:3]))}"
+                       f"{', ...' if len(stolen) > 3 else ''})")
+    if not reasons:
+        return None
+    return "the machine was too busy to judge this run: " + "; ".join(reasons) + "."
+
+
+def verdicts(document: dict) -> str:
+    """What a run concludes, for the end of its output: the targets, and whether the machine was too busy to judge."""
+    plan = document["experiment"]["plan"]
+    checks = check_targets(aggregate(document["cells"]), plan.get("max_lateness", DEFAULT_MAX_LATENESS))
+    lines = ["Targets:", format_checks(checks)] if checks else []
+    busy = too_busy(document["cells"], plan.get("max_lateness") or DEFAULT_MAX_LATENESS)
+    if busy:
+        lines.append(busy)
+    return "\n".join(lines)
 
 
 def format_checks(checks: list[dict]) -> str:
@@ -530,6 +765,24 @@ def _cost_range(cells: list[dict]) -> str:
     return f"{min(costs):.1f}-{max(costs):.1f}" if costs else "-"
 
 
+def _sessions_lines(setup: dict) -> list[str]:
+    """The runs that built a resumed or merged result set, one line each."""
+    runs = sessions(setup)
+    if len(runs) < 2:
+        return []
+    lines = [f"The cells were measured in {len(runs)} runs:", ""]
+    lines += [f"- {run['date']} ({run['machine']['where']}, guest load average at start "
+              f"{run['machine']['loadavg_start']}): `{run['command']}`" for run in runs]
+    return lines + [""]
+
+
+def _capped_repeats(plan: dict) -> str:
+    capped = [f"`{name}` {SCHEDULERS[name].repeats}" for name in plan["schedulers"]
+              if name in SCHEDULERS and SCHEDULERS[name].repeats is not None
+              and SCHEDULERS[name].repeats < plan["repeats"]]
+    return f" ({', '.join(capped)}: equal weights, one repeat tells all they show)" if capped else ""
+
+
 def markdown(document: dict, rows: list[dict], checks: list[dict], plot_paths: list[Path]) -> str:
     setup = document["experiment"]
     machine = setup["machine"]
@@ -540,9 +793,11 @@ def markdown(document: dict, rows: list[dict], checks: list[dict], plot_paths: l
         f"{machine['cpu_model']}; guest load average at start {machine['loadavg_start']}, at end "
         f"{machine.get('loadavg_end', '-')}). Command: `{setup['command']}`.",
         "",
+        *_sessions_lines(setup),
         "## Setup",
         "",
-        f"- Cluster: client, director (IPVS NAT, VIP {setup['vip']}:80) and {setup['servers']} real servers, each in "
+        f"- Cluster: client, director (IPVS NAT, VIP {setup['vip']}:80) and {setup['servers']} real servers (a "
+        "scenario with fewer uses the first ones), each in "
         f"its own network namespace and cgroup v2 with a `cpu.max` quota (period {setup['quota_period_ms']:g} ms). "
         f"Each backend spends {setup['plan']['work_ms']:g} ms of CPU (SHA-256) per request, one request at a time.",
         f"- Calibration: a request costs {setup['calibration']['cost'] * 1000:.1f} ms of CPU in the backend's cgroup "
@@ -559,11 +814,16 @@ def markdown(document: dict, rows: list[dict], checks: list[dict], plot_paths: l
         "- Schedulers: `rr`, `wrr`, `wlc` with static equal weights (an operator who does not know the "
         "capacities); `oracle`: `wlc` with static weights proportional to the true spare capacities; "
         "`lvsfeedback-health` and `lvsfeedback-capacity`: `wlc` with weights set by `lvs-director` from one "
-        "`lvs-agent` per server reporting the `cgroup` metric of its server's cgroup.",
+        "`lvs-agent` per server reporting the `cgroup` metric of its server's cgroup. "
+        + (f"They start warm: the director and agents run {setup['plan']['preroll']:g} s with the scenario's "
+           "condition in place (quotas, a hog from the start) before the load, as a director that has been "
+           "running; `lvsfeedback-MODE-cold` starts the load as soon as every agent has reported and slow start "
+           "is over." if "preroll" in setup["plan"] else ""),
         f"- Director settings: update_interval {setup['plan']['feedback']['update_interval']:g} s, health_interval "
         f"{setup['plan']['feedback']['health_interval']:g} s, policy "
         + ", ".join(f"{key} = {value}" for key, value in setup['plan']['feedback']['policy'].items()) + ".",
-        f"- Repeats: {setup['plan']['repeats']} per cell; tables give the median with [min-max] over repeats. "
+        f"- Repeats: {setup['plan']['repeats']} per cell{_capped_repeats(setup['plan'])}; tables give the median "
+        "with [min-max] over repeats. "
         + ("A cell whose load generator ran more than "
            f"{setup['plan']['max_lateness']:g} ms late at p99 (the VM stalled) ran again, at most "
            f"{setup['plan']['retries']} times; the table counts those reruns."
@@ -575,7 +835,8 @@ def markdown(document: dict, rows: list[dict], checks: list[dict], plot_paths: l
     for name, scenario in setup["scenarios"].items():
         lines.append(f"- `{name}` ({scenario['number']}): {scenario['title']}; quotas "
                      f"{', '.join(f'{q:g}' for q in scenario['quotas'])} CPU; offered "
-                     f"{scenario['rate']:.1f} requests/s; oracle weights {scenario['oracle_weights']}.")
+                     f"{scenario['rate']:.1f} requests/s (on average over the measured period); oracle weights "
+                     f"{scenario['oracle_weights']}.")
     lines += [
         "",
         "## Results",
@@ -584,6 +845,10 @@ def markdown(document: dict, rows: list[dict], checks: list[dict], plot_paths: l
         "",
         p99_overview(rows),
         "",
+        *([f"Highest load sustained on the ramps, as a share of the true capacity (the last step, from the "
+           f"first on, with p99 under {SUSTAINED_P99_MS:g} ms and under {SUSTAINED_FAILED:.1%} failed; 0.0: not even "
+           "the first; median [min-max] over repeats):", "", sustained_overview(rows), ""]
+          if sustained_overview(rows) else []),
         "All statistics: latencies in ms; `failed` = errors + timeouts; `shares` and `cpu` per server rs1/rs2/...; `cpu` is "
         "the share of each quota used (the hog's use included); `late p99` is how late the load generator sent "
         "its arrivals; `writes` = the director's weight writes; `settle` = update periods until the weights "
@@ -595,6 +860,8 @@ def markdown(document: dict, rows: list[dict], checks: list[dict], plot_paths: l
         "",
         format_checks(checks) or "- (no cell of this run has a target)",
         "",
+        *([busy, ""] if (busy := too_busy(document["cells"], setup["plan"].get("max_lateness")
+                                          or DEFAULT_MAX_LATENESS)) else []),
         "## Definitions",
         "",
         __doc__.split("Definitions used throughout:")[1].strip(),
@@ -613,24 +880,58 @@ def write_report(document: dict, out: Path, with_plots: bool = True) -> tuple[st
     plot_paths = plots(document["cells"], out) if with_plots else []
     (out / "report.md").write_text(markdown(document, rows, checks, plot_paths))
     terminal = format_table(rows)
-    if checks:
-        terminal += "\n\nTargets:\n" + format_checks(checks)
+    if sustained_overview(rows):
+        terminal += "\n\nHighest load sustained on the ramps (share of the true capacity):\n" + sustained_overview(rows)
     return terminal, plot_paths
 
 
+def read_results(path: Path) -> dict:
+    """A results.json, or a ResultsError saying why it cannot be read."""
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ResultsError(f"cannot read {path}: {error}") from None
+    if not isinstance(document, dict) or "cells" not in document \
+            or "plan" not in document.get("experiment", {}):
+        raise ResultsError(f"{path} is not an experiment's results.json (no plan or no cells)")
+    return document
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lvsfeedback.lab.report",
-                                     description="Rebuild report.md and the plots from a results.json.")
-    parser.add_argument("results", type=Path)
+    parser = argparse.ArgumentParser(
+        prog="python -m lvsfeedback.lab.report",
+        description="Rebuild report.md and the plots from a results.json, or merge several into one.")
+    parser.add_argument("results", type=Path, nargs="?", help="a results.json")
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="RESULTS",
+                        help="merge these results.json files (same plan shape) into --out/results.json")
     parser.add_argument("--out", type=Path, help="folder for report.md and plots (the results' folder)")
     parser.add_argument("--no-plots", action="store_true")
     args = parser.parse_args(argv)
-    document = json.loads(args.results.read_text())
+    if (args.results is None) == (args.merge is None):
+        parser.error("give one results.json, or --merge with several")
+    if args.merge and args.out is None:
+        parser.error("--merge needs --out, the folder of the merged result set")
+    try:
+        if args.merge:
+            document, notes = merge([(str(path), read_results(path)) for path in args.merge])
+            for note in notes:
+                print(note)
+        else:
+            document = read_results(args.results)
+    except ResultsError as error:
+        print(f"lvsfeedback report: {error}", file=sys.stderr)
+        return 1
     out = args.out or args.results.parent
     out.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        (out / "results.json").write_text(json.dumps(document))
     terminal, plot_paths = write_report(document, out, with_plots=not args.no_plots)
     print(terminal)
     print(f"\nreport: {out / 'report.md'}")
+    conclusion = verdicts(document)
+    if conclusion:
+        print()
+        print(conclusion)
     return 0
 
 

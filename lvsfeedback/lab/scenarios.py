@@ -15,7 +15,7 @@ the weight an all-knowing operator would give it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 from lvsfeedback.director.policy import PolicySettings
 
@@ -42,6 +42,34 @@ class Window:
 
 
 @dataclass(frozen=True)
+class LoadStep:
+    """From `at` (a fraction of the measured period; the first step at 0 covers the warm-up too) on, this load."""
+
+    at: float
+    load: float  # a share of the cluster's capacity in its weakest state
+
+
+@dataclass(frozen=True)
+class Resize:
+    """A server's CPU quota changes to `quota` during `window`, and returns to the scenario's after it."""
+
+    server: int  # index into quotas
+    quota: float
+    window: Window
+
+
+@dataclass(frozen=True)
+class Event:
+    """A change a cell makes at `at` seconds from the load's start."""
+
+    at: float
+    kind: str  # hog-on, hog-off, fail, return, quota, load
+    server: int | None
+    text: str
+    value: float | None = None  # quota: the new quota; load: the new share of capacity
+
+
+@dataclass(frozen=True)
 class Scenario:
     number: int
     name: str
@@ -53,6 +81,17 @@ class Scenario:
     hog_window: Window | None = None
     failed_server: int | None = None
     failure_window: Window | None = None
+    resize: Resize | None = None
+    # The offered load over time; none: the plan's load throughout.
+    load_steps: tuple[LoadStep, ...] = ()
+    # A ramp: equal load steps of the plan's ramp_step seconds each, which
+    # make the measured period; the report finds the highest one sustained.
+    ramp: bool = False
+
+    def __post_init__(self):
+        moments = [step.at for step in self.load_steps]
+        if moments and (moments[0] != 0 or moments != sorted(set(moments)) or moments[-1] >= 1):
+            raise ValueError(f"{self.name}: load steps start at 0 and rise inside the measured period")
 
     @property
     def servers(self) -> int:
@@ -62,24 +101,79 @@ class Scenario:
         return [f"rs{number}" for number in range(1, self.servers + 1)]
 
     def phases(self) -> list[dict[str, object]]:
-        """Each distinct state of the cluster: which server is hogged, which is down."""
-        states = [{"hogged": self.hog_server if self.hog_window is None else None, "down": None}]
+        """Each distinct state of the cluster: which server is hogged, which is down, whether one is resized."""
+        states = [{"hogged": self.hog_server if self.hog_window is None else None, "down": None, "resized": False}]
         if self.hog_window is not None:
-            states.append({"hogged": self.hog_server, "down": None})
+            states.append({"hogged": self.hog_server, "down": None, "resized": False})
         if self.failure_window is not None:
-            states.append({"hogged": None, "down": self.failed_server})
+            states.append({"hogged": None, "down": self.failed_server, "resized": False})
+        if self.resize is not None:
+            states.append({"hogged": None, "down": None, "resized": True})
         return states
 
-    def capacities(self, cost: float, hogged: int | None, down: int | None) -> list[float]:
+    def capacities(self, cost: float, hogged: int | None, down: int | None, resized: bool = False) -> list[float]:
         """Requests a second each server can serve in one state of the cluster."""
         capacities = []
         for index, quota in enumerate(self.quotas):
             if index == down:
                 capacities.append(0.0)
                 continue
+            if resized and index == self.resize.server:
+                quota = self.resize.quota
             share = 1 / (1 + self.hog_workers) if index == hogged else 1.0
             capacities.append(quota * share / cost)
         return capacities
+
+    def measured(self, measure: float, ramp_step: float) -> float:
+        """Seconds measured: the plan's, or a ramp's steps end to end."""
+        return ramp_step * len(self.load_steps) if self.ramp else measure
+
+    def ramp_steps(self, warmup: float, measure: float) -> list[dict[str, float]]:
+        """A ramp's steps: their start and stop in seconds from the load's start, and their load."""
+        if not self.ramp:
+            return []
+        bounds = [warmup + step.at * measure for step in self.load_steps] + [warmup + measure]
+        return [{"start": start, "stop": stop, "load": step.load}
+                for step, start, stop in zip(self.load_steps, bounds, bounds[1:])]
+
+    def load_schedule(self, load: float, warmup: float, measure: float) -> list[tuple[float, float]]:
+        """(seconds from the load's start, share of capacity) of each step of offered load, the first at 0."""
+        if not self.load_steps:
+            return [(0.0, load)]
+        return [(warmup + step.at * measure if step.at else 0.0, step.load) for step in self.load_steps]
+
+    def mean_load(self, load: float, warmup: float, measure: float) -> float:
+        """The share of capacity offered on average over the measured period."""
+        schedule = self.load_schedule(load, warmup, measure) + [(warmup + measure, 0.0)]
+        return sum(share * (min(end, warmup + measure) - max(begin, warmup))
+                   for (begin, share), (end, _) in zip(schedule, schedule[1:]) if end > warmup) / measure
+
+    def events(self, warmup: float, measure: float, feedback: bool) -> list[Event]:
+        """What a cell changes and when, in time order: the hog, a failure, a quota, the offered load."""
+        def at(fraction: float) -> float:
+            return warmup + fraction * measure
+
+        names = self.server_names()
+        killed = "backend and agent" if feedback else "backend"
+        events = []
+        if self.hog_window is not None:
+            server = self.hog_server
+            events += [Event(at(self.hog_window.start), "hog-on", server, f"hog starts on {names[server]}"),
+                       Event(at(self.hog_window.stop), "hog-off", server, f"hog stops on {names[server]}")]
+        if self.failure_window is not None:
+            server = self.failed_server
+            events += [Event(at(self.failure_window.start), "fail", server, f"{names[server]} fails ({killed} killed)"),
+                       Event(at(self.failure_window.stop), "return", server,
+                             f"{names[server]} returns ({killed} restarted)")]
+        if self.resize is not None:
+            server, quota = self.resize.server, self.quotas[self.resize.server]
+            events += [Event(at(self.resize.window.start), "quota", server,
+                             f"{names[server]}'s quota {quota:g} -> {self.resize.quota:g} CPU", self.resize.quota),
+                       Event(at(self.resize.window.stop), "quota", server,
+                             f"{names[server]}'s quota {self.resize.quota:g} -> {quota:g} CPU", quota)]
+        for step in [] if self.ramp else self.load_steps[1:]:
+            events.append(Event(at(step.at), "load", None, f"offered load {step.load:.0%} of capacity", step.load))
+        return sorted(events, key=lambda event: event.at)
 
     def worst_capacity(self, cost: float) -> float:
         """The cluster's total capacity in its weakest state: what the offered load is a share of."""
@@ -95,6 +189,9 @@ class Scenario:
         return self.capacities(cost, hogged, None)
 
 
+# Nine equal steps of offered load, 50% to 130% of the cluster's true capacity.
+RAMP = tuple(LoadStep(index / 9, round(0.5 + 0.1 * index, 1)) for index in range(9))
+
 SCENARIOS: dict[str, Scenario] = {
     scenario.name: scenario
     for scenario in (
@@ -105,6 +202,20 @@ SCENARIOS: dict[str, Scenario] = {
                  hog_server=0, hog_window=Window(1 / 3, 2 / 3)),
         Scenario(5, "failure", "rs1 fails (backend and agent killed) at 1/3 of the run and returns at 2/3",
                  (0.3, 0.3, 0.3), failed_server=0, failure_window=Window(1 / 3, 2 / 3)),
+        # Scenarios nobody tuned the policy for (issue #14): they run with the shipped defaults untouched.
+        Scenario(6, "light", "unequal capacities 1:2:4 at 40% load, 70% from 1/3 of the run on", (0.15, 0.3, 0.6),
+                 load_steps=(LoadStep(0.0, 0.4), LoadStep(1 / 3, 0.7))),
+        Scenario(7, "shrink", "unequal capacities 1:2:4, rs3's quota halves at 1/3 of the run and returns at 2/3",
+                 (0.15, 0.3, 0.6), resize=Resize(2, 0.3, Window(1 / 3, 2 / 3))),
+        Scenario(8, "grow", "unequal capacities 1:2:4, rs1's quota doubles at 1/3 of the run and returns at 2/3",
+                 (0.15, 0.3, 0.6), resize=Resize(0, 0.3, Window(1 / 3, 2 / 3))),
+        # Five servers share the VM's 2 CPUs with the director and the load: 1.0 CPU of quotas in all.
+        Scenario(9, "five", "five servers, capacities 1:1:2:2:4", (0.1, 0.1, 0.2, 0.2, 0.4)),
+        # Overload: what load each scheduler sustains, in scenario 2's and 3's conditions.
+        Scenario(10, "ramp-hog", "scenario 2's cluster (rs1 hogged), load rising from 50% to 130% of capacity",
+                 (0.3, 0.3, 0.3), hog_server=0, load_steps=RAMP, ramp=True),
+        Scenario(11, "ramp-unequal", "scenario 3's cluster (1:2:4), load rising from 50% to 130% of capacity",
+                 (0.15, 0.3, 0.6), load_steps=RAMP, ramp=True),
     )
 }
 
@@ -117,23 +228,49 @@ class Scheduler:
     # spare capacities; None: lvsfeedback sets them from its agents' reports.
     static_weights: str | None
     mode: str | None = None  # the lvsfeedback policy mode
+    # At most this many repeats of a cell; None: as many as the plan asks.
+    repeats: int | None = None
+    # lvsfeedback started just before the load, instead of having run with
+    # the scenario's condition in place for the plan's pre-roll (warm).
+    cold: bool = False
 
     @property
     def feedback(self) -> bool:
         return self.static_weights is None
 
 
+COLD_SUFFIX = "-cold"
+
+
+def feedback_schedulers(mode: str) -> tuple[Scheduler, Scheduler]:
+    """
+    lvsfeedback in one policy mode, on wlc: C{lvsfeedback-MODE}, warm (its
+    director has run before the load, as in production), and
+    C{lvsfeedback-MODE-cold} (started just before the load).
+    """
+    warm = Scheduler(f"lvsfeedback-{mode}", "wlc", None, mode)
+    return warm, replace(warm, name=warm.name + COLD_SUFFIX, cold=True)
+
+
 SCHEDULERS: dict[str, Scheduler] = {
     scheduler.name: scheduler
     for scheduler in (
-        Scheduler("rr", "rr", "equal"),
-        Scheduler("wrr", "wrr", "equal"),
+        # With equal weights rr and wrr only show what no scheduler knowledge
+        # costs; their spread over repeats answers nothing the verdicts need.
+        Scheduler("rr", "rr", "equal", repeats=1),
+        Scheduler("wrr", "wrr", "equal", repeats=1),
         Scheduler("wlc", "wlc", "equal"),
-        Scheduler("lvsfeedback-health", "wlc", None, "health"),
-        Scheduler("lvsfeedback-capacity", "wlc", None, "capacity"),
+        *feedback_schedulers("health"),
+        *feedback_schedulers("capacity"),
         Scheduler("oracle", "wlc", "oracle"),
     )
 }
+
+
+def matrix_schedulers() -> tuple[str, ...]:
+    """Every scheduler but the cold starts of the modes that do not ship as the default: the full matrix's."""
+    default = str(PolicySettings().mode)
+    return tuple(name for name, scheduler in SCHEDULERS.items() if not scheduler.cold or scheduler.mode == default)
 
 
 def static_weights(scheduler: Scheduler, scenario: Scenario, cost: float) -> list[int]:

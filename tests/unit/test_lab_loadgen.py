@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import os
+import random
 import signal
 import socket
 import threading
@@ -121,6 +122,41 @@ class ScheduleTests(SynchronousTestCase):
 
     def test_max_requests_cuts_the_schedule(self):
         self.assertEqual(len(poisson_schedule(1000, 10, seed=0, max_requests=25)), 25)
+        self.assertEqual(len(poisson_schedule(10, 10, seed=0, max_requests=25, rate_changes=((1.0, 1000.0),))), 25)
+
+    def test_a_constant_rate_keeps_the_schedule_it_always_had(self):
+        # The arrivals before rate changes existed: seeds of recorded runs still mean the same load.
+        rng = random.Random(7)
+        before, moment = [], rng.expovariate(40)
+        while moment < 20:
+            before.append(moment)
+            moment += rng.expovariate(40)
+        self.assertEqual(poisson_schedule(40, 20, seed=7), before)
+
+    def test_a_rate_that_changes_offers_each_rate_over_its_piece(self):
+        # 40 % of 100/s for the first 100 s, then 70 %: the light-load scenario's profile.
+        arrivals = poisson_schedule(40.0, 300.0, seed=5, rate_changes=((100.0, 70.0),))
+        self.assertEqual(arrivals, sorted(arrivals))
+        self.assertLess(arrivals[-1], 300.0)
+        for begin, end, rate in ((0.0, 100.0, 40.0), (100.0, 300.0, 70.0)):
+            piece = [moment for moment in arrivals if begin <= moment < end]
+            expected = rate * (end - begin)
+            self.assertLess(abs(len(piece) - expected), 5 * math.sqrt(expected))
+            gaps = [b - a for a, b in zip(piece, piece[1:])]
+            self.assertLess(abs(statistics.fmean(gaps) * rate - 1), 0.05)
+
+    def test_a_ramp_of_nine_steps_rises_step_by_step(self):
+        steps = tuple((10.0 * index, 50.0 + 10 * index) for index in range(1, 9))
+        arrivals = poisson_schedule(50.0, 90.0, seed=2, rate_changes=steps)
+        counts = [sum(1 for moment in arrivals if 10 * index <= moment < 10 * (index + 1)) for index in range(9)]
+        for index, count in enumerate(counts):
+            expected = 10 * (50 + 10 * index)
+            self.assertLess(abs(count - expected), 5 * math.sqrt(expected))
+        self.assertGreater(counts[-1], 2 * counts[0])
+
+    def test_rate_changes_must_be_in_order_inside_the_run_and_positive(self):
+        for changes in (((2.0, 5.0), (1.0, 5.0)), ((0.0, 5.0),), ((12.0, 5.0),), ((3.0, 0.0),), ((3.0, 5.0), (3.0, 6.0))):
+            self.assertRaises(ValueError, LoadConfig, "127.0.0.1", 80, rate=10, duration=10, rate_changes=changes)
 
 
 class ResponseParserTests(SynchronousTestCase):
@@ -269,7 +305,7 @@ class CommandLineTests(SynchronousTestCase):
     def test_a_config_survives_the_command_line(self):
         config = LoadConfig("10.200.0.1", 80, rate=37.5, duration=12.25, seed=9, pattern="persistent",
                             connections=5, requests_per_connection=50, timeout=2.5, max_requests=400,
-                            max_in_flight=64, path="/work")
+                            max_in_flight=64, path="/work", rate_changes=((4.0, 50.0), (8.5, 12.25)))
         args = parse_args(command_line(config, "/tmp/records.jsonl"))
         self.assertEqual(config_from_args(args), config)
         self.assertEqual(args.records, "/tmp/records.jsonl")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from lvsfeedback.lab import report
+from lvsfeedback.lab import experiment, report
 from lvsfeedback.lab.loadgen import ERROR, OK, TIMEOUT, RequestRecord
 
 RECORDED = Path(__file__).parent / "fixtures" / "experiment-hog-quick.json"
@@ -136,16 +136,25 @@ class RecordedRunTests(SynchronousTestCase):
         self.assertEqual(targets, {
             "hog persistent: lvsfeedback-health p99 <= half of wlc's": ours <= wlc / 2,
             "hog persistent: lvsfeedback-health p99 within 20% of the oracle's": ours <= 1.2 * oracle,
+            "hog persistent: lvsfeedback-health p99 no worse than wlc's by more than 5%": ours <= 1.05 * wlc,
         })
 
     def test_a_comparison_with_a_cell_whose_generator_ran_late_gets_no_verdict(self):
         # In the recording the generator ran 60 ms late (p99) in the feedback cell, 53 ms in the oracle's.
         checks = report.check_targets(self.rows, max_lateness=55.0)
-        self.assertEqual([check["met"] for check in checks], [None, None])
+        self.assertEqual([check["met"] for check in checks], [None, None, None])
         self.assertIn("60 ms late", checks[0]["numbers"])
         self.assertIn("NO VERDICT", report.format_checks(checks))
         later = report.check_targets(self.rows, max_lateness=61.0)
         self.assertNotIn(None, [check["met"] for check in later])
+
+    def test_a_verdict_compares_medians_and_shows_their_range(self):
+        rows = json.loads(json.dumps(self.rows))
+        rows[1]["p99"] = {"median": 600.0, "min": 500.0, "max": 1900.0, "n": 3}
+        rows[0]["p99"] = {"median": 1300.0, "min": 1100.0, "max": 1400.0, "n": 3}
+        (half,) = [check for check in report.check_targets(rows, max_lateness=None) if "half" in check["target"]]
+        self.assertTrue(half["met"])
+        self.assertTrue(half["numbers"].startswith("600 [500-1900] ms vs wlc 1300 [1100-1400] ms (limit 650)"))
 
     def test_a_missed_target_is_reported_with_its_numbers(self):
         rows = json.loads(json.dumps(self.rows))
@@ -178,7 +187,7 @@ class RecordedRunTests(SynchronousTestCase):
                          "| hog | persistent | oracle |"):
             self.assertIn(expected, text)
         self.assertIn("scheduler", terminal.splitlines()[0])
-        self.assertIn("Targets:", terminal)
+        self.assertIn("steal %", terminal.splitlines()[0])
 
     def test_the_report_command_rebuilds_from_results_json(self):
         out = Path(self.mktemp())
@@ -188,3 +197,300 @@ class RecordedRunTests(SynchronousTestCase):
         self.patch(sys, "stdout", io.StringIO())
         self.assertEqual(report.main([str(results), "--no-plots"]), 0)
         self.assertIn("## Results", (out / "report.md").read_text())
+
+
+class MergeTests(SynchronousTestCase):
+    """Several results.json measured with one plan shape become one result set."""
+
+    def setUp(self):
+        self.first = json.loads(RECORDED.read_text())
+        self.second = json.loads(RECORDED.read_text())
+        self.second["experiment"]["date"] = "2026-11-27 09:00 UTC"
+        for cell in self.second["cells"]:
+            cell["repeat"] = 1
+            cell["summary"]["p99"] += 100
+        self.second["experiment"]["plan"]["repeats"] = 2
+
+    def test_the_union_of_the_cells_in_plan_order_with_every_session(self):
+        merged, notes = report.merge([("a.json", self.first), ("b.json", self.second)])
+        self.assertEqual(notes, [])
+        self.assertEqual([(cell["scheduler"], cell["repeat"]) for cell in merged["cells"]],
+                         [("wlc", 0), ("lvsfeedback-health", 0), ("oracle", 0),
+                          ("wlc", 1), ("lvsfeedback-health", 1), ("oracle", 1)])
+        self.assertEqual([run["date"] for run in merged["experiment"]["sessions"]],
+                         ["2026-11-26 11:05 UTC", "2026-11-27 09:00 UTC"])
+        self.assertEqual(merged["experiment"]["plan"]["repeats"], 2)
+        # The report is built from the union: each row has both repeats.
+        rows = report.aggregate(merged["cells"])
+        self.assertEqual([row["repeats"] for row in rows], [2, 2, 2])
+        # The inputs are left as they were.
+        self.assertNotIn("sessions", self.first["experiment"])
+
+    def test_a_cell_held_twice_is_taken_from_the_first_set_and_named(self):
+        self.second["cells"][0]["repeat"] = 0
+        merged, notes = report.merge([("a.json", self.first), ("b.json", self.second)])
+        self.assertEqual(len(merged["cells"]), 5)
+        wlc = [cell for cell in merged["cells"] if cell["scheduler"] == "wlc"]
+        self.assertEqual([cell["summary"]["p99"] for cell in wlc], [self.first["cells"][0]["summary"]["p99"]])
+        self.assertEqual(notes, ["b.json and a.json both hold hog/persistent/wlc/0: kept a.json's"])
+
+    def test_result_sets_of_another_plan_shape_are_refused(self):
+        self.second["experiment"]["plan"]["measure"] = 60.0
+        with self.assertRaises(report.ResultsError) as raised:
+            report.merge([("a.json", self.first), ("b.json", self.second)])
+        self.assertEqual(str(raised.exception), "b.json was measured with another plan than a.json "
+                                                "(measure 45.0 vs 60.0): its cells do not compare")
+
+    def test_the_merge_command_writes_the_merged_set_and_its_report(self):
+        folder = Path(self.mktemp())
+        folder.mkdir()
+        (folder / "a.json").write_text(json.dumps(self.first))
+        (folder / "b.json").write_text(json.dumps(self.second))
+        self.patch(sys, "stdout", io.StringIO())
+        out = folder / "merged"
+        self.assertEqual(report.main(["--merge", str(folder / "a.json"), str(folder / "b.json"), "--out", str(out),
+                                      "--no-plots"]), 0)
+        self.assertEqual(len(json.loads((out / "results.json").read_text())["cells"]), 6)
+        text = (out / "report.md").read_text()
+        self.assertIn("The cells were measured in 2 runs:", text)
+        self.assertIn("- Repeats: 2 per cell", text)
+
+    def test_the_merge_command_refuses_in_one_line_and_writes_nothing(self):
+        folder = Path(self.mktemp())
+        folder.mkdir()
+        self.second["experiment"]["plan"]["work_ms"] = 25.0
+        (folder / "a.json").write_text(json.dumps(self.first))
+        (folder / "b.json").write_text(json.dumps(self.second))
+        (folder / "c.json").write_text("[]")
+        for inputs in (["a.json", "b.json"], ["a.json", "c.json"], ["a.json", "missing.json"]):
+            errors = io.StringIO()
+            self.patch(sys, "stderr", errors)
+            out = folder / "merged"
+            arguments = ["--merge", *(str(folder / name) for name in inputs), "--out", str(out), "--no-plots"]
+            self.assertEqual(report.main(arguments), 1)
+            self.assertEqual(len(errors.getvalue().strip().splitlines()), 1)
+            self.assertTrue(errors.getvalue().startswith("lvsfeedback report: "))
+            self.assertFalse(out.exists())
+
+
+def row(scenario: str, pattern: str, scheduler: str, p99: float, **more) -> dict:
+    """An aggregated row with what check_targets reads: one repeat, a generator on time."""
+    return {"scenario": scenario, "pattern": pattern, "scheduler": scheduler,
+            "p99": {"median": p99, "min": p99, "max": p99, "n": 1},
+            "lateness_p99": {"median": 5.0, "min": 5.0, "max": 5.0, "n": 1},
+            "settle_periods": None, "settle_exits": None, "unsettled": 0, "failures_after": None, **more}
+
+
+class NeverWorseThanWlcTests(SynchronousTestCase):
+    """Feedback must never do worse than no feedback: p99 within 5% of wlc's in every scenario and pattern."""
+
+    def verdicts(self, rows):
+        return {check["target"]: check["met"] for check in report.check_targets(rows, max_lateness=50.0)
+                if "no worse than wlc" in check["target"]}
+
+    def test_every_scenario_and_pattern_is_checked_for_every_feedback_scheduler(self):
+        rows = [row("light", "short", "wlc", 400), row("light", "short", "lvsfeedback-capacity", 420),
+                row("shrink", "persistent", "wlc", 1000), row("shrink", "persistent", "lvsfeedback-capacity", 1051),
+                row("shrink", "persistent", "lvsfeedback-capacity-cold", 900),
+                row("five", "short", "wlc", 300), row("five", "short", "oracle", 200)]
+        self.assertEqual(self.verdicts(rows), {
+            "light short: lvsfeedback-capacity p99 no worse than wlc's by more than 5%": True,
+            "shrink persistent: lvsfeedback-capacity p99 no worse than wlc's by more than 5%": False,
+            "shrink persistent: lvsfeedback-capacity-cold p99 no worse than wlc's by more than 5%": True,
+        })
+
+    def test_the_old_targets_stay_beside_it(self):
+        rows = [row("unequal", "persistent", "wlc", 4000), row("unequal", "persistent", "oracle", 700),
+                row("unequal", "persistent", "lvsfeedback-capacity", 1300)]
+        targets = {check["target"]: check["met"] for check in report.check_targets(rows, max_lateness=50.0)}
+        self.assertEqual(targets, {
+            "unequal persistent: lvsfeedback-capacity p99 <= half of wlc's": True,
+            "unequal persistent: lvsfeedback-capacity p99 within 20% of the oracle's": False,
+            "unequal persistent: lvsfeedback-capacity p99 no worse than wlc's by more than 5%": True,
+        })
+
+    def test_no_verdict_when_the_generator_ran_late_in_a_compared_cell(self):
+        late = row("grow", "short", "wlc", 300, lateness_p99={"median": 80.0, "min": 80.0, "max": 80.0, "n": 1})
+        rows = [late, row("grow", "short", "lvsfeedback-capacity", 900)]
+        self.assertEqual(list(self.verdicts(rows).values()), [None])
+
+
+def step_records(start: float, count: int, latency: float, failed: int = 0) -> list[RequestRecord]:
+    """count requests spread over a 10 s step from start, `failed` of them timing out."""
+    records = [RequestRecord(start + 10 * index / count, OK, latency, "rs1", 200) for index in range(count - failed)]
+    records += [RequestRecord(start + 9.99, TIMEOUT) for _ in range(failed)]
+    return records
+
+
+STEPS = [{"start": 10.0 * index, "stop": 10.0 * (index + 1), "load": round(0.5 + 0.1 * index, 1)}
+         for index in range(4)]
+
+
+class RampAnalysisTests(SynchronousTestCase):
+    def test_each_step_has_its_requests_p99_and_failed_share(self):
+        records = step_records(0, 100, 0.2) + step_records(10, 200, 0.4, failed=1) + step_records(20, 300, 1.5)
+        analysis = report.ramp_analysis(records, STEPS[:3])
+        self.assertEqual(analysis, [
+            {"load": 0.5, "requests": 100, "p99": 200.0, "failed_share": 0.0},
+            {"load": 0.6, "requests": 200, "p99": 400.0, "failed_share": 0.005},
+            {"load": 0.7, "requests": 300, "p99": 1500.0, "failed_share": 0.0},
+        ])
+
+    def test_the_sustained_load_is_the_last_step_passed_from_the_first_on(self):
+        def step(load, p99, failed=0.0):
+            return {"load": load, "requests": 1000, "p99": p99, "failed_share": failed}
+
+        self.assertEqual(report.sustained_load([step(0.5, 300), step(0.6, 900), step(0.7, 1000), step(0.8, 400)]), 0.6)
+        # A failed request in a thousand is the limit: not sustained.
+        self.assertEqual(report.sustained_load([step(0.5, 300), step(0.6, 300, failed=0.001)]), 0.5)
+        self.assertEqual(report.sustained_load([step(0.5, 300), step(0.6, 300, failed=0.0009)]), 0.6)
+        self.assertEqual(report.sustained_load([step(0.5, 1200), step(0.6, 300)]), 0.0)
+        # Nothing answered: no p99, not sustained.
+        self.assertEqual(report.sustained_load([step(0.5, None, failed=1.0)]), 0.0)
+
+    def test_a_ramp_cell_carries_its_steps_and_the_load_it_sustained(self):
+        records = step_records(0, 50, 0.1) + step_records(10, 50, 0.3) + step_records(20, 50, 0.6) \
+            + step_records(30, 50, 3.0, failed=10)
+        cell = report.cell_result(
+            scenario="ramp-hog", scheduler="wlc", pattern="short", repeat=0, config={"timeout": 5.0}, warmup=10,
+            measure=30, rate=1.0, static_weights=None, quotas={"rs1": 0.3}, hog_server="rs1",
+            records=[report.pack_record(record) for record in records], lateness=[0.001], samples=[], events=[],
+            director=None, addresses={"rs1": ADDRESSES["rs1"]}, update_interval=None, ramp_steps=STEPS[1:])
+        self.assertEqual([step["load"] for step in cell["ramp"]], [0.6, 0.7, 0.8])
+        self.assertEqual(cell["sustained"], 0.7)
+        (row,) = report.aggregate([cell])
+        self.assertEqual(row["sustained"], {"median": 0.7, "min": 0.7, "max": 0.7, "n": 1})
+
+    def test_a_steady_cell_has_no_ramp(self):
+        cell = json.loads(RECORDED.read_text())["cells"][0]
+        self.assertIsNone(report.aggregate([cell])[0]["sustained"])
+
+
+class SustainTargetTests(SynchronousTestCase):
+    def ramp(self, scheduler, sustained, p99=5000.0, scenario="ramp-hog"):
+        return row(scenario, "persistent", scheduler, p99,
+                   sustained={"median": sustained, "min": sustained, "max": sustained, "n": 1})
+
+    def test_feedback_must_sustain_90_percent_the_oracles_load_and_half_again_wlcs(self):
+        rows = [self.ramp("wlc", 0.6), self.ramp("oracle", 0.9), self.ramp("lvsfeedback-capacity", 1.0)]
+        checks = report.check_targets(rows, max_lateness=50.0)
+        self.assertEqual({check["target"]: check["met"] for check in checks}, {
+            "ramp-hog persistent: lvsfeedback-capacity sustains at least 90% of the true capacity": True,
+            "ramp-hog persistent: lvsfeedback-capacity sustains at least the oracle's load": True,
+            "ramp-hog persistent: lvsfeedback-capacity sustains at least 1.5 times wlc's load": True,
+        })
+        self.assertIn("sustained 1.0 vs wlc 0.6 (limit 0.90)", report.format_checks(checks))
+
+    def test_each_overload_target_can_be_missed(self):
+        rows = [self.ramp("wlc", 0.6), self.ramp("oracle", 1.0), self.ramp("lvsfeedback-capacity", 0.8)]
+        self.assertEqual([check["met"] for check in report.check_targets(rows, max_lateness=50.0)],
+                         [False, False, False])
+
+    def test_a_ramps_p99_over_all_its_steps_is_not_held_against_wlcs(self):
+        rows = [self.ramp("wlc", 0.6, p99=900.0), self.ramp("lvsfeedback-capacity", 1.0, p99=2000.0)]
+        targets = [check["target"] for check in report.check_targets(rows, max_lateness=50.0)]
+        self.assertFalse([target for target in targets if "no worse than wlc" in target])
+
+    def test_the_report_shows_the_sustained_load_per_scheduler(self):
+        rows = [self.ramp("wlc", 0.6), self.ramp("lvsfeedback-capacity", 1.0),
+                self.ramp("wlc", 0.5, scenario="ramp-unequal"), row("hog", "persistent", "wlc", 700)]
+        self.assertEqual(report.sustained_overview(rows).splitlines(), [
+            "| scenario, pattern | wlc | lvsfeedback-capacity |", "|---|---|---|",
+            "| ramp-hog, persistent | 0.6 | 1.0 |", "| ramp-unequal, persistent | 0.5 | - |"])
+        self.assertEqual(report.sustained_overview(rows[3:]), "")
+
+
+class TooBusyToJudgeTests(SynchronousTestCase):
+    """A run says plainly when the machine was too busy: its generator ran late, or the VM's CPU was stolen."""
+
+    def cells(self, late=(5.0, 5.0), steal=(0.0, 0.0)):
+        return [{"scenario": "hog", "pattern": "persistent", "scheduler": name, "repeat": 0,
+                 "lateness_ms": {"p99": lateness}, "steal": stolen}
+                for name, lateness, stolen in zip(("wlc", "oracle"), late, steal)]
+
+    def test_a_quiet_machine_says_nothing(self):
+        self.assertIsNone(report.too_busy(self.cells(), max_lateness=50.0))
+
+    def test_a_late_generator_is_named_with_its_cells(self):
+        line = report.too_busy(self.cells(late=(120.0, 5.0)), max_lateness=50.0)
+        self.assertEqual(line, "the machine was too busy to judge this run: the load generator ran up to 120 ms "
+                               "late at p99 (limit 50 ms) in 1 of 2 cells (hog/persistent/wlc/1).")
+
+    def test_stolen_cpu_is_named_with_its_cells(self):
+        line = report.too_busy(self.cells(steal=(0.02, 0.25)), max_lateness=50.0)
+        self.assertEqual(line, "the machine was too busy to judge this run: the VM did not get up to 25% of its "
+                               "CPU time (steal, limit 10%) in 1 of 2 cells (hog/persistent/oracle/1).")
+
+    def test_cells_recorded_before_steal_was_read_count_as_none_stolen(self):
+        cells = self.cells()
+        for cell in cells:
+            del cell["steal"]
+        self.assertIsNone(report.too_busy(cells, max_lateness=50.0))
+
+    def test_the_steal_share_is_steal_over_all_cpu_time_between_two_readings(self):
+        before = experiment.parse_cpu_times(PROC_STAT)
+        after = {"total": before["total"] + 1000, "steal": before["steal"] + 150}
+        self.assertEqual(report.steal_share(before, after), 0.15)
+        self.assertIsNone(report.steal_share(before, before))
+        self.assertIsNone(report.steal_share(None, after))
+
+    def test_a_cell_records_its_steal_and_the_table_shows_it(self):
+        document = json.loads(RECORDED.read_text())
+        cell = document["cells"][0]
+        self.assertNotIn("steal", cell)
+        cell["steal"] = 0.125
+        (row,) = report.aggregate([cell])
+        self.assertEqual(row["steal"]["median"], 0.125)
+        header, line = report.format_table([row]).splitlines()
+        self.assertEqual(line[header.index("steal %"):].split()[0], "12.5")
+
+    def test_verdicts_end_with_the_busy_line_in_the_terminal_and_in_report_md(self):
+        document = json.loads(RECORDED.read_text())
+        document["cells"][2]["steal"] = 0.3
+        conclusion = report.verdicts(document).splitlines()
+        self.assertEqual(conclusion[0], "Targets:")
+        self.assertTrue(conclusion[-1].startswith("the machine was too busy to judge this run: "))
+        self.assertIn("30% of its CPU time", conclusion[-1])
+        out = Path(self.mktemp())
+        out.mkdir()
+        report.write_report(document, out, with_plots=False)
+        self.assertIn(conclusion[-1], (out / "report.md").read_text())
+
+
+# /proc/stat of a two-CPU guest (user nice system idle iowait irq softirq steal guest guest_nice).
+PROC_STAT = """\
+cpu  4705 150 1120 16250 520 0 35 410 0 0
+cpu0 2352 75 560 8125 260 0 17 205 0 0
+cpu1 2353 75 560 8125 260 0 18 205 0 0
+intr 1234 0 0
+ctxt 5678
+"""
+
+
+class CpuTimesTests(SynchronousTestCase):
+    def test_total_and_steal_come_from_the_machines_cpu_line(self):
+        self.assertEqual(experiment.parse_cpu_times(PROC_STAT),
+                         {"total": 4705 + 150 + 1120 + 16250 + 520 + 0 + 35 + 410, "steal": 410})
+
+    def test_a_kernel_without_a_steal_column_reads_as_none_stolen(self):
+        self.assertEqual(experiment.parse_cpu_times("cpu  10 0 5 100 1 0 2\n"), {"total": 118, "steal": 0})
+
+    def test_a_proc_stat_without_a_cpu_line_is_an_error(self):
+        self.assertRaises(experiment.ExperimentError, experiment.parse_cpu_times, "intr 1\n")
+
+
+class ExperimentOutputTests(SynchronousTestCase):
+    def test_the_verdicts_and_the_busy_line_are_the_last_lines_a_run_prints(self):
+        document = json.loads(RECORDED.read_text())
+        document["cells"][0]["lateness_ms"]["p99"] = 400.0
+        self.patch(experiment, "run_experiment", lambda *args, **kwargs: document)
+        printed = io.StringIO()
+        self.patch(sys, "stdout", printed)
+        out = Path(self.mktemp())
+        out.mkdir()  # run_experiment makes it
+        self.assertEqual(experiment.main(["--quick", "--out", str(out)]), 0)
+        lines = printed.getvalue().rstrip().splitlines()
+        self.assertTrue(lines[-1].startswith("the machine was too busy to judge this run: the load generator ran "
+                                             "up to 400 ms late"))
+        self.assertEqual(lines[-5:-1], report.verdicts(document).splitlines()[:4])
+        self.assertLess(lines.index(f"report: {out / 'report.md'}"), lines.index("Targets:"))
