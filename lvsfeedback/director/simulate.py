@@ -32,8 +32,8 @@ import argparse
 import enum
 import math
 import random
-from dataclasses import dataclass, field, replace
-from typing import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Sequence
 
 from lvsfeedback.agent.metrics.scale import HEALTH_MAX, HEALTH_SATURATED
 from lvsfeedback.director.policy import (

@@ -44,14 +44,6 @@ def clusters(draw, floors_alike: bool = False):
     ]
 
 
-def common_utilisation(servers, load: float) -> float:
-    """The utilisation every server runs at when the load is spread to equalise it."""
-    rate = load * sum(server.capacity for server in servers)
-    shares = equal_utilisation_shares(servers, [True] * len(servers), rate)
-    busiest = max(range(len(servers)), key=lambda i: shares[i])
-    return servers[busiest].floor + rate * shares[busiest] / servers[busiest].capacity
-
-
 def share_errors(record: Pass, reference) -> float:
     """The worst relative error of a pass's shares against `reference`."""
     return max(abs(share - want) / want for share, want in zip(record.shares, reference) if want > 0)
