@@ -636,6 +636,7 @@ _POLICY_KNOBS: dict[str, Callable[[object], Any]] = {
     "stale_after": _seconds(lambda n: n > 0, "> 0"),
     "panic_threshold": _number(lambda n: 0 <= n <= 1, "a number 0..1"),
     "min_utilisation": _number(lambda n: 0 < n <= 1, "a number 0 < u <= 1"),
+    "dead_band": _number(lambda n: 0 <= n < 1, "a number 0 <= b < 1"),
 }
 
 _SYNTAX_LOCATION = re.compile(

@@ -13,15 +13,12 @@ One pass, per virtual service:
 1. Each real server is assessed alone: operator override, then agent state and
    report freshness, then its health (see `Reason` for the outcomes).
 2. Servers with live feedback get a weight from the service's mode: ``health``
-   (base x smoothed health / 100) or ``capacity`` (throughput divided by
-   utilisation, the estimator of client-side weighted round robin in gRPC and
-   Envoy), clamped to [floor, ceiling]. Throughput is the rate of incoming
-   packets per real server: it moves with requests whether they come one per
-   connection or many, where the connection rate, a whole number per second,
-   stays 0 under persistent connections. The policy measures it from the
-   kernel's packet totals between passes and smooths it like health, so that
-   both halves of the estimate lag alike (the kernel's own rate estimator
-   lags by ~8 s and counts in whole packets per second).
+   (base x smoothed health / 100) or ``capacity`` (a controller that evens
+   out utilisation, utilisation = 1 - smoothed health / 100, so that shares
+   follow capacity; see `_capacity_weights`), clamped to [floor, ceiling].
+   Capacity mode used to divide each server's packet rate by its
+   utilisation (gRPC's and Envoy's estimator); a server's idle utilisation
+   made a server that got little look small, and it starved (#14).
 3. Panic: when fewer than ``panic_threshold`` of the servers without an
    operator override would keep a non-zero weight, all of those get their
    static base weight instead, so that the service never sends everything to
@@ -67,7 +64,7 @@ class Reason(enum.StrEnum):
     """Why a real server got its weight."""
 
     HEALTH = "health"  # base x smoothed health; also health 0 from a live agent
-    CAPACITY = "capacity"  # packet rate / utilisation
+    CAPACITY = "capacity"  # evening out utilisation
     SLOW_START = "slow-start"  # ramping up to one of the other weights
     PANIC = "panic"  # too few servers left with weight: static base weights
     DRAINED = "drained"  # operator override: weight 0
@@ -94,7 +91,7 @@ class PolicySettings:
     mode: Mode = Mode.CAPACITY
     # Half-life of the health EWMA, measured between report times (not between
     # policy passes, so the update interval does not change the smoothing),
-    # and of the packet rate's in capacity mode. 0 turns smoothing off.
+    # and of capacity mode's kernel shares. 0 turns smoothing off.
     smoothing_half_life: float = 4.0
     hysteresis: float = 0.1  # 0 <= h < 1: relative change below which no write
     floor: int = 1  # least weight of a server with health > 0; >= 1
@@ -103,9 +100,12 @@ class PolicySettings:
     lost_agent: LostAgentAction = LostAgentAction.QUIESCE
     stale_after: float = 10.0  # a report older than this counts as a lost agent; > 0
     panic_threshold: float = 0.5  # 0..1; 0 turns panic off
-    # Capacity mode: utilisation is taken as at least this (0 < u <= 1), so an
-    # idle server's estimate is at most 1/min_utilisation times its rate.
+    # Capacity mode: utilisation is taken as at least this (0 < u <= 1), so
+    # servers all nearly idle count as balanced whatever their noise says.
     min_utilisation: float = 0.1
+    # Capacity mode: a server whose smoothed utilisation is within this of the
+    # service's mean counts as balanced and keeps its weight (0 <= b < 1).
+    dead_band: float = 0.02
 
 
 @dataclass(frozen=True)
@@ -177,11 +177,15 @@ class ServiceDecision:
 class ServerMemory:
     smoothed_health: float | None = None
     smoothed_at: float | None = None  # time of the latest report folded into it
-    packets: int | None = None  # the kernel's incoming packet total at `packets_at`
-    packets_at: float | None = None
-    packet_rate: float | None = None  # smoothed packets per second; None until two passes
     up: bool = False  # had a non-zero weight (panic aside) at the last pass
     ramp_start: float | None = None  # when its current slow start began
+    # Capacity mode: the weight the controller chose at the last pass, before
+    # rounding, slow start and hysteresis; None when it has none.
+    target: float | None = None
+    # Capacity mode: the server's share of the kernel weights of the servers
+    # with feedback, smoothed like health so that it lags as utilisation does.
+    share: float | None = None
+    share_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -226,9 +230,7 @@ def _decide_service(
 ) -> tuple[ServiceDecision, dict[DestKey, ServerMemory]]:
     settings = service.settings
     folded = {
-        dest: _fold_packets(
-            _fold_report(previous[dest] or ServerMemory(), server.report, settings), server.counters, settings, now
-        )
+        dest: _fold_report(previous[dest] or ServerMemory(), server.report, settings)
         for dest, server in service.servers.items()
     }
     assessments: dict[DestKey, _Assessment] = {}
@@ -239,8 +241,9 @@ def _decide_service(
             assessments[dest] = assessment
         elif server.report is not None and folded[dest].smoothed_health is not None:
             # _assess returns None only for a fresh report, which is folded in.
-            feedback[dest] = _Feedback(server.report.value, folded[dest].smoothed_health, folded[dest].packet_rate)
-    assessments.update(_feedback_weights(service.servers, feedback, settings))
+            feedback[dest] = _Feedback(server.report.value, folded[dest].smoothed_health)
+    weights, controls = _feedback_weights(service.servers, feedback, previous, settings, now)
+    assessments.update(weights)
 
     automatic = [a for a in assessments.values() if a.automatic]
     serving = sum(1 for a in automatic if a.weight > 0 and not a.remove)
@@ -252,6 +255,13 @@ def _decide_service(
         assessment = assessments[dest]
         up = assessment.weight > 0 and not assessment.remove
         memory = _next_memory(folded[dest], previous[dest], server, up, settings, now)
+        # Panic writes base weights: a controller that resumes starts from them.
+        control = None if panic else controls.get(dest)
+        if control is None:
+            if memory.target is not None or memory.share is not None:
+                memory = replace(memory, target=None, share=None, share_at=None)
+        else:
+            memory = replace(memory, target=control.target, share=control.share, share_at=control.share_at)
         if panic and assessment.automatic:
             assessment = _Assessment(
                 _clamp(server.base_weight, settings),
@@ -286,26 +296,6 @@ def _fold_report(memory: ServerMemory, report: HealthReport | None, settings: Po
         alpha = 1 - 2 ** (-elapsed / settings.smoothing_half_life)
         smoothed = memory.smoothed_health + alpha * (report.value - memory.smoothed_health)
     return replace(memory, smoothed_health=smoothed, smoothed_at=report.time)
-
-
-def _fold_packets(
-    memory: ServerMemory, counters: DestCounters | None, settings: PolicySettings, now: float
-) -> ServerMemory:
-    """The packet rate since the last pass folded in, by the same EWMA as health."""
-    if counters is None or memory.packets_at == now:
-        return memory
-    if memory.packets is None or memory.packets_at is None or now < memory.packets_at or counters.packets < memory.packets:
-        # First sight, a clock stepped back, or a total that restarted (the
-        # server was deleted and added again): a new baseline, no rate yet.
-        return replace(memory, packets=counters.packets, packets_at=now, packet_rate=None)
-    elapsed = now - memory.packets_at
-    rate = (counters.packets - memory.packets) / elapsed
-    if memory.packet_rate is None or not settings.smoothing_half_life:
-        smoothed = rate
-    else:
-        alpha = 1 - 2 ** (-elapsed / settings.smoothing_half_life)
-        smoothed = memory.packet_rate + alpha * (rate - memory.packet_rate)
-    return replace(memory, packets=counters.packets, packets_at=now, packet_rate=smoothed)
 
 
 def _assess(server: ServerInput, settings: PolicySettings, now: float) -> _Assessment | None:
@@ -355,58 +345,125 @@ def _lost(server: ServerInput, settings: PolicySettings, reason: Reason, detail:
 class _Feedback:
     latest: int  # the health just reported
     smoothed: float
-    packet_rate: float | None  # smoothed incoming packets per second
 
 
 def _feedback_weights(
-    servers: Mapping[DestKey, ServerInput], feedback: Mapping[DestKey, _Feedback], settings: PolicySettings
-) -> dict[DestKey, _Assessment]:
-    """Weights of the servers with live feedback, from their smoothed health."""
-    rates = {dest: health.packet_rate for dest, health in feedback.items() if health.packet_rate}
-    if settings.mode is Mode.CAPACITY and rates:
-        return _capacity_weights(servers, feedback, rates, settings)
-    note = "; capacity mode without packet rates" if settings.mode is Mode.CAPACITY else ""
-    return {
+    servers: Mapping[DestKey, ServerInput],
+    feedback: Mapping[DestKey, _Feedback],
+    previous: Mapping[DestKey, ServerMemory | None],
+    settings: PolicySettings,
+    now: float,
+) -> tuple[dict[DestKey, _Assessment], dict[DestKey, _Control]]:
+    """Weights of the servers with live feedback, and what capacity mode remembers of them."""
+    if settings.mode is Mode.CAPACITY and feedback:
+        return _capacity_weights(servers, feedback, previous, settings, now)
+    weights = {
         dest: _Assessment(
             _clamp(servers[dest].base_weight * health.smoothed / 100, settings),
             Reason.HEALTH,
-            f"health {health.latest} (smoothed {health.smoothed:.1f}){note}",
+            f"health {health.latest} (smoothed {health.smoothed:.1f})",
             rampable=True,
         )
         for dest, health in feedback.items()
     }
+    return weights, {}
+
+
+# Capacity mode's controller, tuned on lvsfeedback.director.simulate: the
+# exponent of the utilisation ratio, and the most a weight may be scaled in
+# one pass.
+_GAIN = 1.0
+_MAX_STEP = 2.0
+_INTEGRAL_GAIN = 0.5
+
+
+@dataclass(frozen=True)
+class _Control:
+    """What capacity mode remembers of one server after a pass."""
+
+    target: float
+    share: float | None
+    share_at: float | None
 
 
 def _capacity_weights(
     servers: Mapping[DestKey, ServerInput],
     feedback: Mapping[DestKey, _Feedback],
-    rates: Mapping[DestKey, float],
+    previous: Mapping[DestKey, ServerMemory | None],
     settings: PolicySettings,
-) -> dict[DestKey, _Assessment]:
+    now: float,
+) -> tuple[dict[DestKey, _Assessment], dict[DestKey, _Control]]:
     """
-    Each server's capacity is estimated as rate / utilisation (packets per
-    second it would take at full utilisation), utilisation = 1 - health/100.
-    Weights are those capacities in units of base weight: a server with the
-    service's average capacity per unit of base weight gets its base weight.
-    A server without a rate yet (just joined, or starved) is assumed to be
-    average, so it gets its base weight and a chance to show its rate.
+    Weights that bring every server to the same utilisation, which puts each
+    server's share in proportion to its capacity (the aim of Cloudflare's
+    Unimog). A server's new weight is the share of the kernel's weights it
+    has had, times (mean utilisation / its utilisation) ** gain, within
+    [1/step, step]; that share is smoothed like health, so that it and the
+    utilisation it caused lag alike and the step lands where it aims rather
+    than ringing. A server within `dead_band` of the mean keeps its weight.
+    The weights are then scaled to add up to the base weights (no drift).
+
+    No traffic measurement enters: a server below the mean always gains,
+    however little it gets now, so none can be starved; one above it always
+    loses. A server new to the controller starts at the weight the kernel
+    gives it (a director restart) or its base weight. While a server ramps
+    up, its utilisation shows the ramp, not its weight: it may lose then,
+    never gain.
     """
-    capacities = {dest: rate / _utilisation(feedback[dest], settings) for dest, rate in rates.items()}
-    per_base = sum(capacities.values()) / sum(servers[dest].base_weight for dest in capacities)
-    weights: dict[DestKey, _Assessment] = {}
-    for dest, health in feedback.items():
-        if dest in capacities:
-            weight = capacities[dest] / per_base
-            detail = f"{rates[dest]:.1f} packets/s at utilisation {_utilisation(health, settings):.2f}"
+    utilisations = {dest: max(1 - health.smoothed / 100, settings.min_utilisation) for dest, health in feedback.items()}
+    mean = sum(utilisations.values()) / len(utilisations)
+    base_total = sum(servers[dest].base_weight for dest in feedback)
+    kernel_total = sum(servers[dest].current_weight or 0 for dest in feedback)
+    raw: dict[DestKey, float] = {}
+    shares: dict[DestKey, tuple[float | None, float | None]] = {}
+    details: dict[DestKey, str] = {}
+    for dest, utilisation in utilisations.items():
+        memory = previous[dest] or ServerMemory()
+        server = servers[dest]
+        share = _smoothed_share(memory, (server.current_weight or 0) / kernel_total if kernel_total else None, settings, now)
+        shares[dest] = share
+        if memory.target is None or share[0] is None:
+            adopted = previous[dest] is None and (server.current_weight or 0) > 0
+            raw[dest] = float(server.current_weight or 0) if adopted else float(server.base_weight)
+            details[dest] = "new: the kernel's weight" if adopted else "new: base weight"
+            continue
+        comparison = f"utilisation {utilisation:.2f} vs mean {mean:.2f}"
+        factor = min(max((mean / utilisation) ** _GAIN, 1 / _MAX_STEP), _MAX_STEP)
+        ramping = memory.ramp_start is not None and now - memory.ramp_start < settings.slow_start
+        if abs(utilisation - mean) <= settings.dead_band:
+            raw[dest] = memory.target
+            details[dest] = f"{comparison}: balanced"
+        elif ramping and factor > 1:
+            raw[dest] = memory.target
+            details[dest] = f"{comparison}: slow start, held"
         else:
-            weight = servers[dest].base_weight
-            detail = "no packet rate yet: base weight"
-        weights[dest] = _Assessment(_clamp(weight, settings), Reason.CAPACITY, detail, rampable=True)
-    return weights
+            raw[dest] = share[0] * base_total * factor
+            current = server.current_weight
+            if current and abs(raw[dest] - current) < settings.hysteresis * current:
+                # A step hysteresis would not write, most often because idle
+                # floors make the ratio understate it: keep integrating from
+                # the last target until the step is big enough to be written.
+                raw[dest] = memory.target * factor ** _INTEGRAL_GAIN
+            details[dest] = f"{comparison}: x{factor:.2f}"
+    scale = base_total / sum(raw.values())
+    targets = {dest: min(max(weight * scale, settings.floor), settings.ceiling) for dest, weight in raw.items()}
+    weights = {
+        dest: _Assessment(_clamp(target, settings), Reason.CAPACITY, details[dest], rampable=True)
+        for dest, target in targets.items()
+    }
+    return weights, {dest: _Control(target, *shares[dest]) for dest, target in targets.items()}
 
 
-def _utilisation(health: _Feedback, settings: PolicySettings) -> float:
-    return max(1 - health.smoothed / 100, settings.min_utilisation)
+def _smoothed_share(
+    memory: ServerMemory, share: float | None, settings: PolicySettings, now: float
+) -> tuple[float | None, float | None]:
+    """The kernel share folded into its EWMA once per pass: (smoothed share, when)."""
+    if share is None:
+        return None, None
+    if memory.share is None or memory.share_at is None or now <= memory.share_at or not settings.smoothing_half_life:
+        return share, now
+    alpha = 1 - 2 ** (-(now - memory.share_at) / settings.smoothing_half_life)
+    return memory.share + alpha * (share - memory.share), now
 
 
 def _clamp(weight: float, settings: PolicySettings) -> int:

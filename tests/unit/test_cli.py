@@ -83,11 +83,11 @@ class StatusCommandTests(LiveDirectorCase):
             ["->", "RemoteAddress:Port", "Forward", "Weight", "Want", "Base", "Health", "Agent",
              "ActiveConn", "InActConn", "Reason"],
         )
-        self.assertIn("TCP 10.0.0.1:80 wlc capacity  [web]", lines)
+        self.assertIn("TCP 10.0.0.1:80 wlc health  [web]", lines)
         self.assertRegex(
             server_line(out, "10.1.0.1:80"),
             r"^  -> 10\.1\.0\.1:80 +Masq +40 +40 +100 +40 \(\d+\.\ds\) +connected \d+\.\ds +0 +0 +"
-            r"health: health 40 \(smoothed 40\.0\); capacity mode without packet rates$",
+            r"health: health 40 \(smoothed 40\.0\)$",
         )
         self.assertRegex(
             server_line(out, "10.1.0.3:80"), r"^  -> 10\.1\.0\.3:80 +Masq +50 +50 +50 +- +never-seen +0 +0 +static: agent never seen$"

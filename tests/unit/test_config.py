@@ -422,16 +422,16 @@ class PolicyProblemTests(ConfigFileTestCase):
         config = self.load(
             "[policy]\n"
             'mode = "capacity"\nsmoothing_half_life = 0\nhysteresis = 0.1\nfloor = 2\nceiling = 1000\n'
-            'slow_start = 5\nlost_agent = "remove"\nstale_after = 6\npanic_threshold = 0.3\nmin_utilisation = 0.2\n'
+            'slow_start = 5\nlost_agent = "remove"\nstale_after = 6\npanic_threshold = 0.3\nmin_utilisation = 0.2\ndead_band = 0.05\n'
         )
         self.assertEqual(
             config.policy,
-            PolicySettings(Mode.CAPACITY, 0.0, 0.1, 2, 1000, 5.0, LostAgentAction.REMOVE, 6.0, 0.3, 0.2),
+            PolicySettings(Mode.CAPACITY, 0.0, 0.1, 2, 1000, 5.0, LostAgentAction.REMOVE, 6.0, 0.3, 0.2, 0.05),
         )
 
     def test_knob_ranges(self):
         self.assertProblems(
-            "[policy]\nhysteresis = 1\nfloor = 0\nstale_after = 0\npanic_threshold = 1.5\nmin_utilisation = 0\n"
+            "[policy]\nhysteresis = 1\nfloor = 0\nstale_after = 0\npanic_threshold = 1.5\nmin_utilisation = 0\ndead_band = 1\n"
             'smoothing_half_life = -1\nlost_agent = "forget"\nslow_start = nan\n',
             [
                 "policy.smoothing_half_life: must be a number of seconds >= 0, got -1",
@@ -442,6 +442,7 @@ class PolicyProblemTests(ConfigFileTestCase):
                 "policy.stale_after: must be a number of seconds > 0, got 0",
                 "policy.panic_threshold: must be a number 0..1, got 1.5",
                 "policy.min_utilisation: must be a number 0 < u <= 1, got 0",
+                "policy.dead_band: must be a number 0 <= b < 1, got 1",
             ],
         )
 

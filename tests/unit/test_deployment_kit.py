@@ -29,6 +29,7 @@ update_interval = 0.5
 [status]
 listen = "tcp:{status_port}:interface=127.0.0.1"
 [policy]
+mode = "health"  # these tests assert base x health weights
 slow_start = 0
 [[service]]
 name = "web"

@@ -42,6 +42,7 @@ update_interval = 2.0
 {director}
 
 [policy]
+mode = "health"  # these tests assert base x health weights
 smoothing_half_life = 0
 hysteresis = 0
 slow_start = 0

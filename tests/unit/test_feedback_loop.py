@@ -53,6 +53,7 @@ class FeedbackLoopTests(SynchronousTestCase):
                 listen = "tcp:0:interface=127.0.0.1"
                 update_interval = 2.0
                 [policy]
+                mode = "health"  # these tests assert base x health weights
                 smoothing_half_life = 0
                 slow_start = 0
                 [[service]]

@@ -33,7 +33,7 @@ SERVICE = ServiceKey.for_address("tcp", "192.0.2.1", 80)
 A, B, C, D = (DestKey.of(f"198.51.100.{n}", 80) for n in (1, 2, 3, 4))
 
 # Smoothing and slow start off, so each example shows one rule alone.
-PLAIN = PolicySettings(smoothing_half_life=0, slow_start=0)
+PLAIN = PolicySettings(mode=Mode.HEALTH, smoothing_half_life=0, slow_start=0)
 CONNECTED = Agent(AgentState.CONNECTED, since=0.0)
 NOW = 100.0
 
@@ -179,12 +179,12 @@ class HealthModeTests(SynchronousTestCase):
         self.assertEqual(result.servers[A].reason, Reason.HEALTH)
 
     def test_floor_keeps_a_healthy_server_in_rotation(self):
-        settings = PolicySettings(floor=3, slow_start=0)
+        settings = PolicySettings(mode=Mode.HEALTH, floor=3, slow_start=0)
         result, _ = decide_once({A: reporting(1, base=20), B: reporting(50, base=20)}, settings)
         self.assertEqual(result.servers[A].weight, 3)
 
     def test_ceiling_caps_the_weight(self):
-        result, _ = decide_once({A: reporting(100, base=1000)}, PolicySettings(ceiling=500, slow_start=0))
+        result, _ = decide_once({A: reporting(100, base=1000)}, PolicySettings(mode=Mode.HEALTH, ceiling=500, slow_start=0))
         self.assertEqual(result.servers[A].weight, 500)
 
     def test_health_zero_quiesces(self):
@@ -203,7 +203,7 @@ class HealthModeTests(SynchronousTestCase):
 
 
 class SmoothingTests(SynchronousTestCase):
-    settings = PolicySettings(smoothing_half_life=4.0, slow_start=0)
+    settings = PolicySettings(mode=Mode.HEALTH, smoothing_half_life=4.0, slow_start=0)
 
     def test_one_half_life_moves_halfway(self):
         _, state = decide_once({A: reporting(100, at=0.0)}, self.settings, now=0.0)
@@ -224,7 +224,7 @@ class SmoothingTests(SynchronousTestCase):
 
 
 class HysteresisTests(SynchronousTestCase):
-    settings = PolicySettings(smoothing_half_life=0, slow_start=0, hysteresis=0.05)
+    settings = PolicySettings(mode=Mode.HEALTH, smoothing_half_life=0, slow_start=0, hysteresis=0.05)
 
     def write(self, server: ServerInput) -> bool:
         result, _ = decide_once({A: server, B: reporting(100)}, self.settings)
@@ -253,7 +253,7 @@ class HysteresisTests(SynchronousTestCase):
 
 
 class SlowStartTests(SynchronousTestCase):
-    settings = PolicySettings(smoothing_half_life=0, slow_start=20, floor=1)
+    settings = PolicySettings(mode=Mode.HEALTH, smoothing_half_life=0, slow_start=20, floor=1)
 
     def test_joining_server_ramps_linearly_from_floor_to_target(self):
         state = PolicyState()
@@ -303,7 +303,7 @@ class OverrideTests(SynchronousTestCase):
         self.assertEqual((result.servers[A].weight, result.servers[A].reason), (0, Reason.DRAINED))
 
     def test_pinned_server_gets_its_weight_even_above_ceiling(self):
-        settings = PolicySettings(ceiling=500, slow_start=0)
+        settings = PolicySettings(mode=Mode.HEALTH, ceiling=500, slow_start=0)
         result, _ = decide_once({A: reporting(5, override=Pinned(900))}, settings)
         self.assertEqual((result.servers[A].weight, result.servers[A].reason), (900, Reason.PINNED))
 
@@ -312,7 +312,7 @@ class LostAgentTests(SynchronousTestCase):
     lost = Agent(AgentState.LOST, since=NOW - 12)
 
     def decide_lost(self, action: LostAgentAction, **fields):
-        settings = PolicySettings(smoothing_half_life=0, slow_start=0, lost_agent=action, panic_threshold=0)
+        settings = PolicySettings(mode=Mode.HEALTH, smoothing_half_life=0, slow_start=0, lost_agent=action, panic_threshold=0)
         server = ServerInput(60, self.lost, HealthReport(90, NOW - 12), **fields)
         result, _ = decide_once({A: server}, settings)
         return result.servers[A]
@@ -344,7 +344,7 @@ class LostAgentTests(SynchronousTestCase):
         self.assertFalse(self.decide_lost(LostAgentAction.REMOVE).write)
 
     def test_stale_report_applies_the_lost_agent_action(self):
-        settings = PolicySettings(smoothing_half_life=0, slow_start=0, stale_after=10, panic_threshold=0)
+        settings = PolicySettings(mode=Mode.HEALTH, smoothing_half_life=0, slow_start=0, stale_after=10, panic_threshold=0)
         result, _ = decide_once({A: reporting(90, at=NOW - 11, current_weight=90)}, settings)
         self.assertEqual(
             (result.servers[A].weight, result.servers[A].reason, result.servers[A].lost_action),
@@ -352,13 +352,13 @@ class LostAgentTests(SynchronousTestCase):
         )
 
     def test_health_zero_quiesces_even_when_lost_agents_are_removed(self):
-        settings = PolicySettings(smoothing_half_life=0, slow_start=0, lost_agent=LostAgentAction.REMOVE)
+        settings = PolicySettings(mode=Mode.HEALTH, smoothing_half_life=0, slow_start=0, lost_agent=LostAgentAction.REMOVE)
         result, _ = decide_once({A: reporting(0, current_weight=10), B: reporting(100)}, settings)
         self.assertEqual((result.servers[A].weight, result.servers[A].remove), (0, False))
 
 
 class PanicTests(SynchronousTestCase):
-    settings = PolicySettings(smoothing_half_life=0, slow_start=0, panic_threshold=0.5)
+    settings = PolicySettings(mode=Mode.HEALTH, smoothing_half_life=0, slow_start=0, panic_threshold=0.5)
 
     def test_too_few_serving_servers_restores_base_weights(self):
         servers = {
@@ -386,99 +386,63 @@ class PanicTests(SynchronousTestCase):
         self.assertEqual([result.servers[d].weight for d in (A, B, C)], [100, 0, 7])
 
     def test_panic_keeps_servers_that_would_be_removed(self):
-        settings = PolicySettings(smoothing_half_life=0, slow_start=0, lost_agent=LostAgentAction.REMOVE)
+        settings = PolicySettings(mode=Mode.HEALTH, smoothing_half_life=0, slow_start=0, lost_agent=LostAgentAction.REMOVE)
         server = ServerInput(60, Agent(AgentState.LOST, 0.0), current_weight=60)
         result, _ = decide_once({A: server}, settings)
         self.assertEqual((result.servers[A].weight, result.servers[A].remove), (60, False))
 
     def test_threshold_zero_disables_panic(self):
-        settings = PolicySettings(smoothing_half_life=0, slow_start=0, panic_threshold=0)
+        settings = PolicySettings(mode=Mode.HEALTH, smoothing_half_life=0, slow_start=0, panic_threshold=0)
         result, _ = decide_once({A: reporting(0), B: reporting(0)}, settings)
         self.assertFalse(result.panic)
         self.assertEqual([r.weight for r in result.servers.values()], [0, 0])
 
 
 class CapacityModeTests(SynchronousTestCase):
-    settings = PolicySettings(mode=Mode.CAPACITY, smoothing_half_life=0, slow_start=0)
-    PASS = 2.0  # seconds between the passes of `measured`
+    """
+    Capacity mode equalises utilisation (#14). The old packet-rate estimator's
+    examples went with it; the controller's dynamics are proven on the
+    simulator (test_policy_simulation), single rules here.
+    """
 
-    def measured(self, servers, settings=None, packets=10_000):
-        """
-        The decision of a second pass, `PASS` seconds after a first one: each
-        server is (health, packets per second in between), and the kernel's
-        own estimate says 0 packets/s throughout, so only the totals count.
-        """
-        settings = settings or self.settings
-        first = {dest: reporting(health, at=NOW - self.PASS, counters=DestCounters(packets=packets))
-                 for dest, (health, _) in servers.items()}
-        _, state = decide_once(first, settings, now=NOW - self.PASS, state=PolicyState())
-        second = {dest: reporting(health, counters=DestCounters(packets=packets + round(pps * self.PASS)))
-                  for dest, (health, pps) in servers.items()}
-        result, _ = decide_once(second, settings, state=state)
-        return result
+    settings = PolicySettings(mode=Mode.CAPACITY, smoothing_half_life=0, slow_start=0, hysteresis=0)
 
-    def test_weight_is_rate_over_utilisation_in_units_of_base(self):
-        # A: 30 packets/s at utilisation 0.6 -> capacity 50 packets/s
-        # B: 30 packets/s at utilisation 0.3 -> capacity 100 packets/s
-        # capacity per unit of base weight: (50 + 100) / (100 + 100) = 0.75
-        # weights: 50 / 0.75 = 66.7 -> 67; 100 / 0.75 = 133.3 -> 133
-        # C has no rate yet: assumed average, so its base weight, 100.
-        result = self.measured({A: (40, 30), B: (70, 30), C: (90, 0)})
-        self.assertEqual({d: r.weight for d, r in result.servers.items()}, {A: 67, B: 133, C: 100})
-        self.assertEqual({r.reason for r in result.servers.values()}, {Reason.CAPACITY})
+    def two_passes(self, first, second):
+        """Weights after a pass at NOW - 2 with `first` healths, then one at NOW with `second`."""
+        servers = {dest: reporting(health, at=NOW - 2, current_weight=100) for dest, health in first.items()}
+        _, state = decide_once(servers, self.settings, now=NOW - 2)
+        servers = {dest: reporting(health, current_weight=100) for dest, health in second.items()}
+        return decide_once(servers, self.settings, state=state)[0]
 
-    def test_idle_server_utilisation_is_clamped(self):
-        # A: 10 / max(0, 0.1) = 100; B: 10 / 0.5 = 20; per unit of base: 120 / 200 = 0.6
-        # weights: 100 / 0.6 = 166.7 -> 167; 20 / 0.6 = 33.3 -> 33
-        result = self.measured({A: (100, 10), B: (50, 10)}, replace(self.settings, min_utilisation=0.1))
-        self.assertEqual((result.servers[A].weight, result.servers[B].weight), (167, 33))
+    def test_a_new_server_starts_at_the_kernel_weight_or_base(self):
+        result, _ = decide_once({A: reporting(50, current_weight=37), B: reporting(50)}, self.settings)
+        self.assertEqual((result.servers[A].detail, result.servers[B].detail),
+                         ("new: the kernel's weight", "new: base weight"))
 
-    def test_persistent_connections_count_by_their_packets_not_their_connection_rate(self):
-        # No new connections a second on either server, but A carries twice B's
-        # packets at the same utilisation: twice the capacity.
-        result = self.measured({A: (50, 200), B: (50, 100)})
-        self.assertEqual((result.servers[A].weight, result.servers[B].weight), (133, 67))
+    def test_the_server_below_the_mean_gains_and_the_one_above_loses(self):
+        # Utilisations 0.2 and 0.6, mean 0.4: x2 and x0.67 on equal shares, scaled to 200 in all.
+        result = self.two_passes({A: 50, B: 50}, {A: 80, B: 40})
+        self.assertEqual((result.servers[A].weight, result.servers[B].weight), (150, 50))
+        self.assertEqual(result.servers[A].detail, "utilisation 0.20 vs mean 0.40: x2.00")
         self.assertEqual(result.servers[A].reason, Reason.CAPACITY)
 
-    def test_rates_of_a_packet_or_so_a_second_are_told_apart(self):
-        # The kernel's estimator, in whole packets a second, would say 1 or 2
-        # for A and 0 or 1 for B; the totals say A carries 3x B.
-        result = self.measured({A: (50, 1.5), B: (50, 0.5)})
-        self.assertEqual((result.servers[A].weight, result.servers[B].weight), (150, 50))
+    def test_a_server_within_the_dead_band_keeps_its_weight(self):
+        result = self.two_passes({A: 50, B: 50}, {A: 51, B: 50})
+        self.assertEqual((result.servers[A].weight, result.servers[B].weight), (100, 100))
+        self.assertIn("balanced", result.servers[A].detail)
 
-    def test_the_first_pass_has_no_rate_and_falls_back_to_health_mode(self):
-        servers = {A: reporting(40, counters=DestCounters(packets=500, packet_rate=90)), B: reporting(70)}
-        result, _ = decide_once(servers, self.settings)
-        self.assertEqual(
-            [(r.weight, r.reason) for r in result.servers.values()],
-            [(40, Reason.HEALTH), (70, Reason.HEALTH)],
-        )
-        self.assertIn("without packet rates", result.servers[A].detail)
-
-    def test_the_packet_rate_is_smoothed_with_the_health_half_life(self):
-        # 100 packets/s for one pass, then 300: one half-life later the rate is halfway, 200.
-        # B stays at 100 packets/s, both at utilisation 0.5: A's share of 200 base is 200/300.
-        settings = replace(self.settings, smoothing_half_life=self.PASS)
-        state = PolicyState()
-        for now, a_packets, b_packets in ((NOW - 4, 0, 0), (NOW - 2, 200, 200), (NOW, 800, 400)):
-            servers = {A: reporting(50, at=now, counters=DestCounters(packets=a_packets)),
-                       B: reporting(50, at=now, counters=DestCounters(packets=b_packets))}
-            result, state = decide_once(servers, settings, now=now, state=state)
-        self.assertEqual((result.servers[A].weight, result.servers[B].weight), (133, 67))
-
-    def test_a_packet_total_that_restarts_gives_no_rate_until_the_next_pass(self):
-        # A was deleted and added again: its total went down. No negative rate,
-        # no rate at all for this pass: A counts as average, B has its rate.
+    def test_an_idle_server_gains_however_little_it_gets(self):
+        # The starvation trap of the packet-rate estimator: A had almost no
+        # traffic and sat at its idle floor; it must gain, not lose.
         settings = self.settings
-        _, state = decide_once({A: reporting(50, counters=DestCounters(packets=9_000)),
-                                B: reporting(50, counters=DestCounters(packets=0))}, settings, now=NOW - 2)
-        result, _ = decide_once({A: reporting(50, counters=DestCounters(packets=10)),
-                                 B: reporting(50, counters=DestCounters(packets=100))}, settings, state=state)
-        self.assertEqual((result.servers[A].detail, result.servers[A].weight), ("no packet rate yet: base weight", 100))
-        self.assertEqual(result.servers[B].reason, Reason.CAPACITY)
+        _, state = decide_once({A: reporting(90, at=NOW - 2, current_weight=1),
+                                B: reporting(40, at=NOW - 2, current_weight=199)}, settings, now=NOW - 2)
+        result, _ = decide_once({A: reporting(90, current_weight=1), B: reporting(40, current_weight=199)},
+                                settings, state=state)
+        self.assertGreater(result.servers[A].weight, 1)
 
     def test_health_zero_still_quiesces(self):
-        result = self.measured({A: (0, 50), B: (50, 50)})
+        result = self.two_passes({A: 50, B: 50}, {A: 0, B: 50})
         self.assertEqual(result.servers[A].weight, 0)
 
 
@@ -493,6 +457,6 @@ class StoppedServiceTests(SynchronousTestCase):
     def test_a_service_its_agent_stopped_gets_no_new_connections_even_in_panic(self):
         stopped = ServerInput(100, agent=Agent(AgentState.STOPPED, 0.0), current_weight=100)
         lost = ServerInput(100, agent=Agent(AgentState.LOST, 0.0), current_weight=100)
-        result, _ = decide_once({A: stopped, B: lost}, PolicySettings(panic_threshold=0.5))
+        result, _ = decide_once({A: stopped, B: lost}, PolicySettings(mode=Mode.HEALTH, panic_threshold=0.5))
         self.assertEqual((result.servers[A].weight, result.servers[A].reason), (0, Reason.STOPPED))
         self.assertEqual(result.servers[B].reason, Reason.PANIC, "the lost one is the only automatic server")

@@ -54,6 +54,7 @@ listen = "{status_listen}"
 {status}
 
 [policy]
+mode = "health"  # these tests assert base x health weights
 smoothing_half_life = 0
 hysteresis = 0
 slow_start = 0
@@ -225,7 +226,7 @@ class StatusTests(DirectorCase):
         self.assertEqual(server["desired_weight"], 40)
         self.assertEqual(server["reason"], "health")
         # Capacity mode, the default, has no packet rate before two passes.
-        self.assertEqual(server["detail"], "health 40 (smoothed 40.0); capacity mode without packet rates")
+        self.assertEqual(server["detail"], "health 40 (smoothed 40.0)")
         self.assertFalse(server["pending"])
 
     def test_latest_health_its_age_and_the_agent_state_are_shown(self):

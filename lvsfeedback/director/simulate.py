@@ -1,0 +1,354 @@
+"""
+A policy simulator: the real `decide` driven pass after pass by a model cluster.
+
+Pure and fast: no reactor, no I/O, one seedable `random.Random`. It is the
+bench the policy is tuned and property-tested on (tests/unit/
+test_policy_simulation.py), and ``python -m lvsfeedback.director.simulate``
+prints a scenario's trajectory.
+
+The model, per real server: a capacity (requests/s at full utilisation), an
+idle utilisation floor (the agent, an idle backend), and noise on the
+utilisation its agent reports. Clients offer a constant request rate, a
+fraction of the cluster's total capacity. The scheduler is a fluid weighted
+round robin: a server's share of requests is its kernel weight over the sum
+of kernel weights, so feedback has to do all the balancing (wlc would help
+it). Utilisation is ``min(1, floor + requests/s / capacity)``; requests
+beyond what a server can take are its excess. The kernel's packet total of
+each server advances by a Poisson draw of ``packets_per_request`` packets a
+request, so low rates count in whole, noisy packets as they do in IPVS.
+
+Time, as the director runs it: every agent reports its health
+(``round(100 x (1 - utilisation))``, at least 1 as the agent's scale gives a
+saturated server, 0 only for a failed one) every `health_interval` seconds,
+half a second before a pass when the two intervals are equal; a pass every
+`update_interval` seconds builds `ServerInput`s as the updater does (the
+latest report, the kernel's counters and weight, the agent's state), runs
+`decide`, and changes a kernel weight only where the updater would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import math
+import random
+from dataclasses import dataclass, replace
+from typing import Sequence
+
+from lvsfeedback.agent.metrics.scale import HEALTH_MAX, HEALTH_SATURATED
+from lvsfeedback.director.policy import (
+    Agent,
+    AgentState,
+    HealthReport,
+    Mode,
+    PolicySettings,
+    PolicyState,
+    Reason,
+    ServerInput,
+    ServiceInput,
+    decide,
+)
+from lvsfeedback.ipvs.model import DestCounters, DestKey, ServiceKey
+
+SERVICE = ServiceKey.for_address("tcp", "192.0.2.1", 80)
+
+
+@dataclass(frozen=True)
+class Server:
+    """One real server of the model."""
+
+    capacity: float  # requests/s it serves at full utilisation
+    floor: float = 0.0  # its utilisation when idle, 0 <= floor < 1
+    noise: float = 0.0  # standard deviation of the utilisation its agent reports
+    base_weight: int = 100
+    present: bool = True  # False: it joins later, by an Event
+
+
+class EventKind(enum.StrEnum):
+    JOIN = "join"  # the server's agent connects and the server enters the service
+    FAIL = "fail"  # the server dies: its agent is lost, requests sent to it fail
+    RECOVER = "recover"  # it comes back, agent and all
+    CAPACITY = "capacity"  # its capacity becomes `value`
+    LOAD = "load"  # the offered load becomes `value` (a share of the initial total capacity)
+
+
+@dataclass(frozen=True)
+class Event:
+    time: float
+    kind: EventKind
+    server: int = 0  # index into Scenario.servers; unused for LOAD
+    value: float = 0.0
+
+
+@dataclass(frozen=True)
+class Scenario:
+    servers: Sequence[Server]
+    load: float  # offered requests/s as a share of the present servers' total capacity at the start
+    duration: float = 60.0
+    settings: PolicySettings = PolicySettings()
+    events: Sequence[Event] = ()
+    packets_per_request: float = 4.0
+    update_interval: float = 2.0
+    health_interval: float = 1.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Pass:
+    """What one pass decided, and the cluster it saw and left behind."""
+
+    time: float
+    weights: tuple[int | None, ...]  # the kernel's weights after the pass; None: not in the table
+    shares: tuple[float, ...]  # each server's share of the offered requests from now on
+    utilisations: tuple[float, ...]  # true utilisation, from now on, before noise
+    excess: float  # requests/s offered beyond what the servers can take (or sent to dead ones)
+    reasons: tuple[Reason | None, ...]
+    details: tuple[str, ...]
+    writes: int  # weights this pass changed in the kernel
+
+
+def capacity_shares(servers: Sequence[Server], up: Sequence[bool]) -> tuple[float, ...]:
+    total = sum(server.capacity for server, alive in zip(servers, up) if alive)
+    return tuple(server.capacity / total if alive and total else 0.0 for server, alive in zip(servers, up))
+
+
+def equal_utilisation_shares(servers: Sequence[Server], up: Sequence[bool], rate: float) -> tuple[float, ...]:
+    """
+    The shares at which every live server runs at the same utilisation (the
+    fixed point of a utilisation-balancing policy): capacity shares when the
+    floors are alike; a server whose floor is above that utilisation gets none.
+    """
+    live = [i for i, alive in enumerate(up) if alive]
+    # u such that sum of capacity_i * max(0, u - floor_i) = rate; bisection, the sum is monotone.
+    low, high = 0.0, 1.0 + max(servers[i].floor for i in live)
+    for _ in range(60):
+        middle = (low + high) / 2
+        if sum(servers[i].capacity * max(0.0, middle - servers[i].floor) for i in live) < rate:
+            low = middle
+        else:
+            high = middle
+    taken = [servers[i].capacity * max(0.0, high - servers[i].floor) if up[i] else 0.0 for i in range(len(servers))]
+    total = sum(taken)
+    return tuple(t / total for t in taken)
+
+
+def dest(index: int) -> DestKey:
+    return DestKey.of(f"198.51.100.{index + 1}", 80)
+
+
+class _Cluster:
+    """The mutable model: the simulation's own state, never shown outside `run`."""
+
+    def __init__(self, scenario: Scenario):
+        self.scenario = scenario
+        self.random = random.Random(scenario.seed)
+        self.servers = list(scenario.servers)
+        self.present = [server.present for server in self.servers]
+        self.alive = list(self.present)
+        self.rate = scenario.load * sum(s.capacity for s in self.servers if s.present)
+        self.kernel: list[int | None] = [None] * len(self.servers)
+        self.packets = [0] * len(self.servers)
+        self.reports: list[HealthReport | None] = [None] * len(self.servers)
+        self.agents = [Agent(AgentState.CONNECTED, 0.0) if p else Agent() for p in self.present]
+
+    def shares(self) -> list[float]:
+        weights = [w or 0 for w in self.kernel]
+        total = sum(weights)
+        return [w / total if total else 0.0 for w in weights]
+
+    def utilisations(self, shares: Sequence[float]) -> list[float]:
+        return [
+            min(1.0, server.floor + self.rate * share / server.capacity) if alive else 0.0
+            for server, share, alive in zip(self.servers, shares, self.alive)
+        ]
+
+    def excess(self, shares: Sequence[float]) -> float:
+        if not any(self.kernel):
+            return self.rate
+        lost = 0.0
+        for server, share, alive in zip(self.servers, shares, self.alive):
+            offered = self.rate * share
+            lost += offered if not alive else max(0.0, offered - server.capacity * (1 - server.floor))
+        return lost
+
+    def apply(self, event: Event, now: float) -> None:
+        i = event.server
+        match event.kind:
+            case EventKind.JOIN | EventKind.RECOVER:
+                self.present[i] = self.alive[i] = True
+                self.agents[i] = Agent(AgentState.CONNECTED, now)
+                self.reports[i] = None
+            case EventKind.FAIL:
+                self.alive[i] = False
+                self.agents[i] = Agent(AgentState.LOST, now)
+            case EventKind.CAPACITY:
+                self.servers[i] = replace(self.servers[i], capacity=event.value)
+            case EventKind.LOAD:
+                self.rate = event.value * sum(s.capacity for s in self.scenario.servers if s.present)
+
+    def report(self, now: float) -> None:
+        utilisations = self.utilisations(self.shares())
+        for i, server in enumerate(self.servers):
+            if not (self.present[i] and self.alive[i]):
+                continue
+            measured = utilisations[i] + (self.random.gauss(0.0, server.noise) if server.noise else 0.0)
+            health = min(HEALTH_MAX, max(HEALTH_SATURATED, round(HEALTH_MAX * (1 - measured))))
+            self.reports[i] = HealthReport(int(health), now)
+
+    def carry(self, seconds: float) -> None:
+        """The packets each server receives over `seconds` at the current shares."""
+        for i, share in enumerate(self.shares()):
+            if self.kernel[i] is not None:
+                expected = self.rate * share * self.scenario.packets_per_request * seconds
+                self.packets[i] += _poisson(self.random, expected)
+
+    def inputs(self) -> dict[DestKey, ServerInput]:
+        return {
+            dest(i): ServerInput(
+                base_weight=server.base_weight,
+                agent=self.agents[i],
+                report=self.reports[i],
+                counters=DestCounters(packets=self.packets[i]) if self.kernel[i] is not None else None,
+                current_weight=self.kernel[i],
+            )
+            for i, server in enumerate(self.servers)
+            if self.present[i]
+        }
+
+
+def _poisson(rng: random.Random, mean: float) -> int:
+    if mean <= 0:
+        return 0
+    if mean > 50:
+        return max(0, round(rng.gauss(mean, math.sqrt(mean))))
+    # Knuth: multiply uniforms until the product falls below e^-mean.
+    limit, count, product = math.exp(-mean), 0, rng.random()
+    while product > limit:
+        count += 1
+        product *= rng.random()
+    return count
+
+
+def run(scenario: Scenario) -> list[Pass]:
+    """Every pass of `scenario`, in order; the first at time 0."""
+    cluster = _Cluster(scenario)
+    state = PolicyState()
+    # Every moment something happens, in order: (time, order, what); at equal
+    # times events come first, then reports, then the pass.
+    moments: list[tuple[float, int, object]] = [(e.time, 0, e) for e in scenario.events]
+    offset = scenario.update_interval - 0.5 if scenario.health_interval == scenario.update_interval else 0.5
+    t = offset % scenario.health_interval if scenario.health_interval else scenario.duration + 1
+    while t <= scenario.duration:
+        moments.append((t, 1, "report"))
+        t += scenario.health_interval
+    passes = int(scenario.duration // scenario.update_interval) + 1
+    moments += [(k * scenario.update_interval, 2, "pass") for k in range(passes)]
+    moments.sort(key=lambda moment: (moment[0], moment[1]))
+
+    history: list[Pass] = []
+    clock = 0.0
+    for now, _, what in moments:
+        cluster.carry(now - clock)
+        clock = now
+        if isinstance(what, Event):
+            cluster.apply(what, now)
+        elif what == "report":
+            cluster.report(now)
+        else:
+            state, record = _one_pass(cluster, scenario.settings, state, now)
+            history.append(record)
+    return history
+
+
+def _one_pass(cluster: _Cluster, settings: PolicySettings, state: PolicyState, now: float):
+    decisions, state = decide({SERVICE: ServiceInput(settings, cluster.inputs())}, state, now)
+    service = decisions[SERVICE]
+    writes = 0
+    reasons: list[Reason | None] = []
+    details: list[str] = []
+    for i in range(len(cluster.servers)):
+        decision = service.servers.get(dest(i))
+        reasons.append(decision.reason if decision else None)
+        details.append(decision.detail if decision else "")
+        if decision is None:
+            continue
+        current = cluster.kernel[i]
+        # As WeightUpdater._change_for: add when absent, edit when written, delete when removed.
+        if decision.remove:
+            if current is not None:
+                cluster.kernel[i] = None
+                cluster.packets[i] = 0  # a new dest starts a new total
+                writes += 1
+        elif current is None:
+            cluster.kernel[i] = decision.weight
+            writes += 1
+        elif decision.weight != current and decision.write:
+            cluster.kernel[i] = decision.weight
+            writes += 1
+    shares = cluster.shares()
+    record = Pass(
+        time=now,
+        weights=tuple(cluster.kernel),
+        shares=tuple(shares),
+        utilisations=tuple(cluster.utilisations(shares)),
+        excess=cluster.excess(shares),
+        reasons=tuple(reasons),
+        details=tuple(details),
+        writes=writes,
+    )
+    return state, record
+
+
+def table(history: Sequence[Pass], every: int = 1) -> str:
+    """The trajectory as text: one line a pass, weights, shares %, utilisations %."""
+    count = len(history[0].weights)
+    names = [f"rs{i + 1}" for i in range(count)]
+    header = (
+        f"{'t':>5}  " + " ".join(f"{'w ' + n:>7}" for n in names) + "  " + " ".join(f"{'%' + n:>6}" for n in names)
+        + "  " + " ".join(f"{'u ' + n:>6}" for n in names) + f"  {'excess':>7}  writes"
+    )
+    lines = [header]
+    for record in history[::every]:
+        weights = " ".join(f"{'-' if w is None else w:>7}" for w in record.weights)
+        shares = " ".join(f"{100 * s:>6.1f}" for s in record.shares)
+        utils = " ".join(f"{100 * u:>6.1f}" for u in record.utilisations)
+        lines.append(f"{record.time:>5.0f}  {weights}  {shares}  {utils}  {record.excess:>7.2f}  {record.writes:>6}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m lvsfeedback.director.simulate",
+        description="Run the weight policy against a model cluster (fluid weighted round robin) and print each pass.",
+    )
+    parser.add_argument("--capacity", type=float, nargs="+", default=[1.0, 2.0, 4.0],
+                        help="requests/s each server serves at full utilisation (default 1 2 4), one per server")
+    parser.add_argument("--floor", type=float, nargs="+", default=[0.1],
+                        help="idle utilisation of each server (one value for all, or one per server)")
+    parser.add_argument("--noise", type=float, default=0.01, help="sd of the reported utilisation")
+    parser.add_argument("--load", type=float, default=0.4, help="offered load, share of the total capacity")
+    parser.add_argument("--scale", type=float, default=10.0,
+                        help="multiply every capacity by this (requests/s; with --packets it sets how many packets count)")
+    parser.add_argument("--packets", type=float, default=4.0, help="packets per request")
+    parser.add_argument("--mode", choices=[m.value for m in Mode], default=PolicySettings().mode.value)
+    parser.add_argument("--duration", type=float, default=60.0)
+    parser.add_argument("--capacity-change", nargs=3, metavar=("TIME", "SERVER", "CAPACITY"), action="append",
+                        default=[], help="at TIME, server number SERVER (1-based) gets CAPACITY (before --scale)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    floors = args.floor * len(args.capacity) if len(args.floor) == 1 else args.floor
+    if len(floors) != len(args.capacity):
+        parser.error("give one --floor, or one per --capacity")
+    servers = [Server(c * args.scale, f, args.noise) for c, f in zip(args.capacity, floors)]
+    events = [Event(float(t), EventKind.CAPACITY, int(s) - 1, float(c) * args.scale) for t, s, c in args.capacity_change]
+    scenario = Scenario(servers, args.load, args.duration, PolicySettings(mode=Mode(args.mode)), events,
+                        args.packets, seed=args.seed)
+    history = run(scenario)
+    print(table(history))
+    up = [True] * len(servers)
+    print("capacity shares %:", " ".join(f"{100 * s:.1f}" for s in capacity_shares(servers, up)))
+    print("last pass:", "; ".join(f"rs{i + 1} {d}" for i, d in enumerate(history[-1].details)))
+
+
+if __name__ == "__main__":
+    main()
