@@ -15,7 +15,9 @@ One pass, per virtual service:
 2. Servers with live feedback get a weight from the service's mode: ``health``
    (base x smoothed health / 100) or ``capacity`` (a controller that evens
    out utilisation, utilisation = 1 - smoothed health / 100, so that shares
-   follow capacity; see `_capacity_weights`), clamped to [floor, ceiling].
+   follow capacity, stepping from where the traffic really goes, counted in
+   the kernel's packet totals; see `_capacity_weights`), clamped to [floor,
+   ceiling].
    Capacity mode used to divide each server's packet rate by its
    utilisation (gRPC's and Envoy's estimator); a server's idle utilisation
    made a server that got little look small, and it starved (#14).
@@ -179,6 +181,9 @@ class ServerMemory:
     smoothed_at: float | None = None  # time of the latest report folded into it
     up: bool = False  # had a non-zero weight (panic aside) at the last pass
     ramp_start: float | None = None  # when its current slow start began
+    packets: int | None = None  # the kernel's incoming packet total at `packets_at`
+    packets_at: float | None = None
+    packet_rate: float | None = None  # smoothed packets per second; None until two passes
     # Capacity mode: the weight the controller chose at the last pass, before
     # rounding, slow start and hysteresis; None when it has none.
     target: float | None = None
@@ -230,7 +235,9 @@ def _decide_service(
 ) -> tuple[ServiceDecision, dict[DestKey, ServerMemory]]:
     settings = service.settings
     folded = {
-        dest: _fold_report(previous[dest] or ServerMemory(), server.report, settings)
+        dest: _fold_packets(
+            _fold_report(previous[dest] or ServerMemory(), server.report, settings), server.counters, settings, now
+        )
         for dest, server in service.servers.items()
     }
     assessments: dict[DestKey, _Assessment] = {}
@@ -241,7 +248,7 @@ def _decide_service(
             assessments[dest] = assessment
         elif server.report is not None and folded[dest].smoothed_health is not None:
             # _assess returns None only for a fresh report, which is folded in.
-            feedback[dest] = _Feedback(server.report.value, folded[dest].smoothed_health)
+            feedback[dest] = _Feedback(server.report.value, folded[dest].smoothed_health, folded[dest].packet_rate)
     weights, controls = _feedback_weights(service.servers, feedback, previous, settings, now)
     assessments.update(weights)
 
@@ -298,6 +305,26 @@ def _fold_report(memory: ServerMemory, report: HealthReport | None, settings: Po
     return replace(memory, smoothed_health=smoothed, smoothed_at=report.time)
 
 
+def _fold_packets(
+    memory: ServerMemory, counters: DestCounters | None, settings: PolicySettings, now: float
+) -> ServerMemory:
+    """The packet rate since the last pass folded in, by the same EWMA as health."""
+    if counters is None or memory.packets_at == now:
+        return memory
+    if memory.packets is None or memory.packets_at is None or now < memory.packets_at or counters.packets < memory.packets:
+        # First sight, a clock stepped back, or a total that restarted (the
+        # server was deleted and added again): a new baseline, no rate yet.
+        return replace(memory, packets=counters.packets, packets_at=now, packet_rate=None)
+    elapsed = now - memory.packets_at
+    rate = (counters.packets - memory.packets) / elapsed
+    if memory.packet_rate is None or not settings.smoothing_half_life:
+        smoothed = rate
+    else:
+        alpha = 1 - 2 ** (-elapsed / settings.smoothing_half_life)
+        smoothed = memory.packet_rate + alpha * (rate - memory.packet_rate)
+    return replace(memory, packets=counters.packets, packets_at=now, packet_rate=smoothed)
+
+
 def _assess(server: ServerInput, settings: PolicySettings, now: float) -> _Assessment | None:
     """One server's weight from its own facts; None when it has live feedback > 0."""
     if isinstance(server.override, Drained):
@@ -345,6 +372,7 @@ def _lost(server: ServerInput, settings: PolicySettings, reason: Reason, detail:
 class _Feedback:
     latest: int  # the health just reported
     smoothed: float
+    packet_rate: float | None  # smoothed incoming packets per second
 
 
 def _feedback_weights(
@@ -375,6 +403,13 @@ def _feedback_weights(
 _GAIN = 1.0
 _MAX_STEP = 2.0
 _INTEGRAL_GAIN = 0.5
+# Packets a second a server must receive for its share of the traffic to be
+# counted (about a hundred packets in a smoothing window); below it, noise
+# in so few packets would move the weights more than the traffic does.
+_COUNTED_RATE = 20.0
+# A step starts from at least this part of a server's base share, so that
+# one that gets next to no traffic now still climbs back quickly.
+_LEAST_SHARE = 1 / 8
 
 
 @dataclass(frozen=True)
@@ -396,21 +431,38 @@ def _capacity_weights(
     """
     Weights that bring every server to the same utilisation, which puts each
     server's share in proportion to its capacity (the aim of Cloudflare's
-    Unimog). A server's new weight is the share of the kernel's weights it
-    has had, times (mean utilisation / its utilisation) ** gain, within
-    [1/step, step]; that share is smoothed like health, so that it and the
-    utilisation it caused lag alike and the step lands where it aims rather
-    than ringing. A server within `dead_band` of the mean keeps its weight.
-    The weights are then scaled to add up to the base weights (no drift).
+    Unimog). A server's new weight is the share of the traffic it has had,
+    times (mean utilisation / its utilisation) ** gain, within [1/step,
+    step]. The share of the traffic is counted in the kernel's packets when
+    every server gets enough of them to count; otherwise it is the share of
+    the kernel's weights it has had. Either is smoothed like health, so that
+    it and the utilisation it caused lag alike and the step lands where it
+    aims rather than ringing; and the traffic, not the weights, is what the
+    step starts from because persistent connections follow new weights only
+    as they are renewed. A server within `dead_band` of the mean keeps its
+    weight. The weights are then scaled to add up to the base weights (no
+    drift).
 
-    No traffic measurement enters: a server below the mean always gains,
-    however little it gets now, so none can be starved; one above it always
-    loses. A server new to the controller starts at the weight the kernel
+    The traffic sets where a step starts, never how big it is, and a step
+    starts from at least an eighth of the server's base share: a server
+    below the mean always gains, however little it gets now, so none can be
+    starved (the trap of dividing its traffic by its utilisation, #14); one
+    above it always loses. A server new to the controller starts at the weight the kernel
     gives it (a director restart) or its base weight. While a server ramps
     up, its utilisation shows the ramp, not its weight: it may lose then,
     never gain.
     """
     utilisations = {dest: max(1 - health.smoothed / 100, settings.min_utilisation) for dest, health in feedback.items()}
+    rates = {dest: health.packet_rate for dest, health in feedback.items()}
+    rate_total = sum(rate or 0 for rate in rates.values())
+    # Where the traffic really goes: with persistent connections it follows
+    # new weights only as connections are renewed, so a step taken from the
+    # weights' shares would be taken again and again before it shows.
+    traffic = (
+        {dest: rate / rate_total for dest, rate in rates.items()}
+        if all(rate is not None and rate >= _COUNTED_RATE for rate in rates.values())
+        else {}
+    )
     mean = sum(utilisations.values()) / len(utilisations)
     base_total = sum(servers[dest].base_weight for dest in feedback)
     kernel_total = sum(servers[dest].current_weight or 0 for dest in feedback)
@@ -437,7 +489,8 @@ def _capacity_weights(
             raw[dest] = memory.target
             details[dest] = f"{comparison}: slow start, held"
         else:
-            raw[dest] = share[0] * base_total * factor
+            anchor = max(traffic.get(dest, share[0]), _LEAST_SHARE * server.base_weight / base_total)
+            raw[dest] = anchor * base_total * factor
             current = server.current_weight
             if current and abs(raw[dest] - current) < settings.hysteresis * current:
                 # A step hysteresis would not write, most often because idle

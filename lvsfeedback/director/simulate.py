@@ -12,7 +12,10 @@ utilisation its agent reports. Clients offer a constant request rate, a
 fraction of the cluster's total capacity. The scheduler is a fluid weighted
 round robin: a server's share of requests is its kernel weight over the sum
 of kernel weights, so feedback has to do all the balancing (wlc would help
-it). Utilisation is ``min(1, floor + requests/s / capacity)``; requests
+it). With persistent connections (`connection_life` > 0) the traffic
+follows the weights only as connections are renewed: each server's share of
+the requests moves towards its share of the weights with that time
+constant, the lag a controller must not overshoot on. Utilisation is ``min(1, floor + requests/s / capacity)``; requests
 beyond what a server can take are its excess. The kernel's packet total of
 each server advances by a Poisson draw of ``packets_per_request`` packets a
 request, so low rates count in whole, noisy packets as they do in IPVS.
@@ -90,6 +93,8 @@ class Scenario:
     packets_per_request: float = 4.0
     update_interval: float = 2.0
     health_interval: float = 1.0
+    # Seconds a client connection lives; 0: every request is placed afresh.
+    connection_life: float = 0.0
     seed: int = 0
 
 
@@ -150,11 +155,30 @@ class _Cluster:
         self.packets = [0] * len(self.servers)
         self.reports: list[HealthReport | None] = [None] * len(self.servers)
         self.agents = [Agent(AgentState.CONNECTED, 0.0) if p else Agent() for p in self.present]
+        self.traffic: list[float] = [0.0] * len(self.servers)  # each server's share of the requests
 
-    def shares(self) -> list[float]:
+    def weight_shares(self) -> list[float]:
         weights = [w or 0 for w in self.kernel]
         total = sum(weights)
         return [w / total if total else 0.0 for w in weights]
+
+    def shares(self) -> list[float]:
+        return list(self.traffic)
+
+    def advance(self, seconds: float) -> None:
+        """The traffic after `seconds` more of connections being renewed by the current weights."""
+        target = self.weight_shares()
+        life = self.scenario.connection_life
+        if not life or not any(self.traffic):
+            self.traffic = target
+            return
+        kept = math.exp(-seconds / life)
+        self.traffic = [want + (now - want) * kept for want, now in zip(target, self.traffic)]
+
+    def placed_afresh(self) -> None:
+        """After a pass: without persistent connections, requests follow the new weights at once."""
+        if not self.scenario.connection_life:
+            self.traffic = self.weight_shares()
 
     def utilisations(self, shares: Sequence[float]) -> list[float]:
         return [
@@ -181,6 +205,11 @@ class _Cluster:
             case EventKind.FAIL:
                 self.alive[i] = False
                 self.agents[i] = Agent(AgentState.LOST, now)
+                # Its clients' connections break; they reconnect by the weights.
+                others = sum(self.traffic) - self.traffic[i]
+                moved, self.traffic[i] = self.traffic[i], 0.0
+                if others:
+                    self.traffic = [share * (1 + moved / others) for share in self.traffic]
             case EventKind.CAPACITY:
                 self.servers[i] = replace(self.servers[i], capacity=event.value)
             case EventKind.LOAD:
@@ -249,6 +278,7 @@ def run(scenario: Scenario) -> list[Pass]:
     clock = 0.0
     for now, _, what in moments:
         cluster.carry(now - clock)
+        cluster.advance(now - clock)
         clock = now
         if isinstance(what, Event):
             cluster.apply(what, now)
@@ -285,6 +315,7 @@ def _one_pass(cluster: _Cluster, settings: PolicySettings, state: PolicyState, n
         elif decision.weight != current and decision.write:
             cluster.kernel[i] = decision.weight
             writes += 1
+    cluster.placed_afresh()
     shares = cluster.shares()
     record = Pass(
         time=now,
@@ -334,6 +365,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--capacity-change", nargs=3, metavar=("TIME", "SERVER", "CAPACITY"), action="append",
                         default=[], help="at TIME, server number SERVER (1-based) gets CAPACITY (before --scale)")
+    parser.add_argument("--connection-life", type=float, default=0.0,
+                        help="seconds a client connection lives (0: every request placed afresh)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     floors = args.floor * len(args.capacity) if len(args.floor) == 1 else args.floor
@@ -342,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     servers = [Server(c * args.scale, f, args.noise) for c, f in zip(args.capacity, floors)]
     events = [Event(float(t), EventKind.CAPACITY, int(s) - 1, float(c) * args.scale) for t, s, c in args.capacity_change]
     scenario = Scenario(servers, args.load, args.duration, PolicySettings(mode=Mode(args.mode)), events,
-                        args.packets, seed=args.seed)
+                        args.packets, connection_life=args.connection_life, seed=args.seed)
     history = run(scenario)
     print(table(history))
     up = [True] * len(servers)

@@ -5,7 +5,12 @@ never do worse than no feedback), on lvsfeedback.director.simulate.
 The clusters: 2 to 8 servers, capacities up to 1:8, idle floors 0 to 0.15,
 report noise 0 to 0.03, offered load 5 % to 120 % of the total capacity,
 request rates from a few a second (where packet counts are small and noisy)
-to hundreds. Passes every 2 s, health reports every 1 s, shipped defaults.
+to hundreds; short requests, and persistent connections living 33 s (as in
+the lab). Passes every 2 s, health reports every 1 s, shipped defaults.
+
+The examples are drawn the same way on every run (derandomize): a property
+that holds on them holds in CI too. `bench/policy_sweep.py` gives the
+figures over hundreds of clusters.
 """
 
 from __future__ import annotations
@@ -24,14 +29,15 @@ from lvsfeedback.director.simulate import (
 )
 
 CAPACITY = PolicySettings(mode=Mode.CAPACITY)
-SETTLED = 15  # passes (30 s, slow start included) within which weights settle
-EXAMPLES = hypothesis_settings(max_examples=15, deadline=None)
+SETTLED = 20  # passes (40 s, slow start included) within which weights settle
+EXAMPLES = hypothesis_settings(max_examples=20, deadline=None, derandomize=True)
+CONNECTION_LIFE = 33.0  # seconds, as the lab's persistent connections
 
 
 @st.composite
-def clusters(draw, floors_alike: bool = False):
+def clusters(draw, floors_alike: bool = False, scales=(0.5, 3.0, 20.0, 100.0)):
     count = draw(st.integers(2, 8))
-    scale = draw(st.sampled_from([0.5, 3.0, 20.0, 100.0]))  # requests/s per unit of capacity
+    scale = draw(st.sampled_from(scales))  # requests/s per unit of capacity
     noise = draw(st.floats(0, 0.03))
     shared_floor = draw(st.floats(0, 0.15))
     return [
@@ -106,6 +112,35 @@ class NoStarvationTests(SynchronousTestCase):
             self.assertGreater(min(record.weights[0] for record in history[10:]), 10, seed)
 
 
+class PersistentConnectionTests(SynchronousTestCase):
+    """
+    Persistent connections: traffic follows new weights only as connections
+    are renewed, so a controller that stepped from the weights alone would
+    step again and again before the traffic showed it, and swing. Over four
+    minutes no server starves (as above, but from the 30th pass: traffic
+    that starts far from its fixed point takes a connection's life or two to
+    get there however right the weights) and the shares end, averaged over
+    the last 10 passes, within 30 % of the equalising shares. Where every
+    server gets enough packets for the policy to count its traffic (20 a
+    second; a cluster of tens of requests a second or more): below that the
+    policy steps from the weights, and with persistent connections it still
+    swings (#14, open).
+    """
+
+    @EXAMPLES
+    @given(clusters(scales=(20.0, 100.0)), st.floats(0.3, 0.7), st.integers(0, 2**16))
+    def test_persistent_connections_neither_starve_nor_swing_away_from_equal_utilisation(self, servers, load, seed):
+        load = max(0.2, load - max(server.floor for server in servers))
+        history = run(Scenario(servers, load, 240.0, CAPACITY, connection_life=CONNECTION_LIFE, seed=seed))
+        self.assertGreaterEqual(starvation(history, servers, start=30), 0.5)
+        rate = load * sum(server.capacity for server in servers)
+        reference = equal_utilisation_shares(servers, [True] * len(servers), rate)
+        last = history[-10:]
+        averaged = [sum(record.shares[i] for record in last) / len(last) for i in range(len(servers))]
+        for share, want in zip(averaged, reference):
+            self.assertLessEqual(abs(share / want - 1), 0.3, f"shares {averaged}, wanted {reference}")
+
+
 class FixedPointTests(SynchronousTestCase):
     """
     Fixed point: once settled, averaged over the last 10 passes (noise
@@ -141,8 +176,8 @@ class FixedPointTests(SynchronousTestCase):
 
 class SettlingTests(SynchronousTestCase):
     """
-    Convergence: from equal weights, every share is within 20 % of the equalising shares within
-    `SETTLED` passes (30 s) and stays there. No oscillation: after that the
+    Convergence: from equal weights, every share is within 20 % of the
+    equalising shares within `SETTLED` passes (40 s) and stays there. No oscillation: after that the
     shares stay within that band, with at most one write per server per 5
     passes (noise nudges weights across the hysteresis band now and then).
     """

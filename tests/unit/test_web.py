@@ -225,7 +225,6 @@ class StatusTests(DirectorCase):
         self.assertEqual(server["kernel_weight"], 40)
         self.assertEqual(server["desired_weight"], 40)
         self.assertEqual(server["reason"], "health")
-        # Capacity mode, the default, has no packet rate before two passes.
         self.assertEqual(server["detail"], "health 40 (smoothed 40.0)")
         self.assertFalse(server["pending"])
 
