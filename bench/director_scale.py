@@ -133,6 +133,7 @@ AGENTS_PER_PROCESS = 2500
 # director's listen backlog is never the bottleneck.
 CONNECT_RATE = 1000.0
 CONNECT_STEP = 50
+UP_TIMEOUT = 120.0  # seconds, after the last connection is opened
 
 
 def run_agents(args) -> None:
@@ -142,7 +143,8 @@ def run_agents(args) -> None:
     a value the parent sets through stdin: "set HEALTH N..." answers "set
     TIME" (time.time() once set), "cpu" answers "cpu SECONDS", "lost" answers
     "lost FAILED ENDED" (connections that failed, sessions that ended).
-    "up COUNT" is printed once every session is up.
+    "up COUNT" is printed once every session is up, or after UP_TIMEOUT
+    seconds with the count of sessions up then (these agents do not reconnect).
     """
     from twisted.internet import reactor, stdio, task
     from twisted.internet.endpoints import TCP4ClientEndpoint
@@ -212,9 +214,12 @@ def run_agents(args) -> None:
         if first + CONNECT_STEP < args.agents:
             reactor.callLater(pause, connect, first + CONNECT_STEP)
 
+    given_up = time.monotonic() + args.agents / (args.connect_rate / args.processes) + UP_TIMEOUT
+
     def report_up() -> None:
-        if all(factory.session is not None for factory in factories):
-            commands.sendLine(f"up {len(factories)}".encode())
+        up = sum(1 for factory in factories if factory.session is not None)
+        if up == len(factories) or time.monotonic() > given_up:
+            commands.sendLine(f"up {up}".encode())
             watch.stop()
 
     watch = task.LoopingCall(report_up)
@@ -271,9 +276,9 @@ class AgentsProcesses:
             for first in range(0, count, share)
         ]
 
-    def wait_up(self) -> None:
-        for process in self.processes:
-            process.expect("up")
+    def wait_up(self) -> int:
+        """The sessions up once every process has either all of its agents up or given up waiting."""
+        return sum(int(process.expect("up")[0]) for process in self.processes)
 
     def set_health(self, health: int, numbers: list[int]) -> dict[int, float]:
         """When each agent's process took the new value."""
@@ -371,8 +376,12 @@ def run_scale(args) -> dict:
                                 workdir / "agents.log")
         try:
             connecting = time.monotonic()
-            await blocking(agents.wait_up)
+            up = await blocking(agents.wait_up)
             result["connect_seconds"] = time.monotonic() - connecting
+            if up < count:
+                failed, ended = await blocking(agents.lost)
+                raise RuntimeError(f"only {up} of {count} agents' sessions came up: the director refused "
+                                   f"{refusals['count']}, {failed} connections failed, {ended} sessions ended")
             # Every agent reported and every decision is its health's.
             deadline = time.monotonic() + 300
             while not (
