@@ -144,7 +144,8 @@ def run_agents(args) -> None:
     TIME" (time.time() once set), "cpu" answers "cpu SECONDS", "lost" answers
     "lost FAILED ENDED" (connections that failed, sessions that ended).
     "up COUNT" is printed once every session is up, or after UP_TIMEOUT
-    seconds with the count of sessions up then (these agents do not reconnect).
+    seconds with the count of sessions up then. An agent whose connection
+    fails or ends dials again 1-5 s later, as a real one would.
     """
     from twisted.internet import reactor, stdio, task
     from twisted.internet.endpoints import TCP4ClientEndpoint
@@ -168,21 +169,31 @@ def run_agents(args) -> None:
     lost = {"failed": 0, "ended": 0}
 
     class CountingSEFactory(SEFactory):
+        def __init__(self, index: int, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.index = index
+
         def session_ended(self, session, reason, was_established):
             lost["ended"] += 1
             super().session_ended(session, reason, was_established)
+            redial(self.index)
 
-    def failed(failure) -> None:
+    def redial(index: int) -> None:
+        # As a real agent's ClientService would, after a jittered pause.
+        reactor.callLater(1.0 + 4.0 * random.random(), dial, index)
+
+    def failed(failure, index: int) -> None:
         lost["failed"] += 1
+        redial(index)
 
     host, port = args.director.rsplit(":", 1)
     timing = {"keepalive_interval": args.keepalive, "keepalive_jitter": args.jitter}
     numbers = range(args.first, args.first + args.agents)
     sources = {number: SettableHealth(args.health) for number in numbers}
     factories = [
-        CountingSEFactory(sources[number], {Service(FORWARD_LAYER3, socket.IPPROTO_TCP, HEALTH_PORT)},
+        CountingSEFactory(index, sources[number], {Service(FORWARD_LAYER3, socket.IPPROTO_TCP, HEALTH_PORT)},
                           clock=reactor, **timing)
-        for number in numbers
+        for index, number in enumerate(numbers)
     ]
 
     class Commands(LineReceiver):
@@ -205,12 +216,15 @@ def run_agents(args) -> None:
     stdio.StandardIO(commands)
     pause = CONNECT_STEP / (args.connect_rate / args.processes)
 
+    def dial(index: int) -> None:
+        endpoint = TCP4ClientEndpoint(reactor, host, int(port), timeout=30,
+                                      bindAddress=(agent_address(numbers[index]), 0))
+        endpoint.connect(factories[index]).addErrback(failed, index)
+
     def connect(first: int) -> None:
         # In steps, so the director's listen backlog is never the bottleneck.
         for index in range(first, min(first + CONNECT_STEP, args.agents)):
-            number = numbers[index]
-            endpoint = TCP4ClientEndpoint(reactor, host, int(port), timeout=30, bindAddress=(agent_address(number), 0))
-            endpoint.connect(factories[index]).addErrback(failed)
+            dial(index)
         if first + CONNECT_STEP < args.agents:
             reactor.callLater(pause, connect, first + CONNECT_STEP)
 
