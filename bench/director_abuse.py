@@ -321,7 +321,7 @@ class Cluster:
 
     def agents_up(self) -> None:
         director = self.director
-        self.agents = AgentsProcess(f"127.0.0.1:{director.necp_port}", len(LEGITIMATE_HEALTH), 5.0, 1.0, 100,
+        self.agents = AgentsProcess(f"127.0.0.1:{director.necp_port}", 0, len(LEGITIMATE_HEALTH), 1, 5.0, 1.0, 100,
                                     self.workdir / "agents.log", secret_file=self.workdir / "necp.secret")
         # The agents connect once and never again: a director too busy to
         # answer their INIT in time leaves them waiting for nothing.

@@ -5,10 +5,14 @@ The director at scale: three figures (issue #5).
                      x 100 real servers) through KernelIPVS.apply, against
                      `ipvsadm -R` making the same 1,000 edits, in the same run.
   --part scale       host. One director (observe mode, in-memory table) and
-                     1,000 agents in one other process, each from its own
-                     127.0.x.y address: the director's CPU share of one core,
-                     its RSS, and the latency from a health change at an agent
-                     to the new desired weight in the director's decisions.
+                     --agents N agents (1,000 by default; 10,000 is the
+                     issue's target) in other processes, each agent from its
+                     own 127.0.x.y address: the director's CPU per agent
+                     against keepalived's per real server (one check script
+                     run per 2 s, timed in the same run), its RSS, the latency
+                     from a health change at an agent to the new desired
+                     weight in the director's decisions, and the agents the
+                     director refused.
   --part keepalived  kernel VM. keepalived 2.2 checking 100 real servers with
                      MISC_CHECK misc_dynamic every 2 s, against the director
                      (writing to the kernel) with 100 agents, each asked for
@@ -20,6 +24,7 @@ The director at scale: three figures (issue #5).
                      VM's ratio alone would flatter the director.
 
     .venv/bin/python bench/director_scale.py [--part P]... [--window S] [--rounds N] [--host-only]
+                                             [--agents N] [--profile FILE]
 
 Without --part every part runs. The parts that need IPVS run together in one
 VM booted by lvsfeedback.testing.vm (natively where the kernel has ip_vs);
@@ -97,10 +102,17 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def raise_file_limit() -> None:
-    """A thousand connections need more descriptors than the usual soft limit of 1024."""
+# What the director's systemd unit sets (LimitNOFILE), and so what the bench
+# gives every process it starts, as far as the hard limit allows.
+UNIT_FILE_LIMIT = 65536
+
+
+def raise_file_limit() -> int:
+    """Thousands of connections need more descriptors than the usual soft limit of 1024; the limit set."""
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    soft = UNIT_FILE_LIMIT if hard == resource.RLIM_INFINITY else min(UNIT_FILE_LIMIT, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return soft
 
 
 def begin_logging(path: Path) -> None:
@@ -118,12 +130,25 @@ def percentile(values: list[float], share: float) -> float:
 # The simulated agents: one process, many NECP sessions ----------------------
 
 
+# Agents one process simulates; 10,000 agents take four.
+AGENTS_PER_PROCESS = 2500
+# Connections opened a second, all agents' processes together, so that the
+# director's listen backlog is never the bottleneck.
+CONNECT_RATE = 1000.0
+CONNECT_STEP = 50
+UP_TIMEOUT = 120.0  # seconds, after the last connection is opened
+
+
 def run_agents(args) -> None:
     """
-    `count` agents, agent n connecting from agent_address(n), each starting
-    tcp/80 and answering health queries with a value the parent sets through
-    stdin: "set HEALTH N..." answers "set TIME" (time.time() once set),
-    "cpu" answers "cpu SECONDS". "up COUNT" is printed once every session is up.
+    Agents `first` .. `first + agents - 1`, agent n connecting from
+    agent_address(n), each starting tcp/80 and answering health queries with
+    a value the parent sets through stdin: "set HEALTH N..." answers "set
+    TIME" (time.time() once set), "cpu" answers "cpu SECONDS", "lost" answers
+    "lost FAILED ENDED" (connections that failed, sessions that ended).
+    "up COUNT" is printed once every session is up, or after UP_TIMEOUT
+    seconds with the count of sessions up then. An agent whose connection
+    fails or ends dials again 1-5 s later, as a real one would.
     """
     from twisted.internet import reactor, stdio, task
     from twisted.internet.endpoints import TCP4ClientEndpoint
@@ -144,15 +169,36 @@ def run_agents(args) -> None:
         def health(self, protocol, port):
             return self.value
 
+    lost = {"failed": 0, "ended": 0}
+
+    class CountingSEFactory(SEFactory):
+        def __init__(self, index: int, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.index = index
+
+        def session_ended(self, session, reason, was_established):
+            lost["ended"] += 1
+            super().session_ended(session, reason, was_established)
+            redial(self.index)
+
+    def redial(index: int) -> None:
+        # As a real agent's ClientService would, after a jittered pause.
+        reactor.callLater(1.0 + 4.0 * random.random(), dial, index)
+
+    def failed(failure, index: int) -> None:
+        lost["failed"] += 1
+        redial(index)
+
     host, port = args.director.rsplit(":", 1)
     timing = {"keepalive_interval": args.keepalive, "keepalive_jitter": args.jitter}
     # As the director reads its own secret file: surrounding whitespace is not part of it.
     secret = Path(args.secret_file).read_bytes().strip() if args.secret_file else None
-    sources = [SettableHealth(args.health) for _ in range(args.agents)]
+    numbers = range(args.first, args.first + args.agents)
+    sources = {number: SettableHealth(args.health) for number in numbers}
     factories = [
-        SEFactory(source, {Service(FORWARD_LAYER3, socket.IPPROTO_TCP, HEALTH_PORT)}, clock=reactor, secret=secret,
-                  **timing)
-        for source in sources
+        CountingSEFactory(index, sources[number], {Service(FORWARD_LAYER3, socket.IPPROTO_TCP, HEALTH_PORT)},
+                          clock=reactor, secret=secret, **timing)
+        for index, number in enumerate(numbers)
     ]
 
     class Commands(LineReceiver):
@@ -161,43 +207,57 @@ def run_agents(args) -> None:
         def lineReceived(self, line: bytes) -> None:
             command, *words = line.decode().split()
             if command == "set":
-                health, *numbers = map(int, words)
-                for number in numbers:
+                health, *changed = map(int, words)
+                for number in changed:
                     sources[number].value = health
                 self.sendLine(f"set {time.time():.6f}".encode())
             elif command == "cpu":
                 times = os.times()
                 self.sendLine(f"cpu {times.user + times.system:.3f}".encode())
+            elif command == "lost":
+                self.sendLine(f"lost {lost['failed']} {lost['ended']}".encode())
 
     commands = Commands()
     stdio.StandardIO(commands)
+    pause = CONNECT_STEP / (args.connect_rate / args.processes)
+
+    def dial(index: int) -> None:
+        endpoint = TCP4ClientEndpoint(reactor, host, int(port), timeout=30,
+                                      bindAddress=(agent_address(numbers[index]), 0))
+        endpoint.connect(factories[index]).addErrback(failed, index)
 
     def connect(first: int) -> None:
         # In steps, so the director's listen backlog is never the bottleneck.
-        for number in range(first, min(first + 50, args.agents)):
-            endpoint = TCP4ClientEndpoint(reactor, host, int(port), timeout=30, bindAddress=(agent_address(number), 0))
-            endpoint.connect(factories[number])
-        if first + 50 < args.agents:
-            reactor.callLater(0.05, connect, first + 50)
+        for index in range(first, min(first + CONNECT_STEP, args.agents)):
+            dial(index)
+        if first + CONNECT_STEP < args.agents:
+            reactor.callLater(pause, connect, first + CONNECT_STEP)
+
+    given_up = time.monotonic() + args.agents / (args.connect_rate / args.processes) + UP_TIMEOUT
 
     def report_up() -> None:
-        if all(factory.session is not None for factory in factories):
-            commands.sendLine(f"up {len(factories)}".encode())
+        up = sum(1 for factory in factories if factory.session is not None)
+        if up == len(factories) or time.monotonic() > given_up:
+            commands.sendLine(f"up {up}".encode())
             watch.stop()
 
     watch = task.LoopingCall(report_up)
-    reactor.callWhenRunning(connect, 0)
+    # The processes start their steps at different moments within a pause.
+    reactor.callWhenRunning(reactor.callLater, pause * args.first / max(1, args.agents * args.processes), connect, 0)
     reactor.callWhenRunning(watch.start, 0.2)
     reactor.run()
 
 
 class AgentsProcess:
-    """The agents' process seen from a blocking parent: lines in, lines out."""
+    """One agents' process seen from a blocking parent: lines in, lines out."""
 
-    def __init__(self, director: str, count: int, keepalive: float, jitter: float, health: int, log: Path,
-                 preexec=None, secret_file: Path | None = None):
+    def __init__(self, director: str, first: int, count: int, processes: int, keepalive: float, jitter: float,
+                 health: int, log: Path, preexec=None, connect_rate: float = CONNECT_RATE,
+                 secret_file: Path | None = None):
+        self.numbers = range(first, first + count)
         argv = [sys.executable, str(Path(__file__).resolve()), "--role", "agents", "--director", director,
-                "--agents", str(count), "--keepalive", str(keepalive), "--jitter", str(jitter),
+                "--first", str(first), "--agents", str(count), "--processes", str(processes),
+                "--connect-rate", str(connect_rate), "--keepalive", str(keepalive), "--jitter", str(jitter),
                 "--health", str(health), "--log", str(log)]
         if secret_file is not None:
             argv += ["--secret-file", str(secret_file)]
@@ -223,7 +283,51 @@ class AgentsProcess:
             self.process.wait(timeout=30)
 
 
-# Part "scale" (host): 1,000 agents, observe mode ------------------------------
+class AgentsProcesses:
+    """
+    `count` agents in as many processes as AGENTS_PER_PROCESS asks for, seen
+    as one: agent n lives in the process whose range holds it.
+    """
+
+    def __init__(self, director: str, count: int, keepalive: float, jitter: float, health: int, log: Path):
+        processes = -(-count // AGENTS_PER_PROCESS)
+        share = -(-count // processes)
+        self.processes = [
+            AgentsProcess(director, first, min(share, count - first), processes, keepalive, jitter, health,
+                          log.with_name(f"{log.stem}-{first}{log.suffix}"))
+            for first in range(0, count, share)
+        ]
+
+    def wait_up(self) -> int:
+        """The sessions up once every process has either all of its agents up or given up waiting."""
+        return sum(int(process.expect("up")[0]) for process in self.processes)
+
+    def set_health(self, health: int, numbers: list[int]) -> dict[int, float]:
+        """When each agent's process took the new value."""
+        moments = {}
+        for process in self.processes:
+            mine = [number for number in numbers if number in process.numbers]
+            if mine:
+                (changed_at,) = process.ask(f"set {health} " + " ".join(map(str, mine)), "set")
+                moments.update(dict.fromkeys(mine, float(changed_at)))
+        return moments
+
+    def cpu(self) -> float:
+        return sum(float(process.ask("cpu", "cpu")[0]) for process in self.processes)
+
+    def lost(self) -> tuple[int, int]:
+        counts = [process.ask("lost", "lost") for process in self.processes]
+        return sum(int(failed) for failed, _ in counts), sum(int(ended) for _, ended in counts)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.stop()
+
+
+# Part "scale" (host): 1,000 or 10,000 agents, observe mode ---------------------
+
+SCALE_SERVICES = 10  # virtual services; the agents are their real servers, evenly
+KEEPALIVED_INTERVAL = 2.0  # keepalived's delay_loop: one check script run per server per interval
 
 
 def run_scale(args) -> dict:
@@ -235,10 +339,13 @@ def run_scale(args) -> dict:
     from lvsfeedback.director.service import DirectorService
     from lvsfeedback.ipvs.memory import MemoryIPVS
 
-    raise_file_limit()
-    services, reals = 10, 100
-    count = services * reals
-    workdir = Path(tempfile.mkdtemp(prefix="lvsbench-scale-"))
+    file_limit = raise_file_limit()
+    count = args.agents
+    services, reals = SCALE_SERVICES, count // SCALE_SERVICES
+    workdir = workspace("lvsbench-scale-")
+    # keepalived's cost per real server, timed in this run: the machine's
+    # speed changes from run to run, the ratio much less.
+    script_run = check_script_cost(workdir)
     begin_logging(workdir / "director.log")
     port = free_port()
     # No smoothing, hysteresis or slow start: the desired weight follows one
@@ -253,6 +360,7 @@ def run_scale(args) -> dict:
     config = load_config(config_path)
     timing = {"keepalive_interval": args.keepalive, "keepalive_jitter": args.jitter}
     director = DirectorService(config, reactor, observe=True, table=MemoryIPVS(), **timing)
+    refusals = count_refusals(director.factory)
     me = psutil.Process()
     result: dict = {}
 
@@ -286,11 +394,18 @@ def run_scale(args) -> dict:
         return threads.deferToThread(function, *arguments)
 
     async def measure():
-        agents = await blocking(AgentsProcess, f"127.0.0.1:{port}", count, args.keepalive, args.jitter, 100,
+        agents = await blocking(AgentsProcesses, f"127.0.0.1:{port}", count, args.keepalive, args.jitter, 100,
                                 workdir / "agents.log")
         try:
-            await blocking(agents.expect, "up")
+            connecting = time.monotonic()
+            up = await blocking(agents.wait_up)
+            result["connect_seconds"] = time.monotonic() - connecting
+            if up < count:
+                failed, ended = await blocking(agents.lost)
+                raise RuntimeError(f"only {up} of {count} agents' sessions came up: the director refused "
+                                   f"{refusals['count']}, {failed} connections failed, {ended} sessions ended")
             # Every agent reported and every decision is its health's.
+            deadline = time.monotonic() + 300
             while not (
                 len(director.registry.sessions) == count
                 and all(session.health for session in director.registry.sessions)
@@ -298,11 +413,20 @@ def run_scale(args) -> dict:
                 and all(d.reason == "health" for sd in director.updater.last.decisions.values()
                         for d in sd.servers.values())
             ):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"not every agent reported within 300 s: "
+                                       f"{len(director.registry.sessions)} sessions of {count}")
                 await task.deferLater(reactor, 0.5, lambda: None)
             await task.deferLater(reactor, args.settle, lambda: None)
             watcher = task.LoopingCall(watch_decisions)
             watcher.start(0.1)
-            agents_before = float((await blocking(agents.ask, "cpu", "cpu"))[0])
+            agents_before = await blocking(agents.cpu)
+            profiler = None
+            if args.profile:
+                import cProfile
+
+                profiler = cProfile.Profile()
+                profiler.enable()
             before, started = me.cpu_times(), time.monotonic()
             passes_before = director.updater.passes
             # One group of agents a second changes health, at a random moment
@@ -312,13 +436,17 @@ def run_scale(args) -> dict:
             for group in range(groups):
                 await sleep_until(started + group + random.random())
                 numbers = [n for n in range(count) if n % groups == group]
-                (changed_at,) = await blocking(agents.ask, "set 50 " + " ".join(map(str, numbers)), "set")
-                for number in numbers:
-                    flips[number] = (float(changed_at), 50)
+                changed = await blocking(agents.set_health, 50, numbers)
+                for number, changed_at in changed.items():
+                    flips[number] = (changed_at, 50)
             await sleep_until(started + args.window)
             after, elapsed = me.cpu_times(), time.monotonic() - started
+            if profiler is not None:
+                profiler.disable()
+                profiler.dump_stats(args.profile)
             passes = director.updater.passes - passes_before
-            agents_after = float((await blocking(agents.ask, "cpu", "cpu"))[0])
+            agents_after = await blocking(agents.cpu)
+            failed, ended = await blocking(agents.lost)
             rss = me.memory_info().rss
             # The last group's changes may still be on their way.
             deadline = time.monotonic() + asking_interval(args) + 5
@@ -330,7 +458,9 @@ def run_scale(args) -> dict:
                 agents=count, sessions=len(director.registry.sessions), window=elapsed, cpu_seconds=cpu,
                 cpu_share=cpu / elapsed, rss_mb=rss / 2**20, passes=passes,
                 pass_seconds=director.updater.last.duration, agents_cpu_share=(agents_after - agents_before) / elapsed,
-                latencies=latencies, unresolved=len(flips),
+                latencies=latencies, unresolved=len(flips), script_run=script_run, refused=refusals["count"],
+                failed=failed, ended=ended, file_limit=file_limit, max_agents=config.director.max_agents,
+                load=os.getloadavg(),
             )
         finally:
             await blocking(agents.stop)
@@ -348,6 +478,21 @@ def run_scale(args) -> dict:
     return result
 
 
+def count_refusals(factory) -> dict[str, int]:
+    """Connections the director's factory turns away, counted as they happen (its log line sums them)."""
+    refusals = {"count": 0}
+    build = factory.buildProtocol
+
+    def counted(addr):
+        protocol = build(addr)
+        if protocol is None:
+            refusals["count"] += 1
+        return protocol
+
+    factory.buildProtocol = counted
+    return refusals
+
+
 def asking_interval(args) -> float:
     """The longest a changed health waits before the director asks for it."""
     keepalive = args.keepalive + args.jitter
@@ -356,20 +501,40 @@ def asking_interval(args) -> float:
 
 def print_scale(result: dict, args) -> None:
     asked = asking_interval(args)
-    bound = 2.0 + 0.5 + asked
-    lat = result["latencies"]
-    print(f"\n== scale: 1 director (observe mode), {result['agents']} agents in one process, host ==")
-    print(f"sessions up: {result['sessions']}; keepalive {args.keepalive:g} s + 0..{args.jitter:g} s; "
-          f"health asked every {args.health_interval:g} s (0: on keepalives); update interval 2 s")
+    count, lat = result["agents"], result["latencies"]
+    update = 2.0
+    target = update + 0.5
+    per_agent = result["cpu_share"] / count
+    per_server = result["script_run"] / KEEPALIVED_INTERVAL
+    ratio = per_server / per_agent
+    load = result["load"]
+    print(f"\n== scale: 1 director (observe mode), {count} agents in {-(-count // AGENTS_PER_PROCESS)} "
+          f"other process(es), host, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the end ==")
+    print(f"sessions up: {result['sessions']} (all connected in {result['connect_seconds']:.1f} s); "
+          f"keepalive {args.keepalive:g} s + 0..{args.jitter:g} s; health asked every {args.health_interval:g} s "
+          f"(0: on keepalives); update interval {update:g} s; open files {result['file_limit']}, "
+          f"max_agents {result['max_agents']}")
     print(f"window {result['window']:.1f} s, {result['passes']} passes, last pass {result['pass_seconds'] * 1000:.0f} ms")
-    print(f"director CPU: {result['cpu_seconds']:.2f} s = {100 * result['cpu_share']:.1f} % of one core (target <= 10 %)")
-    print(f"director RSS: {result['rss_mb']:.0f} MB (target <= 300 MB)")
-    print(f"agents' process CPU: {100 * result['agents_cpu_share']:.1f} % of one core (not the director's)")
+    print(f"director CPU: {result['cpu_seconds']:.2f} s = {100 * result['cpu_share']:.1f} % of one core, "
+          f"{1e6 * per_agent * update:.0f} us per agent per {update:g} s round")
+    print(f"keepalived, one check script run (fork, exec /bin/sh, exit 52), timed in this run: "
+          f"{1000 * result['script_run']:.2f} ms CPU = {1e6 * result['script_run']:.0f} us per server per "
+          f"{KEEPALIVED_INTERVAL:g} s")
+    print(f"director per agent = 1/{ratio:.1f} of keepalived per server (target <= 1/10: "
+          f"{'met' if ratio >= 10 else 'missed'})")
+    print(f"director RSS: {result['rss_mb']:.0f} MB (target <= 600 MB: {'met' if result['rss_mb'] <= 600 else 'missed'})")
+    print(f"agents' processes CPU: {100 * result['agents_cpu_share']:.1f} % of one core (not the director's)")
+    refused = result["refused"] + result["failed"] + result["ended"]
+    print(f"refused by the director: {result['refused']}; agents' connections failed: {result['failed']}, "
+          f"sessions ended: {result['ended']} (target: none below max_agents: {'met' if not refused else 'missed'})")
     if lat:
+        within = sum(1 for value in lat if value <= target) / len(lat)
         print(
             f"health change -> desired weight, {len(lat)} changes: min {min(lat):.2f} s, median {statistics.median(lat):.2f} s, "
-            f"p90 {percentile(lat, 0.9):.2f} s, p99 {percentile(lat, 0.99):.2f} s, max {max(lat):.2f} s "
-            f"(bound: update 2 s + 0.5 s + asking {asked:g} s = {bound:g} s)"
+            f"p90 {percentile(lat, 0.9):.2f} s, p99 {percentile(lat, 0.99):.2f} s, max {max(lat):.2f} s; "
+            f"{100 * within:.1f} % within update {update:g} s + 0.5 s = {target:g} s "
+            f"(target: all: {'met' if within == 1 and not result['unresolved'] else 'missed'}; "
+            f"the asking interval {asked:g} s included: {update + 0.5 + asked:g} s)"
         )
     if result["unresolved"]:
         print(f"changes never seen in a decision: {result['unresolved']}")
@@ -661,7 +826,7 @@ def measure_director(workdir: Path, args, keepalive: float, jitter: float, healt
         wait_for(lambda: listening(port) or director.poll() is not None, 180, "the director to listen")
         if director.poll() is not None:
             raise RuntimeError(f"the director exited with status {director.returncode}; its log ends:\n{tail(log)}")
-        agents = AgentsProcess(f"127.0.0.1:{port}", REALS, keepalive, jitter, 50, workdir / f"agents-{port}.log")
+        agents = AgentsProcess(f"127.0.0.1:{port}", 0, REALS, 1, keepalive, jitter, 50, workdir / f"agents-{port}.log")
         agents.expect("up")
         try:
             wait_until_steady(director, args.settle, 300)
@@ -828,7 +993,12 @@ def parse_args(argv):
     # Internal: the processes the parts start.
     parser.add_argument("--role", choices=("agents", "director"), help=argparse.SUPPRESS)
     parser.add_argument("--director", help=argparse.SUPPRESS)
-    parser.add_argument("--agents", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--agents", type=int, default=1000,
+                        help="scale part: agents (a multiple of 10; default 1,000; the issue's target 10,000)")
+    parser.add_argument("--profile", help="scale part: cProfile the director over the window into this file")
+    parser.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--processes", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--connect-rate", type=float, default=CONNECT_RATE, help=argparse.SUPPRESS)
     parser.add_argument("--health", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     parser.add_argument("--secret-file", help=argparse.SUPPRESS)
@@ -853,6 +1023,9 @@ def main(argv=None) -> int:
         run_director(args)
         return 0
     parts = args.part or list(PARTS)
+    if args.agents < SCALE_SERVICES or args.agents % SCALE_SERVICES:
+        print(f"director_scale: --agents must be a positive multiple of {SCALE_SERVICES}", file=sys.stderr)
+        return 2
     print(f"director_scale: {describe_machine()}", flush=True)
     if "scale" in parts and not args.in_vm:
         print_scale(run_scale(argparse.Namespace(**{**vars(args), "window": args.window or 60.0})), args)

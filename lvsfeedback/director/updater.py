@@ -292,12 +292,15 @@ class WeightUpdater(Service):
         held = set()
         for key, service_decision in decisions.items():
             entry = kernel.get(key)
+            in_kernel = entry.dests if entry is not None else {}
+            members = members_by_service[key]
             for dest, decision in service_decision.servers.items():
-                current = self._current(entry, dest)
+                found = in_kernel.get(dest)
+                current = None if found is None else found.server.weight
                 if self._hold(decision, current, now):
                     held.add((key, dest))
                     continue
-                change = self._change_for(key, members_by_service[key][dest], decision, current, weights_only)
+                change = self._change_for(key, members[dest], decision, current, weights_only)
                 if change is not None:
                     changes.append(change)
         return PassResult(now, kernel, decisions, changes, held=held)
@@ -315,7 +318,8 @@ class WeightUpdater(Service):
     def _server_input(self, service, entry: ServiceEntry | None, dest: DestKey, server: RealServer) -> ServerInput:
         facts = self.registry.facts(service, dest)
         kernel_dest = entry.dests.get(dest) if entry is not None else None
-        override = self.overrides.get((service.key, dest))
+        # Usually there is none, and the lookup's key costs two hashes.
+        override = self.overrides.get((service.key, dest)) if self.overrides else None
         return ServerInput(
             base_weight=self._base_weight(service.key, dest, server, kernel_dest),
             agent=facts.agent,
@@ -348,11 +352,10 @@ class WeightUpdater(Service):
         if decision.remove and not weights_only:
             return DeleteDest(key, member.key) if current is not None else None
         weight = 0 if decision.remove else decision.weight
-        server = RealServer(member.key, weight, member.forwarding)
         if current is None:
-            return None if weights_only else AddDest(key, server)
+            return None if weights_only else AddDest(key, RealServer(member.key, weight, member.forwarding))
         if weight != current and (decision.write or decision.remove):
-            return EditDest(key, server)
+            return EditDest(key, RealServer(member.key, weight, member.forwarding))
         return None
 
     def _report_panic(self, decisions: dict[ServiceKey, ServiceDecision]) -> None:

@@ -73,6 +73,18 @@ class DestKey:
     address: str
     port: int
 
+    def __post_init__(self) -> None:
+        # A pass looks every real server up some thirty times by this key
+        # (the policy's and the updater's dicts): hashed once, not each time.
+        object.__setattr__(self, "_hash", hash((self.address, self.port)))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __reduce__(self):
+        # Rebuilt from its fields: a string's hash differs between processes.
+        return (type(self), (self.address, self.port))
+
     @classmethod
     def of(cls, address: str, port: int) -> DestKey:
         return cls(str(ipaddress.ip_address(address)), port)

@@ -3,6 +3,7 @@ The weight updater against the in-memory IPVS table: what it writes, what it
 leaves alone, and how it survives failures. Time is a task.Clock.
 """
 
+import dataclasses
 import os
 import textwrap
 
@@ -237,6 +238,25 @@ class FeedbackTests(UpdaterTestCase):
         stranger = Agent("10.1.0.99", 40000, 9)
         self.registry.agentUp(stranger)
         self.assertEqual(list(self.registry.servicesStarted(stranger, [HTTP])), [HTTP])
+
+    def test_a_start_looks_up_its_own_address_not_every_configured_server(self):
+        # With 10,000 agents starting, a scan of every configured real server
+        # per START was 10^8 comparisons: the agents timed out in the handshake.
+        class WatchedReals(tuple):
+            scans = 0
+
+            def __iter__(self):
+                WatchedReals.scans += 1
+                return super().__iter__()
+
+        config = write_config(self, reals=[f"10.1.{n // 250}.{1 + n % 250}" for n in range(1000)])
+        web = dataclasses.replace(config.services[0], reals=WatchedReals(config.services[0].reals))
+        self.start(dataclasses.replace(config, services=(web,)))
+        WatchedReals.scans = 0
+        agent = Agent("10.1.3.250", 40000, 1)
+        self.registry.agentUp(agent)
+        self.assertEqual(list(self.registry.servicesStarted(agent, [HTTP])), [])
+        self.assertEqual(WatchedReals.scans, 0)
 
     def test_only_changed_weights_are_written(self):
         self.start(write_config(self))

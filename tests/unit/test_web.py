@@ -350,6 +350,16 @@ class HistoryTests(DirectorCase):
         }
         self.assertEqual(history.samples[-1], {"time": status["director"]["time"], "services": expected})
 
+    def test_samples_of_the_same_servers_share_their_names(self):
+        # 150 samples of 10,000 servers took 240 MB with a name per server and sample.
+        history = History()
+        history.record(self.director, self.clock.seconds())
+        self.tick()
+        history.record(self.director, self.clock.seconds())
+        first, second = (services["web"][0] for _, services in history._samples)
+        self.assertEqual(first, ("10.1.0.1:80", "10.1.0.2:80", "10.1.0.3:80"))
+        self.assertIs(first, second)
+
     def test_history_is_served_for_the_dashboard(self):
         self.history.record(self.director, self.clock.seconds())
         document = http(self.site, b"GET", b"/history.json").json()
