@@ -149,6 +149,7 @@ class ServerInput:
     counters: DestCounters | None = None  # None when the kernel has not been read
     current_weight: int | None = None  # the kernel's weight now; None: not in the table
     override: Override = None
+    capacity: float | None = None  # CPUs, as its agent reports them; None: unknown
 
 
 @dataclass(frozen=True)
