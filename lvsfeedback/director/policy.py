@@ -23,7 +23,7 @@ One pass, per virtual service:
    made a server that got little look small, and it starved (#14). Where
    agents report their capacity (CPUs, a project extension of NECP), it is
    the prior the traffic then corrects: a new server starts from its spare
-   capacity, and a capacity change scales its weight at once.
+   capacity (`_priors`), and a capacity change scales its weight at once.
 3. Panic: when fewer than ``panic_threshold`` of the servers without an
    operator override would keep a non-zero weight, all of those get their
    static base weight instead, so that the service never sends everything to
@@ -466,14 +466,10 @@ def _capacity_weights(
 
     A server new to the controller starts at the weight the kernel gives it
     (a director restart: what the traffic already taught stands), else,
-    when its agent reports its capacity, at the prior: base weight x its
-    spare capacity / the mean spare capacity of the servers reporting one,
-    spare capacity = capacity x smoothed health / 100, so that an idle but
-    hogged server starts below its idle peers and a 1:2:4 cluster starts at
-    1:2:4 (a server with the mean spare capacity starts at its base
-    weight); else at its base weight. When a server's reported capacity
-    changes, its target scales by new / old at once: a quota change is
-    known before the traffic shows it.
+    when its agent reports its capacity, at the prior (`_priors`), else at
+    its base weight. When a server's reported capacity changes, its target
+    scales by new / old at once: a quota change is known before the traffic
+    shows it.
     """
     utilisations = {dest: max(1 - health.smoothed / 100, settings.min_utilisation) for dest, health in feedback.items()}
     rates = {dest: health.packet_rate for dest, health in feedback.items()}
@@ -487,18 +483,13 @@ def _capacity_weights(
         else {}
     )
     mean = sum(utilisations.values()) / len(utilisations)
-    spare = {
-        dest: servers[dest].capacity * health.smoothed / 100
-        for dest, health in feedback.items()
-        if servers[dest].capacity
-    }
-    mean_spare = sum(spare.values()) / len(spare) if spare else 0.0
     base_total = sum(servers[dest].base_weight for dest in feedback)
     kernel_total = sum(servers[dest].current_weight or 0 for dest in feedback)
     raw: dict[DestKey, float] = {}
     shares: dict[DestKey, tuple[float | None, float | None]] = {}
     details: dict[DestKey, str] = {}
     capacities: dict[DestKey, float | None] = {}  # what the controller remembers: the latest known
+    priors: list[DestKey] = []  # new, with a capacity: weighed once the others are
     for dest, utilisation in utilisations.items():
         memory = previous[dest] or ServerMemory()
         server = servers[dest]
@@ -510,12 +501,8 @@ def _capacity_weights(
             if adopted:
                 raw[dest] = float(server.current_weight)
                 details[dest] = "new: the kernel's weight"
-            elif dest in spare and mean_spare > 0:
-                raw[dest] = server.base_weight * spare[dest] / mean_spare
-                details[dest] = (
-                    f"prior: {server.capacity:.2f} CPUs x health {feedback[dest].smoothed:.0f} "
-                    f"of mean {mean_spare:.2f}"
-                )
+            elif server.capacity:
+                priors.append(dest)
             else:
                 raw[dest] = float(server.base_weight)
                 details[dest] = "new: base weight"
@@ -544,6 +531,8 @@ def _capacity_weights(
                 # the last target until the step is big enough to be written.
                 raw[dest] = memory.target * factor ** _INTEGRAL_GAIN
             details[dest] = f"{comparison}: x{factor:.2f}"
+    if priors:
+        _priors(priors, servers, feedback, raw, details)
     scale = base_total / sum(raw.values())
     targets = {dest: min(max(weight * scale, settings.floor), settings.ceiling) for dest, weight in raw.items()}
     weights = {
@@ -551,6 +540,43 @@ def _capacity_weights(
         for dest, target in targets.items()
     }
     return weights, {dest: _Control(target, *shares[dest], capacities[dest]) for dest, target in targets.items()}
+
+
+def _priors(
+    priors: list[DestKey],
+    servers: Mapping[DestKey, ServerInput],
+    feedback: Mapping[DestKey, _Feedback],
+    raw: dict[DestKey, float],
+    details: dict[DestKey, str],
+) -> None:
+    """
+    The weights servers new to the controller start from, before traffic
+    corrects them: base weight x spare capacity / the capacity that earns a
+    base weight, spare capacity = reported CPUs x smoothed health / 100. So
+    an idle but hogged server starts below its idle peers, a 1:2:4 cluster
+    at 1:2:4, and a server with that capacity and full health at its base
+    weight.
+
+    The capacity that earns a base weight is the (base-weighted) mean
+    capacity of the new servers; once servers already weighted in this pass
+    report a capacity, it is the capacity per weight they have now, so a
+    server that reports after them lands in proportion to them. Capacity,
+    not spare capacity: loaded servers have little spare, and measured
+    against that an idle newcomer would look enormous.
+    """
+    weighed = [dest for dest in raw if servers[dest].capacity]
+    if weighed:
+        mean = sum(servers[dest].base_weight * servers[dest].capacity for dest in weighed) / sum(
+            raw[dest] for dest in weighed
+        )
+    else:
+        mean = sum(servers[dest].base_weight * servers[dest].capacity for dest in priors) / sum(
+            servers[dest].base_weight for dest in priors
+        )
+    for dest in priors:
+        server, health = servers[dest], feedback[dest].smoothed
+        raw[dest] = server.base_weight * server.capacity * health / 100 / mean
+        details[dest] = f"prior: {server.capacity:.2f} CPUs x health {health:.0f} of mean {mean:.2f}"
 
 
 def _smoothed_share(
