@@ -164,8 +164,18 @@ class Registry:
             return
         cpus = milli_cpus / 1000
         previous = session.capacity.get(port)
+        if previous == cpus:
+            return
         session.capacity[port] = cpus
-        if previous is not None and previous != cpus:
+        # Rare (asked every 30 s, logged on change): an operator sees what
+        # the capacity-mode priors start from.
+        self.log.info(
+            "agent {address} {service}: capacity {change} CPUs",
+            address=session.address,
+            service=summarise_services((service,)),
+            change=f"{cpus:g}" if previous is None else f"{previous:g} -> {cpus:g}",
+        )
+        if previous is not None:
             # A new quota is known before the traffic shows it: act on it soon.
             for listener in self.change_listeners:
                 listener()

@@ -174,6 +174,14 @@ class RegistryTests(SynchronousTestCase):
         self.registry.capacityReported(agent, HTTP, 500, self.clock.seconds())
         self.assertEqual(changes, [True])
 
+    def test_a_first_capacity_and_each_change_are_logged_once(self):
+        agent = self.up(1)
+        with capturedLogs() as events:
+            for milli in (250, 250, 500, 500):
+                self.registry.capacityReported(agent, HTTP, milli, self.clock.seconds())
+        lines = [formatEvent(event) for event in events]
+        self.assertEqual(lines, ["agent 10.1.0.1 6/80: capacity 0.25 CPUs", "agent 10.1.0.1 6/80: capacity 0.25 -> 0.5 CPUs"])
+
     def test_the_updater_passes_it_to_the_policy(self):
         updater = WeightUpdater(self.config, self.registry, MemoryIPVS(), self.clock)
         agent = self.up(1)
