@@ -9,6 +9,7 @@ The agent's settings: an optional TOML file, with command-line flags on top.
     drain_timeout = 10.0                   # seconds to wait for STOP_ACK on drain
     haproxy_agent = "tcp:9777"             # optional HAProxy agent-check listener
     haproxy_service = "tcp:80"             # which service it speaks for (default: the first)
+    capacity = "auto"                      # "auto", a number of CPUs, or "off" (see agent.capacity)
 
     [[service]]
     protocol = "tcp"                       # tcp, udp or sctp
@@ -26,12 +27,14 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from lvsfeedback.agent.capacity import AUTO, Setting, parse_capacity
 from lvsfeedback.ipvs.model import PROTOCOLS
 from lvsfeedback.necp.codec import IPVS_FORWARDING
 
 FORWARDING_CODES = {name: code for code, name in IPVS_FORWARDING.items()}  # NECP's data0 in START units
 COMBINATIONS = ("worst", "mean")
-AGENT_KEYS = {"directors", "secret_file", "interval", "smoothing", "drain_timeout", "haproxy_agent", "haproxy_service"}
+AGENT_KEYS = {"directors", "secret_file", "interval", "smoothing", "drain_timeout", "haproxy_agent", "haproxy_service",
+              "capacity"}
 SERVICE_KEYS = {"protocol", "port", "forwarding", "combine", "metrics"}
 
 
@@ -66,6 +69,7 @@ class AgentSettings:
     drain_timeout: float = 10.0
     haproxy_agent: str | None = None
     haproxy_service: str | None = None
+    capacity: Setting = AUTO
 
 
 def parse_service(text: str) -> ServiceSettings:
@@ -115,6 +119,11 @@ def load_agent_config(path: str | Path) -> AgentSettings:
     secret = agent.get("secret_file")
     if secret is not None:
         secret = path.parent / secret
+    try:
+        capacity = parse_capacity(agent.get("capacity", AUTO))
+    except ValueError as error:
+        problems.append(f"{where('agent.capacity')}: {error}")
+        capacity = AUTO
     services = []
     for index, table in enumerate(data.get("service", [])):
         at = f"service[{index}]"
@@ -142,6 +151,7 @@ def load_agent_config(path: str | Path) -> AgentSettings:
         drain_timeout=_number(problems, where("agent.drain_timeout"), agent.get("drain_timeout", 10.0), 0),
         haproxy_agent=agent.get("haproxy_agent"),
         haproxy_service=agent.get("haproxy_service"),
+        capacity=capacity,
     )
     if problems:
         raise AgentConfigError(problems)

@@ -3,8 +3,11 @@ The server element's end of NECP: the agent talking to its directors.
 
 L{SEProtocol} opens a session (INIT, authenticated when the agent holds a
 secret), STARTs the agent's services, answers the director's health queries
-from the L{IHealthSource} it is given (it measures nothing itself), sends its
-own keepalives, and offers START/STOP and exception requests as Deferreds.
+from the L{IHealthSource} it is given (it measures nothing itself), and,
+when it is given an L{ICapacitySource}, announces in its INIT that it
+answers the project's capacity queries and answers them from it. It sends
+its own keepalives, and offers START/STOP and exception requests as
+Deferreds.
 
 L{DirectorLinks} keeps one such session with each of several directors, each
 through Twisted's L{ClientService}, reconnecting with L{JitteredBackoff}:
@@ -24,8 +27,11 @@ from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 from zope.interface import Interface
 
+from lvsfeedback.agent.capacity import ICapacitySource
 from lvsfeedback.necp.codec import (
+    CAPACITY_QUERY,
     HEALTH_QUERY,
+    MAX_CAPACITY,
     MAX_HEALTH,
     Answer,
     Authenticator,
@@ -51,6 +57,9 @@ from lvsfeedback.necp.protocol import NECPFactory, NECPProtocol, describe_flags
 
 MIN_RETRY_DELAY = 1.0
 MAX_RETRY_DELAY = 256.0
+# The query types an agent answers, without and with a capacity source.
+HEALTH_ONLY = frozenset({HEALTH_QUERY})
+ANSWERED_TYPES = frozenset({HEALTH_QUERY, CAPACITY_QUERY})
 
 
 class IHealthSource(Interface):
@@ -122,15 +131,17 @@ class SEProtocol(NECPProtocol):
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self._unanswerable: set[tuple[int, int]] = set()
+        self._unanswerable: set[tuple[int, int, int]] = set()  # (query type, protocol, port)
+        answers_capacity = self.factory.capacity is not None
+        self._answered_types = ANSWERED_TYPES if answers_capacity else HEALTH_ONLY
         authenticator = self.authenticator
         if authenticator is None:
-            init = Init()
+            init = Init(answers_capacity=answers_capacity)
         else:
             first = authenticator.initial_sequence(self.factory.clock.seconds())
             authenticator.start_receiving(first)
             self.signing = True
-            init = Init(authenticate=True, receive_sequence=first)
+            init = Init(authenticate=True, receive_sequence=first, answers_capacity=answers_capacity)
         sent = self.send_request(init, retryable=False)
         sent.addCallbacks(self._init_answered, self.request_abandoned)
 
@@ -159,31 +170,51 @@ class SEProtocol(NECPProtocol):
         self.factory.session_ended(self, reason, was_established)
 
     def keepalive_received(self, request: Keepalive) -> Message:
-        unknown = tuple(query for query in request.queries if query.type != HEALTH_QUERY)
+        answered = self._answered_types
+        unknown = tuple(query for query in request.queries if query.type not in answered)
         if unknown:
             return ErrorReply(opcode=Opcode.KEEPALIVE_ACK, units=unknown)
         return KeepaliveAck(answers=tuple(self._answer(query) for query in request.queries))
 
     def _answer(self, query: Query) -> Answer:
-        endpoint = (query.protocol, query.port)
+        if query.type == CAPACITY_QUERY:
+            what, read = "capacity", self._milli_cpus
+        else:
+            what, read = "health", self._health
+        key = (query.type, query.protocol, query.port)
         try:
-            health = self.factory.health.health(query.protocol, query.port)
-            if not isinstance(health, int) or not 0 <= health <= MAX_HEALTH:
-                raise ValueError(f"health {health!r} is not an integer 0..{MAX_HEALTH}")
+            value = read(query.protocol, query.port)
         except Exception as error:
-            # An agent that cannot tell answers 0: send it no work.
-            if endpoint not in self._unanswerable:
-                self._unanswerable.add(endpoint)
+            # An agent that cannot tell answers 0: for health, send it no
+            # work; for capacity, unknown.
+            if key not in self._unanswerable:
+                self._unanswerable.add(key)
                 self.log.warn(
-                    "answering health 0 for protocol {protocol} port {port}: {error}",
+                    "answering {what} 0 for protocol {protocol} port {port}: {error}",
+                    what=what,
                     protocol=query.protocol,
                     port=query.port,
                     error=error,
                 )
-            health = 0
+            value = 0
         else:
-            self._unanswerable.discard(endpoint)
-        return Answer(query.type, query.protocol, query.port, health)
+            self._unanswerable.discard(key)
+        return Answer(query.type, query.protocol, query.port, value)
+
+    def _health(self, protocol: int, port: int) -> int:
+        health = self.factory.health.health(protocol, port)
+        if not isinstance(health, int) or not 0 <= health <= MAX_HEALTH:
+            raise ValueError(f"health {health!r} is not an integer 0..{MAX_HEALTH}")
+        return health
+
+    def _milli_cpus(self, protocol: int, port: int) -> int:
+        cpus = self.factory.capacity.capacity(protocol, port)
+        if cpus is None:
+            return 0
+        if isinstance(cpus, bool) or not isinstance(cpus, (int, float)) or not 0 < cpus < float("inf"):
+            raise ValueError(f"capacity {cpus!r} is not a number of CPUs above 0")
+        # At least one milli-CPU: 0 would say "unknown".
+        return min(max(round(cpus * 1000), 1), MAX_CAPACITY)
 
     # Requests to the director. Each Deferred fires on the director's reply.
 
@@ -222,6 +253,8 @@ class SEFactory(NECPFactory):
     Sessions with one director: builds L{SEProtocol}s for a L{ClientService}.
 
     @ivar health: the L{IHealthSource} answering health queries.
+    @ivar capacity: the L{ICapacitySource} answering capacity queries, or
+        None: the agent then does not announce them (as a draft-only SE).
     @ivar services: the services STARTed at every handshake (the set may be
         shared with other factories and changed at any time).
     @ivar session: the established session, or None.
@@ -239,10 +272,12 @@ class SEFactory(NECPFactory):
         clock: IReactorTime,
         secret: bytes | None = None,
         random: Callable[[], float] = _random.random,
+        capacity: ICapacitySource | None = None,
         **timing: float,
     ):
         super().__init__(clock=clock, secret=secret, random=random, **timing)
         self.health = health
+        self.capacity = capacity
         self.services = services if isinstance(services, set) else set(services)
         self.session: SEProtocol | None = None
         self.retry_policy = JitteredBackoff(random)
@@ -279,6 +314,7 @@ class DirectorLinks(MultiService):
         clock: IReactorTime,
         secret: bytes | None = None,
         random: Callable[[], float] = _random.random,
+        capacity: ICapacitySource | None = None,
         **timing: float,
     ):
         super().__init__()
@@ -286,7 +322,13 @@ class DirectorLinks(MultiService):
         self.factories: list[SEFactory] = []
         for endpoint in endpoints:
             factory = SEFactory(
-                health, self.announced, clock=clock, secret=secret, random=random, **timing
+                health,
+                self.announced,
+                clock=clock,
+                secret=secret,
+                random=random,
+                capacity=capacity,
+                **timing,
             )
             link = ClientService(endpoint, factory, retryPolicy=factory.retry_policy, clock=clock)
             link.setServiceParent(self)

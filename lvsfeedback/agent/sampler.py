@@ -208,6 +208,18 @@ class Sampler(Service):
             raise UnknownServiceError(f"no metrics are configured for service {name}/{port}")
         return 0 if self.drained else service.health
 
+    def metrics_of(self, protocol: int, port: int) -> tuple[ConfiguredMetric, ...]:
+        """
+        The metrics configured for a service (by IP protocol number).
+
+        @raise UnknownServiceError: when the service has no metrics.
+        """
+        service = self._services.get((protocol, port))
+        if service is None:
+            name = PROTOCOL_NAMES.get(protocol, protocol)
+            raise UnknownServiceError(f"no metrics are configured for service {name}/{port}")
+        return service.config.metrics
+
     def failing(self, protocol: int | str, port: int) -> list[str]:
         """The names of a service's metrics whose last reading failed (e.g. C{probe})."""
         number = PROTOCOLS.get(protocol, protocol) if isinstance(protocol, str) else protocol

@@ -26,6 +26,7 @@ from twisted.internet import defer
 from twisted.internet.endpoints import clientFromString
 from twisted.logger import Logger
 
+from lvsfeedback.agent.capacity import capacity_source
 from lvsfeedback.agent.config import FORWARDING_CODES, AgentConfigError, AgentSettings
 from lvsfeedback.agent.haproxy import HAProxyAgentFactory
 from lvsfeedback.agent.metrics.combine import Combination
@@ -82,7 +83,10 @@ class AgentService(MultiService):
         secret = read_secret(settings)
         if endpoints is None:
             endpoints = [clientFromString(reactor, director) for director in settings.directors]
-        self.links = DirectorLinks(endpoints, self.sampler, self.units, clock=reactor, secret=secret, **timing)
+        capacity = capacity_source(settings.capacity, self.sampler)
+        self.links = DirectorLinks(
+            endpoints, self.sampler, self.units, clock=reactor, secret=secret, capacity=capacity, **timing
+        )
         self.links.setServiceParent(self)
         if settings.haproxy_agent:
             first = settings.services[0]

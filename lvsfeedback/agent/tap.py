@@ -25,6 +25,8 @@ class Options(usage.Options):
         ["combine", None, None, "How a flag-given service combines its metrics: worst or mean [default: worst]."],
         ["haproxy-agent", None, None, "Also answer HAProxy agent-check on this endpoint, e.g. tcp:9777."],
         ["drain-timeout", None, None, "Seconds to wait for every director's STOP_ACK when draining [default: 10]."],
+        ["capacity", None, None, "What to tell directors that ask of a service's capacity: auto (its cgroup "
+         "metric's cpu.max quota, else the CPUs the agent may run on), a number of CPUs, or off [default: auto]."],
     ]
 
     def __init__(self):
@@ -106,6 +108,13 @@ class Options(usage.Options):
             changes["secret_file"] = Path(self["secret-file"])
         if self["haproxy-agent"]:
             changes["haproxy_agent"] = self["haproxy-agent"]
+        if self["capacity"] is not None:
+            from lvsfeedback.agent.capacity import parse_capacity
+
+            try:
+                changes["capacity"] = parse_capacity(self["capacity"])
+            except ValueError as error:
+                raise ValueError(f"--capacity: {error}") from None
         settings = replace(settings, **changes)
         if not settings.interval > 0 or not 0 < settings.smoothing <= 1 or settings.drain_timeout < 0:
             raise ValueError("--interval must be above 0, --smoothing in (0, 1], --drain-timeout at least 0")

@@ -20,7 +20,10 @@ One pass, per virtual service:
    ceiling].
    Capacity mode used to divide each server's packet rate by its
    utilisation (gRPC's and Envoy's estimator); a server's idle utilisation
-   made a server that got little look small, and it starved (#14).
+   made a server that got little look small, and it starved (#14). Where
+   agents report their capacity (CPUs, a project extension of NECP), it is
+   the prior the traffic then corrects: a new server starts from its spare
+   capacity (`_priors`), and a capacity change scales its weight at once.
 3. Panic: when fewer than ``panic_threshold`` of the servers without an
    operator override would keep a non-zero weight, all of those get their
    static base weight instead, so that the service never sends everything to
@@ -149,6 +152,7 @@ class ServerInput:
     counters: DestCounters | None = None  # None when the kernel has not been read
     current_weight: int | None = None  # the kernel's weight now; None: not in the table
     override: Override = None
+    capacity: float | None = None  # CPUs, as its agent reports them; None: unknown
 
 
 @dataclass(frozen=True)
@@ -191,6 +195,9 @@ class ServerMemory:
     # with feedback, smoothed like health so that it lags as utilisation does.
     share: float | None = None
     share_at: float | None = None
+    # Capacity mode: the capacity (CPUs) the server's agent reported when
+    # the target was set; None when it reported none.
+    capacity: float | None = None
 
 
 @dataclass(frozen=True)
@@ -265,10 +272,16 @@ def _decide_service(
         # Panic writes base weights: a controller that resumes starts from them.
         control = None if panic else controls.get(dest)
         if control is None:
-            if memory.target is not None or memory.share is not None:
-                memory = replace(memory, target=None, share=None, share_at=None)
+            if memory.target is not None or memory.share is not None or memory.capacity is not None:
+                memory = replace(memory, target=None, share=None, share_at=None, capacity=None)
         else:
-            memory = replace(memory, target=control.target, share=control.share, share_at=control.share_at)
+            memory = replace(
+                memory,
+                target=control.target,
+                share=control.share,
+                share_at=control.share_at,
+                capacity=control.capacity,
+            )
         if panic and assessment.automatic:
             assessment = _Assessment(
                 _clamp(server.base_weight, settings),
@@ -419,6 +432,7 @@ class _Control:
     target: float
     share: float | None
     share_at: float | None
+    capacity: float | None
 
 
 def _capacity_weights(
@@ -447,10 +461,15 @@ def _capacity_weights(
     starts from at least an eighth of the server's base share: a server
     below the mean always gains, however little it gets now, so none can be
     starved (the trap of dividing its traffic by its utilisation, #14); one
-    above it always loses. A server new to the controller starts at the weight the kernel
-    gives it (a director restart) or its base weight. While a server ramps
-    up, its utilisation shows the ramp, not its weight: it may lose then,
-    never gain.
+    above it always loses. While a server ramps up, its utilisation shows
+    the ramp, not its weight: it may lose then, never gain.
+
+    A server new to the controller starts at the weight the kernel gives it
+    (a director restart: what the traffic already taught stands), else,
+    when its agent reports its capacity, at the prior (`_priors`), else at
+    its base weight. When a server's reported capacity changes, its target
+    scales by new / old at once: a quota change is known before the traffic
+    shows it.
     """
     utilisations = {dest: max(1 - health.smoothed / 100, settings.min_utilisation) for dest, health in feedback.items()}
     rates = {dest: health.packet_rate for dest, health in feedback.items()}
@@ -469,15 +488,29 @@ def _capacity_weights(
     raw: dict[DestKey, float] = {}
     shares: dict[DestKey, tuple[float | None, float | None]] = {}
     details: dict[DestKey, str] = {}
+    capacities: dict[DestKey, float | None] = {}  # what the controller remembers: the latest known
+    priors: list[DestKey] = []  # new, with a capacity: weighed once the others are
     for dest, utilisation in utilisations.items():
         memory = previous[dest] or ServerMemory()
         server = servers[dest]
         share = _smoothed_share(memory, (server.current_weight or 0) / kernel_total if kernel_total else None, settings, now)
         shares[dest] = share
+        capacities[dest] = server.capacity or memory.capacity
         if memory.target is None or share[0] is None:
             adopted = previous[dest] is None and (server.current_weight or 0) > 0
-            raw[dest] = float(server.current_weight or 0) if adopted else float(server.base_weight)
-            details[dest] = "new: the kernel's weight" if adopted else "new: base weight"
+            if adopted:
+                raw[dest] = float(server.current_weight)
+                details[dest] = "new: the kernel's weight"
+            elif server.capacity:
+                priors.append(dest)
+            else:
+                raw[dest] = float(server.base_weight)
+                details[dest] = "new: base weight"
+            continue
+        if server.capacity and memory.capacity and server.capacity != memory.capacity:
+            rescale = server.capacity / memory.capacity
+            raw[dest] = memory.target * rescale
+            details[dest] = f"capacity {memory.capacity:.2f} -> {server.capacity:.2f} CPUs: x{rescale:.2f}"
             continue
         comparison = f"utilisation {utilisation:.2f} vs mean {mean:.2f}"
         factor = min(max((mean / utilisation) ** _GAIN, 1 / _MAX_STEP), _MAX_STEP)
@@ -498,13 +531,52 @@ def _capacity_weights(
                 # the last target until the step is big enough to be written.
                 raw[dest] = memory.target * factor ** _INTEGRAL_GAIN
             details[dest] = f"{comparison}: x{factor:.2f}"
+    if priors:
+        _priors(priors, servers, feedback, raw, details)
     scale = base_total / sum(raw.values())
     targets = {dest: min(max(weight * scale, settings.floor), settings.ceiling) for dest, weight in raw.items()}
     weights = {
         dest: _Assessment(_clamp(target, settings), Reason.CAPACITY, details[dest], rampable=True)
         for dest, target in targets.items()
     }
-    return weights, {dest: _Control(target, *shares[dest]) for dest, target in targets.items()}
+    return weights, {dest: _Control(target, *shares[dest], capacities[dest]) for dest, target in targets.items()}
+
+
+def _priors(
+    priors: list[DestKey],
+    servers: Mapping[DestKey, ServerInput],
+    feedback: Mapping[DestKey, _Feedback],
+    raw: dict[DestKey, float],
+    details: dict[DestKey, str],
+) -> None:
+    """
+    The weights servers new to the controller start from, before traffic
+    corrects them: base weight x spare capacity / the capacity that earns a
+    base weight, spare capacity = reported CPUs x smoothed health / 100. So
+    an idle but hogged server starts below its idle peers, a 1:2:4 cluster
+    at 1:2:4, and a server with that capacity and full health at its base
+    weight.
+
+    The capacity that earns a base weight is the (base-weighted) mean
+    capacity of the new servers; once servers already weighted in this pass
+    report a capacity, it is the capacity per weight they have now, so a
+    server that reports after them lands in proportion to them. Capacity,
+    not spare capacity: loaded servers have little spare, and measured
+    against that an idle newcomer would look enormous.
+    """
+    weighed = [dest for dest in raw if servers[dest].capacity]
+    if weighed:
+        mean = sum(servers[dest].base_weight * servers[dest].capacity for dest in weighed) / sum(
+            raw[dest] for dest in weighed
+        )
+    else:
+        mean = sum(servers[dest].base_weight * servers[dest].capacity for dest in priors) / sum(
+            servers[dest].base_weight for dest in priors
+        )
+    for dest in priors:
+        server, health = servers[dest], feedback[dest].smoothed
+        raw[dest] = server.base_weight * server.capacity * health / 100 / mean
+        details[dest] = f"prior: {server.capacity:.2f} CPUs x health {health:.0f} of mean {mean:.2f}"
 
 
 def _smoothed_share(

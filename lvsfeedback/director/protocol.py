@@ -5,6 +5,10 @@ L{NEFactory} listens (TCP 3262 by convention); each L{NEProtocol} runs one
 agent's session: INIT -> INIT_ACK (refusing agents that do not authenticate
 when the director holds a secret), START/STOP of services, a health query for
 every started service on every keepalive, and exceptions with their TTLs.
+An agent whose INIT announces capacity answers (a project extension) is
+also asked each started service's capacity: with the first round after
+its START, then at most every L{CAPACITY_INTERVAL} seconds; a draft-only
+agent never is.
 
 Events out, not policy in: what happens is reported to the L{IAgentEvents}
 provider the factory is given (the registry). Nothing here decides weights.
@@ -26,6 +30,7 @@ from zope.interface import Interface
 
 from lvsfeedback.necp.codec import (
     ANY_ADDRESS,
+    CAPACITY_QUERY,
     HEALTH_QUERY,
     Authenticator,
     IPVS_FORWARDING,
@@ -64,6 +69,9 @@ from lvsfeedback.necp.protocol import NECPFactory, NECPProtocol
 # IP protocols IPVS balances.
 BALANCED_PROTOCOLS = frozenset({6, 17, 132})
 MAX_EXCEPTIONS_PER_AGENT = 1024
+# Seconds between two rounds of capacity questions to one agent: capacity
+# changes rarely, and every question costs the director at 10,000 agents.
+CAPACITY_INTERVAL = 30.0
 
 
 @dataclass(frozen=True, order=True)
@@ -113,6 +121,13 @@ class IAgentEvents(Interface):
         C{health} 0..100 (0: send it no work) at C{when} (the clock's seconds).
         """
 
+    def capacityReported(agent, service, milli_cpus, when):
+        """
+        C{agent} answered a capacity query (project extension): C{service}
+        (a started L{Service}) may use C{milli_cpus} thousandths of a CPU
+        (0: unknown), at C{when}.
+        """
+
     def exceptionAdded(agent, rule):
         """C{agent} installed C{rule} (an L{ExceptionRule}), or refreshed its TTL."""
 
@@ -148,6 +163,11 @@ def summarise_services(services, examples: int = 3) -> str:
 def health_queries(services) -> tuple[Query, ...]:
     """One health query per (protocol, port): it answers for every forwarding method."""
     return tuple(Query.health(p, port) for p, port in dict.fromkeys((s.protocol, s.port) for s in services))
+
+
+def capacity_queries(services) -> tuple[Query, ...]:
+    """One capacity query per (protocol, port), like L{health_queries}."""
+    return tuple(Query.capacity(p, port) for p, port in dict.fromkeys((s.protocol, s.port) for s in services))
 
 
 def valid_rule(rule: ExceptionRule) -> bool:
@@ -299,6 +319,8 @@ class NEProtocol(NECPProtocol):
 
     @ivar agent: the L{Agent} this session is.
     @ivar services: the services the agent has started, in order.
+    @ivar answers_capacity: the agent's INIT announced capacity answers,
+        and it has not refused a capacity query since.
     @ivar proving: an authenticated session between its INIT_ACK and the
         agent's first verified message: an INIT may be a replay, so the
         session replaces nothing and reports nothing until then.
@@ -316,6 +338,10 @@ class NEProtocol(NECPProtocol):
         )
         self.services: dict[Service, None] = {}
         self._queries: tuple[Query, ...] = ()  # of the started services, asked every round
+        self.answers_capacity = False
+        self._capacity_queries: tuple[Query, ...] = ()  # of the started services, asked now and then
+        self._capacity_asked_at: float | None = None  # when they last were
+        self._capacity_due: dict[Service, None] = {}  # started since, to be asked in the next round
         self.forgotten = False
         self.proving = False
         self._proof_call: IDelayedCall | None = None
@@ -339,6 +365,7 @@ class NEProtocol(NECPProtocol):
             return self._refuse_init(
                 request, "agent asks for authentication; this director has no secret", BAD_CREDENTIAL
             )
+        self.answers_capacity = request.answers_capacity
         if authenticator is None:
             reply = InitAck()
         else:
@@ -416,7 +443,11 @@ class NEProtocol(NECPProtocol):
         for service in candidates:
             if service not in refused:
                 self.services[service] = None
+                if self.answers_capacity:
+                    self._capacity_due[service] = None
         self._queries = health_queries(self.services)
+        if self.answers_capacity:
+            self._capacity_queries = capacity_queries(self.services)
         not_allowed = [service for service in candidates if service in refused]
         if invalid:
             self.refuse(
@@ -446,7 +477,27 @@ class NEProtocol(NECPProtocol):
         """
         if not self.connected:
             return
-        self.send_keepalive(self._queries if services is None else health_queries(services))
+        queries = self._queries if services is None else health_queries(services)
+        self.send_keepalive(queries + self._capacity_questions() if self.answers_capacity else queries)
+
+    def _capacity_questions(self) -> tuple[Query, ...]:
+        """
+        The capacity questions due in this round: every started service's
+        once per L{CAPACITY_INTERVAL}, and in between those of services
+        started since.
+        """
+        now = self.factory.clock.seconds()
+        asked = self._capacity_asked_at
+        if asked is None or now - asked >= CAPACITY_INTERVAL:
+            if not self._capacity_queries:
+                return ()
+            self._capacity_asked_at = now
+            self._capacity_due.clear()
+            return self._capacity_queries
+        if not self._capacity_due:
+            return ()
+        due, self._capacity_due = self._capacity_due, {}
+        return capacity_queries(due)
 
     def stop_received(self, request: Stop) -> Message:
         # Stopping a service that is not started already holds: that makes a
@@ -459,7 +510,10 @@ class NEProtocol(NECPProtocol):
         stopped = list(dict.fromkeys(s for s in request.services if s in self.services))
         for service in stopped:
             del self.services[service]
+            self._capacity_due.pop(service, None)
         self._queries = health_queries(self.services)
+        if self.answers_capacity:
+            self._capacity_queries = capacity_queries(self.services)
         if stopped:
             self.factory.notify("servicesStopped", self.agent, tuple(stopped))
         if failed:
@@ -467,6 +521,8 @@ class NEProtocol(NECPProtocol):
         return StopAck()
 
     def keepalive_queries(self) -> tuple[Query, ...]:
+        if self.answers_capacity:
+            return self._queries + self._capacity_questions()
         return self._queries
 
     def keepalive_needed(self) -> bool:
@@ -475,6 +531,9 @@ class NEProtocol(NECPProtocol):
 
     def keepalive_answered(self, reply: KeepaliveAck | ErrorReply) -> None:
         if type(reply) is ErrorReply:
+            if self.answers_capacity and reply.units and all(unit.type == CAPACITY_QUERY for unit in reply.units):
+                self._capacity_refused()
+                return
             self.log.warn(
                 "agent {agent} could not answer {queries}",
                 agent=self.agent,
@@ -485,12 +544,33 @@ class NEProtocol(NECPProtocol):
         for answer in reply.answers:
             self._report(answer, when)
 
+    def _capacity_refused(self) -> None:
+        """
+        The agent announced capacity answers, then refused a capacity query
+        (which takes the round's health answers with it): ask it no more
+        capacity, and its health again at once, so that only that answer
+        is lost.
+        """
+        self.answers_capacity = False
+        self._capacity_queries = ()
+        self._capacity_due.clear()
+        self.log.warn(
+            "agent {agent} announced capacity answers but refused a capacity query; asking it no more",
+            agent=self.agent,
+        )
+        if self.services:
+            self.ask_health()
+
     def _report(self, answer: Answer, when: float) -> None:
-        if answer.type != HEALTH_QUERY:
+        if answer.type == HEALTH_QUERY:
+            event = "healthReported"
+        elif answer.type == CAPACITY_QUERY:
+            event = "capacityReported"
+        else:
             return
         for service in self.services:
             if (service.protocol, service.port) == (answer.protocol, answer.port):
-                self.factory.notify("healthReported", self.agent, service, answer.value, when)
+                self.factory.notify(event, self.agent, service, answer.value, when)
 
     def exception_add_received(self, request: ExceptionAdd) -> Message:
         exceptions, limit = self.factory.exceptions, self.factory.max_exceptions_per_agent

@@ -2,10 +2,11 @@
 What the director knows about its agents: facts, no decisions.
 
 The NE protocol reports events here (an agent came up, started or stopped
-services, answered a health query, was lost). The registry keeps, per agent
-address, the services it started and its latest health per service, and
-answers the updater's one question: what is known about real server D of
-virtual service S? It also decides nothing about weights; the policy does.
+services, answered a health or capacity query, was lost). The registry
+keeps, per agent address, the services it started and its latest health and
+capacity per service, and answers the updater's one question: what is known
+about real server D of virtual service S? It also decides nothing about
+weights; the policy does.
 
 An agent speaks only for its own address: a START for a service that no
 configured real server at that address provides (and no auto_join network
@@ -44,6 +45,7 @@ class AgentSession:
     connected_at: float
     started: dict[ServicePort, str] = field(default_factory=dict)  # -> forwarding name
     health: dict[ServicePort, HealthReport] = field(default_factory=dict)
+    capacity: dict[ServicePort, float] = field(default_factory=dict)  # CPUs, when the agent knows them
     stopped: set[ServicePort] = field(default_factory=set)  # STOPped in this session
 
     def __post_init__(self) -> None:
@@ -59,6 +61,7 @@ class ServerFacts:
 
     agent: Agent
     report: HealthReport | None
+    capacity: float | None = None  # CPUs, as its agent last reported them
 
     @property
     def stopped(self) -> bool:
@@ -134,6 +137,7 @@ class Registry:
                 port = (unit.protocol, unit.port)
                 session.started.pop(port, None)
                 session.health.pop(port, None)
+                session.capacity.pop(port, None)
                 session.stopped.add(port)
             self._forget_auto_joined(session.address, session.started)
         return []
@@ -147,6 +151,32 @@ class Registry:
         session.health[port] = HealthReport(health, when)
         significant = self._config.director.early_pass_change
         if previous is not None and significant and abs(health - previous.value) >= significant:
+            for listener in self.change_listeners:
+                listener()
+
+    def capacityReported(self, agent, service, milli_cpus: int, when: float) -> None:
+        session = self._sessions.get(agent)
+        port = (service.protocol, service.port)
+        if session is None or port not in session.started:
+            return
+        if not milli_cpus:
+            session.capacity.pop(port, None)
+            return
+        cpus = milli_cpus / 1000
+        previous = session.capacity.get(port)
+        if previous == cpus:
+            return
+        session.capacity[port] = cpus
+        # Rare (asked every 30 s, logged on change): an operator sees what
+        # the capacity-mode priors start from.
+        self.log.info(
+            "agent {address} {service}: capacity {change} CPUs",
+            address=session.address,
+            service=summarise_services((service,)),
+            change=f"{cpus:g}" if previous is None else f"{previous:g} -> {cpus:g}",
+        )
+        if previous is not None:
+            # A new quota is known before the traffic shows it: act on it soon.
             for listener in self.change_listeners:
                 listener()
 
@@ -179,7 +209,8 @@ class Registry:
         session = self._by_address.get(dest.address)
         ports = [port for port in session.started if _port_matches(service, dest, port)] if session else ()
         if len(ports) == 1:
-            return ServerFacts(session.connected_agent, session.health.get(ports[0]))
+            port = ports[0]
+            return ServerFacts(session.connected_agent, session.health.get(port), session.capacity.get(port))
         if session is None or (not ports and self._awaiting_start(session, service, dest)):
             lost_at = self._lost_at.get(dest.address)
             if lost_at is None:
@@ -188,12 +219,13 @@ class Registry:
         if not ports:
             return ServerFacts(session.stopped_agent, None)
         agent = session.connected_agent
-        reports = [session.health[port] for port in ports if port in session.health]
-        if len(reports) < 2:
-            return ServerFacts(agent, reports[0] if reports else None)
-        # A fwmark service may gather several ports: the worst one speaks.
-        worst = min(reports, key=lambda report: (report.value, -report.time))
-        return ServerFacts(agent, worst)
+        reported = [port for port in ports if port in session.health]
+        if not reported:
+            return ServerFacts(agent, None)
+        # A fwmark service may gather several ports: the worst one speaks,
+        # for its health and its capacity.
+        worst = min(reported, key=lambda port: (session.health[port].value, -session.health[port].time))
+        return ServerFacts(agent, session.health[worst], session.capacity.get(worst))
 
     # Internals.
 

@@ -327,6 +327,7 @@ class WeightUpdater(Service):
             counters=kernel_dest.counters if kernel_dest else None,
             current_weight=kernel_dest.server.weight if kernel_dest else None,
             override=override,
+            capacity=facts.capacity,
         )
 
     def _base_weight(self, key: ServiceKey, dest: DestKey, server: RealServer, kernel_dest) -> int:

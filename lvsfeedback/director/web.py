@@ -184,6 +184,8 @@ def _server_status(director, service, dest: DestKey, kernel: dict, now: float) -
         "health": None
         if facts.report is None
         else {"value": facts.report.value, "time": _seconds(facts.report.time), "age": _seconds(now - facts.report.time)},
+        # CPUs, as the agent reports them (project extension); None: unknown or not asked.
+        "capacity": facts.capacity,
         "counters": None
         if counters is None
         else {

@@ -7,6 +7,7 @@ L{lvsfeedback.director.protocol} and L{lvsfeedback.agent.protocol}.
 """
 
 from lvsfeedback.necp.codec import (
+    CAPACITY_QUERY,
     HEALTH_QUERY,
     IPVS_FORWARDING,
     Answer,
@@ -50,6 +51,7 @@ from lvsfeedback.necp.codec import (
 )
 
 __all__ = [
+    "CAPACITY_QUERY",
     "HEALTH_QUERY",
     "IPVS_FORWARDING",
     "Answer",

@@ -99,6 +99,12 @@ REPLY_OPCODES = frozenset(REPLY_OPCODE.values())
 
 HEALTH_QUERY = 0x1  # the only query type defined: health index 0..100
 MAX_HEALTH = 100
+# Project extension, outside the draft's numbers: the capacity of a service,
+# in milli-CPUs (0: unknown). Asked only of agents whose INIT announces
+# INIT_ANSWERS_CAPACITY, so a draft-only peer never sees it.
+CAPACITY_QUERY = 0x100
+# More CPUs than any machine Linux runs on (NR_CPUS is at most 8192).
+MAX_CAPACITY = 10_000_000
 
 # Forwarding methods in START/STOP units, with the IPVS names (ipvs.model) they map to.
 FORWARD_LAYER2 = 1
@@ -112,6 +118,7 @@ SCOPE_NOT_TO_ME = 1
 SCOPE_NOT_TO_FARM = 2
 
 INIT_AUTHENTICATE = 0x1  # INIT data0 bit: authenticate every message on this connection
+INIT_ANSWERS_CAPACITY = 0x2  # INIT data0 bit (project extension): answers CAPACITY_QUERY
 
 ANY_ADDRESS = IPv4Address(0)
 
@@ -201,6 +208,10 @@ class Query(NamedTuple):
     def health(cls, protocol: int, port: int) -> Query:
         return cls(HEALTH_QUERY, protocol, port)
 
+    @classmethod
+    def capacity(cls, protocol: int, port: int) -> Query:
+        return cls(CAPACITY_QUERY, protocol, port)
+
     def fields(self) -> tuple[int, ...]:
         return (
             _check(self.type, _U32, "query type"),
@@ -227,7 +238,7 @@ class Answer(NamedTuple):
     value: int
 
     def fields(self) -> tuple[int, ...]:
-        maximum = MAX_HEALTH if self.type == HEALTH_QUERY else _U32
+        maximum = _ANSWER_MAXIMUM.get(self.type, _U32)
         return (
             _check(self.type, _U32, "query type"),
             _check(self.protocol, 0xFF, "protocol"),
@@ -243,7 +254,13 @@ class Answer(NamedTuple):
     def from_fields(cls, data: tuple[int, ...]) -> Answer:
         if data[0] == HEALTH_QUERY and data[3] > MAX_HEALTH:
             raise NECPError(f"health index {data[3]} outside 0..{MAX_HEALTH}")
+        if data[0] == CAPACITY_QUERY and data[3] > MAX_CAPACITY:
+            raise NECPError(f"capacity {data[3]} milli-CPUs outside 0..{MAX_CAPACITY}")
         return cls(data[0], data[1] & 0xFF, data[2] & 0xFFFF, data[3])
+
+
+# The greatest answer of each query type; other types take any u32.
+_ANSWER_MAXIMUM = {HEALTH_QUERY: MAX_HEALTH, CAPACITY_QUERY: MAX_CAPACITY}
 
 
 class Service(NamedTuple):
@@ -425,16 +442,23 @@ class Noop:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Init:
-    """INIT: the SE opens a session, optionally asking for authentication."""
+    """
+    INIT: the SE opens a session, optionally asking for authentication, and
+    says whether it answers capacity queries (project extension). Other
+    data0 bits are ignored.
+    """
 
     request_id: int = 0
     authenticate: bool = False
     receive_sequence: int = 0  # when authenticating: the first sequence number the SE accepts
+    answers_capacity: bool = False
     opcode: ClassVar[int] = Opcode.INIT
 
     def payload(self) -> bytes:
         sequence = _check(self.receive_sequence, MAX_SEQUENCE, "receive sequence number")
         flags = INIT_AUTHENTICATE if self.authenticate else 0
+        if self.answers_capacity:
+            flags |= INIT_ANSWERS_CAPACITY
         return UNIT.pack(flags, sequence >> 32, sequence & _U32, 0, 0, 0, 0, 0)
 
     @classmethod
@@ -442,7 +466,12 @@ class Init:
         data = _single_unit(payload, "INIT")
         authenticate = bool(data[0] & INIT_AUTHENTICATE)
         sequence = (data[1] << 32 | data[2]) if authenticate else 0
-        return cls(request_id=request_id, authenticate=authenticate, receive_sequence=sequence)
+        return cls(
+            request_id=request_id,
+            authenticate=authenticate,
+            receive_sequence=sequence,
+            answers_capacity=bool(data[0] & INIT_ANSWERS_CAPACITY),
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

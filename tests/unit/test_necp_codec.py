@@ -14,13 +14,16 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from lvsfeedback.necp.codec import (
+    CAPACITY_QUERY,
     HEADER,
     HEADER_SIZE,
+    MAX_CAPACITY,
     MAX_MESSAGE_SIZE,
     MAX_PAYLOAD,
     MAX_SEQUENCE,
     PROTOCOL_ID,
     UNIT,
+    UNIT_SIZE,
     Answer,
     AuthenticationFailed,
     Authenticator,
@@ -96,8 +99,9 @@ ipv4 = st.builds(IPv4Address, u32)
 request_ids = u16
 queries = st.builds(Query, u32, u8, u16)
 health_answers = st.builds(Answer, st.just(1), u8, u16, st.integers(0, 100))
-other_answers = st.builds(Answer, st.integers(2, 0xFFFFFFFF), u8, u16, u32)
-answers = st.one_of(health_answers, other_answers)
+capacity_answers = st.builds(Answer, st.just(CAPACITY_QUERY), u8, u16, st.integers(0, MAX_CAPACITY))
+other_answers = st.builds(Answer, st.integers(2, 0xFFFFFFFF).filter(lambda t: t != CAPACITY_QUERY), u8, u16, u32)
+answers = st.one_of(health_answers, capacity_answers, other_answers)
 services = st.builds(Service, u8, u8, u16)
 rules = st.builds(ExceptionRule, u32, u32, ipv4, u32, ipv4, u32, u8, u16)
 installed = st.builds(InstalledException, u32, ipv4, ipv4, u32, ipv4, u32, u8, u16)
@@ -145,8 +149,9 @@ error_replies = st.one_of(
 )
 messages = st.one_of(
     st.builds(Noop, request_id=request_ids),
-    st.builds(Init, request_id=request_ids, authenticate=st.just(False)),
-    st.builds(Init, request_id=request_ids, authenticate=st.just(True), receive_sequence=sequences),
+    st.builds(Init, request_id=request_ids, authenticate=st.just(False), answers_capacity=st.booleans()),
+    st.builds(Init, request_id=request_ids, authenticate=st.just(True), receive_sequence=sequences,
+              answers_capacity=st.booleans()),
     st.builds(InitAck, request_id=request_ids, receive_sequence=sequences),
     st.builds(Keepalive, request_id=request_ids, queries=units(queries)),
     st.builds(KeepaliveAck, request_id=request_ids, answers=units(answers)),
@@ -539,3 +544,46 @@ class EncodingErrorTests(SynchronousTestCase):
         message = Start(services=(Service(1, 6, 80),) * (MAX_PAYLOAD // 32 + 1))
         error = self.assertRaises(NECPError, encode, message)
         self.assertIn("exceed the limit", str(error))
+
+
+class CapacityExtensionTests(SynchronousTestCase):
+    """The project's capacity query: INIT data0 bit 0x2, query type 0x100, milli-CPUs in data3."""
+
+    def test_init_announcing_capacity_sets_data0_bit_2_beside_authentication(self):
+        fields = UNIT.unpack(encode(Init(answers_capacity=True))[HEADER_SIZE:])
+        self.assertEqual(fields, (2, 0, 0, 0, 0, 0, 0, 0))
+        fields = UNIT.unpack(encode(Init(authenticate=True, answers_capacity=True, receive_sequence=7))[HEADER_SIZE:])
+        self.assertEqual(fields[0], 3)
+
+    def test_init_with_the_capacity_bit_decodes_as_announcing_it(self):
+        data = header(opcode=Opcode.INIT, flags=Flag.BASIC_PAYLOAD, length=32) + UNIT.pack(2, 0, 0, 0, 0, 0, 0, 0)
+        self.assertEqual(decode(data), Init(answers_capacity=True))
+
+    def test_init_bits_nobody_defines_are_ignored(self):
+        data = header(opcode=Opcode.INIT, flags=Flag.BASIC_PAYLOAD, length=32) + UNIT.pack(0xFFF8, 0, 0, 0, 0, 0, 0, 0)
+        self.assertEqual(decode(data), Init())
+
+    def test_capacity_query_layout(self):
+        fields = UNIT.unpack(encode(Keepalive(queries=(Query.capacity(6, 80),)))[HEADER_SIZE:])
+        self.assertEqual(fields, (0x100, 6, 80, 0, 0, 0, 0, 0))
+        self.assertEqual(CAPACITY_QUERY, 0x100)
+
+    def test_capacity_answer_carries_milli_cpus_in_data3(self):
+        message = KeepaliveAck(answers=(Answer(1, 6, 80, 75), Answer(CAPACITY_QUERY, 6, 80, 250)))
+        data = encode(message)
+        self.assertEqual(UNIT.unpack(data[HEADER_SIZE + UNIT_SIZE :]), (0x100, 6, 80, 250, 0, 0, 0, 0))
+        self.assertEqual(decode(data), message)
+
+    def test_capacity_over_the_maximum_is_not_encoded(self):
+        error = self.assertRaises(NECPError, encode, KeepaliveAck(answers=(Answer(CAPACITY_QUERY, 6, 80, MAX_CAPACITY + 1),)))
+        self.assertIn("answer", str(error))
+        encode(KeepaliveAck(answers=(Answer(CAPACITY_QUERY, 6, 80, MAX_CAPACITY),)))
+
+    def test_capacity_over_the_maximum_is_refused_on_decoding(self):
+        payload = UNIT.pack(CAPACITY_QUERY, 6, 80, MAX_CAPACITY + 1, 0, 0, 0, 0)
+        data = header(opcode=Opcode.KEEPALIVE_ACK, flags=Flag.BASIC_PAYLOAD, length=32) + payload
+        decoder = Decoder()
+        decoder.feed(data)
+        error = self.assertRaises(NECPError, decoder.next_message)
+        self.assertNotIsInstance(error, MessageRefused)
+        self.assertIn(f"capacity {MAX_CAPACITY + 1} milli-CPUs", str(error))

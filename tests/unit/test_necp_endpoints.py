@@ -85,6 +85,9 @@ class RecordingEvents:
         for waiter in waiters:
             waiter.callback((agent, service, health))
 
+    def capacityReported(self, agent, service, milli_cpus, when):
+        self.calls.append(("capacity", agent, service, milli_cpus, when))
+
     def exceptionAdded(self, agent, rule):
         self.calls.append(("added", agent, rule))
 

@@ -74,6 +74,7 @@ server_inputs = st.builds(
     counters=st.none() | st.builds(DestCounters, packet_rate=st.integers(0, 10_000), packets=st.integers(0, 2**64 - 1)),
     current_weight=st.none() | st.integers(0, MAX_WEIGHT),
     override=st.sampled_from([None, None, None, DRAINED]) | st.builds(Pinned, st.integers(0, MAX_WEIGHT)),
+    capacity=st.none() | st.floats(0.001, 10_000),
 )
 dests = st.builds(DestKey.of, st.ip_addresses(v=4).map(str), st.integers(1, 65535))
 server_maps = st.dictionaries(dests, server_inputs, min_size=1, max_size=6)
@@ -460,3 +461,97 @@ class StoppedServiceTests(SynchronousTestCase):
         result, _ = decide_once({A: stopped, B: lost}, PolicySettings(mode=Mode.HEALTH, panic_threshold=0.5))
         self.assertEqual((result.servers[A].weight, result.servers[A].reason), (0, Reason.STOPPED))
         self.assertEqual(result.servers[B].reason, Reason.PANIC, "the lost one is the only automatic server")
+
+
+class CapacityPriorTests(SynchronousTestCase):
+    """
+    Capacity mode with capacities reported (#14): the prior a new server
+    starts from before any traffic, and a capacity change scaling the target.
+    """
+
+    settings = CapacityModeTests.settings
+
+    def first(self, servers):
+        return decide_once(servers, self.settings)
+
+    def test_an_idle_but_hogged_server_starts_lower_than_its_idle_peers(self):
+        # Equal CPUs; A's hog leaves it half of them: spare 0.5, 1, 1.
+        result, _ = self.first({A: reporting(50, capacity=1.0), B: reporting(100, capacity=1.0),
+                                C: reporting(100, capacity=1.0)})
+        weights = [result.servers[dest].weight for dest in (A, B, C)]
+        self.assertEqual(weights, [60, 120, 120])
+        self.assertEqual(result.servers[A].detail, "prior: 1.00 CPUs x health 50 of mean 1.00")
+        self.assertEqual(result.servers[A].reason, Reason.CAPACITY)
+
+    def test_a_one_two_four_cluster_starts_at_one_two_four(self):
+        result, _ = self.first({A: reporting(100, capacity=0.1), B: reporting(100, capacity=0.2),
+                                C: reporting(100, capacity=0.4)})
+        self.assertEqual([result.servers[dest].weight for dest in (A, B, C)], [43, 86, 171])
+
+    def test_a_server_with_the_mean_capacity_and_full_health_starts_at_its_base_weight(self):
+        result, _ = self.first({A: reporting(100, capacity=1.5), B: reporting(100, capacity=1.0),
+                                C: reporting(100, capacity=0.5)})
+        self.assertEqual(result.servers[B].detail, "prior: 1.00 CPUs x health 100 of mean 1.00")
+        self.assertEqual([result.servers[dest].weight for dest in (A, B, C)], [150, 100, 50])
+
+    def test_servers_reporting_in_turn_land_in_proportion_to_those_already_weighted(self):
+        # Agents come up seconds apart, after the servers got their static
+        # weights: A first, then B, then C.
+        arrivals = [(A, 0.1), (B, 0.2), (C, 0.4)]
+        state, weights = PolicyState(), {A: 100, B: 100, C: 100}
+        for count in range(0, 4):
+            now = NOW + 2 * count
+            servers = {dest: ServerInput(100, current_weight=weights[dest]) for dest, _ in arrivals}
+            for dest, cpus in arrivals[:count]:
+                servers[dest] = reporting(100, at=now, capacity=cpus, current_weight=weights[dest])
+            result, state = decide_once(servers, self.settings, now=now, state=state)
+            weights = {dest: decision.weight for dest, decision in result.servers.items()}
+        self.assertEqual([weights[dest] for dest in (A, B, C)], [43, 86, 171])
+        self.assertEqual(result.servers[C].detail, "prior: 0.40 CPUs x health 100 of mean 0.15")
+
+    def test_an_idle_newcomer_among_loaded_servers_starts_near_its_share_of_the_cpus(self):
+        # Measured against spare capacity, the loaded servers' little spare
+        # would make the idle newcomer look ten times their size.
+        servers = {A: reporting(10, at=NOW - 2, capacity=1.0, current_weight=100),
+                   B: reporting(10, at=NOW - 2, capacity=1.0, current_weight=100)}
+        _, state = decide_once(servers, self.settings, now=NOW - 2)
+        result, _ = decide_once({A: reporting(10, capacity=1.0, current_weight=100),
+                                 B: reporting(10, capacity=1.0, current_weight=100),
+                                 C: reporting(100, capacity=1.0)}, self.settings, state=state)
+        self.assertEqual(result.servers[C].weight, 100)
+
+    def test_servers_without_a_reported_capacity_keep_todays_start(self):
+        result, _ = self.first({A: reporting(100, capacity=0.5), B: reporting(100)})
+        self.assertEqual((result.servers[A].weight, result.servers[B].weight), (100, 100))
+        self.assertEqual(result.servers[B].detail, "new: base weight")
+        self.assertTrue(result.servers[A].detail.startswith("prior: 0.50 CPUs"))
+
+    def test_a_director_restart_keeps_the_kernels_weight(self):
+        # What the traffic taught before the restart stands: the prior is for servers new to it.
+        result, _ = self.first({A: reporting(100, capacity=0.1, current_weight=150), B: reporting(100, capacity=0.4)})
+        self.assertEqual(result.servers[A].detail, "new: the kernel's weight")
+
+    def test_a_capacity_change_scales_the_target_at_once(self):
+        servers = {A: reporting(50, at=NOW - 2, capacity=1.0, current_weight=100),
+                   B: reporting(50, at=NOW - 2, capacity=1.0, current_weight=100)}
+        _, state = decide_once(servers, self.settings, now=NOW - 2)
+        # Nothing in the traffic shows it yet: same healths, same shares.
+        result, state = decide_once({A: reporting(50, capacity=2.0, current_weight=100),
+                                     B: reporting(50, capacity=1.0, current_weight=100)}, self.settings, state=state)
+        self.assertEqual((result.servers[A].weight, result.servers[B].weight), (133, 67))
+        self.assertEqual(result.servers[A].detail, "capacity 1.00 -> 2.00 CPUs: x2.00")
+        self.assertEqual(state.servers[SERVICE, A].capacity, 2.0)
+
+    def test_an_unchanged_or_forgotten_capacity_leaves_the_controller_alone(self):
+        servers = {A: reporting(50, at=NOW - 2, capacity=1.0, current_weight=100),
+                   B: reporting(50, at=NOW - 2, capacity=1.0, current_weight=100)}
+        _, state = decide_once(servers, self.settings, now=NOW - 2)
+        result, state = decide_once({A: reporting(50, current_weight=100),
+                                     B: reporting(50, capacity=1.0, current_weight=100)}, self.settings, state=state)
+        self.assertEqual((result.servers[A].weight, result.servers[B].weight), (100, 100))
+        self.assertIn("balanced", result.servers[A].detail)
+        self.assertEqual(state.servers[SERVICE, A].capacity, 1.0, "the last known one is remembered")
+
+    def test_health_mode_ignores_capacity(self):
+        result, _ = decide_once({A: reporting(50, capacity=0.1), B: reporting(50, capacity=4.0)}, PLAIN)
+        self.assertEqual((result.servers[A].weight, result.servers[B].weight), (50, 50))

@@ -29,19 +29,25 @@ def read_usage_usec(cgroup: Path) -> int:
     raise MetricReadError(f"{path} has no usage_usec")
 
 
-def read_cpu_limit(cgroup: Path, cpu_count: int) -> float:
+def read_cpu_quota(cgroup: Path) -> float | None:
     """
-    How many CPUs the cgroup may use: quota / period from C{cpu.max}, or
-    C{cpu_count} when the quota is C{max} or the file is absent (the root
-    cgroup, or no cpu controller).
+    The CPUs the cgroup's C{cpu.max} allows (quota / period), or None when
+    it sets no quota (C{max}) or the file is absent (the root cgroup, or no
+    cpu controller).
     """
     try:
         quota, _, period = (cgroup / "cpu.max").read_text().strip().partition(" ")
     except FileNotFoundError:
-        return float(cpu_count)
+        return None
     if quota == "max":
-        return float(cpu_count)
+        return None
     return int(quota) / int(period)
+
+
+def read_cpu_limit(cgroup: Path, cpu_count: int) -> float:
+    """How many CPUs the cgroup may use: its quota, or C{cpu_count} without one."""
+    quota = read_cpu_quota(cgroup)
+    return float(cpu_count) if quota is None else quota
 
 
 @implementer(ILoadMetric)

@@ -1,0 +1,219 @@
+"""
+The director's side of the capacity extension: whom it asks and how often
+(NE protocol over iosim on a task.Clock), and where the answers go (registry,
+updater's ServerInput, status.json).
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
+from twisted.trial.unittest import SynchronousTestCase
+
+from lvsfeedback.agent.capacity import FixedCapacity
+from lvsfeedback.agent.protocol import HEALTH_ONLY
+from lvsfeedback.director.config import load_config
+from lvsfeedback.director.protocol import CAPACITY_INTERVAL, Agent
+from lvsfeedback.director.registry import Registry
+from lvsfeedback.director.service import DirectorService
+from lvsfeedback.director.updater import WeightUpdater
+from lvsfeedback.director.web import build_status
+from lvsfeedback.ipvs.memory import MemoryIPVS
+from lvsfeedback.ipvs.model import DestKey, ServiceKey
+from lvsfeedback.necp.codec import CAPACITY_QUERY, HEALTH_QUERY, Service
+from tests.unit.test_necp_endpoints import DNS, WEB, EndpointTestCase
+
+
+class AskingTests(EndpointTestCase):
+    def connect_agent(self, capacity, services=(WEB,), **director_settings):
+        """A director asking every 2 s, and an agent; the query types the agent was asked, with their times."""
+        director = self.director(health_interval=2.0, **director_settings)
+        link = self.connect(director, self.agent_factory(services=services, capacity=capacity))
+        asked = []
+        answer = link.agent.keepalive_received
+
+        def recording(request):
+            asked.extend((self.clock.seconds(), query.type) for query in request.queries)
+            return answer(request)
+
+        link.agent.keepalive_received = recording
+        director.start_asking(2.0)
+        self.addCleanup(director.stop_asking)
+        return director, link, asked
+
+    def capacity_times(self, asked):
+        return [when for when, kind in asked if kind == CAPACITY_QUERY]
+
+    def test_an_announcing_agent_is_asked_with_the_first_round_then_not_again_within_thirty_seconds(self):
+        _, _, asked = self.connect_agent(FixedCapacity(0.5))
+        self.elapse(61)
+        self.assertEqual(self.capacity_times(asked), [2.0, 32.0])
+        self.assertEqual(len([kind for _, kind in asked if kind == HEALTH_QUERY]), 30, "health every round")
+        agent = Agent("10.0.0.2", 40000, 1)
+        self.assertEqual(self.events.of("capacity"), [(agent, WEB, 500, 2.0), (agent, WEB, 500, 32.0)])
+        self.assertEqual(CAPACITY_INTERVAL, 30.0)
+
+    def test_with_ask_on_start_the_capacity_comes_with_the_first_health_answer(self):
+        self.connect_agent(FixedCapacity(2.0), ask_on_start=True)
+        self.elapse(0.25)
+        agent = Agent("10.0.0.2", 40000, 1)
+        self.assertEqual(self.events.of("health"), [(agent, WEB, 75, 0.0)])
+        self.assertEqual(self.events.of("capacity"), [(agent, WEB, 2000, 0.0)])
+
+    def test_a_service_started_later_is_asked_in_the_next_round(self):
+        _, link, asked = self.connect_agent(FixedCapacity(1.0))
+        self.elapse(10)
+        link.agent.start([DNS])
+        self.elapse(4)
+        asked_for = [(call[1], call[3]) for call in self.events.of("capacity")]
+        self.assertEqual(asked_for, [(WEB, 2.0), (DNS, 12.0)], "DNS alone, at the round after its START")
+
+    def test_a_draft_only_agent_is_never_asked(self):
+        _, link, asked = self.connect_agent(None)
+        self.elapse(61)
+        self.assertEqual(self.capacity_times(asked), [])
+        self.assertFalse(link.director.answers_capacity)
+        self.assertEqual(self.events.of("capacity"), [])
+
+    def test_an_agent_that_refuses_a_capacity_query_loses_only_that_answer(self):
+        _, link, asked = self.connect_agent(FixedCapacity(1.0))
+        # It announced the extension, then answers as a draft-only agent would.
+        link.agent._answered_types = HEALTH_ONLY
+        with capturedLogs() as events:
+            self.elapse(61)
+        agent = Agent("10.0.0.2", 40000, 1)
+        health_times = [call[3] for call in self.events.of("health")]
+        # The refused round's health is asked again at once: every round has its health.
+        self.assertEqual(health_times, [2.0 * n for n in range(1, 31)])
+        self.assertEqual(self.capacity_times(asked), [2.0], "asked once, never again")
+        self.assertEqual(self.events.of("capacity"), [])
+        self.assertFalse(link.closed)
+        self.assertEqual(self.events.of("lost"), [])
+        lines = [formatEvent(event) for event in events if "capacity" in formatEvent(event)]
+        self.assertEqual(lines, [f"agent {agent} announced capacity answers but refused a capacity query; asking it no more"])
+
+
+WEB_SERVICE = ServiceKey.for_address("tcp", "10.0.0.1", 80)
+HTTP = Service(forwarding=3, protocol=6, port=80)
+CONFIG = """
+[director]
+update_interval = 2.0
+[status]
+listen = "tcp:0:interface=127.0.0.1"
+[policy]
+mode = "capacity"
+smoothing_half_life = 0
+hysteresis = 0
+slow_start = 0
+[[service]]
+name = "web"
+protocol = "tcp"
+address = "10.0.0.1"
+port = 80
+forwarding = "nat"
+[[service.real]]
+address = "10.1.0.1"
+[[service.real]]
+address = "10.1.0.2"
+"""
+
+
+class RegistryTests(SynchronousTestCase):
+    def setUp(self):
+        path = self.mktemp()
+        with open(path, "w") as file:
+            file.write(textwrap.dedent(CONFIG))
+        self.config = load_config(path)
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.registry = Registry(self.config, self.clock)
+        self.service = self.config.services[0]
+
+    def up(self, n):
+        agent = Agent(f"10.1.0.{n}", 40000, n)
+        self.registry.agentUp(agent)
+        self.registry.servicesStarted(agent, [HTTP])
+        return agent
+
+    def facts(self, n):
+        return self.registry.facts(self.service, DestKey.of(f"10.1.0.{n}", 80))
+
+    def test_the_latest_capacity_is_kept_in_cpus_per_server(self):
+        agent = self.up(1)
+        self.assertIsNone(self.facts(1).capacity)
+        self.registry.capacityReported(agent, HTTP, 250, self.clock.seconds())
+        self.assertEqual(self.facts(1).capacity, 0.25)
+        self.registry.capacityReported(agent, HTTP, 1500, self.clock.seconds())
+        self.assertEqual(self.facts(1).capacity, 1.5)
+
+    def test_zero_means_unknown(self):
+        agent = self.up(1)
+        self.registry.capacityReported(agent, HTTP, 250, self.clock.seconds())
+        self.registry.capacityReported(agent, HTTP, 0, self.clock.seconds())
+        self.assertIsNone(self.facts(1).capacity)
+
+    def test_a_stop_or_a_new_session_forgets_it(self):
+        agent = self.up(1)
+        self.registry.capacityReported(agent, HTTP, 250, self.clock.seconds())
+        self.registry.servicesStopped(agent, [HTTP])
+        self.registry.servicesStarted(agent, [HTTP])
+        self.assertIsNone(self.facts(1).capacity)
+        self.registry.capacityReported(agent, HTTP, 250, self.clock.seconds())
+        self.up(1)
+        self.assertIsNone(self.facts(1).capacity)
+
+    def test_a_capacity_change_brings_a_pass_forward_but_a_first_report_does_not(self):
+        changes = []
+        self.registry.change_listeners.append(lambda: changes.append(True))
+        agent = self.up(1)
+        self.registry.capacityReported(agent, HTTP, 250, self.clock.seconds())
+        self.registry.capacityReported(agent, HTTP, 250, self.clock.seconds())
+        self.assertEqual(changes, [])
+        self.registry.capacityReported(agent, HTTP, 500, self.clock.seconds())
+        self.assertEqual(changes, [True])
+
+    def test_a_first_capacity_and_each_change_are_logged_once(self):
+        agent = self.up(1)
+        with capturedLogs() as events:
+            for milli in (250, 250, 500, 500):
+                self.registry.capacityReported(agent, HTTP, milli, self.clock.seconds())
+        lines = [formatEvent(event) for event in events]
+        self.assertEqual(lines, ["agent 10.1.0.1 6/80: capacity 0.25 CPUs", "agent 10.1.0.1 6/80: capacity 0.25 -> 0.5 CPUs"])
+
+    def test_the_updater_passes_it_to_the_policy(self):
+        updater = WeightUpdater(self.config, self.registry, MemoryIPVS(), self.clock)
+        agent = self.up(1)
+        self.up(2)
+        self.registry.capacityReported(agent, HTTP, 250, self.clock.seconds())
+        inputs = {}
+        import lvsfeedback.director.updater as module
+
+        real_decide = module.decide
+
+        def recording(services, state, now):
+            inputs.update(services)
+            return real_decide(services, state, now)
+
+        self.patch(module, "decide", recording)
+        updater.plan({}, self.clock.seconds())
+        servers = inputs[WEB_SERVICE].servers
+        self.assertEqual(servers[DestKey.of("10.1.0.1", 80)].capacity, 0.25)
+        self.assertIsNone(servers[DestKey.of("10.1.0.2", 80)].capacity)
+
+
+class StatusTests(SynchronousTestCase):
+    def test_status_shows_each_servers_capacity(self):
+        path = self.mktemp()
+        with open(path, "w") as file:
+            file.write(textwrap.dedent(CONFIG))
+        clock = Clock()
+        director = DirectorService(load_config(path), clock, table=MemoryIPVS())
+        agent = Agent("10.1.0.1", 40000, 1)
+        director.registry.agentUp(agent)
+        director.registry.servicesStarted(agent, [HTTP])
+        director.registry.capacityReported(agent, HTTP, 400, clock.seconds())
+        status = build_status(director, clock.seconds())
+        servers = {entry["server"]: entry["capacity"] for entry in status["services"][0]["servers"]}
+        self.assertEqual(servers, {"10.1.0.1:80": 0.4, "10.1.0.2:80": None})
