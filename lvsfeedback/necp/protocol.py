@@ -233,7 +233,8 @@ class NECPProtocol(Protocol):
     def message_received(self, message: Message) -> None:
         """
         C{message} was read whole and accepted (verified, on an
-        authenticated connection); it is acted on next.
+        authenticated connection); it is acted on next, unless this closes
+        the connection.
         """
 
     def keepalive_queries(self) -> tuple[Query, ...]:
@@ -399,7 +400,8 @@ class NECPProtocol(Protocol):
                 self._read(True)
                 return
             self.message_received(message)
-            self._dispatch(message)
+            if self._closing is None:
+                self._dispatch(message)
         if self._closing is None and not self._output_paused:
             # More may be buffered: read no more until it is handled, and
             # let the reactor serve other connections first.

@@ -585,7 +585,8 @@ class AuthenticationTests(EndpointTestCase):
         self.assertEqual(HEADER.unpack_from(written)[5], asked)
         receiver = Authenticator(SECRET)
         receiver.start_receiving(asked)
-        self.assertEqual(decode(written, receiver).receive_sequence, 1000 << 32)
+        # The clock's second, in its upper half: no other session counts up to it.
+        self.assertEqual(decode(written, receiver).receive_sequence, 1000 << 32 | 1 << 31)
 
     def test_wrong_secret_brings_no_agent_up_and_closes_both_sides(self):
         link = self.connect(self.director(secret=SECRET), self.agent_factory(secret=b"guess"))
@@ -646,9 +647,9 @@ class AuthenticationTests(EndpointTestCase):
         self.flush()
         return link, init, start
 
-    def replay(self, director, data, port=40001):
-        protocol = director.buildProtocol(IPv4Address("TCP", "10.0.0.2", port))
-        transport = iosim.FakeTransport(protocol, True, DIRECTOR, IPv4Address("TCP", "10.0.0.2", port))
+    def replay(self, director, data, port=40001, host="10.0.0.2"):
+        protocol = director.buildProtocol(IPv4Address("TCP", host, port))
+        transport = iosim.FakeTransport(protocol, True, DIRECTOR, IPv4Address("TCP", host, port))
         protocol.makeConnection(transport)
         protocol.dataReceived(data)
         return transport
@@ -670,6 +671,35 @@ class AuthenticationTests(EndpointTestCase):
         self.assertEqual(len(self.events.of("up")), 1)
         self.assertEqual(self.events.of("health")[-1][:3], (legit.director.agent, WEB, 75))
         self.assertEqual(director.agents(), {legit.director.agent: (WEB,)})
+
+    def test_a_session_replayed_from_another_host_brings_no_agent_up(self):
+        director = self.director(secret=SECRET)
+        legit, init, start = self.captured_session(director)
+        before = list(self.events.calls)
+        # In the same second: the clock alone gives 10.0.0.3 the number 10.0.0.2 got.
+        replayed = self.replay(director, init + start, host="10.0.0.3")
+        self.elapse(10)
+        self.assertEqual(self.events.calls[: len(before)], before)
+        self.assertEqual([call for call in self.events.calls if call[1].host == "10.0.0.3"], [])
+        self.assertTrue(replayed.disconnecting)
+        self.assertEqual(director.agents(), {legit.director.agent: (WEB,)})
+
+    def test_a_message_captured_after_the_replayed_init_does_not_prove_it(self):
+        director = self.director(secret=SECRET)
+        legit, init, _ = self.captured_session(director)
+        for host in ("10.0.0.2", "10.0.0.3"):
+            replayed = self.replay(director, init, host=host, port=40001)
+            legit.agent.stop([WEB])
+            stop = b"".join(legit.agent_side.stream)  # sent after the replay's INIT_ACK
+            self.flush()
+            replayed.protocol.dataReceived(stop)
+            self.elapse(10)
+            self.assertTrue(replayed.disconnecting, host)
+            self.assertEqual(list(director.agents()), [legit.director.agent], host)
+            self.assertEqual(self.events.of("lost"), [], host)
+            self.assertEqual([call[0].host for call in self.events.of("up")], ["10.0.0.2"], host)
+            legit.agent.start([WEB])
+            self.flush()
 
     def test_replayed_init_long_after_the_capture_takes_nothing_over(self):
         director = self.director(secret=SECRET)
