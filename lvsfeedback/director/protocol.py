@@ -428,6 +428,11 @@ class NEProtocol(NECPProtocol):
         """
         if not self.connected:
             return
+        if services is not None and self.keepalives_unanswered:
+            # A question is on its way: the next one asks these too. Each
+            # question counts toward declaring the agent dead, and a burst
+            # of STARTs within one round trip is no silence.
+            return
         self.send_keepalive(self._queries if services is None else health_queries(services))
 
     def stop_received(self, request: Stop) -> Message:

@@ -555,6 +555,11 @@ class NECPProtocol(Protocol):
         sent.addCallbacks(self._keepalive_replied, self.request_abandoned)
         self._schedule_keepalive()
 
+    @property
+    def keepalives_unanswered(self) -> int:
+        """This end's keepalives sent since the peer last answered one."""
+        return self._unanswered
+
     def _schedule_keepalive(self) -> None:
         factory = self.factory
         delay = factory.keepalive_interval + factory.random() * factory.keepalive_jitter

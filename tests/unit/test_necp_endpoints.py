@@ -171,6 +171,19 @@ class SessionTests(EndpointTestCase):
         agent = Agent("10.0.0.2", 40000, 1)
         self.assertEqual(self.events.of("health"), [(agent, WEB, 75, 0.0), (agent, DNS, 40, 0.0)])
 
+    def test_a_burst_of_starts_is_not_taken_for_a_dead_agent(self):
+        director = self.director(ask_on_start=True)
+        link = self.connect(director, self.agent_factory(services=(WEB,)))
+        self.elapse(0.25)
+        for _ in range(4):
+            link.agent.stop([DNS])
+            link.agent.start([DNS])
+        self.elapse(0.25)
+        self.assertFalse(link.closed, link.director._closing)
+        self.elapse(6)
+        agent = Agent("10.0.0.2", 40000, 1)
+        self.assertEqual([call[:3] for call in self.events.of("health")[-2:]], [(agent, WEB, 75), (agent, DNS, 40)])
+
     def test_director_with_a_health_interval_asks_every_agent_in_one_round_that_often(self):
         director = self.director(health_interval=2.0)
         first = self.connect(director, self.agent_factory(services=(WEB,)))
