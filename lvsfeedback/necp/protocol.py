@@ -549,6 +549,11 @@ class NECPProtocol(Protocol):
         if self._unanswered >= self.factory.max_unanswered:
             self.close(f"peer dead: {self._unanswered} keepalives in a row unanswered", abort=True)
             return
+        # Those sent before the last one answered were skipped: a peer reads
+        # and answers in order, so no answer to them is coming.
+        waiting = [pending for pending in self._pending.values() if type(pending.message) is Keepalive]
+        for skipped in waiting[: len(waiting) - self._unanswered]:
+            self._finish(skipped).errback(RequestFailed(f"peer answered a later {skipped.name}"))
         self._unanswered += 1
         # Untimed: unanswered keepalives end the session, which fails them all.
         sent = self.send_request(Keepalive(queries=queries), timed=False)

@@ -974,7 +974,21 @@ class FlowControlTests(EndpointTestCase):
         self.assertGreater(answered + len(decode_all(transport.value())), answered)
         self.assertFalse(transport.disconnecting)
 
-    def test_a_connection_queueing_more_than_the_cap_is_aborted_with_one_reason(self):
+    def test_keepalives_a_peer_skips_are_not_kept_waiting_for_ever(self):
+        director = self.director()
+        protocol, transport = self.session(director)
+        protocol.dataReceived(encode(Start(request_id=2, services=(WEB,))))
+        transport.drain()
+        for _ in range(30):
+            self.clock.advance(5)
+            self.clock.advance(5)
+            # The peer answers only the latest of the keepalives it was sent.
+            latest = [m for m in transport.drain() if isinstance(m, Keepalive)][-1]
+            protocol.dataReceived(encode(KeepaliveAck(request_id=latest.request_id)))
+        self.assertFalse(transport.disconnecting)
+        self.assertLessEqual(len(protocol._pending), director.max_unanswered)
+
+
         director = self.director(max_queued_output=100)
         protocol, transport = self.session(director)
         protocol.dataReceived(encode(Start(request_id=2, services=(WEB,))))
