@@ -72,6 +72,10 @@ MAX_EXCEPTIONS_PER_AGENT = 1024
 # Seconds between two rounds of capacity questions to one agent: capacity
 # changes rarely, and every question costs the director at 10,000 agents.
 CAPACITY_INTERVAL = 30.0
+# A new session's first sequence number: this many messages beyond any other
+# session's, with the low half (the count within a second) at least this.
+SEQUENCE_SPACING = 1 << 20
+UPPER_HALF_OF_A_SECOND = 1 << 31
 
 
 @dataclass(frozen=True, order=True)
@@ -344,6 +348,7 @@ class NEProtocol(NECPProtocol):
         self._capacity_due: dict[Service, None] = {}  # started since, to be asked in the next round
         self.forgotten = False
         self.proving = False
+        self._first_sequence: int | None = None  # what the INIT_ACK asked for
         self._proof_call: IDelayedCall | None = None
         super().connectionMade()
         self.peer_host = self.agent.host
@@ -370,12 +375,11 @@ class NEProtocol(NECPProtocol):
             reply = InitAck()
         else:
             # Reply with exactly the number the agent asked for, then expect
-            # ours: one no message captured before can carry.
-            first = self.factory.fresh_sequence(self.agent.host)
+            # ours: one no message sent on another session can carry.
+            first = self.factory.fresh_sequence()
             if first > MAX_SEQUENCE:
-                return self._refuse_init(
-                    request, "sequence numbers from this host are exhausted", BAD_SEQUENCE
-                )
+                return self._refuse_init(request, "sequence numbers are exhausted", BAD_SEQUENCE)
+            self._first_sequence = first
             authenticator.start_sending(request.receive_sequence)
             authenticator.start_receiving(first)
             self.signing = True
@@ -408,8 +412,14 @@ class NEProtocol(NECPProtocol):
         floor = self.authenticator.receive_floor if self.authenticator is not None else None
         if floor is None:
             return
-        self.factory.sequence_accepted(self.agent.host, floor)
+        self.factory.sequence_accepted(floor)
         if self.proving:
+            if floor - 1 != self._first_sequence:
+                self.close(
+                    f"first message after INIT_ACK carries sequence number {floor - 1}, "
+                    f"not {self._first_sequence}: a replay"
+                )
+                return
             self.proving = False
             self._cancel(self._proof_call)
             self.factory.agent_up(self)
@@ -476,6 +486,11 @@ class NEProtocol(NECPProtocol):
         every started one) now: it stands for the next regular keepalive.
         """
         if not self.connected:
+            return
+        if services is not None and self.keepalives_unanswered:
+            # A question is on its way: the next one asks these too. Each
+            # question counts toward declaring the agent dead, and a burst
+            # of STARTs within one round trip is no silence.
             return
         queries = self._queries if services is None else health_queries(services)
         self.send_keepalive(queries + self._capacity_questions() if self.answers_capacity else queries)
@@ -639,8 +654,10 @@ class NEFactory(NECPFactory):
     On INIT, any older session from the same host is dropped: the director
     forgets everything it held for that agent (NECP's rule for INIT). With
     a secret, not on INIT but on the newcomer's first verified message after
-    its INIT_ACK, whose sequence number is above any ever accepted from that
-    host: a replayed INIT cannot take a session over.
+    its INIT_ACK, which must carry exactly the sequence number the INIT_ACK
+    asked for, one no other session sends (see L{fresh_sequence}): neither a
+    replayed INIT nor messages replayed from another session, captured
+    before or after, can take a session over or bring one up.
     With C{ask_on_start}, newly started services are asked for their health
     at once; with a C{health_interval}, every agent is asked every that many
     seconds, all in one round from one timer (see L{start_asking}), each
@@ -675,8 +692,8 @@ class NEFactory(NECPFactory):
         self.exceptions = ExceptionTable(clock, self._exception_expired)
         self.connection_numbers = itertools.count(1)
         self._sessions: dict[Agent, NEProtocol] = {}
-        # Per agent host, above the highest sequence number ever accepted from it.
-        self._sequence_floors: dict[str, int] = {}
+        # Above every sequence number accepted from any session or asked for in an INIT_ACK.
+        self._sequence_floor = 0
         self._asking: LoopingCall | None = None
         self._first_round: IDelayedCall | None = None
 
@@ -732,19 +749,25 @@ class NEFactory(NECPFactory):
         self.log.info("agent {agent} up", agent=session.agent)
         self.notify("agentUp", session.agent)
 
-    def fresh_sequence(self, host: str) -> int:
+    def fresh_sequence(self) -> int:
         """
-        The sequence number to expect first from a new session of C{host}:
-        above the clock's start and every number accepted from C{host}, so
-        that no message captured from an earlier session carries it.
+        The sequence number a new session must send first, unique to it:
+        above the clock's start, at least L{SEQUENCE_SPACING} above every
+        number accepted or asked for so far, and in the upper half of its
+        second. Another session's numbers count up by one from its own
+        first, or jump to the start of a second (see L{Authenticator}): none
+        comes to this one, so no message captured from another session,
+        before or after, carries it.
         """
         start = Authenticator.initial_sequence(self.clock.seconds())
-        return max(start, self._sequence_floors.get(host, 0))
+        first = max(start, self._sequence_floor + SEQUENCE_SPACING) | UPPER_HALF_OF_A_SECOND
+        self._sequence_floor = first + 1
+        return first
 
-    def sequence_accepted(self, host: str, floor: int) -> None:
-        """A message from C{host} was accepted; it will take nothing under C{floor} again."""
-        if floor > self._sequence_floors.get(host, 0):
-            self._sequence_floors[host] = floor
+    def sequence_accepted(self, floor: int) -> None:
+        """A session accepted a message; a new session's number will be above C{floor}."""
+        if floor > self._sequence_floor:
+            self._sequence_floor = floor
 
     def agent_gone(self, session: NEProtocol, reason: str) -> None:
         if not session.forgotten:

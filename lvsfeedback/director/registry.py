@@ -191,11 +191,16 @@ class Registry:
         for listener in self.lost_listeners:
             listener()
 
-    def exceptionAdded(self, agent, exception) -> None:
-        """Exceptions are kept by the NE protocol; IPVS has nothing to apply them to."""
+    # Exceptions are kept by the NE protocol; IPVS has nothing to apply them to.
 
-    exceptionRemoved = exceptionAdded
-    exceptionsReset = exceptionAdded
+    def exceptionAdded(self, agent, rule) -> None:
+        pass
+
+    def exceptionRemoved(self, agent, rule) -> None:
+        pass
+
+    def exceptionsReset(self, agent) -> None:
+        pass
 
     # Queries.
 

@@ -265,7 +265,8 @@ class NECPProtocol(Protocol):
     def message_received(self, message: Message) -> None:
         """
         C{message} was read whole and accepted (verified, on an
-        authenticated connection); it is acted on next.
+        authenticated connection); it is acted on next, unless this closes
+        the connection.
         """
 
     def keepalive_queries(self) -> tuple[Query, ...]:
@@ -441,7 +442,8 @@ class NECPProtocol(Protocol):
                 return
             counted[message.opcode] += 1
             self.message_received(message)
-            self._dispatch(message)
+            if self._closing is None:
+                self._dispatch(message)
         if self._closing is None and not self._output_paused:
             # More may be buffered: read no more until it is handled, and
             # let the reactor serve other connections first.
@@ -583,11 +585,21 @@ class NECPProtocol(Protocol):
         if self._unanswered >= self.factory.max_unanswered:
             self.close(f"peer dead: {self._unanswered} keepalives in a row unanswered", abort=True)
             return
+        # Those sent before the last one answered were skipped: a peer reads
+        # and answers in order, so no answer to them is coming.
+        waiting = [pending for pending in self._pending.values() if type(pending.message) is Keepalive]
+        for skipped in waiting[: len(waiting) - self._unanswered]:
+            self._finish(skipped).errback(RequestFailed(f"peer answered a later {skipped.name}"))
         self._unanswered += 1
         # Untimed: unanswered keepalives end the session, which fails them all.
         sent = self.send_request(Keepalive(queries=queries), timed=False)
         sent.addCallbacks(self._keepalive_replied, self.request_abandoned)
         self._schedule_keepalive()
+
+    @property
+    def keepalives_unanswered(self) -> int:
+        """This end's keepalives sent since the peer last answered one."""
+        return self._unanswered
 
     def _schedule_keepalive(self) -> None:
         factory = self.factory

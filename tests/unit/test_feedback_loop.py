@@ -113,6 +113,14 @@ class FeedbackLoopTests(SynchronousTestCase):
         self.assertLess(len(line), 300)
         self.assertEqual(self.weights()[SERVERS[0]], 100)
 
+    def test_an_agent_resetting_its_exceptions_is_answered_with_no_failure_logged(self):
+        self.elapse(2)
+        with capturedLogs() as events:
+            reset = self.links[0].agent.reset_exceptions()
+            self.elapse(0.5)
+        self.assertEqual(self.successResultOf(reset), ())
+        self.assertEqual([formatEvent(event) for event in events if "log_failure" in event], [])
+
     def test_a_draining_agent_is_quiesced_once_the_director_acknowledges(self):
         self.elapse(8)
         agent, health = self.agents["10.1.0.3"]

@@ -174,6 +174,19 @@ class SessionTests(EndpointTestCase):
         agent = Agent("10.0.0.2", 40000, 1)
         self.assertEqual(self.events.of("health"), [(agent, WEB, 75, 0.0), (agent, DNS, 40, 0.0)])
 
+    def test_a_burst_of_starts_is_not_taken_for_a_dead_agent(self):
+        director = self.director(ask_on_start=True)
+        link = self.connect(director, self.agent_factory(services=(WEB,)))
+        self.elapse(0.25)
+        for _ in range(4):
+            link.agent.stop([DNS])
+            link.agent.start([DNS])
+        self.elapse(0.25)
+        self.assertFalse(link.closed, link.director._closing)
+        self.elapse(6)
+        agent = Agent("10.0.0.2", 40000, 1)
+        self.assertEqual([call[:3] for call in self.events.of("health")[-2:]], [(agent, WEB, 75), (agent, DNS, 40)])
+
     def test_director_with_a_health_interval_asks_every_agent_in_one_round_that_often(self):
         director = self.director(health_interval=2.0)
         first = self.connect(director, self.agent_factory(services=(WEB,)))
@@ -588,7 +601,8 @@ class AuthenticationTests(EndpointTestCase):
         self.assertEqual(HEADER.unpack_from(written)[5], asked)
         receiver = Authenticator(SECRET)
         receiver.start_receiving(asked)
-        self.assertEqual(decode(written, receiver).receive_sequence, 1000 << 32)
+        # The clock's second, in its upper half: no other session counts up to it.
+        self.assertEqual(decode(written, receiver).receive_sequence, 1000 << 32 | 1 << 31)
 
     def test_wrong_secret_brings_no_agent_up_and_closes_both_sides(self):
         link = self.connect(self.director(secret=SECRET), self.agent_factory(secret=b"guess"))
@@ -649,9 +663,9 @@ class AuthenticationTests(EndpointTestCase):
         self.flush()
         return link, init, start
 
-    def replay(self, director, data, port=40001):
-        protocol = director.buildProtocol(IPv4Address("TCP", "10.0.0.2", port))
-        transport = iosim.FakeTransport(protocol, True, DIRECTOR, IPv4Address("TCP", "10.0.0.2", port))
+    def replay(self, director, data, port=40001, host="10.0.0.2"):
+        protocol = director.buildProtocol(IPv4Address("TCP", host, port))
+        transport = iosim.FakeTransport(protocol, True, DIRECTOR, IPv4Address("TCP", host, port))
         protocol.makeConnection(transport)
         protocol.dataReceived(data)
         return transport
@@ -673,6 +687,35 @@ class AuthenticationTests(EndpointTestCase):
         self.assertEqual(len(self.events.of("up")), 1)
         self.assertEqual(self.events.of("health")[-1][:3], (legit.director.agent, WEB, 75))
         self.assertEqual(director.agents(), {legit.director.agent: (WEB,)})
+
+    def test_a_session_replayed_from_another_host_brings_no_agent_up(self):
+        director = self.director(secret=SECRET)
+        legit, init, start = self.captured_session(director)
+        before = list(self.events.calls)
+        # In the same second: the clock alone gives 10.0.0.3 the number 10.0.0.2 got.
+        replayed = self.replay(director, init + start, host="10.0.0.3")
+        self.elapse(10)
+        self.assertEqual(self.events.calls[: len(before)], before)
+        self.assertEqual([call for call in self.events.calls if call[1].host == "10.0.0.3"], [])
+        self.assertTrue(replayed.disconnecting)
+        self.assertEqual(director.agents(), {legit.director.agent: (WEB,)})
+
+    def test_a_message_captured_after_the_replayed_init_does_not_prove_it(self):
+        director = self.director(secret=SECRET)
+        legit, init, _ = self.captured_session(director)
+        for host in ("10.0.0.2", "10.0.0.3"):
+            replayed = self.replay(director, init, host=host, port=40001)
+            legit.agent.stop([WEB])
+            stop = b"".join(legit.agent_side.stream)  # sent after the replay's INIT_ACK
+            self.flush()
+            replayed.protocol.dataReceived(stop)
+            self.elapse(10)
+            self.assertTrue(replayed.disconnecting, host)
+            self.assertEqual(list(director.agents()), [legit.director.agent], host)
+            self.assertEqual(self.events.of("lost"), [], host)
+            self.assertEqual([call[0].host for call in self.events.of("up")], ["10.0.0.2"], host)
+            legit.agent.start([WEB])
+            self.flush()
 
     def test_replayed_init_long_after_the_capture_takes_nothing_over(self):
         director = self.director(secret=SECRET)
@@ -934,7 +977,21 @@ class FlowControlTests(EndpointTestCase):
         self.assertGreater(answered + len(decode_all(transport.value())), answered)
         self.assertFalse(transport.disconnecting)
 
-    def test_a_connection_queueing_more_than_the_cap_is_aborted_with_one_reason(self):
+    def test_keepalives_a_peer_skips_are_not_kept_waiting_for_ever(self):
+        director = self.director()
+        protocol, transport = self.session(director)
+        protocol.dataReceived(encode(Start(request_id=2, services=(WEB,))))
+        transport.drain()
+        for _ in range(30):
+            self.clock.advance(5)
+            self.clock.advance(5)
+            # The peer answers only the latest of the keepalives it was sent.
+            latest = [m for m in transport.drain() if isinstance(m, Keepalive)][-1]
+            protocol.dataReceived(encode(KeepaliveAck(request_id=latest.request_id)))
+        self.assertFalse(transport.disconnecting)
+        self.assertLessEqual(len(protocol._pending), director.max_unanswered)
+
+
         director = self.director(max_queued_output=100)
         protocol, transport = self.session(director)
         protocol.dataReceived(encode(Start(request_id=2, services=(WEB,))))
