@@ -348,10 +348,12 @@ def run_scale(args) -> dict:
     script_run = check_script_cost(workdir)
     begin_logging(workdir / "director.log")
     port = free_port()
-    # No smoothing, hysteresis or slow start: the desired weight follows one
-    # report at once, so the latency measured is NECP's and the updater's, not
-    # the smoothing an operator chooses.
-    policy = "smoothing_half_life = 0.0\nhysteresis = 0.0\nslow_start = 0.0\n"
+    # Health mode, with no smoothing, hysteresis or slow start: the desired
+    # weight follows one report at once (base x health / 100), so the latency
+    # measured is NECP's and the updater's, not the smoothing an operator
+    # chooses, and the wait below for every decision to be a health one ends
+    # (capacity mode, the default, steps from traffic these agents never get).
+    policy = 'mode = "health"\nsmoothing_half_life = 0.0\nhysteresis = 0.0\nslow_start = 0.0\n'
     config_path = workdir / "director.toml"
     config_path.write_text(
         director_toml(f"tcp:{port}:interface=127.0.0.1:backlog=1024", services, reals, observe=True,
