@@ -307,15 +307,22 @@ def _fold_report(memory: ServerMemory, report: HealthReport | None, settings: Po
     """The EWMA with `report` folded in, once per report."""
     if report is None or (memory.smoothed_at is not None and report.time <= memory.smoothed_at):
         return memory
-    if memory.smoothed_health is None or memory.smoothed_at is None or not settings.smoothing_half_life:
-        smoothed = float(report.value)
-    else:
-        # alpha from the time between reports: a report after a long silence
-        # counts for almost everything, one right after the last for little.
-        elapsed = report.time - memory.smoothed_at
-        alpha = 1 - 2 ** (-elapsed / settings.smoothing_half_life)
-        smoothed = memory.smoothed_health + alpha * (report.value - memory.smoothed_health)
+    elapsed = 0.0 if memory.smoothed_at is None else report.time - memory.smoothed_at
+    smoothed = _ewma(memory.smoothed_health, float(report.value), elapsed, settings)
     return replace(memory, smoothed_health=smoothed, smoothed_at=report.time)
+
+
+def _ewma(previous: float | None, value: float, elapsed: float, settings: PolicySettings) -> float:
+    """
+    `value` folded into `previous` with the smoothing half-life, its weight
+    from the time since `previous`: a value after a long silence counts for
+    almost everything, one right after the last for little. The first value,
+    or any with smoothing off, stands alone.
+    """
+    if previous is None or not settings.smoothing_half_life:
+        return value
+    alpha = 1 - 2 ** (-elapsed / settings.smoothing_half_life)
+    return previous + alpha * (value - previous)
 
 
 def _fold_packets(
@@ -330,11 +337,7 @@ def _fold_packets(
         return replace(memory, packets=counters.packets, packets_at=now, packet_rate=None)
     elapsed = now - memory.packets_at
     rate = (counters.packets - memory.packets) / elapsed
-    if memory.packet_rate is None or not settings.smoothing_half_life:
-        smoothed = rate
-    else:
-        alpha = 1 - 2 ** (-elapsed / settings.smoothing_half_life)
-        smoothed = memory.packet_rate + alpha * (rate - memory.packet_rate)
+    smoothed = _ewma(memory.packet_rate, rate, elapsed, settings)
     return replace(memory, packets=counters.packets, packets_at=now, packet_rate=smoothed)
 
 
@@ -585,10 +588,9 @@ def _smoothed_share(
     """The kernel share folded into its EWMA once per pass: (smoothed share, when)."""
     if share is None:
         return None, None
-    if memory.share is None or memory.share_at is None or now <= memory.share_at or not settings.smoothing_half_life:
+    if memory.share_at is None or now <= memory.share_at:
         return share, now
-    alpha = 1 - 2 ** (-(now - memory.share_at) / settings.smoothing_half_life)
-    return memory.share + alpha * (share - memory.share), now
+    return _ewma(memory.share, share, now - memory.share_at, settings), now
 
 
 def _clamp(weight: float, settings: PolicySettings) -> int:
