@@ -1,3 +1,27 @@
+"""
+Capacity mode's controller: weights that even out utilisation across the
+servers with live feedback (see `capacity_weights`). Pure, like the policy
+that calls it (lvsfeedback.director.policy).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+from lvsfeedback.director.policy_model import (
+    Assessment,
+    Feedback,
+    PolicySettings,
+    Reason,
+    ServerInput,
+    ServerMemory,
+    clamp,
+    ewma,
+)
+from lvsfeedback.ipvs.model import DestKey
+
+
 # Capacity mode's controller, tuned on lvsfeedback.director.simulate: the
 # exponent of the utilisation ratio, and the most a weight may be scaled in
 # one pass.
@@ -14,7 +38,7 @@ _LEAST_SHARE = 1 / 8
 
 
 @dataclass(frozen=True)
-class _Control:
+class Control:
     """What capacity mode remembers of one server after a pass."""
 
     target: float
@@ -23,13 +47,13 @@ class _Control:
     capacity: float | None
 
 
-def _capacity_weights(
+def capacity_weights(
     servers: Mapping[DestKey, ServerInput],
-    feedback: Mapping[DestKey, _Feedback],
+    feedback: Mapping[DestKey, Feedback],
     previous: Mapping[DestKey, ServerMemory | None],
     settings: PolicySettings,
     now: float,
-) -> tuple[dict[DestKey, _Assessment], dict[DestKey, _Control]]:
+) -> tuple[dict[DestKey, Assessment], dict[DestKey, Control]]:
     """
     Weights that bring every server to the same utilisation, which puts each
     server's share in proportion to its capacity (the aim of Cloudflare's
@@ -124,16 +148,16 @@ def _capacity_weights(
     scale = base_total / sum(raw.values())
     targets = {dest: min(max(weight * scale, settings.floor), settings.ceiling) for dest, weight in raw.items()}
     weights = {
-        dest: _Assessment(_clamp(target, settings), Reason.CAPACITY, details[dest], rampable=True)
+        dest: Assessment(clamp(target, settings), Reason.CAPACITY, details[dest], rampable=True)
         for dest, target in targets.items()
     }
-    return weights, {dest: _Control(target, *shares[dest], capacities[dest]) for dest, target in targets.items()}
+    return weights, {dest: Control(target, *shares[dest], capacities[dest]) for dest, target in targets.items()}
 
 
 def _priors(
     priors: list[DestKey],
     servers: Mapping[DestKey, ServerInput],
-    feedback: Mapping[DestKey, _Feedback],
+    feedback: Mapping[DestKey, Feedback],
     raw: dict[DestKey, float],
     details: dict[DestKey, str],
 ) -> None:
@@ -175,4 +199,4 @@ def _smoothed_share(
         return None, None
     if memory.share_at is None or now <= memory.share_at:
         return share, now
-    return _ewma(memory.share, share, now - memory.share_at, settings), now
+    return ewma(memory.share, share, now - memory.share_at, settings), now

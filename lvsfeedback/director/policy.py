@@ -16,14 +16,14 @@ One pass, per virtual service:
    (base x smoothed health / 100) or ``capacity`` (a controller that evens
    out utilisation, utilisation = 1 - smoothed health / 100, so that shares
    follow capacity, stepping from where the traffic really goes, counted in
-   the kernel's packet totals; see `_capacity_weights`), clamped to [floor,
+   the kernel's packet totals; see `capacity_weights`), clamped to [floor,
    ceiling].
    Capacity mode used to divide each server's packet rate by its
    utilisation (gRPC's and Envoy's estimator); a server's idle utilisation
    made a server that got little look small, and it starved (#14). Where
    agents report their capacity (CPUs, a project extension of NECP), it is
    the prior the traffic then corrects: a new server starts from its spare
-   capacity (`_priors`), and a capacity change scales its weight at once.
+   capacity (`capacity_policy._priors`), and a capacity change scales its weight at once.
 3. Panic: when fewer than ``panic_threshold`` of the servers without an
    operator override would keep a non-zero weight, all of those get their
    static base weight instead, so that the service never sends everything to
@@ -37,11 +37,56 @@ One pass, per virtual service:
 
 from __future__ import annotations
 
-import enum
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Mapping
 
-from lvsfeedback.ipvs.model import MAX_WEIGHT, DestCounters, DestKey, ServiceKey
+from lvsfeedback.director.capacity_policy import Control, capacity_weights
+from lvsfeedback.director.policy_model import (
+    DRAINED,
+    FEEDBACK_REASONS,
+    Agent,
+    AgentState,
+    Assessment,
+    Decision,
+    Drained,
+    Feedback,
+    HealthReport,
+    LostAgentAction,
+    Mode,
+    Override,
+    Pinned,
+    PolicySettings,
+    PolicyState,
+    Reason,
+    ServerInput,
+    ServerMemory,
+    ServiceDecision,
+    ServiceInput,
+    clamp,
+    ewma,
+)
+from lvsfeedback.ipvs.model import DestCounters, DestKey, ServiceKey
+
+# The policy's interface: its values are defined in policy_model.py.
+__all__ = [
+    "DRAINED",
+    "Agent",
+    "AgentState",
+    "Decision",
+    "Drained",
+    "HealthReport",
+    "LostAgentAction",
+    "Mode",
+    "Override",
+    "Pinned",
+    "PolicySettings",
+    "PolicyState",
+    "Reason",
+    "ServerInput",
+    "ServiceDecision",
+    "ServiceInput",
+    "decide",
+]
 
 
 def decide(
@@ -73,15 +118,15 @@ def _decide_service(
         )
         for dest, server in service.servers.items()
     }
-    assessments: dict[DestKey, _Assessment] = {}
-    feedback: dict[DestKey, _Feedback] = {}
+    assessments: dict[DestKey, Assessment] = {}
+    feedback: dict[DestKey, Feedback] = {}
     for dest, server in service.servers.items():
         assessment = _assess(server, settings, now)
         if assessment is not None:
             assessments[dest] = assessment
         elif server.report is not None and folded[dest].smoothed_health is not None:
             # _assess returns None only for a fresh report, which is folded in.
-            feedback[dest] = _Feedback(server.report.value, folded[dest].smoothed_health, folded[dest].packet_rate)
+            feedback[dest] = Feedback(server.report.value, folded[dest].smoothed_health, folded[dest].packet_rate)
     weights, controls = _feedback_weights(service.servers, feedback, previous, settings, now)
     assessments.update(weights)
 
@@ -109,8 +154,8 @@ def _decide_service(
                 capacity=control.capacity,
             )
         if panic and assessment.automatic:
-            assessment = _Assessment(
-                _clamp(server.base_weight, settings),
+            assessment = Assessment(
+                clamp(server.base_weight, settings),
                 Reason.PANIC,
                 f"{serving} of {len(automatic)} servers would keep a weight, "
                 f"fewer than {settings.panic_threshold:.0%}; was {assessment.reason}",
@@ -134,7 +179,7 @@ def _fold_report(memory: ServerMemory, report: HealthReport | None, settings: Po
     if report is None or (memory.smoothed_at is not None and report.time <= memory.smoothed_at):
         return memory
     elapsed = 0.0 if memory.smoothed_at is None else report.time - memory.smoothed_at
-    smoothed = _ewma(memory.smoothed_health, float(report.value), elapsed, settings)
+    smoothed = ewma(memory.smoothed_health, float(report.value), elapsed, settings)
     return replace(memory, smoothed_health=smoothed, smoothed_at=report.time)
 
 
@@ -150,66 +195,66 @@ def _fold_packets(
         return replace(memory, packets=counters.packets, packets_at=now, packet_rate=None)
     elapsed = now - memory.packets_at
     rate = (counters.packets - memory.packets) / elapsed
-    smoothed = _ewma(memory.packet_rate, rate, elapsed, settings)
+    smoothed = ewma(memory.packet_rate, rate, elapsed, settings)
     return replace(memory, packets=counters.packets, packets_at=now, packet_rate=smoothed)
 
 
-def _assess(server: ServerInput, settings: PolicySettings, now: float) -> _Assessment | None:
+def _assess(server: ServerInput, settings: PolicySettings, now: float) -> Assessment | None:
     """One server's weight from its own facts; None when it has live feedback > 0."""
     if isinstance(server.override, Drained):
-        return _Assessment(0, Reason.DRAINED, "drained by the operator", automatic=False)
+        return Assessment(0, Reason.DRAINED, "drained by the operator", automatic=False)
     if isinstance(server.override, Pinned):
-        return _Assessment(server.override.weight, Reason.PINNED, "pinned by the operator", automatic=False)
+        return Assessment(server.override.weight, Reason.PINNED, "pinned by the operator", automatic=False)
     agent = server.agent
     if agent.state is AgentState.STOPPED:
         # NECP: after INIT, and after STOP, a service gets no new flows until START.
         # A deliberate request, like a drain: obeyed, and no part of panic.
-        return _Assessment(0, Reason.STOPPED, "service stopped by its agent", automatic=False)
+        return Assessment(0, Reason.STOPPED, "service stopped by its agent", automatic=False)
     if agent.state is AgentState.LOST:
         since = "" if agent.since is None else f" {now - agent.since:.1f}s ago"
         return _lost(server, settings, Reason.LOST_AGENT, f"agent lost{since}")
     if agent.state is AgentState.NEVER_SEEN or server.report is None:
         detail = "agent never seen" if agent.state is AgentState.NEVER_SEEN else "no health report yet"
-        return _Assessment(_clamp(server.base_weight, settings), Reason.STATIC, detail, rampable=True)
+        return Assessment(clamp(server.base_weight, settings), Reason.STATIC, detail, rampable=True)
     age = now - server.report.time
     if age > settings.stale_after:
         return _lost(server, settings, Reason.STALE, f"last report {age:.1f}s old")
     if server.report.value == 0:
-        return _Assessment(0, Reason.HEALTH, "health 0: quiesced")
+        return Assessment(0, Reason.HEALTH, "health 0: quiesced")
     return None
 
 
-def _lost(server: ServerInput, settings: PolicySettings, reason: Reason, detail: str) -> _Assessment:
+def _lost(server: ServerInput, settings: PolicySettings, reason: Reason, detail: str) -> Assessment:
     action = settings.lost_agent
     detail = f"{detail}; {action}"
     if action is LostAgentAction.KEEP:
         if server.current_weight is None:
             # Nothing in the kernel to keep (the director restarted onto an
             # empty table): the configured weight is the honest guess.
-            weight = _clamp(server.base_weight, settings)
+            weight = clamp(server.base_weight, settings)
             detail = f"{detail} (not in the table: base weight)"
         else:
             weight = server.current_weight
-        return _Assessment(weight, reason, detail, lost_action=action)
+        return Assessment(weight, reason, detail, lost_action=action)
     if action is LostAgentAction.STATIC:
-        weight = _clamp(server.base_weight, settings)
-        return _Assessment(weight, reason, detail, rampable=True, lost_action=action)
-    return _Assessment(0, reason, detail, remove=action is LostAgentAction.REMOVE, lost_action=action)
+        weight = clamp(server.base_weight, settings)
+        return Assessment(weight, reason, detail, rampable=True, lost_action=action)
+    return Assessment(0, reason, detail, remove=action is LostAgentAction.REMOVE, lost_action=action)
 
 
 def _feedback_weights(
     servers: Mapping[DestKey, ServerInput],
-    feedback: Mapping[DestKey, _Feedback],
+    feedback: Mapping[DestKey, Feedback],
     previous: Mapping[DestKey, ServerMemory | None],
     settings: PolicySettings,
     now: float,
-) -> tuple[dict[DestKey, _Assessment], dict[DestKey, _Control]]:
+) -> tuple[dict[DestKey, Assessment], dict[DestKey, Control]]:
     """Weights of the servers with live feedback, and what capacity mode remembers of them."""
     if settings.mode is Mode.CAPACITY and feedback:
-        return _capacity_weights(servers, feedback, previous, settings, now)
+        return capacity_weights(servers, feedback, previous, settings, now)
     weights = {
-        dest: _Assessment(
-            _clamp(servers[dest].base_weight * health.smoothed / 100, settings),
+        dest: Assessment(
+            clamp(servers[dest].base_weight * health.smoothed / 100, settings),
             Reason.HEALTH,
             f"health {health.latest} (smoothed {health.smoothed:.1f})",
             rampable=True,
@@ -246,7 +291,7 @@ def _next_memory(
     return replace(memory, up=True, ramp_start=ramp_start)
 
 
-def _ramp(assessment: _Assessment, ramp_start: float, settings: PolicySettings, now: float) -> _Assessment:
+def _ramp(assessment: Assessment, ramp_start: float, settings: PolicySettings, now: float) -> Assessment:
     """The weight `elapsed/slow_start` of the way from floor to the target."""
     target = assessment.weight
     if target <= settings.floor:
@@ -263,7 +308,7 @@ def _ramp(assessment: _Assessment, ramp_start: float, settings: PolicySettings, 
     )
 
 
-def _worth_writing(assessment: _Assessment, current: int | None, settings: PolicySettings) -> bool:
+def _worth_writing(assessment: Assessment, current: int | None, settings: PolicySettings) -> bool:
     if assessment.remove:
         return current is not None
     if current is None:
@@ -272,6 +317,6 @@ def _worth_writing(assessment: _Assessment, current: int | None, settings: Polic
         return False
     if assessment.weight == 0 or current == 0:
         return True
-    if assessment.reason not in _FEEDBACK_REASONS:
+    if assessment.reason not in FEEDBACK_REASONS:
         return True
     return abs(assessment.weight - current) / current >= settings.hysteresis

@@ -1,3 +1,19 @@
+"""
+The weight policy's values: what `lvsfeedback.director.policy.decide` takes
+(settings, per-server facts, the memory of the last pass) and returns
+(decisions), all frozen; and the few pieces the policy and its capacity-mode
+controller (lvsfeedback.director.capacity_policy) both build on.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from lvsfeedback.ipvs.model import MAX_WEIGHT, DestCounters, DestKey, ServiceKey
+
+
 class Mode(enum.StrEnum):
     HEALTH = "health"
     CAPACITY = "capacity"
@@ -37,7 +53,7 @@ class Reason(enum.StrEnum):
 # Weights that follow feedback move a little on every report; hysteresis keeps
 # those small moves out of the kernel. Every other reason is a deliberate state
 # change and is written as soon as it differs.
-_FEEDBACK_REASONS = frozenset({Reason.HEALTH, Reason.CAPACITY, Reason.SLOW_START})
+FEEDBACK_REASONS = frozenset({Reason.HEALTH, Reason.CAPACITY, Reason.SLOW_START})
 
 
 @dataclass(frozen=True)
@@ -162,7 +178,7 @@ class PolicyState:
 
 
 @dataclass(frozen=True)
-class _Assessment:
+class Assessment:
     weight: int
     reason: Reason
     detail: str
@@ -172,7 +188,7 @@ class _Assessment:
     lost_action: LostAgentAction | None = None
 
 
-def _ewma(previous: float | None, value: float, elapsed: float, settings: PolicySettings) -> float:
+def ewma(previous: float | None, value: float, elapsed: float, settings: PolicySettings) -> float:
     """
     `value` folded into `previous` with the smoothing half-life, its weight
     from the time since `previous`: a value after a long silence counts for
@@ -186,12 +202,12 @@ def _ewma(previous: float | None, value: float, elapsed: float, settings: Policy
 
 
 @dataclass(frozen=True)
-class _Feedback:
+class Feedback:
     latest: int  # the health just reported
     smoothed: float
     packet_rate: float | None  # smoothed incoming packets per second
 
 
-def _clamp(weight: float, settings: PolicySettings) -> int:
+def clamp(weight: float, settings: PolicySettings) -> int:
     """An automatic non-zero weight: rounded, within [floor, ceiling]."""
     return min(max(round(weight), settings.floor), settings.ceiling)
