@@ -10,21 +10,36 @@ silently ignored. The sample ``tap/director.toml`` documents every key.
 
 from __future__ import annotations
 
-import difflib
 import enum
 import ipaddress
-import json
-import math
 import os
-import re
 import socket
 import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, TypeVar
+from typing import Any, Callable, Iterable
 
-from twisted.internet.endpoints import serverFromString
-
+from lvsfeedback.director.config_parse import (
+    Network,
+    _address,
+    _boolean,
+    _choice,
+    _endpoint,
+    _enum,
+    _family,
+    _family_name,
+    _family_name_choice,
+    _integer,
+    _Invalid,
+    _name,
+    _network,
+    _number,
+    _seconds,
+    _show,
+    _string,
+    _syntax_problem,
+    _Table,
+)
 from lvsfeedback.director.policy import LostAgentAction, Mode, PolicySettings
 from lvsfeedback.director.protocol import MAX_EXCEPTIONS_PER_AGENT
 from lvsfeedback.ipvs.model import (

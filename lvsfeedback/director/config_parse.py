@@ -1,3 +1,26 @@
+"""
+What the director's config reader (lvsfeedback.director.config) is built
+from: a TOML table that names each problem by its key and reports the keys
+nobody read, and the value parsers, each returning the parsed value or
+raising `_Invalid(reason)`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import ipaddress
+import json
+import math
+import re
+import socket
+from typing import TYPE_CHECKING, Any, Callable, Mapping, TypeVar
+
+from twisted.internet.endpoints import serverFromString
+
+if TYPE_CHECKING:
+    from lvsfeedback.director.config import _Reader
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
