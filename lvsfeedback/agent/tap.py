@@ -86,7 +86,7 @@ class Options(usage.Options):
         return settings
 
     def _with_flags(self, settings):
-        from lvsfeedback.agent.config import parse_service
+        from lvsfeedback.agent.config import AgentConfigError, check_number, parse_service
 
         changes = {}
         if self.directors:
@@ -97,13 +97,17 @@ class Options(usage.Options):
         if self.metrics:
             services = tuple(replace(service, metrics=tuple(self.metrics)) for service in services)
         changes["services"] = services
-        for option, key, kind in (("interval", "interval", float), ("smoothing", "smoothing", float),
-                                  ("drain-timeout", "drain_timeout", float)):
+        problems: list[str] = []
+        for option, key in (("interval", "interval"), ("smoothing", "smoothing"), ("drain-timeout", "drain_timeout")):
             if self[option] is not None:
                 try:
-                    changes[key] = kind(self[option])
+                    value = float(self[option])
                 except ValueError:
-                    raise ValueError(f"--{option}: not a number: {self[option]!r}") from None
+                    problems.append(f"--{option}: must be a number, got {self[option]!r}")
+                else:
+                    changes[key] = check_number(problems, f"--{option}", key, value)
+        if problems:
+            raise AgentConfigError(problems)
         if self["secret-file"]:
             changes["secret_file"] = Path(self["secret-file"])
         if self["haproxy-agent"]:
@@ -115,10 +119,7 @@ class Options(usage.Options):
                 changes["capacity"] = parse_capacity(self["capacity"])
             except ValueError as error:
                 raise ValueError(f"--capacity: {error}") from None
-        settings = replace(settings, **changes)
-        if not settings.interval > 0 or not 0 < settings.smoothing <= 1 or settings.drain_timeout < 0:
-            raise ValueError("--interval must be above 0, --smoothing in (0, 1], --drain-timeout at least 0")
-        return settings
+        return replace(settings, **changes)
 
 
 def makeService(options, reactor=None):
