@@ -52,21 +52,21 @@ class Options(usage.Options):
     opt_m = opt_metric
 
     def postOptions(self):
+        """Read and check everything; build nothing (makeService does, on its reactor)."""
         from lvsfeedback.agent.config import AgentConfigError
+        from lvsfeedback.agent.metrics.spec import MetricRegistry
+        from lvsfeedback.agent.service import check_metrics
 
         try:
             settings = self.read_settings()
         except AgentConfigError as error:
             raise usage.UsageError(str(error)) from None
-        from twisted.internet import reactor
-
-        from lvsfeedback.agent.service import build_sampler
-
-        try:
-            self.sampler = build_sampler(settings, reactor)
-        except ValueError as error:
-            raise usage.UsageError(str(error)) from None
+        registry = MetricRegistry.discover()
+        problems = check_metrics(settings, registry)
+        if problems:
+            raise usage.UsageError("\n".join(problems))
         self.settings = settings
+        self.metric_registry = registry
 
     def read_settings(self):
         """
@@ -123,11 +123,12 @@ class Options(usage.Options):
 
 
 def makeService(options, reactor=None):
-    from lvsfeedback.agent.service import AgentService
+    from lvsfeedback.agent.service import AgentService, build_sampler
 
     if reactor is None:
         from twisted.internet import reactor
-    agent = AgentService(options.settings, reactor, sampler=options.sampler)
+    sampler = build_sampler(options.settings, reactor, options.metric_registry)
+    agent = AgentService(options.settings, reactor, sampler=sampler)
 
     def on_signals():
         signal.signal(signal.SIGUSR2, lambda *_: reactor.callFromThread(agent.drain))
