@@ -153,11 +153,10 @@ def load_agent_config(path: str | Path) -> AgentSettings:
         directors=tuple(directors),
         services=tuple(services),
         secret_file=secret,
-        interval=check_number(problems, where("agent.interval"), "interval", agent.get("interval", 1.0)),
-        smoothing=check_number(problems, where("agent.smoothing"), "smoothing", agent.get("smoothing", 0.5)),
-        drain_timeout=check_number(
-            problems, where("agent.drain_timeout"), "drain_timeout", agent.get("drain_timeout", 10.0)
-        ),
+        **{
+            key: check_number(problems, where(f"agent.{key}"), key, agent.get(key, getattr(AgentSettings, key)))
+            for key in NUMBER_BOUNDS
+        },
         haproxy_agent=agent.get("haproxy_agent"),
         haproxy_service=agent.get("haproxy_service"),
         capacity=capacity,
