@@ -15,9 +15,11 @@ import ipaddress
 import os
 import socket
 import tomllib
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
+
+from zope.interface import Interface
 
 from lvsfeedback.director.config_parse import (
     Network,
@@ -103,6 +105,9 @@ class DirectorSettings:
     early_pass_change: int  # health points a report must move by to bring the next pass forward; 0: never
     observe: bool  # compute and expose weights, never touch the kernel
     weights_only: bool  # only edit weights of real servers already in the kernel
+    # The secret_file's content, read with the rest of the file (so a reload
+    # that cannot read it is refused before anything changes).
+    secret: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -163,6 +168,17 @@ class DirectorConfig:
     necp: NECPSettings
 
 
+class IReconfigurable(Interface):
+    """A part of the director that takes a reloaded config by itself."""
+
+    def reconfigure(config):
+        """
+        Take C{config}, a L{DirectorConfig} that has been read and checked
+        whole, and so cannot be refused here: what changes at once changes
+        now; what takes a restart is logged as such.
+        """
+
+
 def load_config(path: str | os.PathLike[str]) -> DirectorConfig:
     """The configuration in `path`; ConfigError listing every problem otherwise."""
     reader = _Reader(Path(path))
@@ -188,6 +204,7 @@ class _Reader:
     def __init__(self, path: Path):
         self.path = path
         self.problems: list[str] = []
+        self.contents: dict[Path, bytes] = {}  # of the files read, stripped
 
     def problem(self, key: str, reason: str) -> None:
         self.problems.append(f"{self.path}: {key}: {reason}")
@@ -232,6 +249,8 @@ class _Reader:
             weights_only=table.take("weights_only", _boolean, False),
         )
         table.finish()
+        if settings.secret_file is not None:
+            settings = replace(settings, secret=self.contents[settings.secret_file])
         return settings
 
     def _necp(self, table: _Table) -> NECPSettings:
@@ -257,11 +276,12 @@ class _Reader:
         name = _string(value)
         path = self.path.parent / name
         try:
-            content = path.read_bytes()
+            content = path.read_bytes().strip()
         except OSError as error:
             raise _Invalid(f"cannot read {path}: {error.strerror}") from None
-        if not content.strip():
+        if not content:
             raise _Invalid(f"{path} is empty")
+        self.contents[path] = content
         return path
 
     def _policy(self, table: _Table, base: PolicySettings, where: str) -> PolicySettings:
