@@ -133,8 +133,9 @@ class NECPListener(MultiService):
     def reconfigure(self, config: DirectorConfig) -> None:
         """New limits, networks, secret and question rhythm for the agents; a new address on restart."""
         before, self.config = self.config.director, config
-        if config.director.listen != before.listen:
-            self.log.warn("[director] listen changed to {listen}: takes effect on restart", listen=config.director.listen)
+        listen = config.director.listen
+        if listen != before.listen:
+            self.log.warn("[director] listen changed to {listen}: takes effect on restart", listen=listen)
         factory = self.factory
         factory.allow = config.director.allow
         factory.max_agents = config.director.max_agents
