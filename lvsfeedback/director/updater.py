@@ -30,7 +30,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from zope.interface import implementer
 
+from lvsfeedback.director.config import IReconfigurable
 from lvsfeedback.director.policy import (
     Decision,
     Override,
@@ -71,6 +73,7 @@ class PassResult:
     duration: float = 0.0
 
 
+@implementer(IReconfigurable)
 class WeightUpdater(Service):
     log = Logger()
 
@@ -115,6 +118,10 @@ class WeightUpdater(Service):
         if self._loop.running and self._loop.interval != config.director.update_interval:
             self._loop.stop()
             self._loop.start(config.director.update_interval, now=False)
+
+    def reconfigure(self, config) -> None:
+        """IReconfigurable: the director's reload gives each child service the new config."""
+        self.configure(config)
 
     @property
     def observing(self) -> bool:
