@@ -19,7 +19,7 @@ from lvsfeedback.director.protocol import CAPACITY_INTERVAL, Agent
 from lvsfeedback.director.registry import Registry
 from lvsfeedback.director.service import DirectorService
 from lvsfeedback.director.updater import WeightUpdater
-from lvsfeedback.director.web import build_status
+from lvsfeedback.director.web.status import build_status
 from lvsfeedback.ipvs.memory import MemoryIPVS
 from lvsfeedback.ipvs.model import DestKey, ServiceKey
 from lvsfeedback.necp.codec import CAPACITY_QUERY, HEALTH_QUERY, Service

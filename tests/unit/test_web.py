@@ -22,17 +22,11 @@ from lvsfeedback.director.config import load_config
 from lvsfeedback.director.policy import DRAINED, Pinned
 from lvsfeedback.director.protocol import Agent
 from lvsfeedback.director.service import DirectorService
-from lvsfeedback.director.web import (
-    DASHBOARD_FILES,
-    MAX_BODY,
-    ControlAccess,
-    History,
-    StatusSite,
-    build_status,
-    is_local,
-    parse_service_key,
-    status_root,
-)
+from lvsfeedback.director.web.control import ControlAccess, is_local, parse_service_key
+from lvsfeedback.director.web.history import History
+from lvsfeedback.director.web.listener import MAX_BODY, StatusSite
+from lvsfeedback.director.web.resources import DASHBOARD_FILES, status_root
+from lvsfeedback.director.web.status import build_status
 from lvsfeedback.ipvs.memory import MemoryIPVS
 from lvsfeedback.ipvs.model import DestCounters, DestKey, ServiceKey
 from lvsfeedback.necp.codec import Service
