@@ -14,7 +14,7 @@ from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.logger import Logger
 
 from lvsfeedback.director.policy import DRAINED, Pinned
-from lvsfeedback.director.web.status import describe_override, service_members
+from lvsfeedback.director.web.status import describe_override
 from lvsfeedback.ipvs.model import MAX_WEIGHT, DestKey, ServiceKey
 
 class ControlError(Exception):
@@ -65,8 +65,13 @@ class ControlPanel:
         raise ControlError(404, f"no service {text!r}; configured: {known or 'none'}")
 
     def find_server(self, service, text: str) -> DestKey:
-        """The member named `text` ("10.1.0.1:80"; the address alone when only one port has it)."""
-        members = service_members(self.director, service)
+        """
+        The member named `text` ("10.1.0.1:80"; the address alone when only
+        one port has it), among those the last pass weighed.
+        """
+        last = self.director.updater.last
+        service_pass = last.services.get(service.key) if last is not None else None
+        members = list(service_pass.members) if service_pass is not None else []
         match = _SERVER.match(text.strip())
         try:
             address = str(ipaddress.ip_address(match["address"])) if match else None
@@ -95,15 +100,15 @@ class ControlPanel:
             raise ControlError(404, f"no control action {action!r}; use drain, undrain or pin")
         service = self.find_service(_text_field(request, "service"))
         dest = self.find_server(service, _text_field(request, "server"))
-        key = (service.key, dest)
-        previous = describe_override(self.director.updater.overrides.get(key))
+        updater = self.director.updater
         if action == "drain":
-            self.director.updater.overrides[key] = DRAINED
+            previous = updater.set_override(service.key, dest, DRAINED)
         elif action == "pin":
-            self.director.updater.overrides[key] = Pinned(_weight_field(request))
+            previous = updater.set_override(service.key, dest, Pinned(_weight_field(request)))
         else:
-            self.director.updater.overrides.pop(key, None)
-        now = describe_override(self.director.updater.overrides.get(key))
+            previous = updater.clear_override(service.key, dest)
+        previous = describe_override(previous)
+        now = describe_override(updater.overrides.get((service.key, dest)))
         self.log.info(
             "control: {who} asked to {action} {server} of {service}: {previous} -> {now}",
             who=who, action=action, server=str(dest), service=f"{service.name} ({service.key})",

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from lvsfeedback.director.web.status import _seconds, kernel_weights, service_members
+from lvsfeedback.director.updater import PassResult
+from lvsfeedback.director.web.status import seconds
 from lvsfeedback.ipvs.model import DestKey
 
 # The dashboard charts this much of the past, from a sample after every pass.
@@ -15,7 +16,7 @@ HISTORY_WINDOW = 300.0
 class History:
     """
     Every real server's weights and health over the last `window` seconds,
-    sampled by the status listener, so that the dashboard opens on the
+    sampled from each pass's result by the status listener, so that the dashboard opens on the
     recent past instead of an empty chart.
 
     Kept compact, for 150 samples of 10,000 servers would otherwise take
@@ -32,38 +33,35 @@ class History:
         self._samples: deque[tuple[float, dict[str, tuple[tuple[str, ...], tuple]]]] = deque()
         self._names: dict[DestKey, str] = {}
 
-    def record(self, director, now: float) -> None:
+    def record(self, result: PassResult) -> None:
         """
-        Keep one sample: each server's kernel weight, desired weight and
-        health as `build_status` has them, computed alone (the whole status
-        is ten times the work, every two seconds).
+        Keep one sample of a pass, at its time: each server's kernel weight,
+        desired weight and health as the status has them, taken alone (the
+        whole status is ten times the work, every two seconds).
         """
-        now = _seconds(now)
-        last = director.updater.last
-        kernel = kernel_weights(director.updater)
-        facts = director.registry.facts
+        now = seconds(result.time)
         known, names = self._names, {}
         before = self._samples[-1][1] if self._samples else {}
         services = {}
-        for service in director.config.services:
-            decisions = last.decisions.get(service.key) if last is not None else None
-            decided = decisions.servers if decisions is not None else {}
-            members = service_members(director, service)
+        for service_pass in result.services.values():
+            decided = service_pass.decision.servers if service_pass.decision is not None else {}
+            inputs, written = service_pass.inputs, service_pass.written
             figures = []
-            for dest in members:
+            for dest in service_pass.members:
                 decision = decided.get(dest)
-                report = facts(service, dest).report
+                report = inputs[dest].report
                 figures += (
-                    kernel.get((service.key, dest)),
+                    written.get(dest),
                     None if decision is None else decision.weight,
                     None if report is None else report.value,
                 )
                 names[dest] = known.get(dest) or str(dest)
-            server_names = tuple(names[dest] for dest in members)
-            previous = before.get(service.name)
+            server_names = tuple(names[dest] for dest in service_pass.members)
+            name = service_pass.service.name
+            previous = before.get(name)
             if previous is not None and previous[0] == server_names:
                 server_names = previous[0]
-            services[service.name] = (server_names, tuple(figures))
+            services[name] = (server_names, tuple(figures))
         # Only the names of servers sampled now: a departed server's goes.
         self._names = names
         self._samples.append((now, services))

@@ -10,6 +10,7 @@ from twisted.logger import Logger
 from twisted.web import server
 from twisted.web.http import RESPONSES
 
+from lvsfeedback.director.updater import PassResult
 from lvsfeedback.director.web.control import ControlAccess, ControlError, is_local
 from lvsfeedback.director.web.history import History
 from lvsfeedback.director.web.resources import BEARER_CHALLENGE, JSON_TYPE, _peer, status_root
@@ -115,8 +116,8 @@ class StatusListener(Service):
         access = ControlAccess(lambda: self.loopback_only, lambda: self.director.config.status.token_file)
         self.site = StatusSite(status_root(director, access, self.history), access=access, reactor=reactor)
 
-    def sample(self) -> None:
-        self.history.record(self.director, self.reactor.seconds())
+    def sample(self, result: PassResult) -> None:
+        self.history.record(result)
 
     @property
     def loopback_only(self) -> bool:
@@ -124,11 +125,12 @@ class StatusListener(Service):
 
     def startService(self):
         super().startService()
-        # A sample now, then one after every pass: weights change only in
-        # passes, and a sample in the pass's own turn of the reactor costs
-        # far less than one on a timer of its own (the caches are warm).
-        self.sample()
-        self.director.updater.pass_listeners.append(self._pass_done)
+        # A sample of the last pass, then one of every pass: weights change
+        # only in passes, and a sample in the pass's own turn of the reactor
+        # costs far less than one on a timer of its own (the caches are warm).
+        if self.director.updater.last is not None:
+            self.sample(self.director.updater.last)
+        self.director.updater.pass_listeners.append(self.sample)
         description = self.director.config.status.listen
         listening = serverFromString(self.reactor, description).listen(self.site)
         listening.addCallbacks(self._listening, self._cannot_listen, errbackArgs=(description,))
@@ -143,12 +145,9 @@ class StatusListener(Service):
             listen=description, reason=failure.getErrorMessage(),
         )
 
-    def _pass_done(self, result) -> None:
-        self.sample()
-
     def stopService(self):
         super().stopService()
-        self.director.updater.pass_listeners.remove(self._pass_done)
+        self.director.updater.pass_listeners.remove(self.sample)
         port, self.port = self.port, None
         if port is not None:
             return port.stopListening()

@@ -1,63 +1,23 @@
-"""The status document: what the director knows and decided, as plain JSON-ready values."""
+"""
+The status document: what the director knows and decided, as plain
+JSON-ready values. A service's servers, their facts, desired and kernel
+weights come from the updater's last pass result and nowhere else, so that
+a health shown beside a weight is the one that weight was decided from.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import lvsfeedback
-from lvsfeedback.director.policy import Drained, Pinned
-from lvsfeedback.ipvs.model import PROTOCOL_NAMES, AddDest, DeleteDest, DestKey, EditDest, ServiceKey
+from lvsfeedback.director.policy import AgentState, Drained, Pinned
+from lvsfeedback.director.updater import ServicePass
+from lvsfeedback.ipvs.model import PROTOCOL_NAMES, DestKey
 from lvsfeedback.necp.codec import opcode_name
 
-def _seconds(value: float | None) -> float | None:
+
+def seconds(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
-
-
-def service_members(director, service) -> list[DestKey]:
-    """
-    The real servers of a configured service the director knows of: those
-    configured, those auto-joined, and those the last pass saw or decided on
-    (with weights_only, the kernel's), in that order.
-    """
-    found = dict.fromkeys(real.dest_key for real in service.reals)
-    last = director.updater.last
-    decision = last.decisions.get(service.key) if last is not None else None
-    entry = last.kernel.get(service.key) if last is not None else None
-    for more in (
-        director.registry.auto_joined.get(service.key, {}),
-        decision.servers if decision is not None else {},
-        entry.dests if entry is not None else {},
-    ):
-        # Sorting only those not found yet: usually none, and sorting a
-        # hundred keys costs more than all the rest of a history sample.
-        found.update(dict.fromkeys(sorted(dest for dest in more if dest not in found)))
-    return list(found)
-
-
-def kernel_weights(updater) -> dict[tuple[ServiceKey, DestKey], int]:
-    """
-    The kernel's weights after the last pass: what it read, with the writes
-    it made on top (the read happens before the writes). In observe mode
-    nothing was written, so the read stands.
-    """
-    last = updater.last
-    if last is None:
-        return {}
-    weights = {
-        (key, dest): found.server.weight for key, entry in last.kernel.items() for dest, found in entry.dests.items()
-    }
-    if updater.observing:
-        return weights
-    refused = {id(error.change) for error in last.refused}
-    for change in last.changes:
-        if id(change) in refused:
-            continue
-        match change:
-            case AddDest(key, server) | EditDest(key, server):
-                weights[key, server.key] = server.weight
-            case DeleteDest(key, dest):
-                weights.pop((key, dest), None)
-    return weights
 
 
 def describe_override(override) -> str | None:
@@ -69,31 +29,16 @@ def describe_override(override) -> str | None:
     return None
 
 
-def _configured(director, service, dest: DestKey) -> tuple[int | None, str]:
-    """Base weight and forwarding of a member; a kernel-only one has no base weight."""
-    for real in service.reals:
-        if real.dest_key == dest:
-            return real.base_weight, real.forwarding
-    joined = director.registry.auto_joined.get(service.key, {}).get(dest)
-    if joined is not None:
-        return joined.weight, joined.forwarding
-    return None, service.forwarding
-
-
-def _server_status(director, service, dest: DestKey, kernel: dict, now: float) -> dict[str, Any]:
-    last = director.updater.last
-    service_decision = last.decisions.get(service.key) if last is not None else None
-    decision = service_decision.servers.get(dest) if service_decision is not None else None
-    entry = last.kernel.get(service.key) if last is not None else None
-    seen = entry.dests.get(dest) if entry is not None else None
-    facts = director.registry.facts(service, dest)
-    kernel_weight = kernel.get((service.key, dest))
-    counters = seen.counters if seen is not None else None
-    base_weight, forwarding = _configured(director, service, dest)
+def _server_status(service_pass: ServicePass, dest: DestKey, now: float) -> dict[str, Any]:
+    facts = service_pass.inputs[dest]
+    decision = service_pass.decision.servers.get(dest) if service_pass.decision is not None else None
+    kernel_weight = service_pass.written.get(dest)
+    counters = facts.counters
+    agent = facts.agent
     return {
         "server": str(dest),
-        "forwarding": forwarding,
-        "base_weight": base_weight,
+        "forwarding": service_pass.members[dest].forwarding,
+        "base_weight": facts.base_weight,
         "kernel_weight": kernel_weight,
         "desired_weight": None if decision is None else decision.weight,
         "reason": None if decision is None else str(decision.reason),
@@ -102,17 +47,17 @@ def _server_status(director, service, dest: DestKey, kernel: dict, now: float) -
         # The policy wants a weight the kernel does not have yet: held back by
         # hysteresis, by the adoption grace, or because the director observes.
         "pending": decision is not None and not decision.remove and decision.weight != kernel_weight,
-        "held": last is not None and (service.key, dest) in last.held,
-        "override": describe_override(director.updater.overrides.get((service.key, dest))),
+        "held": dest in service_pass.held,
+        "override": describe_override(facts.override),
         "agent": {
-            "state": str(facts.agent.state),
-            "since": _seconds(facts.agent.since),
-            "for": _seconds(None if facts.agent.since is None else now - facts.agent.since),
-            "stopped": facts.stopped,
+            "state": str(agent.state),
+            "since": seconds(agent.since),
+            "for": seconds(None if agent.since is None else now - agent.since),
+            "stopped": agent.state is AgentState.STOPPED,
         },
         "health": None
         if facts.report is None
-        else {"value": facts.report.value, "time": _seconds(facts.report.time), "age": _seconds(now - facts.report.time)},
+        else {"value": facts.report.value, "time": seconds(facts.report.time), "age": seconds(now - facts.report.time)},
         # CPUs, as the agent reports them (project extension); None: unknown or not asked.
         "capacity": facts.capacity,
         "counters": None
@@ -127,20 +72,20 @@ def _server_status(director, service, dest: DestKey, kernel: dict, now: float) -
     }
 
 
-def _service_status(director, service, kernel: dict, now: float) -> dict[str, Any]:
-    last = director.updater.last
-    decision = last.decisions.get(service.key) if last is not None else None
+def _service_status(service_pass: ServicePass, now: float) -> dict[str, Any]:
+    service = service_pass.service
+    decision = service_pass.decision
     return {
         "name": service.name,
         "virtual_service": str(service.key),
         "scheduler": service.scheduler,
         "persistence": service.persistence,
         "mode": str(service.policy.mode),
-        "in_kernel": last is not None and service.key in last.kernel,
+        "in_kernel": service_pass.in_kernel,
         "panic": None if decision is None else decision.panic,
         "serving": None if decision is None else decision.serving,
         "considered": None if decision is None else decision.considered,
-        "servers": [_server_status(director, service, dest, kernel, now) for dest in service_members(director, service)],
+        "servers": [_server_status(service_pass, dest, now) for dest in service_pass.members],
     }
 
 
@@ -151,11 +96,11 @@ def _agent_status(session, now: float) -> dict[str, Any]:
 
     return {
         "address": session.address,
-        "connected_at": _seconds(session.connected_at),
-        "connected_for": _seconds(now - session.connected_at),
+        "connected_at": seconds(session.connected_at),
+        "connected_for": seconds(now - session.connected_at),
         "services": [name(port) for port in session.started],
         "health": [
-            {"service": name(port), "value": report.value, "age": _seconds(now - report.time)}
+            {"service": name(port), "value": report.value, "age": seconds(now - report.time)}
             for port, report in session.health.items()
         ],
     }
@@ -174,16 +119,19 @@ def _necp_status(counters) -> dict[str, Any]:
 
 
 def build_status(director, now: float) -> dict[str, Any]:
-    """Everything the director knows and decided, as plain JSON-ready values."""
+    """
+    Everything the director knows and decided, as plain JSON-ready values:
+    the services as the last pass saw, decided and wrote them (none before
+    the first pass), beside the agents' sessions and the NECP counts.
+    """
     updater = director.updater
     config = director.config
     last = updater.last
-    kernel = kernel_weights(updater)
     return {
         "director": {
             "version": lvsfeedback.__version__,
             "config": str(config.path),
-            "time": _seconds(now),
+            "time": seconds(now),
             "observe": updater.observing,
             "weights_only": config.director.weights_only,
             "update_interval": config.director.update_interval,
@@ -195,8 +143,8 @@ def build_status(director, now: float) -> dict[str, Any]:
             "last": None
             if last is None
             else {
-                "time": _seconds(last.time),
-                "age": _seconds(now - last.time),
+                "time": seconds(last.time),
+                "age": seconds(now - last.time),
                 "duration": round(last.duration, 6),
                 "changes": len(last.changes),
                 "refused": len(last.refused),
@@ -204,5 +152,5 @@ def build_status(director, now: float) -> dict[str, Any]:
         },
         "agents": [_agent_status(session, now) for session in director.registry.sessions],
         "necp": _necp_status(director.factory.counters),
-        "services": [_service_status(director, service, kernel, now) for service in config.services],
+        "services": [] if last is None else [_service_status(service, now) for service in last.services.values()],
     }
