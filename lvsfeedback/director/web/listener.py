@@ -13,7 +13,7 @@ from twisted.web.http import RESPONSES
 from lvsfeedback.director.updater import PassResult
 from lvsfeedback.director.web.control import ControlAccess, ControlError, is_local
 from lvsfeedback.director.web.history import History
-from lvsfeedback.director.web.resources import BEARER_CHALLENGE, JSON_TYPE, _peer, status_root
+from lvsfeedback.director.web.resources import BEARER_CHALLENGE, JSON_TYPE, peer_name, status_root
 
 # A control request is a JSON object of a few fields; a body larger than this
 # is refused on its headers, before it is read.
@@ -63,7 +63,7 @@ class StatusRequest(server.Request):
         """Answer `error` and close, before the body: the request is never rendered."""
         self._refused = True
         self.log.warn("control: refused {who} ({code}) before its body: {message}",
-                      who=_peer(self), code=error.code, message=error.message)
+                      who=peer_name(self), code=error.code, message=error.message)
         # twisted.web would promise the body it is refusing (100 Continue) after the answer.
         self.requestHeaders.removeHeader(b"expect")
         body = json.dumps({"error": error.message, **error.extra}, indent=1).encode() + b"\n"

@@ -39,7 +39,7 @@ def _json(request, code: int, document: Any) -> bytes:
     return json.dumps(document, indent=1).encode() + b"\n"
 
 
-def _peer(request) -> str:
+def peer_name(request) -> str:
     peer = request.getClientAddress()
     host = getattr(peer, "host", None)
     if host is None:
@@ -101,7 +101,7 @@ class ControlResource(JSONResource):
         self.access = access
 
     def render_POST(self, request):
-        who = _peer(request)
+        who = peer_name(request)
         action = b"/".join(request.postpath).decode("utf-8", "replace")
         try:
             self.access.check(request)
