@@ -10,7 +10,6 @@ from twisted.logger import Logger
 from twisted.web import server
 from twisted.web.http import RESPONSES
 
-from lvsfeedback.director.updater import PassResult
 from lvsfeedback.director.web.control import ControlAccess, ControlError, is_local
 from lvsfeedback.director.web.history import History
 from lvsfeedback.director.web.resources import BEARER_CHALLENGE, JSON_TYPE, peer_name, status_root
@@ -116,9 +115,6 @@ class StatusListener(Service):
         access = ControlAccess(lambda: self.loopback_only, lambda: self.director.config.status.token_file)
         self.site = StatusSite(status_root(director, access, self.history), access=access, reactor=reactor)
 
-    def sample(self, result: PassResult) -> None:
-        self.history.record(result)
-
     @property
     def loopback_only(self) -> bool:
         return self.port is not None and is_local(self.port.getHost())
@@ -129,8 +125,8 @@ class StatusListener(Service):
         # only in passes, and a sample in the pass's own turn of the reactor
         # costs far less than one on a timer of its own (the caches are warm).
         if self.director.updater.last is not None:
-            self.sample(self.director.updater.last)
-        self.director.updater.pass_listeners.append(self.sample)
+            self.history.record(self.director.updater.last)
+        self.director.updater.pass_listeners.append(self.history.record)
         description = self.director.config.status.listen
         listening = serverFromString(self.reactor, description).listen(self.site)
         listening.addCallbacks(self._listening, self._cannot_listen, errbackArgs=(description,))
@@ -147,7 +143,7 @@ class StatusListener(Service):
 
     def stopService(self):
         super().stopService()
-        self.director.updater.pass_listeners.remove(self.sample)
+        self.director.updater.pass_listeners.remove(self.history.record)
         port, self.port = self.port, None
         if port is not None:
             return port.stopListening()
