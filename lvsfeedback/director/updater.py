@@ -395,12 +395,6 @@ class WeightUpdater(Service):
         first = self._first_seen_weight.setdefault((key, dest), kernel_dest.server.weight if kernel_dest else 1)
         return max(first, 1)
 
-    @staticmethod
-    def _current(entry: ServiceEntry | None, dest: DestKey) -> int | None:
-        if entry is None or dest not in entry.dests:
-            return None
-        return entry.dests[dest].server.weight
-
     def _hold(self, decision: Decision, current: int | None, now: float) -> bool:
         """During adoption, a server nobody has spoken for keeps its kernel weight."""
         return now < self._adopt_until and current is not None and decision.reason is Reason.STATIC
@@ -449,8 +443,9 @@ class WeightUpdater(Service):
     def _log_change(self, change: Change, plan: PassResult) -> None:
         match change:
             case EditDest(service, server) | AddDest(service, server):
-                decision = plan.services[service].decision.servers.get(server.key)
-                old = self._current(plan.kernel.get(service), server.key)
+                service_pass = plan.services[service]
+                decision = service_pass.decision.servers.get(server.key)
+                old = service_pass.written.get(server.key)  # as read: the plan's
                 self.log.info(
                     "{service} {dest}: weight {old} -> {new} ({reason}: {detail})",
                     service=str(service), dest=str(server.key), old="none" if old is None else old,
