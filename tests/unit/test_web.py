@@ -28,7 +28,7 @@ from lvsfeedback.director.web.listener import MAX_BODY, StatusSite
 from lvsfeedback.director.web.resources import DASHBOARD_FILES, status_root
 from lvsfeedback.director.web.status import build_status
 from lvsfeedback.ipvs.memory import MemoryIPVS
-from lvsfeedback.ipvs.model import DestCounters, DestKey, ServiceKey
+from lvsfeedback.ipvs.model import AddDest, AddService, DestCounters, DestKey, RealServer, ServiceKey, VirtualService
 from lvsfeedback.necp.codec import Service
 
 WEB = ServiceKey.for_address("tcp", "10.0.0.1", 80)
@@ -179,6 +179,7 @@ class DirectorCase(SynchronousTestCase):
         self.clock = Clock()
         self.clock.advance(5000)
         self.table = MemoryIPVS()
+        self.prepare(self.table)
         self.director = DirectorService(
             write_config(self, self.director_options, token=self.token), self.clock, table=self.table,
             observe=self.observe,
@@ -188,6 +189,9 @@ class DirectorCase(SynchronousTestCase):
         self.history = History()
         access = ControlAccess(lambda: self.loopback_only, lambda: self.director.config.status.token_file)
         self.site = StatusSite(status_root(self.director, access, self.history), access=access, reactor=self.clock)
+
+    def prepare(self, table: MemoryIPVS) -> None:
+        """What the kernel holds before the director starts: nothing."""
 
     def tick(self, seconds: float = 2.0) -> None:
         self.clock.advance(seconds)
@@ -379,6 +383,25 @@ class PassFactsTests(DirectorCase):
         self.assertEqual(build_status(director, self.clock.seconds())["services"], [])
 
 
+class WeightsOnlyStatusTests(DirectorCase):
+    """Beside keepalived the members are the kernel's, and the status lists those the pass weighed."""
+
+    director_options = "weights_only = true\nadoption_grace = 0"
+
+    def prepare(self, table):
+        table.apply([AddService(VirtualService(WEB, "wlc")), AddDest(WEB, RealServer(RS[0], 10, "dr")),
+                     AddDest(WEB, RealServer(DestKey.of("10.1.0.77", 80), 20, "dr"))])
+
+    def test_the_kernels_servers_are_listed_with_the_base_weight_the_policy_used(self):
+        connect(self.director, 1, health=50)
+        self.tick()
+        services = {service["name"]: service for service in self.status()["services"]}
+        servers = [(s["server"], s["forwarding"], s["base_weight"], s["kernel_weight"]) for s in services["web"]["servers"]]
+        self.assertEqual(servers, [("10.1.0.1:80", "dr", 10, 5), ("10.1.0.77:80", "dr", 20, 20)])
+        self.assertEqual((services["dns"]["in_kernel"], services["dns"]["servers"], services["dns"]["panic"]),
+                         (False, [], None))
+
+
 class HistoryTests(DirectorCase):
     def test_history_keeps_samples_of_the_last_window_only(self):
         history = History(window=5)
@@ -559,6 +582,18 @@ class ControlTests(DirectorCase):
         self.assertIn("no real server '10.9.9.9:80' in service web", response.json()["error"])
         self.assertEqual(response.json()["servers"], ["10.1.0.1:80", "10.1.0.2:80", "10.1.0.3:80"])
         self.assertEqual(self.director.updater.overrides, {})
+
+    def test_a_server_is_found_among_those_the_last_pass_weighed(self):
+        path = self.director.config.path
+        path.write_text(path.read_text().replace('weight = 50\n', 'weight = 50\n[[service.real]]\naddress = "10.1.0.4"\n', 1))
+        self.assertTrue(self.director.reload())
+        response = post_json(self.site, "drain", {"service": "web", "server": "10.1.0.4:80"})
+        self.assertEqual(response.code, 404)
+        self.assertEqual(response.json()["servers"], ["10.1.0.1:80", "10.1.0.2:80", "10.1.0.3:80"])
+        self.tick()
+        response = post_json(self.site, "drain", {"service": "web", "server": "10.1.0.4:80"})
+        self.assertEqual(response.code, 200, response.body)
+        self.assertIs(self.director.updater.overrides[WEB, DestKey.of("10.1.0.4", 80)], DRAINED)
 
     def test_unknown_service_is_404(self):
         response = post_json(self.site, "drain", {"service": "mail", "server": "10.1.0.1:80"})
