@@ -578,7 +578,8 @@ class PassResultTests(UpdaterTestCase):
         self.flushLoggedErrors()
         last = self.updater.last
         self.assertEqual(len(last.refused), 1)
-        self.assertEqual((last.services[WEB].decision.servers[RS[0]].weight, last.services[WEB].written[RS[0]]), (40, 100))
+        web = last.services[WEB]
+        self.assertEqual((web.decision.servers[RS[0]].weight, web.written[RS[0]]), (40, 100))
 
     def test_observe_mode_writes_nothing_so_the_kernel_weights_are_as_read(self):
         self.start(write_config(self), observe=True)

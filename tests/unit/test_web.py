@@ -340,8 +340,8 @@ class PassFactsTests(DirectorCase):
 
     def test_a_real_server_added_by_a_reload_is_listed_once_a_pass_has_weighed_it(self):
         path = self.director.config.path
-        text = path.read_text().replace('weight = 50\n', 'weight = 50\n[[service.real]]\naddress = "10.1.0.4"\nweight = 20\n', 1)
-        path.write_text(text)
+        added = '[[service.real]]\naddress = "10.1.0.4"\nweight = 20\n'
+        path.write_text(path.read_text().replace("weight = 50\n", "weight = 50\n" + added, 1))
         self.assertTrue(self.director.reload())
         servers = [entry["server"] for entry in self.status()["services"][0]["servers"]]
         self.assertEqual(servers, ["10.1.0.1:80", "10.1.0.2:80", "10.1.0.3:80"])
@@ -396,7 +396,8 @@ class WeightsOnlyStatusTests(DirectorCase):
         connect(self.director, 1, health=50)
         self.tick()
         services = {service["name"]: service for service in self.status()["services"]}
-        servers = [(s["server"], s["forwarding"], s["base_weight"], s["kernel_weight"]) for s in services["web"]["servers"]]
+        servers = [(s["server"], s["forwarding"], s["base_weight"], s["kernel_weight"])
+                   for s in services["web"]["servers"]]
         self.assertEqual(servers, [("10.1.0.1:80", "dr", 10, 5), ("10.1.0.77:80", "dr", 20, 20)])
         self.assertEqual((services["dns"]["in_kernel"], services["dns"]["servers"], services["dns"]["panic"]),
                          (False, [], None))
@@ -585,7 +586,8 @@ class ControlTests(DirectorCase):
 
     def test_a_server_is_found_among_those_the_last_pass_weighed(self):
         path = self.director.config.path
-        path.write_text(path.read_text().replace('weight = 50\n', 'weight = 50\n[[service.real]]\naddress = "10.1.0.4"\n', 1))
+        added = '[[service.real]]\naddress = "10.1.0.4"\n'
+        path.write_text(path.read_text().replace("weight = 50\n", "weight = 50\n" + added, 1))
         self.assertTrue(self.director.reload())
         response = post_json(self.site, "drain", {"service": "web", "server": "10.1.0.4:80"})
         self.assertEqual(response.code, 404)

@@ -17,6 +17,7 @@ from lvsfeedback.director.policy import DRAINED, Pinned
 from lvsfeedback.director.web.status import describe_override
 from lvsfeedback.ipvs.model import MAX_WEIGHT, DestKey, ServiceKey
 
+
 class ControlError(Exception):
     """A control request refused: the HTTP status and a message for people."""
 

@@ -8,6 +8,7 @@ from prometheus_client.core import CollectorRegistry, CounterMetricFamily, Gauge
 
 from lvsfeedback.director.web.status import build_status
 
+
 class DirectorCollector:
     """Prometheus metrics computed from the status document at scrape time."""
 
