@@ -16,8 +16,8 @@ HISTORY_WINDOW = 300.0
 class History:
     """
     Every real server's weights and health over the last `window` seconds,
-    sampled from each pass's result by the status listener, so that the dashboard opens on the
-    recent past instead of an empty chart.
+    sampled from each pass's result by the status listener, so that the
+    dashboard opens on the recent past instead of an empty chart.
 
     Kept compact, for 150 samples of 10,000 servers would otherwise take
     about 240 MB: per sample and service, the servers' names (one tuple,
