@@ -21,7 +21,7 @@ from lvsfeedback.director.config import ConfigError, DirectorConfig, IReconfigur
 from lvsfeedback.director.protocol import NEFactory, NEProtocol, unmapped
 from lvsfeedback.director.registry import Registry
 from lvsfeedback.director.updater import WeightUpdater
-from lvsfeedback.director.web import StatusListener
+from lvsfeedback.director.web.listener import StatusListener
 from lvsfeedback.necp.counters import ALLOW, MAX_AGENTS
 
 
