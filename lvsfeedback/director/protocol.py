@@ -28,6 +28,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import Interface
 
+from lvsfeedback.addresses import host_port
 from lvsfeedback.necp.codec import (
     ANY_ADDRESS,
     CAPACITY_QUERY,
@@ -91,8 +92,7 @@ class Agent:
     connection: int
 
     def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}#{self.connection}"
+        return f"{host_port(self.host, self.port)}#{self.connection}"
 
 
 class IAgentEvents(Interface):

@@ -45,6 +45,7 @@ from twisted.web.http import RESPONSES
 from twisted.web.resource import Resource
 
 import lvsfeedback
+from lvsfeedback.addresses import describe_address
 from lvsfeedback.director.policy import DRAINED, Drained, Pinned
 from lvsfeedback.ipvs.model import (
     MAX_WEIGHT,
@@ -653,11 +654,7 @@ def _json(request, code: int, document: Any) -> bytes:
 
 
 def _peer(request) -> str:
-    peer = request.getClientAddress()
-    host = getattr(peer, "host", None)
-    if host is None:
-        return str(peer)
-    return f"[{host}]:{peer.port}" if ":" in host else f"{host}:{peer.port}"
+    return describe_address(request.getClientAddress())
 
 
 class JSONResource(Resource):

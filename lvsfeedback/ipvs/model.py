@@ -12,6 +12,8 @@ import socket
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from lvsfeedback.addresses import host_port
+
 PROTOCOLS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP, "sctp": 132}
 PROTOCOL_NAMES = {number: name for name, number in PROTOCOLS.items()}
 
@@ -62,8 +64,7 @@ class ServiceKey:
         if self.is_fwmark:
             suffix = " IPv6" if self.family == socket.AF_INET6 else ""
             return f"FWM {self.fwmark}{suffix}"
-        host = f"[{self.address}]" if self.family == socket.AF_INET6 else self.address
-        return f"{self.protocol.upper()} {host}:{self.port}"
+        return f"{self.protocol.upper()} {host_port(self.address, self.port)}"
 
 
 @dataclass(frozen=True, order=True)
@@ -94,11 +95,7 @@ class DestKey:
         return address_family(self.address)
 
     def __str__(self) -> str:
-        # An IPv6 literal always holds a colon and an IPv4 one never does:
-        # no parsing, for a name the status and its history build per server.
-        if ":" in self.address:
-            return f"[{self.address}]:{self.port}"
-        return f"{self.address}:{self.port}"
+        return host_port(self.address, self.port)
 
 
 @dataclass(frozen=True)
