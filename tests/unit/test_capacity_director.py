@@ -23,7 +23,7 @@ from lvsfeedback.director.web import build_status
 from lvsfeedback.ipvs.memory import MemoryIPVS
 from lvsfeedback.ipvs.model import DestKey, ServiceKey
 from lvsfeedback.necp.codec import CAPACITY_QUERY, HEALTH_QUERY, Service
-from tests.unit.test_necp_endpoints import DNS, WEB, EndpointTestCase
+from tests.helpers.necp import DNS, WEB, EndpointTestCase
 
 
 class AskingTests(EndpointTestCase):

@@ -24,7 +24,7 @@ from lvsfeedback import cli
 from lvsfeedback.director.policy import DRAINED, Pinned
 from lvsfeedback.director.service import DirectorService
 from lvsfeedback.ipvs.memory import MemoryIPVS
-from tests.unit.test_web import RS, WEB, connect, write_config
+from tests.helpers.director import RS, WEB, connect, write_config
 
 PROJECT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

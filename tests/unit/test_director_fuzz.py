@@ -63,7 +63,7 @@ from lvsfeedback.necp.codec import (
 )
 from lvsfeedback.necp.protocol import RequestFailed
 from lvsfeedback.testing.necp_link import Link
-from tests.unit.test_necp_endpoints import SECRET, ConsumerTransport, TableHealth, decode_all
+from tests.helpers.necp import SECRET, ConsumerTransport, TableHealth, decode_all
 
 AGENT_HOSTS = ("10.0.0.2", "10.0.0.3", "10.0.0.4")  # one legitimate agent each
 STRANGER_HOSTS = ("10.0.9.1", "10.0.9.2")  # 10.0.9.1 is a configured real server

@@ -49,7 +49,7 @@ from lvsfeedback.necp.counters import (
     MESSAGE_REASONS,
     NECPCounters,
 )
-from tests.unit.test_web import http
+from tests.helpers.director import http
 
 SECRET = b"correct horse battery staple"
 WEB = Service(forwarding=3, protocol=6, port=80)
