@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import textwrap
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
-from lvsfeedback.director.config import load_config
+from lvsfeedback.director.config import DirectorConfig, load_config
 from lvsfeedback.director.protocol import Agent
 from lvsfeedback.ipvs.model import DestKey, ServiceKey
 from lvsfeedback.necp.codec import Service
@@ -68,31 +70,66 @@ weight = 10
 """
 
 
-def write_config(case, director: str = "", token: bool = False, update_interval: float = 2.0,
-                 status_listen: str = "tcp:0:interface=127.0.0.1"):
-    """A director config in a fresh folder; with `token`, a token file beside it."""
+def write_director_config(case, text: str, files: Mapping[str, str | bytes] | None = None) -> str:
+    """
+    C{text} (dedented) as director.toml in a fresh folder of C{case}, with
+    C{files} (name to content) beside it, as a token or secret file; its path.
+    """
     folder = case.mktemp()
     os.makedirs(folder)
-    status = ""
-    if token:
-        with open(os.path.join(folder, "status.token"), "w") as file:
-            file.write(TOKEN + "\n")
-        status = 'token_file = "status.token"'
+    for name, content in (files or {}).items():
+        with open(os.path.join(folder, name), "wb" if isinstance(content, bytes) else "w") as file:
+            file.write(content)
     path = os.path.join(folder, "director.toml")
     with open(path, "w") as file:
-        file.write(CONFIG.format(director=director, status=status, update_interval=update_interval,
-                                 status_listen=status_listen))
-    return load_config(path)
+        file.write(textwrap.dedent(text))
+    return path
+
+
+def director_config(case, text: str, files: Mapping[str, str | bytes] | None = None) -> DirectorConfig:
+    """L{write_director_config}, loaded."""
+    return load_config(write_director_config(case, text, files))
+
+
+def write_config(case, director: str = "", token: bool = False, update_interval: float = 2.0,
+                 status_listen: str = "tcp:0:interface=127.0.0.1") -> DirectorConfig:
+    """The status tests' director config (L{CONFIG}); with C{token}, a token file beside it."""
+    text = CONFIG.format(director=director, status='token_file = "status.token"' if token else "",
+                         update_interval=update_interval, status_listen=status_listen)
+    return director_config(case, text, {"status.token": TOKEN + "\n"} if token else None)
+
+
+def agent_up(registry, n: int, health: int | None = None, *, now: float = 0.0, port: int = 40000) -> Agent:
+    """
+    Agent 10.1.0.N comes up in C{registry} (without a connection), starts
+    tcp/80 and, given C{health}, reports it at C{now}.
+    """
+    agent = Agent(f"10.1.0.{n}", port, n)
+    registry.agentUp(agent)
+    refused = registry.servicesStarted(agent, [HTTP])
+    if refused:
+        raise AssertionError(f"{agent} had tcp/80 refused: {refused}")
+    if health is not None:
+        registry.healthReported(agent, HTTP, health, now)
+    return agent
+
+
+def accept(factory, host: str, port: int = 40000):
+    """
+    A connection from C{host}:C{port} to the director's NECP C{factory} as its
+    listener makes one: the protocol, on a StringTransport; None if refused.
+    """
+    address = IPv4Address("TCP", host, port)
+    protocol = factory.buildProtocol(address)
+    if protocol is None:
+        return None  # the listener closes the socket at once
+    protocol.makeConnection(StringTransport(peerAddress=address))
+    return protocol
 
 
 def connect(director, n: int, health: int | None = None) -> Agent:
-    """Agent 10.1.0.N comes up, starts tcp/80 and (optionally) reports `health`."""
-    agent = Agent(f"10.1.0.{n}", 40000 + n, n)
-    director.registry.agentUp(agent)
-    director.registry.servicesStarted(agent, [HTTP])
-    if health is not None:
-        director.registry.healthReported(agent, HTTP, health, director.reactor.seconds())
-    return agent
+    """L{agent_up} in C{director}'s registry, from port 4000N, reporting now."""
+    return agent_up(director.registry, n, health, now=director.reactor.seconds(), port=40000 + n)
 
 
 @dataclass
