@@ -11,6 +11,7 @@ fwmark service with a mark rule is configured.
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 
 from lvsfeedback.ipvs.model import DeleteMarkRule, IPVSError, SetMarkRule
@@ -20,6 +21,11 @@ CHAIN = "LVSFEEDBACK"
 
 def _comment(fwmark: int) -> str:
     return f"lvsfeedback fwmark {fwmark}"
+
+
+def iptables_installed() -> bool:
+    """Whether python-iptables (the C{fwmark} extra) is installed; asked without importing it."""
+    return importlib.util.find_spec("iptc") is not None
 
 
 def load_iptc():

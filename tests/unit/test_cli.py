@@ -263,3 +263,15 @@ class VersionTests(TestCase):
         self.assertEqual(cli.main(["version"], out, io.StringIO()), 0)
         self.assertEqual(out.getvalue(), f"lvsfeedback {lvsfeedback.__version__}\n")
         self.assertTrue(re.fullmatch(r"\d+\.\d+\.\d+", lvsfeedback.__version__))
+
+
+class ExperimentCommandTests(TestCase):
+    def test_without_the_lab_the_experiment_says_it_runs_from_the_source_tree(self):
+        # As in an installed wheel, which leaves the lab out.
+        name = "lvsfeedback.lab.experiment"
+        before = sys.modules.get(name)
+        sys.modules[name] = None
+        self.addCleanup(lambda: sys.modules.__setitem__(name, before) if before else sys.modules.pop(name))
+        err = io.StringIO()
+        self.assertEqual(cli.main(["experiment", "--quick"], io.StringIO(), err), 2)
+        self.assertIn("lvsfeedback experiment: runs from the project's source tree (make deps)", err.getvalue())

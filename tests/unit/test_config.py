@@ -15,6 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from lvsfeedback.director.protocol import MAX_EXCEPTIONS_PER_AGENT
 from lvsfeedback.necp.protocol import MAX_QUEUED_OUTPUT
+from lvsfeedback.director import config as config_module
 from lvsfeedback.director.config import (
     DEFAULT_LISTEN,
     DEFAULT_MAX_AGENTS,
@@ -536,6 +537,17 @@ class ConsistencyProblemTests(ConfigFileTestCase):
         self.assertProblems(
             SHOP + "[service.mark]\nports = [80]\n", ["service[0].mark.destination: is required"]
         )
+
+    def test_a_mark_rule_without_python_iptables_is_refused_naming_the_extra(self):
+        self.patch(config_module, "iptables_installed", lambda: False)
+        self.assertProblems(
+            SHOP + '[service.mark]\ndestination = "192.0.2.1"\n',
+            ["service[0].mark: needs python-iptables, which is not installed: lvsfeedback[fwmark]"],
+        )
+
+    def test_a_fwmark_service_without_a_mark_rule_needs_no_python_iptables(self):
+        self.patch(config_module, "iptables_installed", lambda: False)
+        self.assertProblems(SHOP, [])
 
 
 class DuplicateTests(ConfigFileTestCase):
