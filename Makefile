@@ -34,4 +34,4 @@ bench: deps
 	$(PYTHON) bench/necp_codec.py
 
 clean:
-	rm -rf $(VENV) results _trial_temp* build *.egg-info twisted/plugins/dropin.cache
+	rm -rf $(VENV) results _trial_temp* build *.egg-info twisted/plugins/dropin.cache .mypy_cache .ruff_cache
