@@ -164,7 +164,8 @@ class TableOwnershipTests(DirectorInTheLab):
         beside = ServiceKey.for_address("tcp", VIP, 81)
         self.lab.run(self.lab.director, ["ipvsadm", "-A", "-t", f"{VIP}:81", "-s", "wlc"])
         for server in (rs1, rs2):
-            self.lab.run(self.lab.director, ["ipvsadm", "-a", "-t", f"{VIP}:81", "-r", f"{server.address}:8080", "-m", "-w", "100"])
+            self.lab.run(self.lab.director,
+                         ["ipvsadm", "-a", "-t", f"{VIP}:81", "-r", f"{server.address}:8080", "-m", "-w", "100"])
         self.lab.start_backends(work_ms=5)
         # The config names only rs1 and a server that does not exist: neither
         # is added; rs2, which ipvsadm added, is weighted all the same.

@@ -90,7 +90,8 @@ class StatusCommandTests(LiveDirectorCase):
             r"health: health 40 \(smoothed 40\.0\)$",
         )
         self.assertRegex(
-            server_line(out, "10.1.0.3:80"), r"^  -> 10\.1\.0\.3:80 +Masq +50 +50 +50 +- +never-seen +0 +0 +static: agent never seen$"
+            server_line(out, "10.1.0.3:80"),
+            r"^  -> 10\.1\.0\.3:80 +Masq +50 +50 +50 +- +never-seen +0 +0 +static: agent never seen$",
         )
         # The columns line up: every server's weight ends where the header's does.
         header_end = lines[3].index("Weight") + len("Weight")

@@ -29,7 +29,8 @@ import textwrap
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address as IP
 
-from hypothesis import settings, strategies as st
+from hypothesis import settings
+from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import Clock
@@ -130,7 +131,9 @@ def agent_messages():
         st.builds(
             KeepaliveAck,
             request_id=st.integers(0, 8),
-            answers=st.lists(st.builds(Answer, st.just(1), st.sampled_from([6, 17]), st.sampled_from([80, 53]), healths), max_size=3).map(tuple),
+            answers=st.lists(
+                st.builds(Answer, st.just(1), st.sampled_from([6, 17]), st.sampled_from([80, 53]), healths), max_size=3
+            ).map(tuple),
         ),
         st.builds(ExceptionAdd, request_id=request_ids, rules=st.lists(rules, max_size=8).map(tuple)),
         st.builds(ExceptionDel, request_id=request_ids, rules=st.lists(rules, max_size=4).map(tuple)),
