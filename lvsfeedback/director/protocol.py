@@ -17,10 +17,10 @@ provider the factory is given (the registry). Nothing here decides weights.
 from __future__ import annotations
 
 import itertools
-from operator import itemgetter
 import random as _random
 from dataclasses import dataclass
 from ipaddress import IPv4Address, ip_address
+from operator import itemgetter
 from typing import Callable
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -33,12 +33,12 @@ from lvsfeedback.necp.codec import (
     ANY_ADDRESS,
     CAPACITY_QUERY,
     HEALTH_QUERY,
-    Authenticator,
     IPVS_FORWARDING,
     MAX_SEQUENCE,
     MAX_UNITS,
     SCOPE_NOT_TO_FARM,
     Answer,
+    Authenticator,
     ErrorReply,
     ExceptionAdd,
     ExceptionAddAck,

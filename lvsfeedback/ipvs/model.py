@@ -80,9 +80,9 @@ class DestKey:
         object.__setattr__(self, "_hash", hash((self.address, self.port)))
 
     def __hash__(self) -> int:
-        return self._hash
+        return self._hash  # type: ignore[attr-defined, no-any-return]  # set in __post_init__, not a field
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[DestKey], tuple[str, int]]:
         # Rebuilt from its fields: a string's hash differs between processes.
         return (type(self), (self.address, self.port))
 
