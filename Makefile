@@ -18,9 +18,10 @@ $(INSTALLED): setup.cfg pyproject.toml Makefile
 	scripts/install-system-packages $(SYSTEM_PACKAGES)
 	test -x $(PYTHON) || $(HOST_PYTHON) -m venv $(VENV)
 	$(PYTHON) -m pip install -q --upgrade pip setuptools wheel
-	# compat mode puts the source tree on sys.path, where twistd finds
-	# twisted/plugins/ (a PEP 660 editable install hides it).
-	$(PYTHON) -m pip install -q -e '.[test,vm,lab]' --config-settings editable_mode=compat
+	# An editable install of the flat layout (setup.cfg's package_dir) puts
+	# the source tree on sys.path: twistd finds twisted/plugins/ there, and
+	# the lab and test helpers, which the built package leaves out, import.
+	$(PYTHON) -m pip install -q -e '.[fwmark,test,vm,lab,dev]'
 	touch $@
 
 test: deps
@@ -33,4 +34,4 @@ bench: deps
 	$(PYTHON) bench/necp_codec.py
 
 clean:
-	rm -rf $(VENV) results _trial_temp* build *.egg-info twisted/plugins/dropin.cache
+	rm -rf $(VENV) results _trial_temp* build *.egg-info twisted/plugins/dropin.cache .mypy_cache .ruff_cache

@@ -56,7 +56,6 @@ from bench.director_scale import (  # noqa: E402
     AgentsProcess,
     agent_address,
     director_toml,
-    free_port,
     listening,
     raise_file_limit,
     tail,
@@ -86,6 +85,7 @@ from lvsfeedback.necp.codec import (  # noqa: E402
     encode,
 )
 from lvsfeedback.necp.protocol import HANDSHAKE_TIMEOUT, describe_flags  # noqa: E402
+from lvsfeedback.testing.daemon import free_port  # noqa: E402
 
 # The legitimate real servers, agent_address(0) and agent_address(1), and their health.
 LEGITIMATE_HEALTH = (30, 80)

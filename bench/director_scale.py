@@ -53,6 +53,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from lvsfeedback.agent.metrics.cgroup import read_usage_usec  # noqa: E402
+from lvsfeedback.lab.loadgen import percentile  # noqa: E402
+from lvsfeedback.testing.daemon import free_port  # noqa: E402
+
 VM_PARTS = ("write", "keepalived")
 PARTS = ("write", "scale", "keepalived")
 HEALTH_PORT = 80
@@ -96,12 +100,6 @@ def director_toml(listen: str, services: int, reals: int, *, observe: bool, heal
     return "\n".join(lines) + "\n"
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 # What the director's systemd unit sets (LimitNOFILE), and so what the bench
 # gives every process it starts, as far as the hard limit allows.
 UNIT_FILE_LIMIT = 65536
@@ -120,11 +118,6 @@ def begin_logging(path: Path) -> None:
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
     globalLogBeginner.beginLoggingTo([textFileLogObserver(open(path, "a"))], redirectStandardIO=False)
-
-
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
 # The simulated agents: one process, many NECP sessions ----------------------
@@ -533,7 +526,7 @@ def print_scale(result: dict, args) -> None:
         within = sum(1 for value in lat if value <= target) / len(lat)
         print(
             f"health change -> desired weight, {len(lat)} changes: min {min(lat):.2f} s, median {statistics.median(lat):.2f} s, "
-            f"p90 {percentile(lat, 0.9):.2f} s, p99 {percentile(lat, 0.99):.2f} s, max {max(lat):.2f} s; "
+            f"p90 {percentile(sorted(lat), 90):.2f} s, p99 {percentile(sorted(lat), 99):.2f} s, max {max(lat):.2f} s; "
             f"{100 * within:.1f} % within update {update:g} s + 0.5 s = {target:g} s "
             f"(target: all: {'met' if within == 1 and not result['unresolved'] else 'missed'}; "
             f"the asking interval {asked:g} s included: {update + 0.5 + asked:g} s)"
@@ -714,11 +707,7 @@ def cgroup(name: str) -> Path:
 
 def cgroup_cpu_seconds(path: Path) -> float:
     """CPU of everything that ran in the cgroup, exited children (the check scripts) included."""
-    for line in (path / "cpu.stat").read_text().splitlines():
-        name, value = line.split()
-        if name == "usage_usec":
-            return int(value) / 1e6
-    raise RuntimeError(f"no usage_usec in {path / 'cpu.stat'}")
+    return read_usage_usec(path) / 1e6
 
 
 def join(path: Path):

@@ -17,7 +17,6 @@ import argparse
 import random
 import statistics
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -82,7 +81,8 @@ def main(argv=None) -> int:
             fixed = [r["fixed"] for r in rows]
             peaks = sorted(r["peak"] for r in rows)
             writes = statistics.mean(r["writes"] for r in rows) * 60 / (DURATION / 2)
-            print(f"{mode.value:<9} {life:>6g}  {(statistics.median(settled) if settled else '-')!s:>14} / {p90!s:>4} / {never:>4}"
+            median = statistics.median(settled) if settled else "-"
+            print(f"{mode.value:<9} {life:>6g}  {median!s:>14} / {p90!s:>4} / {never:>4}"
                   f"      {statistics.median(fixed):>14.1%} / {max(fixed):>6.1%}  {min(r['least'] for r in rows):>18.2f}"
                   f"  {peaks[int(0.9 * len(peaks))]:>13.2f}  {writes:>17.1f}")
     return 0

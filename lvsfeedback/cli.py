@@ -243,8 +243,14 @@ def command_version(options, out: TextIO, err: TextIO) -> int:
 
 
 def command_experiment(options, out: TextIO, err: TextIO) -> int:
-    # Imported here: it is the lab's, and only this command needs it.
-    from lvsfeedback.lab.experiment import main as experiment
+    # Imported here: it is the lab's, and only this command needs it. The
+    # lab is not in the installed package: it runs from the source tree.
+    try:
+        from lvsfeedback.lab.experiment import main as experiment
+    except ModuleNotFoundError as missing:
+        err.write(f"lvsfeedback experiment: runs from the project's source tree (make deps), "
+                  f"not an installed package: {missing}\n")
+        return 2
 
     return experiment(options.arguments)
 

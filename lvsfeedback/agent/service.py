@@ -38,7 +38,6 @@ from lvsfeedback.agent.sampler import Sampler, ServiceMetrics
 from lvsfeedback.ipvs.model import PROTOCOLS
 from lvsfeedback.necp.codec import Service as ServiceUnit
 
-
 # What a reload changes in a running agent; the rest is built once, at start.
 RELOADED = ("drain_timeout", "secret_file")
 

@@ -21,7 +21,6 @@ from lvsfeedback.director.policy_model import (
 )
 from lvsfeedback.ipvs.model import DestKey
 
-
 # Capacity mode's controller, tuned on lvsfeedback.director.simulate: the
 # exponent of the utilisation ratio, and the most a weight may be scaled in
 # one pass.
@@ -90,7 +89,7 @@ def capacity_weights(
     # new weights only as connections are renewed, so a step taken from the
     # weights' shares would be taken again and again before it shows.
     traffic = (
-        {dest: rate / rate_total for dest, rate in rates.items()}
+        {dest: rate / rate_total for dest, rate in rates.items() if rate is not None}
         if all(rate is not None and rate >= _COUNTED_RATE for rate in rates.values())
         else {}
     )
@@ -111,7 +110,7 @@ def capacity_weights(
         if memory.target is None or share[0] is None:
             adopted = previous[dest] is None and (server.current_weight or 0) > 0
             if adopted:
-                raw[dest] = float(server.current_weight)
+                raw[dest] = float(server.current_weight or 0)
                 details[dest] = "new: the kernel's weight"
             elif server.capacity:
                 priors.append(dest)
@@ -176,18 +175,20 @@ def _priors(
     not spare capacity: loaded servers have little spare, and measured
     against that an idle newcomer would look enormous.
     """
-    weighed = [dest for dest in raw if servers[dest].capacity]
+    # Every server weighed here has a capacity: `or 0.0` only tells the type checker.
+    capacity = {dest: servers[dest].capacity or 0.0 for dest in (*raw, *priors)}
+    weighed = [dest for dest in raw if capacity[dest]]
     if weighed:
-        mean = sum(servers[dest].base_weight * servers[dest].capacity for dest in weighed) / sum(
+        mean = sum(servers[dest].base_weight * capacity[dest] for dest in weighed) / sum(
             raw[dest] for dest in weighed
         )
     else:
-        mean = sum(servers[dest].base_weight * servers[dest].capacity for dest in priors) / sum(
+        mean = sum(servers[dest].base_weight * capacity[dest] for dest in priors) / sum(
             servers[dest].base_weight for dest in priors
         )
     for dest in priors:
         server, health = servers[dest], feedback[dest].smoothed
-        raw[dest] = server.base_weight * server.capacity * health / 100 / mean
+        raw[dest] = server.base_weight * capacity[dest] * health / 100 / mean
         details[dest] = f"prior: {server.capacity:.2f} CPUs x health {health:.0f} of mean {mean:.2f}"
 
 

@@ -44,6 +44,7 @@ from lvsfeedback.director.config_parse import (
 )
 from lvsfeedback.director.policy import LostAgentAction, Mode, PolicySettings
 from lvsfeedback.director.protocol import MAX_EXCEPTIONS_PER_AGENT
+from lvsfeedback.ipvs.fwmark import iptables_installed
 from lvsfeedback.ipvs.model import (
     FORWARDING,
     MAX_WEIGHT,
@@ -339,6 +340,8 @@ class _Reader:
             mark_table = table.optional_table("mark")
             if mark_table is not None:
                 mark = self._mark(mark_table, family)
+                if not iptables_installed():
+                    self.problem(f"{table.path}.mark", "needs python-iptables, which is not installed: lvsfeedback[fwmark]")
         elif protocol is not None:
             for only_fwmark in ("fwmark", "family", "mark"):
                 table.forbid(only_fwmark, 'only for protocol "fwmark"')

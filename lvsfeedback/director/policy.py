@@ -124,9 +124,9 @@ def _decide_service(
         assessment = _assess(server, settings, now)
         if assessment is not None:
             assessments[dest] = assessment
-        elif server.report is not None and folded[dest].smoothed_health is not None:
+        elif server.report is not None and (smoothed := folded[dest].smoothed_health) is not None:
             # _assess returns None only for a fresh report, which is folded in.
-            feedback[dest] = Feedback(server.report.value, folded[dest].smoothed_health, folded[dest].packet_rate)
+            feedback[dest] = Feedback(server.report.value, smoothed, folded[dest].packet_rate)
     weights, controls = _feedback_weights(service.servers, feedback, previous, settings, now)
     assessments.update(weights)
 

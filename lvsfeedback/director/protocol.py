@@ -17,10 +17,10 @@ provider the factory is given (the registry). Nothing here decides weights.
 from __future__ import annotations
 
 import itertools
-from operator import itemgetter
 import random as _random
 from dataclasses import dataclass
 from ipaddress import IPv4Address, ip_address
+from operator import itemgetter
 from typing import Callable
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -28,16 +28,17 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import Interface
 
+from lvsfeedback.addresses import host_port
 from lvsfeedback.necp.codec import (
     ANY_ADDRESS,
     CAPACITY_QUERY,
     HEALTH_QUERY,
-    Authenticator,
     IPVS_FORWARDING,
     MAX_SEQUENCE,
     MAX_UNITS,
     SCOPE_NOT_TO_FARM,
     Answer,
+    Authenticator,
     ErrorReply,
     ExceptionAdd,
     ExceptionAddAck,
@@ -91,8 +92,7 @@ class Agent:
     connection: int
 
     def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}#{self.connection}"
+        return f"{host_port(self.host, self.port)}#{self.connection}"
 
 
 class IAgentEvents(Interface):

@@ -24,7 +24,6 @@ from lvsfeedback.director.updater import WeightUpdater
 from lvsfeedback.director.web.listener import StatusListener
 from lvsfeedback.necp.counters import ALLOW, MAX_AGENTS
 
-
 # Connections refused for being one too many are logged as one peer's: the
 # limit is the director's, and a reconnect storm of agents over it is no attack.
 ANY_HOST = "any host"

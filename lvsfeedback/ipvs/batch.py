@@ -26,7 +26,7 @@ import errno
 import functools
 import socket
 import struct
-from typing import Sequence
+from typing import Any, Iterator, Sequence
 
 from lvsfeedback.ipvs.model import (
     FORWARDING,
@@ -35,6 +35,7 @@ from lvsfeedback.ipvs.model import (
     PROTOCOLS,
     AddDest,
     AddService,
+    Change,
     DeleteDest,
     DeleteService,
     Dest,
@@ -111,7 +112,7 @@ IP_VS_CONN_F_FWD_MASK = 0x7
 
 # The kernel reads the netmask as a raw u32 in host order: a dotted IPv4 mask
 # for IPv4, a prefix length for IPv6.
-_FULL_NETMASK = {socket.AF_INET: 0xFFFFFFFF, socket.AF_INET6: 128}
+_FULL_NETMASK: dict[int, int] = {socket.AF_INET: 0xFFFFFFFF, socket.AF_INET6: 128}
 
 _NLMSGHDR = struct.Struct("=IHHII")  # length, type, flags, sequence, port id
 _GENLMSGHDR = struct.Struct("=BBH")  # command, version, reserved
@@ -126,7 +127,7 @@ _U16 = struct.Struct("=H")
 _BE16 = struct.Struct("!H")
 _U32 = struct.Struct("=I")
 _U64 = struct.Struct("=Q")
-_ADDRESS_SIZE = {socket.AF_INET: 4, socket.AF_INET6: 16}
+_ADDRESS_SIZE: dict[int, int] = {socket.AF_INET: 4, socket.AF_INET6: 16}
 
 # Sends are kept well under the socket's send buffer (the kernel refuses a
 # datagram larger than it with EMSGSIZE).
@@ -222,7 +223,7 @@ def _dest(server: RealServer) -> bytes:
     )
 
 
-def _command_and_attrs(change) -> tuple[int, bytes]:
+def _command_and_attrs(change: Change) -> tuple[int, bytes]:
     match change:
         case AddService(service):
             return IPVS_CMD_NEW_SERVICE, _service(service)
@@ -241,14 +242,14 @@ def _command_and_attrs(change) -> tuple[int, bytes]:
     raise TypeError(f"not an IPVS table change: {change!r}")
 
 
-def encode(change, family_id: int, sequence: int) -> bytes:
+def encode(change: Change, family_id: int, sequence: int) -> bytes:
     """One IPVS generic netlink request for `change`, asking for an acknowledgement."""
     command, attrs = _command_and_attrs(change)
     body = _GENLMSGHDR.pack(command, IPVS_GENL_VERSION, 0) + attrs
     return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), family_id, NLM_F_REQUEST | NLM_F_ACK, sequence, 0) + body
 
 
-def acknowledgements(datagram: bytes):
+def acknowledgements(datagram: bytes) -> Iterator[tuple[int, int]]:
     """(sequence, errno) for each NLMSG_ERROR message in a datagram; errno 0 is success."""
     offset = 0
     while offset + _NLMSGHDR.size <= len(datagram):
@@ -318,9 +319,10 @@ def _statistics(attrs: dict[int, bytes]) -> tuple[int, int, int, int]:
         stats, number = attributes(attrs[IPVS_DEST_ATTR_STATS]), _U32
     else:
         return 0, 0, 0, 0
-    read = lambda kind: number.unpack_from(stats[kind])[0] if kind in stats else 0  # noqa: E731
-    kinds = (IPVS_STATS_ATTR_CONNS, IPVS_STATS_ATTR_CPS, IPVS_STATS_ATTR_INPKTS, IPVS_STATS_ATTR_INPPS)
-    return tuple(read(kind) for kind in kinds)  # type: ignore[return-value]
+    def read(kind: int) -> int:
+        return int(number.unpack_from(stats[kind])[0]) if kind in stats else 0
+
+    return read(IPVS_STATS_ATTR_CONNS), read(IPVS_STATS_ATTR_CPS), read(IPVS_STATS_ATTR_INPKTS), read(IPVS_STATS_ATTR_INPPS)
 
 
 def read_dest(nest: bytes, service_family: int) -> Dest:
@@ -331,7 +333,9 @@ def read_dest(nest: bytes, service_family: int) -> Dest:
     port = _BE16.unpack_from(attrs[IPVS_DEST_ATTR_PORT])[0]
     # inet_ntop's IPv4 form is already the canonical one; IPv6 goes through ipaddress.
     key = DestKey(address, port) if family == socket.AF_INET else DestKey.of(address, port)
-    u32 = lambda kind: _U32.unpack_from(attrs[kind])[0] if kind in attrs else 0  # noqa: E731
+    def u32(kind: int) -> int:
+        return int(_U32.unpack_from(attrs[kind])[0]) if kind in attrs else 0
+
     connections, connection_rate, packets, packet_rate = _statistics(attrs)
     server = RealServer(
         key,
@@ -396,7 +400,7 @@ class IPVSSocket:
             while offset + _NLA.size <= length:
                 attr_length, attr_type = _NLA.unpack_from(reply, offset)
                 if attr_type & NLA_TYPE_MASK == CTRL_ATTR_FAMILY_ID:
-                    return _U16.unpack_from(reply, offset + _NLA.size)[0]
+                    return int(_U16.unpack_from(reply, offset + _NLA.size)[0])
                 offset += (attr_length + 3) & ~3
             raise IPVSError("open", f"the kernel's answer for generic netlink family {name} has no id")
 
@@ -414,7 +418,7 @@ class IPVSSocket:
         body = _GENLMSGHDR.pack(command, IPVS_GENL_VERSION, 0) + request
         header = _NLMSGHDR.pack(_NLMSGHDR.size + len(body), self.family_id, NLM_F_REQUEST | NLM_F_DUMP, sequence, 0)
         self._socket.send(header + body)
-        replies = []
+        replies: list[dict[int, bytes]] = []
         while True:
             datagram = self._socket.recv(65536)
             offset = 0
@@ -433,7 +437,7 @@ class IPVSSocket:
                     replies.append(attributes(datagram[start : offset + length]))
                 offset += (length + 3) & ~3
 
-    def apply(self, changes: Sequence) -> list[str | None]:
+    def apply(self, changes: Sequence[Change]) -> list[str | None]:
         """
         Send every change, in order; for each, None if the kernel accepted
         it, or the errno name it refused it with (LOST or TIMED_OUT when its
@@ -462,7 +466,7 @@ class IPVSSocket:
         self._socket.send(b"".join(messages))
         count = len(messages)
         pending = object()
-        results: list = [pending] * count
+        results: list[Any] = [pending] * count  # str | None once acknowledged
         missing = count
         timeout = self._socket.gettimeout()
         try:

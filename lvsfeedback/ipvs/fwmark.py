@@ -11,7 +11,9 @@ fwmark service with a mark rule is configured.
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
+from typing import Any
 
 from lvsfeedback.ipvs.model import DeleteMarkRule, IPVSError, SetMarkRule
 
@@ -22,7 +24,12 @@ def _comment(fwmark: int) -> str:
     return f"lvsfeedback fwmark {fwmark}"
 
 
-def load_iptc():
+def iptables_installed() -> bool:
+    """Whether python-iptables (the C{fwmark} extra) is installed; asked without importing it."""
+    return importlib.util.find_spec("iptc") is not None
+
+
+def load_iptc() -> Any:
     try:
         import iptc
     except Exception as error:  # noqa: BLE001 - any failure here means "cannot work on this host"
@@ -41,7 +48,7 @@ class FirewallMarks:
         self._iptc = load_iptc()
         self._chain = chain
 
-    def _table(self, ipv6: bool):
+    def _table(self, ipv6: bool) -> tuple[Any, Any]:
         iptc = self._iptc
         table = iptc.Table6(iptc.Table6.MANGLE) if ipv6 else iptc.Table(iptc.Table.MANGLE)
         table.autocommit = False
@@ -55,7 +62,7 @@ class FirewallMarks:
             prerouting.insert_rule(jump)
         return table, iptc.Chain(table, self._chain)
 
-    def _delete(self, chain, fwmark: int) -> None:
+    def _delete(self, chain: Any, fwmark: int) -> None:
         for rule in list(chain.rules):
             if any(m.name == "comment" and m.comment == _comment(fwmark) for m in rule.matches):
                 chain.delete_rule(rule)

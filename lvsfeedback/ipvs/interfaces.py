@@ -8,13 +8,18 @@ tests and in observe mode on a host without ip_vs. The contract tests
 
 from __future__ import annotations
 
+from typing import Iterable
+
+from twisted.internet.defer import Deferred
 from zope.interface import Interface
+
+from lvsfeedback.ipvs.model import Change, IPVSError, ServiceEntry, ServiceKey
 
 
 class IIPVSTable(Interface):
     """An IPVS table: read whole, written by lists of changes."""
 
-    def snapshot():
+    def snapshot() -> Deferred[dict[ServiceKey, ServiceEntry]]:
         """
         Read the table: every virtual service with its real servers, their
         weights and traffic counters.
@@ -24,7 +29,7 @@ class IIPVSTable(Interface):
             L{lvsfeedback.ipvs.model.ServiceEntry}.
         """
 
-    def apply(changes):
+    def apply(changes: Iterable[Change]) -> Deferred[list[IPVSError]]:
         """
         Apply changes in order; a refused change does not stop the others.
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Iterable
 
-from twisted.internet.defer import succeed
+from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
 from lvsfeedback.ipvs.interfaces import IIPVSTable
@@ -38,18 +38,18 @@ from lvsfeedback.ipvs.model import (
 
 @implementer(IIPVSTable)
 class MemoryIPVS:
-    def __init__(self):
+    def __init__(self) -> None:
         self._services: dict[ServiceKey, ServiceEntry] = {}
         self.applied: list[Change] = []  # every change accepted, in order
         self.marks: dict[int, SetMarkRule] = {}  # the MARK rules, by mark
 
-    def snapshot(self):
+    def snapshot(self) -> Deferred[dict[ServiceKey, ServiceEntry]]:
         return succeed(self.table())
 
     def table(self) -> dict[ServiceKey, ServiceEntry]:
         return {key: replace(entry, dests=dict(entry.dests)) for key, entry in self._services.items()}
 
-    def apply(self, changes: Iterable[Change]):
+    def apply(self, changes: Iterable[Change]) -> Deferred[list[IPVSError]]:
         failures = []
         for change in changes:
             try:

@@ -12,6 +12,8 @@ import socket
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from lvsfeedback.addresses import host_port
+
 PROTOCOLS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP, "sctp": 132}
 PROTOCOL_NAMES = {number: name for name, number in PROTOCOLS.items()}
 
@@ -62,8 +64,7 @@ class ServiceKey:
         if self.is_fwmark:
             suffix = " IPv6" if self.family == socket.AF_INET6 else ""
             return f"FWM {self.fwmark}{suffix}"
-        host = f"[{self.address}]" if self.family == socket.AF_INET6 else self.address
-        return f"{self.protocol.upper()} {host}:{self.port}"
+        return f"{self.protocol.upper()} {host_port(self.address, self.port)}"
 
 
 @dataclass(frozen=True, order=True)
@@ -79,9 +80,9 @@ class DestKey:
         object.__setattr__(self, "_hash", hash((self.address, self.port)))
 
     def __hash__(self) -> int:
-        return self._hash
+        return self._hash  # type: ignore[attr-defined, no-any-return]  # set in __post_init__, not a field
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[DestKey], tuple[str, int]]:
         # Rebuilt from its fields: a string's hash differs between processes.
         return (type(self), (self.address, self.port))
 
@@ -94,11 +95,7 @@ class DestKey:
         return address_family(self.address)
 
     def __str__(self) -> str:
-        # An IPv6 literal always holds a colon and an IPv4 one never does:
-        # no parsing, for a name the status and its history build per server.
-        if ":" in self.address:
-            return f"[{self.address}]:{self.port}"
-        return f"{self.address}:{self.port}"
+        return host_port(self.address, self.port)
 
 
 @dataclass(frozen=True)

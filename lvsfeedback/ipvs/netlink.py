@@ -11,8 +11,9 @@ hold) and no two netlink calls ever run at once; its methods return Deferreds.
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
 
+from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
@@ -28,13 +29,18 @@ from lvsfeedback.ipvs.model import (
     SetMarkRule,
 )
 
+if TYPE_CHECKING:
+    from lvsfeedback.ipvs.fwmark import FirewallMarks
+
+T = TypeVar("T")
+
 
 class KernelIPVS:
     """Synchronous access to the kernel's IPVS table. Use from one thread."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._socket: IPVSSocket | None = None
-        self._marks = None  # FirewallMarks, made on first use: python-iptables is costly to load
+        self._marks: FirewallMarks | None = None  # made on first use: python-iptables is costly to load
 
     @property
     def ipvs(self) -> IPVSSocket:
@@ -108,22 +114,22 @@ class NetlinkIPVS:
     starts with the first call, so building this before twistd forks is safe.
     """
 
-    def __init__(self, reactor, kernel: KernelIPVS | None = None):
+    def __init__(self, reactor: Any, kernel: KernelIPVS | None = None) -> None:
         self._reactor = reactor
         self._kernel = kernel or KernelIPVS()
         self._pool: ThreadPool | None = None
 
-    def _call(self, function, *args):
+    def _call(self, function: Callable[..., T], *args: Any) -> Deferred[T]:
         if self._pool is None:
             self._pool = ThreadPool(minthreads=1, maxthreads=1, name="ipvs-netlink")
             self._pool.start()
             self._reactor.addSystemEventTrigger("during", "shutdown", self.close)
         return deferToThreadPool(self._reactor, self._pool, function, *args)
 
-    def snapshot(self):
+    def snapshot(self) -> Deferred[dict[ServiceKey, ServiceEntry]]:
         return self._call(self._kernel.snapshot)
 
-    def apply(self, changes: Iterable[Change]):
+    def apply(self, changes: Iterable[Change]) -> Deferred[list[IPVSError]]:
         return self._call(self._kernel.apply, list(changes))
 
     def close(self) -> None:

@@ -17,6 +17,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from lvsfeedback.agent.metrics.cgroup import CpuStat, parse_cpu_stat
+from lvsfeedback.agent.metrics.errors import MetricReadError
+
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 DEFAULT_PERIOD_USEC = 100_000
 # How long removal waits for killed processes to leave a group.
@@ -25,38 +28,6 @@ REMOVE_TIMEOUT = 10.0
 
 class CgroupError(Exception):
     """A cgroup could not be set up, changed or removed; the message says which file and why."""
-
-
-@dataclass(frozen=True)
-class CpuStat:
-    """The fields of C{cpu.stat} the experiment reads, all in microseconds or counts."""
-
-    usage_usec: int
-    user_usec: int
-    system_usec: int
-    nr_periods: int = 0
-    nr_throttled: int = 0
-    throttled_usec: int = 0
-
-
-def parse_cpu_stat(text: str) -> CpuStat:
-    """C{cpu.stat} text → L{CpuStat}. The throttling fields are absent without the cpu controller."""
-    values = {}
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if value:
-            values[name] = int(value)
-    try:
-        return CpuStat(
-            usage_usec=values["usage_usec"],
-            user_usec=values["user_usec"],
-            system_usec=values["system_usec"],
-            nr_periods=values.get("nr_periods", 0),
-            nr_throttled=values.get("nr_throttled", 0),
-            throttled_usec=values.get("throttled_usec", 0),
-        )
-    except KeyError as missing:
-        raise CgroupError(f"cpu.stat has no {missing.args[0]}: {text!r}") from None
 
 
 def format_cpu_max(cpus: float | None, period_usec: int = DEFAULT_PERIOD_USEC) -> str:
@@ -129,7 +100,11 @@ class Cgroup:
         return [int(line) for line in _read(self.procs_file).split()]
 
     def cpu_stat(self) -> CpuStat:
-        return parse_cpu_stat(_read(self.path / "cpu.stat"))
+        path = self.path / "cpu.stat"
+        try:
+            return parse_cpu_stat(_read(path), str(path))
+        except MetricReadError as error:
+            raise CgroupError(str(error)) from None
 
     def kill(self) -> None:
         """SIGKILL every process in the group (cgroup.kill where the kernel has it, 5.14+)."""

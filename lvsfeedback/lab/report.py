@@ -543,8 +543,9 @@ def _sustain_checks(rows: list[dict], scheduler: str) -> list[dict]:
 def check_targets(rows: list[dict], max_lateness: float | None = DEFAULT_MAX_LATENESS) -> list[dict]:
     """
     Issue #6's targets, each met or missed with its numbers, for the cells
-    present: a p99 is the median over the repeats (their range beside it). A comparison with a cell whose load generator ran late (the
-    machine stalled) gets no verdict: C{met} is None.
+    present: a p99 is the median over the repeats (their range beside it).
+    A comparison with a cell whose load generator ran late (the machine
+    stalled) gets no verdict: C{met} is None.
     """
     checks = []
     feedback = sorted({row["scheduler"] for row in rows if row["scheduler"].startswith(FEEDBACK_PREFIX)})

@@ -24,7 +24,7 @@ import struct
 from dataclasses import dataclass, field
 from enum import IntEnum, IntFlag
 from ipaddress import IPv4Address
-from typing import Callable, ClassVar, NamedTuple, Union
+from typing import Callable, ClassVar, NamedTuple, Protocol, Self, TypeVar, Union
 
 PROTOCOL_ID = 0x414A
 VERSION = 1
@@ -395,6 +395,7 @@ class RawUnit(NamedTuple):
 
 
 Unit = Union[Query, Answer, Service, ExceptionRule, InstalledException, RawUnit]
+_U = TypeVar("_U", bound=Unit)
 
 
 def _check_unit_count(count: int) -> None:
@@ -413,7 +414,7 @@ def _pack_units(units: tuple[Unit, ...]) -> bytes:
     return b"".join([pack(*unit.fields()) for unit in units])
 
 
-def _unpack_units(payload: bytes, unit_type: Callable[[tuple[int, ...]], Unit]) -> tuple:
+def _unpack_units(payload: bytes, unit_type: Callable[[tuple[int, ...]], _U]) -> tuple[_U, ...]:
     return tuple([unit_type(data) for data in UNIT.iter_unpack(payload)])
 
 
@@ -669,9 +670,9 @@ class _EmptyAck:
         return b""
 
     @classmethod
-    def from_payload(cls, request_id: int, payload: bytes):
+    def from_payload(cls, request_id: int, payload: bytes) -> Self:
         _no_units(payload, Opcode(cls.opcode).name)
-        return cls(request_id=request_id)
+        return cls(request_id=request_id)  # type: ignore[call-arg]  # each subclass is a dataclass with it
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -778,7 +779,16 @@ Message = Union[
     ErrorReply,
 ]
 
-MESSAGE_TYPES: dict[int, type] = {
+class _MessageType(Protocol):
+    """A message class that reads itself from a request id and a payload: all but ErrorReply."""
+
+    opcode: ClassVar[int]
+
+    @classmethod
+    def from_payload(cls, request_id: int, payload: bytes) -> Message: ...
+
+
+MESSAGE_TYPES: dict[int, type[_MessageType]] = {
     kind.opcode: kind
     for kind in (
         Noop,

@@ -39,6 +39,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from lvsfeedback.addresses import describe_address
 from lvsfeedback.necp.codec import (
     REPLY_OPCODE,
     REPLY_OPCODES,
@@ -105,13 +106,6 @@ def refusal_reason(error: NECPError) -> str:
     if isinstance(error, MessageTooLarge):
         return LIMIT
     return MALFORMED
-
-
-def describe_address(address: object) -> str:
-    host, port = getattr(address, "host", None), getattr(address, "port", None)
-    if host is None:
-        return str(address)
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class NECPFactory(Factory):

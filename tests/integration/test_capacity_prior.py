@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import time
 
-from tests.integration.test_director_kernel import (
+from tests.integration.harness import (
     SERVICE,
     STARTUP,
     UPDATE,

@@ -3,8 +3,6 @@ The experiment for a few seconds on a real kernel: requests flow through
 IPVS to every real server, and the result document is complete.
 """
 
-from tests.integration import require_ipvs
-
 import json
 from pathlib import Path
 
@@ -12,6 +10,7 @@ from twisted.trial.unittest import TestCase
 
 from lvsfeedback.lab import report
 from lvsfeedback.lab.experiment import Plan, run_experiment
+from tests.integration import require_ipvs
 
 # Static wlc only: the feedback daemons fork from a process without a
 # reactor, and trial has one; scripts/demo runs them.

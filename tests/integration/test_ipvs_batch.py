@@ -50,7 +50,8 @@ class BatchTestCase(TestCase):
         changes = []
         for s, service in enumerate(SERVICES):
             changes.append(AddService(service))
-            changes += [AddDest(service.key, RealServer(dest, weight_for(s, d, generation), "dr")) for d, dest in enumerate(DESTS)]
+            changes += [AddDest(service.key, RealServer(dest, weight_for(s, d, generation), "dr"))
+                        for d, dest in enumerate(DESTS)]
         self.assertEqual(ipvs.apply(changes), [None] * len(changes))
 
     def expected(self, generation: int) -> dict:
@@ -78,7 +79,10 @@ class ThousandEditsTests(BatchTestCase):
         self.assertEqual(failures, [])
         self.assertEqual(ipvsadm.read_table(), self.expected(1))
         snapshot = yield table.snapshot()
-        as_read = {key: {dest: (d.server.weight, d.server.forwarding) for dest, d in entry.dests.items()} for key, entry in snapshot.items()}
+        as_read = {
+            key: {dest: (d.server.weight, d.server.forwarding) for dest, d in entry.dests.items()}
+            for key, entry in snapshot.items()
+        }
         self.assertEqual(as_read, self.expected(1))
 
     def test_small_chunks_keep_order_and_map_refusals_to_their_changes(self):
@@ -139,7 +143,8 @@ class CounterTests(BatchTestCase):
         port = listener.getsockname()[1]
         service = ServiceKey.for_address("tcp", "10.91.200.1", port)
         ipvs = self.ipvs()
-        self.assertEqual(ipvs.apply([AddService(VirtualService(service)), AddDest(service, RealServer(DestKey.of("127.0.0.1", port)))]), [None, None])
+        changes = [AddService(VirtualService(service)), AddDest(service, RealServer(DestKey.of("127.0.0.1", port)))]
+        self.assertEqual(ipvs.apply(changes), [None, None])
         connections = []
         for _ in range(3):
             connections.append(socket.create_connection(("10.91.200.1", port), timeout=10))

@@ -205,7 +205,8 @@ class SettingTests(SynchronousTestCase):
                                ["-d", "tcp:h:3262", "-s", "tcp:80", "-m", "loadavg", "--capacity", "none"])
 
     def test_the_agent_service_gives_its_links_the_configured_source(self):
-        sampler = Sampler([ServiceMetrics("tcp", 80, (MetricRegistry.discover().build("loadavg", MetricEnvironment(Clock())),))], Clock())
+        loadavg = MetricRegistry.discover().build("loadavg", MetricEnvironment(Clock()))
+        sampler = Sampler([ServiceMetrics("tcp", 80, (loadavg,))], Clock())
 
         def links(capacity):
             settings = AgentSettings(directors=("unused",), services=(ServiceSettings("tcp", 80, "nat", "worst", ("loadavg",)),),

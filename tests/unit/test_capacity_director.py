@@ -6,15 +6,12 @@ updater's ServerInput, status.json).
 
 from __future__ import annotations
 
-import textwrap
-
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from lvsfeedback.agent.capacity import FixedCapacity
 from lvsfeedback.agent.protocol import HEALTH_ONLY
-from lvsfeedback.director.config import load_config
 from lvsfeedback.director.protocol import CAPACITY_INTERVAL, Agent
 from lvsfeedback.director.registry import Registry
 from lvsfeedback.director.service import DirectorService
@@ -22,8 +19,9 @@ from lvsfeedback.director.updater import WeightUpdater
 from lvsfeedback.director.web.status import build_status
 from lvsfeedback.ipvs.memory import MemoryIPVS
 from lvsfeedback.ipvs.model import DestKey, ServiceKey
-from lvsfeedback.necp.codec import CAPACITY_QUERY, HEALTH_QUERY, Service
-from tests.unit.test_necp_endpoints import DNS, WEB, EndpointTestCase
+from lvsfeedback.necp.codec import CAPACITY_QUERY, HEALTH_QUERY
+from tests.helpers.director import HTTP, agent_up, director_config
+from tests.helpers.necp import DNS, WEB, EndpointTestCase
 
 
 class AskingTests(EndpointTestCase):
@@ -96,7 +94,6 @@ class AskingTests(EndpointTestCase):
 
 
 WEB_SERVICE = ServiceKey.for_address("tcp", "10.0.0.1", 80)
-HTTP = Service(forwarding=3, protocol=6, port=80)
 CONFIG = """
 [director]
 update_interval = 2.0
@@ -122,20 +119,14 @@ address = "10.1.0.2"
 
 class RegistryTests(SynchronousTestCase):
     def setUp(self):
-        path = self.mktemp()
-        with open(path, "w") as file:
-            file.write(textwrap.dedent(CONFIG))
-        self.config = load_config(path)
+        self.config = director_config(self, CONFIG)
         self.clock = Clock()
         self.clock.advance(1000)
         self.registry = Registry(self.config, self.clock)
         self.service = self.config.services[0]
 
     def up(self, n):
-        agent = Agent(f"10.1.0.{n}", 40000, n)
-        self.registry.agentUp(agent)
-        self.registry.servicesStarted(agent, [HTTP])
-        return agent
+        return agent_up(self.registry, n)
 
     def facts(self, n):
         return self.registry.facts(self.service, DestKey.of(f"10.1.0.{n}", 80))
@@ -205,14 +196,9 @@ class RegistryTests(SynchronousTestCase):
 
 class StatusTests(SynchronousTestCase):
     def test_status_shows_each_servers_capacity(self):
-        path = self.mktemp()
-        with open(path, "w") as file:
-            file.write(textwrap.dedent(CONFIG))
         clock = Clock()
-        director = DirectorService(load_config(path), clock, table=MemoryIPVS())
-        agent = Agent("10.1.0.1", 40000, 1)
-        director.registry.agentUp(agent)
-        director.registry.servicesStarted(agent, [HTTP])
+        director = DirectorService(director_config(self, CONFIG), clock, table=MemoryIPVS())
+        agent = agent_up(director.registry, 1)
         director.registry.capacityReported(agent, HTTP, 400, clock.seconds())
         director.updater.run_pass()
         status = build_status(director, clock.seconds())

@@ -24,7 +24,7 @@ from lvsfeedback import cli
 from lvsfeedback.director.policy import DRAINED, Pinned
 from lvsfeedback.director.service import DirectorService
 from lvsfeedback.ipvs.memory import MemoryIPVS
-from tests.unit.test_web import RS, WEB, connect, write_config
+from tests.helpers.director import RS, WEB, connect, write_config
 
 PROJECT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -90,7 +90,8 @@ class StatusCommandTests(LiveDirectorCase):
             r"health: health 40 \(smoothed 40\.0\)$",
         )
         self.assertRegex(
-            server_line(out, "10.1.0.3:80"), r"^  -> 10\.1\.0\.3:80 +Masq +50 +50 +50 +- +never-seen +0 +0 +static: agent never seen$"
+            server_line(out, "10.1.0.3:80"),
+            r"^  -> 10\.1\.0\.3:80 +Masq +50 +50 +50 +- +never-seen +0 +0 +static: agent never seen$",
         )
         # The columns line up: every server's weight ends where the header's does.
         header_end = lines[3].index("Weight") + len("Weight")
@@ -263,3 +264,15 @@ class VersionTests(TestCase):
         self.assertEqual(cli.main(["version"], out, io.StringIO()), 0)
         self.assertEqual(out.getvalue(), f"lvsfeedback {lvsfeedback.__version__}\n")
         self.assertTrue(re.fullmatch(r"\d+\.\d+\.\d+", lvsfeedback.__version__))
+
+
+class ExperimentCommandTests(TestCase):
+    def test_without_the_lab_the_experiment_says_it_runs_from_the_source_tree(self):
+        # As in an installed wheel, which leaves the lab out.
+        name = "lvsfeedback.lab.experiment"
+        before = sys.modules.get(name)
+        sys.modules[name] = None
+        self.addCleanup(lambda: sys.modules.__setitem__(name, before) if before else sys.modules.pop(name))
+        err = io.StringIO()
+        self.assertEqual(cli.main(["experiment", "--quick"], io.StringIO(), err), 2)
+        self.assertIn("lvsfeedback experiment: runs from the project's source tree (make deps)", err.getvalue())

@@ -13,8 +13,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from lvsfeedback.director.protocol import MAX_EXCEPTIONS_PER_AGENT
-from lvsfeedback.necp.protocol import MAX_QUEUED_OUTPUT
+from lvsfeedback.director import config as config_module
 from lvsfeedback.director.config import (
     DEFAULT_LISTEN,
     DEFAULT_MAX_AGENTS,
@@ -27,7 +26,9 @@ from lvsfeedback.director.config import (
     load_config,
 )
 from lvsfeedback.director.policy import LostAgentAction, Mode, PolicySettings
+from lvsfeedback.director.protocol import MAX_EXCEPTIONS_PER_AGENT
 from lvsfeedback.ipvs.model import DestKey, ServiceKey, VirtualService
+from lvsfeedback.necp.protocol import MAX_QUEUED_OUTPUT
 
 SAMPLE = Path(__file__).parents[2] / "tap" / "director.toml"
 
@@ -429,7 +430,8 @@ class PolicyProblemTests(ConfigFileTestCase):
         config = self.load(
             "[policy]\n"
             'mode = "capacity"\nsmoothing_half_life = 0\nhysteresis = 0.1\nfloor = 2\nceiling = 1000\n'
-            'slow_start = 5\nlost_agent = "remove"\nstale_after = 6\npanic_threshold = 0.3\nmin_utilisation = 0.2\ndead_band = 0.05\n'
+            'slow_start = 5\nlost_agent = "remove"\nstale_after = 6\npanic_threshold = 0.3\n'
+            "min_utilisation = 0.2\ndead_band = 0.05\n"
         )
         self.assertEqual(
             config.policy,
@@ -543,6 +545,17 @@ class ConsistencyProblemTests(ConfigFileTestCase):
         self.assertProblems(
             SHOP + "[service.mark]\nports = [80]\n", ["service[0].mark.destination: is required"]
         )
+
+    def test_a_mark_rule_without_python_iptables_is_refused_naming_the_extra(self):
+        self.patch(config_module, "iptables_installed", lambda: False)
+        self.assertProblems(
+            SHOP + '[service.mark]\ndestination = "192.0.2.1"\n',
+            ["service[0].mark: needs python-iptables, which is not installed: lvsfeedback[fwmark]"],
+        )
+
+    def test_a_fwmark_service_without_a_mark_rule_needs_no_python_iptables(self):
+        self.patch(config_module, "iptables_installed", lambda: False)
+        self.assertProblems(SHOP, [])
 
 
 class DuplicateTests(ConfigFileTestCase):

@@ -25,7 +25,7 @@ from twisted.trial.unittest import TestCase
 from lvsfeedback.director.service import DirectorService
 from lvsfeedback.ipvs.memory import MemoryIPVS
 from lvsfeedback.necp.codec import Service
-from tests.unit.test_web import HTTP, connect, write_config
+from tests.helpers.director import HTTP, connect, write_config
 
 PROJECT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BROWSERS = ("chromium", "chromium-browser")

@@ -7,9 +7,8 @@ descriptors; and connections from outside [director] allow are refused.
 
 import textwrap
 
-from twisted.internet.address import IPv4Address
-from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -22,6 +21,7 @@ from lvsfeedback.director.service import (
 )
 from lvsfeedback.ipvs.memory import MemoryIPVS
 from lvsfeedback.necp.counters import LOG_WINDOW
+from tests.helpers.director import accept, director_config, write_director_config
 
 CONFIG = """
 [director]
@@ -40,8 +40,7 @@ address = "10.0.0.1"
 class MaxAgentsTests(SynchronousTestCase):
     def setUp(self):
         self.reactor = MemoryReactorClock()
-        self.path = self.mktemp()
-        self.write("max_agents = 3")
+        self.path = write_director_config(self, CONFIG.format(more="max_agents = 3"))
         self.director = DirectorService(load_config(self.path), self.reactor, table=MemoryIPVS())
         self.director.startService()
         self.addCleanup(self.director.stopService)
@@ -54,13 +53,10 @@ class MaxAgentsTests(SynchronousTestCase):
 
     def connect(self, n: int) -> bool:
         """Agent 10.0.0.N connects as the listener would connect it; False if it is refused."""
-        address = IPv4Address("TCP", f"10.0.0.{n}", 40000)
-        protocol = self.factory.buildProtocol(address)
+        protocol = accept(self.factory, f"10.0.0.{n}")
         if protocol is None:
-            return False  # the listener closes the socket at once
-        transport = StringTransport(peerAddress=address)
-        protocol.makeConnection(transport)
-        self.connections[n] = (protocol, transport)
+            return False
+        self.connections[n] = (protocol, protocol.transport)
         return True
 
     def disconnect(self, n: int) -> None:
@@ -115,11 +111,8 @@ class ListenBacklogTests(SynchronousTestCase):
     def test_the_default_listen_backlog_is_above_twisteds_fifty(self):
         # A thousand agents reconnecting at once after a restart must not
         # have their SYNs dropped.
-        path = self.mktemp()
-        with open(path, "w") as file:
-            file.write("")
         reactor = MemoryReactorClock()
-        director = DirectorService(load_config(path), reactor, table=MemoryIPVS())
+        director = DirectorService(director_config(self, ""), reactor, table=MemoryIPVS())
         director.startService()
         self.addCleanup(director.stopService)
         [backlog] = [backlog for port, _, backlog, _ in reactor.tcpServers if port == 3262]

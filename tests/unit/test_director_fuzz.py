@@ -29,7 +29,8 @@ import textwrap
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address as IP
 
-from hypothesis import settings, strategies as st
+from hypothesis import settings
+from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import Clock
@@ -63,7 +64,7 @@ from lvsfeedback.necp.codec import (
 )
 from lvsfeedback.necp.protocol import RequestFailed
 from lvsfeedback.testing.necp_link import Link
-from tests.unit.test_necp_endpoints import SECRET, ConsumerTransport, TableHealth, decode_all
+from tests.helpers.necp import SECRET, ConsumerTransport, TableHealth, decode_all
 
 AGENT_HOSTS = ("10.0.0.2", "10.0.0.3", "10.0.0.4")  # one legitimate agent each
 STRANGER_HOSTS = ("10.0.9.1", "10.0.9.2")  # 10.0.9.1 is a configured real server
@@ -130,7 +131,9 @@ def agent_messages():
         st.builds(
             KeepaliveAck,
             request_id=st.integers(0, 8),
-            answers=st.lists(st.builds(Answer, st.just(1), st.sampled_from([6, 17]), st.sampled_from([80, 53]), healths), max_size=3).map(tuple),
+            answers=st.lists(
+                st.builds(Answer, st.just(1), st.sampled_from([6, 17]), st.sampled_from([80, 53]), healths), max_size=3
+            ).map(tuple),
         ),
         st.builds(ExceptionAdd, request_id=request_ids, rules=st.lists(rules, max_size=8).map(tuple)),
         st.builds(ExceptionDel, request_id=request_ids, rules=st.lists(rules, max_size=4).map(tuple)),

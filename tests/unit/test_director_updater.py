@@ -4,8 +4,6 @@ leaves alone, and how it survives failures. Time is a task.Clock.
 """
 
 import dataclasses
-import os
-import textwrap
 
 from twisted.internet import defer
 from twisted.internet.task import Clock
@@ -33,10 +31,14 @@ from lvsfeedback.ipvs.model import (
     VirtualService,
 )
 from lvsfeedback.necp.codec import Service
-
-WEB = ServiceKey.for_address("tcp", "10.0.0.1", 80)
-RS = [DestKey.of(f"10.1.0.{n}", 80) for n in (1, 2, 3)]
-HTTP = Service(forwarding=3, protocol=6, port=80)
+from tests.helpers.director import (
+    HTTP,
+    RS,
+    WEB,
+    agent_up,
+    director_config,
+    write_director_config,
+)
 
 CONFIG = """
 [director]
@@ -68,11 +70,9 @@ weight = 100
 
 
 def write_config(case, director="", reals=("10.1.0.1", "10.1.0.2", "10.1.0.3"), extra=""):
-    path = os.path.join(case.mktemp() + ".toml")
+    """The updater tests' config (L{CONFIG}): service web with C{reals}."""
     text = CONFIG.format(director=director, reals="".join(REAL.format(address=a) for a in reals), extra=extra)
-    with open(path, "w") as file:
-        file.write(textwrap.dedent(text))
-    return load_config(path)
+    return director_config(case, text)
 
 
 class FailingTable:
@@ -109,12 +109,7 @@ class UpdaterTestCase(SynchronousTestCase):
         return {dest: d.server.weight for dest, d in self.table.table()[WEB].dests.items()}
 
     def connect(self, n, health=None, port=40000):
-        agent = Agent(f"10.1.0.{n}", port, n)
-        self.registry.agentUp(agent)
-        self.assertEqual(list(self.registry.servicesStarted(agent, [HTTP])), [])
-        if health is not None:
-            self.registry.healthReported(agent, HTTP, health, self.clock.seconds())
-        return agent
+        return agent_up(self.registry, n, health, now=self.clock.seconds(), port=port)
 
     def tick(self, seconds=2.0):
         self.clock.advance(seconds)
@@ -149,17 +144,9 @@ class ReconcileTests(UpdaterTestCase):
         self.tick()
         self.assertEqual(set(self.weights()), {RS[0], RS[1]})
         self.assertIn(DeleteDest(WEB, RS[2]), self.table.applied)
-        other = write_config(self, reals=()).services[0]
-        renamed = load_config(self._rename(other))
-        updater.configure(renamed)
+        updater.configure(director_config(self, '[[service]]\nname = "dns"\nprotocol = "udp"\naddress = "10.0.0.2"\nport = 53\n'))
         self.tick()
         self.assertIn(DeleteService(WEB), self.table.applied)
-
-    def _rename(self, service):
-        path = self.mktemp() + ".toml"
-        with open(path, "w") as file:
-            file.write('[[service]]\nname = "dns"\nprotocol = "udp"\naddress = "10.0.0.2"\nport = 53\n')
-        return path
 
     def test_services_the_config_never_declared_are_left_alone(self):
         foreign = VirtualService(ServiceKey.for_address("tcp", "10.9.9.9", 443))
@@ -652,9 +639,7 @@ class RhythmTests(UpdaterTestCase):
     def start_held(self):
         """Started, with its first pass (the one that creates the service) waiting on its write."""
         table = HeldWritesTable(self.table)
-        path = self.mktemp()
-        with open(path, "w") as file:
-            file.write(textwrap.dedent(CONFIG.format(director="", reals=REAL.format(address="10.1.0.1"), extra="")))
+        path = write_director_config(self, CONFIG.format(director="", reals=REAL.format(address="10.1.0.1"), extra=""))
         director = DirectorService(load_config(path), self.clock, table=table)
         self.updater = director.updater
         self.updater.startService()

@@ -26,7 +26,6 @@ from lvsfeedback.lab.experiment import (
     plan_from_args,
 )
 from lvsfeedback.lab.loadgen import OK, LoadConfig
-from lvsfeedback.lab.topology import TopologyPlan
 from lvsfeedback.lab.scenarios import (
     SCENARIOS,
     SCHEDULERS,
@@ -36,6 +35,7 @@ from lvsfeedback.lab.scenarios import (
     ipvsadm_restore,
     static_weights,
 )
+from lvsfeedback.lab.topology import TopologyPlan
 
 # /proc/net/ip_vs of a director with the lab's service (as the kernel writes it).
 IP_VS = """\

@@ -21,6 +21,7 @@ from lvsfeedback.ipvs.memory import MemoryIPVS
 from lvsfeedback.ipvs.model import DestKey, ServiceKey
 from lvsfeedback.necp.codec import Service
 from lvsfeedback.testing.necp_link import Link
+from tests.helpers.director import director_config, write_director_config
 
 WEB = ServiceKey.for_address("tcp", "10.0.0.1", 80)
 SERVERS = ("10.1.0.1", "10.1.0.2", "10.1.0.3")
@@ -42,13 +43,24 @@ class SettableHealth:
         return succeed(None)
 
 
+def agent_link(director: DirectorService, health: SettableHealth, clock: Clock, host: str) -> tuple[AgentService, Link]:
+    """
+    A real agent (tcp/80, nat) with C{health} as its sampler, linked to
+    C{director} in memory from C{host} instead of through an endpoint.
+    """
+    settings = AgentSettings(directors=("unused",), services=(ServiceSettings("tcp", 80, "nat", "worst", ("x",)),),
+                             drain_timeout=5.0)
+    agent = AgentService(settings, clock, sampler=health, endpoints=[])
+    factory = SEFactory(health, agent.links.announced, clock=clock, random=lambda: 0.0)
+    agent.links.factories.append(factory)
+    return agent, Link(director.factory, factory, clock, host=host)
+
+
 class FeedbackLoopTests(SynchronousTestCase):
     def setUp(self):
         self.clock = Clock()
-        path = self.config_path = self.mktemp()
         reals = "".join(f'[[service.real]]\naddress = "{a}"\n' for a in SERVERS)
-        with open(path, "w") as file:
-            file.write(textwrap.dedent(f"""
+        path = self.config_path = write_director_config(self, textwrap.dedent("""
                 [director]
                 listen = "tcp:0:interface=127.0.0.1"
                 update_interval = 2.0
@@ -70,17 +82,9 @@ class FeedbackLoopTests(SynchronousTestCase):
         self.agents = {}
         for host in SERVERS:
             health = SettableHealth(100)
-            settings = AgentSettings(directors=("unused",), services=(ServiceSettings("tcp", 80, "nat", "worst", ("x",)),),
-                                     drain_timeout=5.0)
-            agent = AgentService(settings, self.clock, sampler=health, endpoints=[])
+            agent, link = agent_link(self.director, health, self.clock, host)
             self.agents[host] = (agent, health)
-            self.links.append(Link(self.director.factory, self._se_factory(agent, health), self.clock, host=host))
-
-    def _se_factory(self, agent, health):
-        """The agent's link to the director, wired in memory instead of through an endpoint."""
-        factory = SEFactory(health, agent.links.announced, clock=self.clock, random=lambda: 0.0)
-        agent.links.factories.append(factory)
-        return factory
+            self.links.append(link)
 
     def elapse(self, seconds, step=0.5):
         for _ in range(round(seconds / step)):
@@ -171,9 +175,7 @@ class DualStackListenerTests(SynchronousTestCase):
     """
 
     def director(self, allow: str) -> DirectorService:
-        path = self.mktemp()
-        with open(path, "w") as file:
-            file.write(textwrap.dedent(f"""
+        config = director_config(self, f"""
                 [director]
                 listen = "tcp:0:interface=127.0.0.1"
                 {allow}
@@ -188,21 +190,16 @@ class DualStackListenerTests(SynchronousTestCase):
                 port = 80
                 [[service.real]]
                 address = "10.0.0.2"
-                """))
+                """)
         self.clock = Clock()
         self.table = MemoryIPVS()
-        director = DirectorService(load_config(path), self.clock, table=self.table)
+        director = DirectorService(config, self.clock, table=self.table)
         director.updater.startService()
         return director
 
     def connect(self, director: DirectorService, health: int) -> Link:
-        settings = AgentSettings(directors=("unused",), services=(ServiceSettings("tcp", 80, "nat", "worst", ("x",)),),
-                                 drain_timeout=5.0)
-        source = SettableHealth(health)
-        agent = AgentService(settings, self.clock, sampler=source, endpoints=[])
-        factory = SEFactory(source, agent.links.announced, clock=self.clock, random=lambda: 0.0)
-        agent.links.factories.append(factory)
-        return Link(director.factory, factory, self.clock, host="::ffff:10.0.0.2")
+        _, link = agent_link(director, SettableHealth(health), self.clock, "::ffff:10.0.0.2")
+        return link
 
     def weights(self) -> dict[str, int]:
         key = ServiceKey.for_address("tcp", "192.0.2.1", 80)

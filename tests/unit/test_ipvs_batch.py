@@ -165,8 +165,8 @@ class EncodeTests(SynchronousTestCase):
             _, command, _, ours = decoded(encode(change, FAMILY_ID, 0))
             _, their_command, _, theirs = decoded(pyroute2_request(change))
             self.assertEqual(command, their_command)
-            for nest, attributes in ours.items():
-                self.assertEqual(attributes, {name: theirs[nest][name] for name in attributes}, change)
+            for nest, sent in ours.items():
+                self.assertEqual(sent, {name: theirs[nest][name] for name in sent}, change)
             service = ours["IPVS_CMD_ATTR_SERVICE"]
             fwmark_key = {"IPVS_SVC_ATTR_AF", "IPVS_SVC_ATTR_FWMARK"}
             self.assertEqual(set(service), fwmark_key if "IPVS_SVC_ATTR_FWMARK" in service else service_key)
@@ -289,8 +289,8 @@ def dest_attrs(server: RealServer, family: bool = True, stats: str | None = "IPV
     if family:
         attrs.append(("IPVS_DEST_ATTR_ADDR_FAMILY", server.key.family))
     if stats is not None:
-        attrs.append((stats, {"attrs": [("IPVS_STATS_ATTR_CONNS", 5678), ("IPVS_STATS_ATTR_INPKTS", 9), ("IPVS_STATS_ATTR_CPS", 42),
-                                     ("IPVS_STATS_ATTR_INPPS", 310)]}))
+        attrs.append((stats, {"attrs": [("IPVS_STATS_ATTR_CONNS", 5678), ("IPVS_STATS_ATTR_INPKTS", 9),
+                                        ("IPVS_STATS_ATTR_CPS", 42), ("IPVS_STATS_ATTR_INPPS", 310)]}))
     return attrs
 
 

@@ -6,14 +6,14 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from lvsfeedback.agent.metrics.cgroup import CpuStat, parse_cpu_stat
+from lvsfeedback.agent.metrics.errors import MetricReadError
 from lvsfeedback.lab.cgroups import (
     Cgroup,
     CgroupError,
     CgroupTree,
-    CpuStat,
     format_cpu_max,
     parse_cpu_max,
-    parse_cpu_stat,
 )
 
 # As the 6.1 kernel writes it for a group with the cpu controller.
@@ -42,7 +42,7 @@ class CpuFileFormatTests(SynchronousTestCase):
         self.assertEqual((stat.usage_usec, stat.nr_throttled), (10, 0))
 
     def test_cpu_stat_without_usage_is_an_error(self):
-        with self.assertRaises(CgroupError) as raised:
+        with self.assertRaises(MetricReadError) as raised:
             parse_cpu_stat("user_usec 7\nsystem_usec 3\n")
         self.assertIn("usage_usec", str(raised.exception))
 
@@ -104,6 +104,13 @@ class FakeTreeTests(SynchronousTestCase):
         group = CgroupTree("lab", self.root).create().child("rs1")
         (group.path / "cpu.stat").write_text(CPU_STAT)
         self.assertEqual(group.cpu_stat().usage_usec, 1523042)
+
+    def test_a_group_cpu_stat_without_usage_is_a_cgroup_error_naming_the_file(self):
+        group = CgroupTree("lab", self.root).create().child("rs1")
+        (group.path / "cpu.stat").write_text("user_usec 7\n")
+        with self.assertRaises(CgroupError) as raised:
+            group.cpu_stat()
+        self.assertIn(f"{group.path / 'cpu.stat'} has no usage_usec", str(raised.exception))
 
     def test_kill_uses_cgroup_kill_where_present(self):
         group = CgroupTree("lab", self.root).create().child("rs1")

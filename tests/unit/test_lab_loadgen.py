@@ -10,8 +10,8 @@ import os
 import random
 import signal
 import socket
-import threading
 import statistics
+import threading
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -31,9 +31,9 @@ from lvsfeedback.lab.loadgen import (
     parse_output,
     percentile,
     poisson_schedule,
-    run_until_terminated,
     read_records,
     run_load,
+    run_until_terminated,
     summarize,
     write_records,
 )

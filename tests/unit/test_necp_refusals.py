@@ -9,18 +9,11 @@ the table of peers bounded.
 
 from __future__ import annotations
 
-import os
-import struct
-import textwrap
-
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from lvsfeedback.director.config import load_config
 from lvsfeedback.director.service import DirectorService
 from lvsfeedback.director.web.control import ControlAccess
 from lvsfeedback.director.web.history import History
@@ -52,7 +45,7 @@ from lvsfeedback.necp.counters import (
     MESSAGE_REASONS,
     NECPCounters,
 )
-from tests.unit.test_web import http
+from tests.helpers.director import accept, director_config, http
 
 SECRET = b"correct horse battery staple"
 WEB = Service(forwarding=3, protocol=6, port=80)
@@ -186,17 +179,9 @@ class DirectorCase(SynchronousTestCase):
     def setUp(self):
         self.clock = Clock()
         self.clock.advance(1000)
-        folder = self.mktemp()
-        os.makedirs(folder)
-        more = ""
-        if self.secret:
-            with open(os.path.join(folder, "secret"), "wb") as file:
-                file.write(SECRET)
-            more = 'secret_file = "secret"'
-        path = os.path.join(folder, "director.toml")
-        with open(path, "w") as file:
-            file.write(textwrap.dedent(CONFIG.format(more=more)))
-        self.director = DirectorService(load_config(path), self.clock, table=MemoryIPVS())
+        more = 'secret_file = "secret"' if self.secret else ""
+        config = director_config(self, CONFIG.format(more=more), {"secret": SECRET} if self.secret else None)
+        self.director = DirectorService(config, self.clock, table=MemoryIPVS())
         self.factory = self.director.factory
         access = ControlAccess(lambda: True, lambda: None)
         self.site = StatusSite(status_root(self.director, access, History()), access=access, reactor=self.clock)
@@ -205,13 +190,7 @@ class DirectorCase(SynchronousTestCase):
     def connect(self, host="10.1.0.1"):
         """A connection from C{host}, as the listener makes it; None if refused."""
         self.port += 1
-        address = IPv4Address("TCP", host, self.port)
-        protocol = self.factory.buildProtocol(address)
-        if protocol is None:
-            return None
-        transport = StringTransport(peerAddress=address)
-        protocol.makeConnection(transport)
-        return protocol
+        return accept(self.factory, host, self.port)
 
     def send(self, protocol, *data: bytes) -> None:
         protocol.dataReceived(b"".join(data))

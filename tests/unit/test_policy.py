@@ -8,7 +8,9 @@ from __future__ import annotations
 import copy
 from dataclasses import replace
 
-from hypothesis import given, settings as hypothesis_settings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from lvsfeedback.director.policy import (

@@ -15,7 +15,9 @@ figures over hundreds of clusters.
 
 from __future__ import annotations
 
-from hypothesis import given, settings as hypothesis_settings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from lvsfeedback.director.policy import Mode, PolicySettings

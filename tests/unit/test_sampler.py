@@ -316,7 +316,7 @@ class LoopTests(SamplerTestCase):
             raise ArithmeticError("broken rule")
 
         metric = ScriptedMetric(80.0)
-        sampler = self.start(self.service(configured(metric)))
+        self.start(self.service(configured(metric)))
         self.patch(sampler_module, "combine", broken)
         self.passes(2)
         self.assertEqual(metric.calls, 2)

@@ -14,7 +14,7 @@ from twisted.trial.unittest import TestCase
 
 from lvsfeedback.director.service import DirectorService
 from lvsfeedback.ipvs.memory import MemoryIPVS
-from tests.unit.test_web import write_config
+from tests.helpers.director import write_config
 
 
 class HeadersOnly(Protocol):

@@ -6,6 +6,7 @@ quota, combined with that cgroup's own CPU pressure.
 from __future__ import annotations
 
 import errno
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from twisted.logger import Logger
@@ -19,14 +20,42 @@ from lvsfeedback.agent.metrics.scale import HealthScale
 MICROSECONDS = 1_000_000
 
 
+@dataclass(frozen=True)
+class CpuStat:
+    """
+    The fields of C{cpu.stat} the metric and the lab read, in microseconds or
+    counts. Only C{usage_usec} is always there: the others need the cpu
+    controller.
+    """
+
+    usage_usec: int
+    user_usec: int = 0
+    system_usec: int = 0
+    nr_periods: int = 0
+    nr_throttled: int = 0
+    throttled_usec: int = 0
+
+
+def parse_cpu_stat(text: str, source: str = "cpu.stat") -> CpuStat:
+    """C{cpu.stat} text → L{CpuStat}; C{source} names the file in the error."""
+    values = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if value:
+            values[name] = int(value)
+    if "usage_usec" not in values:
+        raise MetricReadError(f"{source} has no usage_usec")
+    return CpuStat(**{field.name: values.get(field.name, 0) for field in fields(CpuStat)})
+
+
+def read_cpu_stat(cgroup: Path) -> CpuStat:
+    path = cgroup / "cpu.stat"
+    return parse_cpu_stat(path.read_text(), str(path))
+
+
 def read_usage_usec(cgroup: Path) -> int:
     """Total CPU time the cgroup has used, from C{cpu.stat}."""
-    path = cgroup / "cpu.stat"
-    for line in path.read_text().splitlines():
-        name, _, value = line.partition(" ")
-        if name == "usage_usec":
-            return int(value)
-    raise MetricReadError(f"{path} has no usage_usec")
+    return read_cpu_stat(cgroup).usage_usec
 
 
 def read_cpu_quota(cgroup: Path) -> float | None:

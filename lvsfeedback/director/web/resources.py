@@ -12,6 +12,7 @@ from twisted.logger import Logger
 from twisted.web import static
 from twisted.web.resource import Resource
 
+from lvsfeedback.addresses import describe_address
 from lvsfeedback.director.web.control import ControlAccess, ControlError, ControlPanel
 from lvsfeedback.director.web.history import History
 from lvsfeedback.director.web.prometheus import metrics_registry
@@ -40,11 +41,7 @@ def _json(request, code: int, document: Any) -> bytes:
 
 
 def peer_name(request) -> str:
-    peer = request.getClientAddress()
-    host = getattr(peer, "host", None)
-    if host is None:
-        return str(peer)
-    return f"[{host}]:{peer.port}" if ":" in host else f"{host}:{peer.port}"
+    return describe_address(request.getClientAddress())
 
 
 class JSONResource(Resource):
