@@ -493,7 +493,15 @@ class NEProtocol(NECPProtocol):
             # of STARTs within one round trip is no silence.
             return
         queries = self._queries if services is None else health_queries(services)
-        self.send_keepalive(queries + self._capacity_questions() if self.answers_capacity else queries)
+        self.send_keepalive(self._with_capacity(queries))
+
+    def _with_capacity(self, queries: tuple[Query, ...]) -> tuple[Query, ...]:
+        """
+        C{queries} and the capacity questions due, if any; C{queries} itself
+        when none are: the same tuple round after round is packed once.
+        """
+        capacity = self._capacity_questions() if self.answers_capacity else ()
+        return queries + capacity if capacity else queries
 
     def _capacity_questions(self) -> tuple[Query, ...]:
         """
@@ -536,9 +544,7 @@ class NEProtocol(NECPProtocol):
         return StopAck()
 
     def keepalive_queries(self) -> tuple[Query, ...]:
-        if self.answers_capacity:
-            return self._queries + self._capacity_questions()
-        return self._queries
+        return self._with_capacity(self._queries)
 
     def keepalive_needed(self) -> bool:
         # Even when the agent's keepalives show it alive: ours ask its health.

@@ -67,6 +67,7 @@ from lvsfeedback.necp.codec import (
     UnsupportedVersion,
     encode,
     opcode_name,
+    pack_unit,
 )
 from lvsfeedback.necp.counters import (
     BAD_CREDENTIAL,
@@ -240,6 +241,8 @@ class NECPProtocol(Protocol):
         self._unanswered = 0
         self._peer_kept_alive = False
         self._keepalive_call: IDelayedCall | None = None
+        self._asked: tuple[Query, ...] = ()  # the queries of the last keepalive sent...
+        self._asked_packed = b""  # ...and their bytes
         self._closing: str | None = None
         self._handshake_call: IDelayedCall | None = self.factory.clock.callLater(
             self.factory.handshake_timeout, self._handshake_timed_out
@@ -591,8 +594,11 @@ class NECPProtocol(Protocol):
         for skipped in waiting[: len(waiting) - self._unanswered]:
             self._finish(skipped).errback(RequestFailed(f"peer answered a later {skipped.name}"))
         self._unanswered += 1
+        if queries is not self._asked:
+            # Most ends ask the same tuple every time: pack it once.
+            self._asked, self._asked_packed = queries, b"".join([pack_unit(query) for query in queries])
         # Untimed: unanswered keepalives end the session, which fails them all.
-        sent = self.send_request(Keepalive(queries=queries), timed=False)
+        sent = self.send_request(Keepalive(queries=queries, packed=self._asked_packed), timed=False)
         sent.addCallbacks(self._keepalive_replied, self.request_abandoned)
         self._schedule_keepalive()
 

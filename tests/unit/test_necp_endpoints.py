@@ -49,6 +49,7 @@ from lvsfeedback.necp.codec import (
     decode,
     encode,
 )
+from lvsfeedback.necp import protocol as necp_protocol
 from lvsfeedback.necp.protocol import MESSAGES_PER_TURN, RequestFailed
 from lvsfeedback.testing.necp_link import DIRECTOR, Link
 
@@ -144,6 +145,13 @@ class EndpointTestCase(SynchronousTestCase):
         for link in self.links:
             link.flush()
 
+    def count_packed_queries(self):
+        """The queries packed from now on, one by one."""
+        packed = []
+        pack_unit = necp_protocol.pack_unit
+        self.patch(necp_protocol, "pack_unit", lambda unit: packed.append(unit) or pack_unit(unit))
+        return packed
+
 
 class SessionTests(EndpointTestCase):
     def test_init_brings_the_agent_up_with_its_services_started(self):
@@ -208,6 +216,19 @@ class SessionTests(EndpointTestCase):
         self.elapse(20)
         # Only the rounds at 2, 4, ..., 20 s: no keepalive of its own at 5, 10, 15 s.
         self.assertEqual([call[3] for call in self.events.of("health")], [2.0 * n for n in range(1, 11)])
+
+    def test_a_sessions_questions_are_packed_once_until_its_services_change(self):
+        packed = self.count_packed_queries()
+        director = self.director(health_interval=2.0)
+        link = self.connect(director, self.agent_factory(services=(WEB,)))
+        director.start_asking(2.0)
+        self.elapse(10)
+        self.assertEqual(len(self.events.of("health")), 5)
+        self.assertEqual(packed, [Query.health(6, 80)])
+        link.agent.start([DNS])
+        self.elapse(4)
+        self.assertEqual(self.events.of("health")[-1][1:3], (DNS, 40))
+        self.assertEqual(packed, [Query.health(6, 80), Query.health(6, 80), Query.health(17, 53)])
 
     def test_an_agent_leaving_health_questions_unanswered_is_declared_dead(self):
         director = self.director(health_interval=2.0)
