@@ -342,6 +342,8 @@ class NEProtocol(NECPProtocol):
         )
         self.services: dict[Service, None] = {}
         self._queries: tuple[Query, ...] = ()  # of the started services, asked every round
+        # The started services each (protocol, port) answers for.
+        self._answering: dict[tuple[int, int], tuple[Service, ...]] = {}
         self.answers_capacity = False
         self._capacity_queries: tuple[Query, ...] = ()  # of the started services, asked now and then
         self._capacity_asked_at: float | None = None  # when they last were
@@ -455,9 +457,7 @@ class NEProtocol(NECPProtocol):
                 self.services[service] = None
                 if self.answers_capacity:
                     self._capacity_due[service] = None
-        self._queries = health_queries(self.services)
-        if self.answers_capacity:
-            self._capacity_queries = capacity_queries(self.services)
+        self._services_changed()
         not_allowed = [service for service in candidates if service in refused]
         if invalid:
             self.refuse(
@@ -479,6 +479,15 @@ class NEProtocol(NECPProtocol):
         if failed:
             return ErrorReply(opcode=Opcode.START_ACK, units=tuple(failed))
         return StartAck()
+
+    def _services_changed(self) -> None:
+        self._queries = health_queries(self.services)
+        if self.answers_capacity:
+            self._capacity_queries = capacity_queries(self.services)
+        answering: dict[tuple[int, int], list[Service]] = {}
+        for service in self.services:
+            answering.setdefault((service.protocol, service.port), []).append(service)
+        self._answering = {port: tuple(services) for port, services in answering.items()}
 
     def ask_health(self, services=None) -> None:
         """
@@ -534,9 +543,7 @@ class NEProtocol(NECPProtocol):
         for service in stopped:
             del self.services[service]
             self._capacity_due.pop(service, None)
-        self._queries = health_queries(self.services)
-        if self.answers_capacity:
-            self._capacity_queries = capacity_queries(self.services)
+        self._services_changed()
         if stopped:
             self.factory.notify("servicesStopped", self.agent, tuple(stopped))
         if failed:
@@ -589,9 +596,8 @@ class NEProtocol(NECPProtocol):
             event = "capacityReported"
         else:
             return
-        for service in self.services:
-            if (service.protocol, service.port) == (answer.protocol, answer.port):
-                self.factory.notify(event, self.agent, service, answer.value, when)
+        for service in self._answering.get((answer.protocol, answer.port), ()):
+            self.factory.notify(event, self.agent, service, answer.value, when)
 
     def exception_add_received(self, request: ExceptionAdd) -> Message:
         exceptions, limit = self.factory.exceptions, self.factory.max_exceptions_per_agent
@@ -698,6 +704,7 @@ class NEFactory(NECPFactory):
         self.exceptions = ExceptionTable(clock, self._exception_expired)
         self.connection_numbers = itertools.count(1)
         self._sessions: dict[Agent, NEProtocol] = {}
+        self._hosts: dict[str, NEProtocol] = {}  # the same sessions by host: one a host
         # Above every sequence number accepted from any session or asked for in an INIT_ACK.
         self._sequence_floor = 0
         self._asking: LoopingCall | None = None
@@ -748,10 +755,11 @@ class NEFactory(NECPFactory):
             return failed
 
     def agent_up(self, session: NEProtocol) -> None:
-        for older in [s for s in self._sessions.values() if s.agent.host == session.agent.host]:
+        older = self._hosts.get(session.agent.host)
+        if older is not None:
             self._forget(older, f"replaced by session {session.agent} from the same host")
             older.close(f"replaced by session {session.agent}")
-        self._sessions[session.agent] = session
+        self._sessions[session.agent] = self._hosts[session.agent.host] = session
         self.log.info("agent {agent} up", agent=session.agent)
         self.notify("agentUp", session.agent)
 
@@ -781,7 +789,7 @@ class NEFactory(NECPFactory):
 
     def _forget(self, session: NEProtocol, reason: str) -> None:
         session.forgotten = True
-        del self._sessions[session.agent]
+        del self._sessions[session.agent], self._hosts[session.agent.host]
         self.exceptions.reset(session.agent)
         self.log.info("agent {agent} lost: {reason}", agent=session.agent, reason=reason)
         self.notify("agentLost", session.agent, reason)

@@ -381,6 +381,20 @@ class SessionTests(EndpointTestCase):
         self.assertEqual(list(director.agents()), [second])
         self.assertTrue(old.closed)
 
+    def test_each_new_session_from_a_host_replaces_the_last_and_leaves_with_it(self):
+        director = self.director()
+        links = [self.connect(director, self.agent_factory(), port=40000 + n) for n in range(3)]
+        self.flush()
+        self.assertEqual(list(director.agents()), [Agent("10.0.0.2", 40002, 3)])
+        self.assertEqual([link.closed for link in links], [True, True, False])
+        links[2].agent_side.loseConnection()
+        self.flush()
+        self.assertEqual(director.agents(), {})
+        self.connect(director, self.agent_factory(), port=40003)
+        self.flush()
+        self.assertEqual(list(director.agents()), [Agent("10.0.0.2", 40003, 4)])
+        self.assertEqual(len(self.events.of("lost")), 3)
+
     def test_agents_on_different_hosts_coexist(self):
         director = self.director()
         self.connect(director, self.agent_factory(), host="10.0.0.2")
