@@ -359,8 +359,12 @@ class NECPProtocol(Protocol):
         """
         if self._closing is not None:
             return fail(ConnectionDone(f"connection closing: {self._closing}"))
-        request_id = self._allocate_request_id()
-        message = dataclasses.replace(message, request_id=request_id)
+        message = dataclasses.replace(message, request_id=self._allocate_request_id())
+        return self._await_reply(message, retryable, timed)
+
+    def _await_reply(self, message: Message, retryable: bool, timed: bool) -> Deferred:
+        """Send C{message}, whose request id was just allocated, and wait for its reply."""
+        request_id = message.request_id
         timeout = (
             self.factory.clock.callLater(self.factory.request_timeout, self._request_timed_out, request_id)
             if timed
@@ -597,8 +601,12 @@ class NECPProtocol(Protocol):
         if queries is not self._asked:
             # Most ends ask the same tuple every time: pack it once.
             self._asked, self._asked_packed = queries, b"".join([pack_unit(query) for query in queries])
-        # Untimed: unanswered keepalives end the session, which fails them all.
-        sent = self.send_request(Keepalive(queries=queries, packed=self._asked_packed), timed=False)
+        # Made with its request id (dataclasses.replace costs as much as the
+        # encoding), and untimed: unanswered keepalives end the session,
+        # which fails them all.
+        request_id = self._allocate_request_id()
+        keepalive = Keepalive(request_id=request_id, queries=queries, packed=self._asked_packed)
+        sent = self._await_reply(keepalive, retryable=True, timed=False)
         sent.addCallbacks(self._keepalive_replied, self.request_abandoned)
         self._schedule_keepalive()
 
