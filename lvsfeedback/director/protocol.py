@@ -544,6 +544,8 @@ class NEProtocol(NECPProtocol):
             del self.services[service]
             self._capacity_due.pop(service, None)
         self._services_changed()
+        if not self.services:
+            self.resume_keepalives()
         if stopped:
             self.factory.notify("servicesStopped", self.agent, tuple(stopped))
         if failed:
@@ -552,6 +554,10 @@ class NEProtocol(NECPProtocol):
 
     def keepalive_queries(self) -> tuple[Query, ...]:
         return self._with_capacity(self._queries)
+
+    def keepalive_timer_needed(self) -> bool:
+        # The next round asks a session with services before its keepalive is due.
+        return not (self.services and self.factory.asking_in_rounds())
 
     def keepalive_needed(self) -> bool:
         # Even when the agent's keepalives show it alive: ours ask its health.
@@ -673,8 +679,9 @@ class NEFactory(NECPFactory):
     With C{ask_on_start}, newly started services are asked for their health
     at once; with a C{health_interval}, every agent is asked every that many
     seconds, all in one round from one timer (see L{start_asking}), each
-    question standing for that session's next keepalive; and always on every
-    keepalive.
+    question standing for that session's next keepalive (while the rounds
+    come at least as often as keepalives, a session with services holds no
+    keepalive timer of its own); and always on every keepalive.
 
     @ivar exceptions: the L{ExceptionTable} of all agents.
     @ivar max_exceptions_per_agent: rules one agent may install; more are
@@ -729,6 +736,13 @@ class NEFactory(NECPFactory):
         if self._asking is not None and self._asking.running:
             self._asking.stop()
         self._asking = self._first_round = None
+        for session in self._sessions.values():
+            session.resume_keepalives()
+
+    def asking_in_rounds(self) -> bool:
+        """Whether rounds of questions run, each before any session's keepalive is due."""
+        asking = self._asking
+        return asking is not None and asking.running and self.health_interval <= self.keepalive_interval
 
     def ask_everyone(self) -> None:
         """One round of health questions; a session that fails to ask is logged and skipped."""

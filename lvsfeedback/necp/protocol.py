@@ -279,6 +279,16 @@ class NECPProtocol(Protocol):
     def keepalive_answered(self, reply: KeepaliveAck | ErrorReply) -> None:
         """The peer answered one of our keepalives."""
 
+    def keepalive_timer_needed(self) -> bool:
+        """
+        Whether this end needs a timer for its next keepalive; not when
+        something else sends them in time (the director's rounds of
+        questions): thousands of sessions then make and cancel no timer
+        each round. An end that says no calls L{resume_keepalives} when
+        that changes.
+        """
+        return True
+
     def keepalive_needed(self) -> bool:
         """
         Whether the regular keepalive now due must go out: not when the peer
@@ -615,7 +625,16 @@ class NECPProtocol(Protocol):
         """This end's keepalives sent since the peer last answered one."""
         return self._unanswered
 
+    def resume_keepalives(self) -> None:
+        """Keepalives on this end's own timer again, if the session has none."""
+        if self.established and self._closing is None and self._keepalive_call is None:
+            self._schedule_keepalive()
+
     def _schedule_keepalive(self) -> None:
+        if not self.keepalive_timer_needed():
+            self._cancel(self._keepalive_call)
+            self._keepalive_call = None
+            return
         factory = self.factory
         delay = factory.keepalive_interval + factory.random() * factory.keepalive_jitter
         # A new call rather than reset(): a postponed call still wakes the

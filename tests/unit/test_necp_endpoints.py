@@ -217,6 +217,60 @@ class SessionTests(EndpointTestCase):
         # Only the rounds at 2, 4, ..., 20 s: no keepalive of its own at 5, 10, 15 s.
         self.assertEqual([call[3] for call in self.events.of("health")], [2.0 * n for n in range(1, 11)])
 
+    def keepalive_calls(self, session):
+        return [call for call in self.clock.getDelayedCalls() if call.func == session._keepalive_due]
+
+    def test_while_rounds_ask_a_session_it_holds_no_keepalive_timer_of_its_own(self):
+        director = self.director(health_interval=2.0)
+        link = self.connect(director, self.agent_factory(services=(WEB,)))
+        self.assertEqual(len(self.keepalive_calls(link.director)), 1)
+        director.start_asking(2.0)
+        self.elapse(2)
+        self.assertEqual(self.keepalive_calls(link.director), [])
+        self.elapse(10)
+        self.assertEqual([call[3] for call in self.events.of("health")], [2.0, 4.0, 6.0, 8.0, 10.0, 12.0])
+
+    def test_rounds_slower_than_the_keepalive_leave_the_sessions_timers(self):
+        director = self.director(health_interval=10.0)
+        link = self.connect(director, self.agent_factory(services=(WEB,)))
+        director.start_asking(10.0)
+        self.elapse(12)
+        self.assertEqual(len(self.keepalive_calls(link.director)), 1)
+        self.assertEqual([call[3] for call in self.events.of("health")], [5.0, 10.0])
+
+    def test_when_the_rounds_stop_each_session_keeps_itself_alive_again(self):
+        director = self.director(health_interval=2.0)
+        link = self.connect(director, self.agent_factory(services=(WEB,)))
+        director.start_asking(2.0)
+        self.elapse(4)
+        director.stop_asking()
+        self.elapse(6)
+        self.assertEqual([call[3] for call in self.events.of("health")], [2.0, 4.0, 9.0])
+        link.cut = True
+        self.elapse(15.25)  # keepalives at 14, 19 and 24 s unanswered: dead at the next one, 29 s
+        self.assertFalse(link.director_side.disconnecting)
+        self.elapse(5)
+        self.assertTrue(link.director_side.disconnecting)
+
+    def test_a_session_whose_services_all_stop_keeps_itself_alive_again(self):
+        director = self.director(health_interval=2.0)
+        link = self.connect(director, self.agent_factory(services=(WEB,)))
+        director.start_asking(2.0)
+        self.elapse(2)
+        link.agent.stop([WEB])
+        self.flush()
+        self.assertEqual(len(self.keepalive_calls(link.director)), 1)
+
+    def test_a_question_with_less_jitter_brings_the_next_keepalive_forward(self):
+        jitters = iter([1.0, 0.0, 0.0])
+        director = self.director(random=lambda: next(jitters))
+        link = self.connect(director, self.agent_factory())  # the keepalive due at 5 + 1 s
+        self.elapse(0.5)
+        link.director.ask_health()  # ... now at 0.5 + 5 + 0 s
+        self.flush()
+        self.elapse(5.25)
+        self.assertEqual([call[3] for call in self.events.of("health")], [0.5, 5.5])
+
     def test_a_sessions_questions_are_packed_once_until_its_services_change(self):
         packed = self.count_packed_queries()
         director = self.director(health_interval=2.0)
