@@ -17,10 +17,9 @@ provider the factory is given (the registry). Nothing here decides weights.
 from __future__ import annotations
 
 import itertools
-from operator import itemgetter
 import random as _random
 from dataclasses import dataclass
-from ipaddress import IPv4Address, ip_address
+from ipaddress import ip_address
 from typing import Callable
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -28,15 +27,14 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import Interface
 
+from lvsfeedback.director.exceptions import ExceptionTable, valid_rule
 from lvsfeedback.necp.codec import (
-    ANY_ADDRESS,
     CAPACITY_QUERY,
     HEALTH_QUERY,
     Authenticator,
     IPVS_FORWARDING,
     MAX_SEQUENCE,
     MAX_UNITS,
-    SCOPE_NOT_TO_FARM,
     Answer,
     ErrorReply,
     ExceptionAdd,
@@ -46,12 +44,10 @@ from lvsfeedback.necp.codec import (
     ExceptionQuery,
     ExceptionReset,
     ExceptionResetAck,
-    ExceptionResp,
     ExceptionRule,
     Flag,
     Init,
     InitAck,
-    InstalledException,
     KeepaliveAck,
     Message,
     Opcode,
@@ -61,7 +57,6 @@ from lvsfeedback.necp.codec import (
     StartAck,
     Stop,
     StopAck,
-    pack_unit,
 )
 from lvsfeedback.necp.counters import BAD_CREDENTIAL, BAD_SEQUENCE, LIMIT, MALFORMED, NOT_ALLOWED, UNEXPECTED
 from lvsfeedback.necp.protocol import NECPFactory, NECPProtocol
@@ -174,12 +169,6 @@ def capacity_queries(services) -> tuple[Query, ...]:
     return tuple(Query.capacity(p, port) for p, port in dict.fromkeys((s.protocol, s.port) for s in services))
 
 
-def valid_rule(rule: ExceptionRule) -> bool:
-    return (
-        rule.scope <= SCOPE_NOT_TO_FARM and rule.source_prefix <= 32 and rule.destination_prefix <= 32
-    )
-
-
 def unmapped(host: str) -> str:
     """
     C{host}, or for an IPv4-mapped IPv6 address (how a dual-stack C{tcp6:}
@@ -192,129 +181,6 @@ def unmapped(host: str) -> str:
         return host
     mapped = getattr(address, "ipv4_mapped", None)
     return host if mapped is None else str(mapped)
-
-
-def installer_address(agent: Agent) -> IPv4Address:
-    """The agent's IPv4 address as an EXCEPTION_RESP carries it (0.0.0.0 if it has none)."""
-    try:
-        address = ip_address(agent.host)
-    except ValueError:
-        return ANY_ADDRESS
-    return address if isinstance(address, IPv4Address) else ANY_ADDRESS
-
-
-class ExceptionTable:
-    """
-    Exceptions installed by agents, each kept until its TTL runs out on the
-    injected clock (TTL 0: until deleted). Plain object, no I/O.
-
-    A query costs one comparison per installed exception, none when its
-    filter matches everything: the entries in the RESP layout, and their
-    bytes, are made once per change, not once per query.
-
-    @param expired: called with (agent, rule) when a TTL runs out.
-    """
-
-    def __init__(self, clock: IReactorTime, expired: Callable[[Agent, ExceptionRule], None]):
-        self._clock = clock
-        self._expired = expired
-        self._entries: dict[Agent, dict[ExceptionRule, tuple[ExceptionRule, IDelayedCall | None]]] = {}
-        self._installed: tuple[InstalledException, ...] | None = None  # None: to be built again
-        self._packed: tuple[bytes, ...] = ()  # the bytes of each of _installed
-        self._packed_all = b""
-
-    def add(self, agent: Agent, rule: ExceptionRule) -> None:
-        """Install C{rule}; installing an existing one again restarts its TTL."""
-        entries = self._entries.setdefault(agent, {})
-        key = rule.key
-        previous = entries.get(key)
-        if previous is None:
-            self._installed = None
-        elif previous[1] is not None and previous[1].active():
-            previous[1].cancel()
-        expiry = self._clock.callLater(rule.ttl, self._expire, agent, key) if rule.ttl else None
-        entries[key] = (rule, expiry)
-
-    def remove(self, agent: Agent, rule: ExceptionRule) -> ExceptionRule | None:
-        """Remove C{agent}'s rule matching C{rule} (TTL aside); the removed rule, or None."""
-        entries = self._entries.get(agent, {})
-        found = entries.pop(rule.key, None)
-        if found is None:
-            return None
-        self._installed = None
-        if found[1] is not None and found[1].active():
-            found[1].cancel()
-        return found[0]
-
-    def reset(self, agent: Agent) -> list[ExceptionRule]:
-        """Remove all of C{agent}'s rules; those removed."""
-        entries = self._entries.pop(agent, {})
-        if entries:
-            self._installed = None
-        for _, expiry in entries.values():
-            if expiry is not None and expiry.active():
-                expiry.cancel()
-        return [rule for rule, _ in entries.values()]
-
-    def rules(self, agent: Agent) -> tuple[ExceptionRule, ...]:
-        return tuple(rule for rule, _ in self._entries.get(agent, {}).values())
-
-    def count(self, agent: Agent) -> int:
-        """How many rules C{agent} has installed."""
-        return len(self._entries.get(agent, ()))
-
-    def holds(self, agent: Agent, rule: ExceptionRule) -> bool:
-        """Whether C{agent} has installed C{rule} (TTL aside)."""
-        return rule.key in self._entries.get(agent, ())
-
-    def query(self, pattern: InstalledException) -> tuple[InstalledException, ...]:
-        """Every installed exception matching C{pattern}, in the RESP layout."""
-        return self.answer(pattern).entries
-
-    def answer(self, pattern: InstalledException) -> ExceptionResp:
-        """The EXCEPTION_RESP to a query for C{pattern}, its entries packed."""
-        if self._installed is None:
-            self._build()
-        installed, packed = self._installed, self._packed
-        # Every non-zero field of the pattern (addresses included) must match.
-        fields = [index for index, wanted in enumerate(pattern) if int(wanted)]
-        if not fields:
-            return ExceptionResp(entries=installed, packed=self._packed_all)
-        pick = itemgetter(*fields)
-        wanted = pick(pattern)
-        matching = [index for index, entry in enumerate(installed) if pick(entry) == wanted]
-        return ExceptionResp(
-            entries=tuple(installed[index] for index in matching),
-            packed=b"".join(packed[index] for index in matching),
-        )
-
-    def _build(self) -> None:
-        found = []
-        for agent, entries in sorted(self._entries.items()):
-            installer = installer_address(agent)
-            found.extend(
-                InstalledException(
-                    rule.scope,
-                    installer,
-                    rule.source,
-                    rule.source_prefix,
-                    rule.destination,
-                    rule.destination_prefix,
-                    rule.protocol,
-                    rule.port,
-                )
-                for rule, _ in entries.values()
-            )
-        self._installed = tuple(found)
-        self._packed = tuple(pack_unit(entry) for entry in found)
-        self._packed_all = b"".join(self._packed)
-
-    def _expire(self, agent: Agent, key: ExceptionRule) -> None:
-        rule, _ = self._entries[agent].pop(key)
-        if not self._entries[agent]:
-            del self._entries[agent]
-        self._installed = None
-        self._expired(agent, rule)
 
 
 class NEProtocol(NECPProtocol):
