@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address, ip_address
 from operator import itemgetter
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
+from lvsfeedback.director.events import Agent
 from lvsfeedback.necp.codec import (
     ANY_ADDRESS,
     SCOPE_NOT_TO_FARM,
@@ -21,9 +22,6 @@ from lvsfeedback.necp.codec import (
     InstalledException,
     pack_unit,
 )
-
-if TYPE_CHECKING:
-    from lvsfeedback.director.protocol import Agent
 
 
 def valid_rule(rule: ExceptionRule) -> bool:
