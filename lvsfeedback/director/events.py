@@ -1,13 +1,15 @@
 """
-What the director learns from its agents: the L{Agent} a session is, and
-the L{IAgentEvents} the NE protocol reports to (the registry provides it).
+What the director learns from its agents: the L{Agent} a session is, the
+L{IAgentEvents} the NE protocol reports to (the registry provides it), and
+L{GuardedEvents}, through which it does.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from zope.interface import Interface
+from twisted.logger import Logger
+from zope.interface import Interface, implementer
 
 
 @dataclass(frozen=True, order=True)
@@ -78,3 +80,75 @@ class IAgentEvents(Interface):
         The session of C{agent} ended, for C{reason} (a readable string).
         Nothing of it remains: its services and exceptions are gone with it.
         """
+
+
+@implementer(IAgentEvents)
+class GuardedEvents:
+    """
+    Passes each event to C{provider}: what the provider raises is logged and
+    goes no further, so that no session ends for it. A START the provider
+    fails on refuses every service it carried.
+    """
+
+    log = Logger()
+
+    def __init__(self, provider: IAgentEvents):
+        self.provider = provider
+
+    def _failed(self, event: str) -> None:
+        self.log.failure("agent event handler {event} failed", event=event)
+
+    def agentUp(self, agent):
+        try:
+            self.provider.agentUp(agent)
+        except Exception:
+            self._failed("agentUp")
+
+    def servicesStarted(self, agent, services):
+        try:
+            return self.provider.servicesStarted(agent, services)
+        except Exception:
+            self._failed("servicesStarted")
+            return services
+
+    def servicesStopped(self, agent, services):
+        try:
+            self.provider.servicesStopped(agent, services)
+        except Exception:
+            self._failed("servicesStopped")
+
+    def healthReported(self, agent, service, health, when):
+        try:
+            self.provider.healthReported(agent, service, health, when)
+        except Exception:
+            self._failed("healthReported")
+
+    def capacityReported(self, agent, service, milli_cpus, when):
+        try:
+            self.provider.capacityReported(agent, service, milli_cpus, when)
+        except Exception:
+            self._failed("capacityReported")
+
+    def exceptionAdded(self, agent, rule):
+        try:
+            self.provider.exceptionAdded(agent, rule)
+        except Exception:
+            self._failed("exceptionAdded")
+
+    def exceptionRemoved(self, agent, rule):
+        try:
+            self.provider.exceptionRemoved(agent, rule)
+        except Exception:
+            self._failed("exceptionRemoved")
+
+    def exceptionsReset(self, agent):
+        try:
+            self.provider.exceptionsReset(agent)
+        except Exception:
+            self._failed("exceptionsReset")
+
+    def agentLost(self, agent, reason):
+        try:
+            self.provider.agentLost(agent, reason)
+        except Exception:
+            self._failed("agentLost")

@@ -25,7 +25,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from lvsfeedback.director.events import Agent, IAgentEvents
+from lvsfeedback.director.events import Agent, GuardedEvents, IAgentEvents
 from lvsfeedback.director.exceptions import ExceptionTable, valid_rule
 from lvsfeedback.necp.codec import (
     CAPACITY_QUERY,
@@ -243,10 +243,7 @@ class NEProtocol(NECPProtocol):
         )
         refused: set[Service] = set()
         if candidates:
-            answer = self.factory.notify(
-                "servicesStarted", self.agent, tuple(candidates), failed=candidates
-            )
-            refused = set(answer or ())
+            refused = set(self.factory.events.servicesStarted(self.agent, tuple(candidates)) or ())
         for service in candidates:
             if service not in refused:
                 self.services[service] = None
@@ -342,7 +339,7 @@ class NEProtocol(NECPProtocol):
         if not self.services:
             self.resume_keepalives()
         if stopped:
-            self.factory.notify("servicesStopped", self.agent, tuple(stopped))
+            self.factory.events.servicesStopped(self.agent, tuple(stopped))
         if failed:
             return ErrorReply(opcode=Opcode.STOP_ACK, units=tuple(failed))
         return StopAck()
@@ -391,14 +388,15 @@ class NEProtocol(NECPProtocol):
             self.ask_health()
 
     def _report(self, answer: Answer, when: float) -> None:
+        events = self.factory.events
         if answer.type == HEALTH_QUERY:
-            event = "healthReported"
+            reported = events.healthReported
         elif answer.type == CAPACITY_QUERY:
-            event = "capacityReported"
+            reported = events.capacityReported
         else:
             return
         for service in self._answering.get((answer.protocol, answer.port), ()):
-            self.factory.notify(event, self.agent, service, answer.value, when)
+            reported(self.agent, service, answer.value, when)
 
     def exception_add_received(self, request: ExceptionAdd) -> Message:
         exceptions, limit = self.factory.exceptions, self.factory.max_exceptions_per_agent
@@ -414,7 +412,7 @@ class NEProtocol(NECPProtocol):
                 over_limit += 1
                 continue
             exceptions.add(self.agent, rule)
-            self.factory.notify("exceptionAdded", self.agent, rule)
+            self.factory.events.exceptionAdded(self.agent, rule)
         if invalid:
             self.refuse(
                 MALFORMED,
@@ -435,14 +433,14 @@ class NEProtocol(NECPProtocol):
             if removed is None:
                 failed.append(rule)
             else:
-                self.factory.notify("exceptionRemoved", self.agent, removed)
+                self.factory.events.exceptionRemoved(self.agent, removed)
         if failed:
             return ErrorReply(opcode=Opcode.EXCEPTION_DEL_ACK, units=tuple(failed))
         return ExceptionDelAck()
 
     def exception_reset_received(self, request: ExceptionReset) -> Message:
         self.factory.exceptions.reset(self.agent)
-        self.factory.notify("exceptionsReset", self.agent)
+        self.factory.events.exceptionsReset(self.agent)
         return ExceptionResetAck()
 
     def exception_query_received(self, request: ExceptionQuery) -> Message:
@@ -478,6 +476,7 @@ class NEFactory(NECPFactory):
     come at least as often as keepalives, a session with services holds no
     keepalive timer of its own); and always on every keepalive.
 
+    @ivar events: the events provider, each call guarded (L{GuardedEvents}).
     @ivar exceptions: the L{ExceptionTable} of all agents.
     @ivar max_exceptions_per_agent: rules one agent may install; more are
         refused (copies in the error EXCEPTION_ADD_ACK).
@@ -500,7 +499,7 @@ class NEFactory(NECPFactory):
     ):
         super().__init__(clock=clock, secret=secret, random=random, **timing)
         self.max_exceptions_per_agent = max_exceptions_per_agent
-        self.events = events
+        self.events: IAgentEvents = GuardedEvents(events)
         self.ask_on_start = ask_on_start
         self.health_interval = health_interval
         self.exceptions = ExceptionTable(clock, self._exception_expired)
@@ -555,14 +554,6 @@ class NEFactory(NECPFactory):
     def session(self, agent: Agent) -> NEProtocol | None:
         return self._sessions.get(agent)
 
-    def notify(self, event: str, *arguments: object, failed: object = None) -> object:
-        """Call C{event} on the events provider; if it raises, log and return C{failed}."""
-        try:
-            return getattr(self.events, event)(*arguments)
-        except Exception:
-            self.log.failure("agent event handler {event} failed", event=event)
-            return failed
-
     def agent_up(self, session: NEProtocol) -> None:
         older = self._hosts.get(session.agent.host)
         if older is not None:
@@ -570,7 +561,7 @@ class NEFactory(NECPFactory):
             older.close(f"replaced by session {session.agent}")
         self._sessions[session.agent] = self._hosts[session.agent.host] = session
         self.log.info("agent {agent} up", agent=session.agent)
-        self.notify("agentUp", session.agent)
+        self.events.agentUp(session.agent)
 
     def fresh_sequence(self) -> int:
         """
@@ -601,7 +592,7 @@ class NEFactory(NECPFactory):
         del self._sessions[session.agent], self._hosts[session.agent.host]
         self.exceptions.reset(session.agent)
         self.log.info("agent {agent} lost: {reason}", agent=session.agent, reason=reason)
-        self.notify("agentLost", session.agent, reason)
+        self.events.agentLost(session.agent, reason)
 
     def _exception_expired(self, agent: Agent, rule: ExceptionRule) -> None:
-        self.notify("exceptionRemoved", agent, rule)
+        self.events.exceptionRemoved(agent, rule)

@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from lvsfeedback.director.config import OnLeave
+from lvsfeedback.director.events import IAgentEvents
 from lvsfeedback.director.policy import Agent, AgentState, HealthReport
 from lvsfeedback.director.protocol import summarise_services
 from lvsfeedback.ipvs.model import PROTOCOLS, DestKey, RealServer, ServiceKey
@@ -69,6 +71,7 @@ class ServerFacts:
         return self.agent.state is AgentState.STOPPED
 
 
+@implementer(IAgentEvents)
 class Registry:
     log = Logger()
 

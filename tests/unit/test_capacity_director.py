@@ -15,7 +15,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from lvsfeedback.agent.capacity import FixedCapacity
 from lvsfeedback.agent.protocol import HEALTH_ONLY
 from lvsfeedback.director.config import load_config
-from lvsfeedback.director.protocol import CAPACITY_INTERVAL, Agent
+from lvsfeedback.director.events import Agent
+from lvsfeedback.director.protocol import CAPACITY_INTERVAL
 from lvsfeedback.director.registry import Registry
 from lvsfeedback.director.service import DirectorService
 from lvsfeedback.director.updater import WeightUpdater

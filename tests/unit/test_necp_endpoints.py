@@ -27,7 +27,8 @@ from lvsfeedback.agent.protocol import (
     JitteredBackoff,
     SEFactory,
 )
-from lvsfeedback.director.protocol import Agent, IAgentEvents, NEFactory
+from lvsfeedback.director.events import Agent, IAgentEvents
+from lvsfeedback.director.protocol import NEFactory
 from lvsfeedback.necp.codec import (
     HEADER,
     Authenticator,
