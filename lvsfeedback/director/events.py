@@ -37,7 +37,11 @@ class IAgentEvents(Interface):
     """
 
     def agentUp(agent):
-        """C{agent} (an L{Agent}) finished INIT; none of its services is started yet."""
+        """
+        C{agent} (an L{Agent}) finished INIT; none of its services is started
+        yet. Sessions are one a host: an older session from the same host
+        was lost first (L{agentLost}).
+        """
 
     def servicesStarted(agent, services):
         """

@@ -106,14 +106,10 @@ class Registry:
     # Events from the NE protocol.
 
     def agentUp(self, agent) -> None:
+        # The NE factory keeps one session a host: an older one from this
+        # address was lost before (see IAgentEvents.agentUp).
         address = _address_of(agent)
-        session = AgentSession(agent, address, self._clock.seconds())
-        previous = self._by_address.get(address)
-        if previous is not None:
-            # A new INIT from the same server replaces what it said before.
-            self._sessions.pop(previous.handle, None)
-        self._sessions[agent] = session
-        self._by_address[address] = session
+        self._sessions[agent] = self._by_address[address] = AgentSession(agent, address, self._clock.seconds())
         self.log.info("agent {address} up", address=address)
 
     def servicesStarted(self, agent, services) -> list:
@@ -185,7 +181,7 @@ class Registry:
 
     def agentLost(self, agent, reason) -> None:
         session = self._sessions.pop(agent, None)
-        if session is None or self._by_address.get(session.address) is not session:
+        if session is None:
             return
         del self._by_address[session.address]
         self._lost_at[session.address] = self._clock.seconds()

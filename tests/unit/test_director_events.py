@@ -13,10 +13,13 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyClass, verifyObject
 
+from lvsfeedback.agent.protocol import SEFactory
 from lvsfeedback.director.config import load_config
 from lvsfeedback.director.events import Agent, GuardedEvents, IAgentEvents
+from lvsfeedback.director.protocol import NEFactory
 from lvsfeedback.director.registry import Registry
 from lvsfeedback.necp.codec import Service
+from lvsfeedback.testing.necp_link import Link
 
 CONFIG = """
 [[service]]
@@ -43,12 +46,33 @@ class Broken:
         return raising
 
 
+class OneHealth:
+    def health(self, protocol, port):
+        return 75
+
+
 class RegistryTests(SynchronousTestCase):
-    def test_the_registry_provides_the_agent_events(self):
+    def setUp(self):
         path = self.mktemp()
         with open(path, "w") as file:
             file.write(textwrap.dedent(CONFIG))
-        self.assertTrue(verifyObject(IAgentEvents, Registry(load_config(path), Clock())))
+        self.clock = Clock()
+        self.registry = Registry(load_config(path), self.clock)
+
+    def test_the_registry_provides_the_agent_events(self):
+        self.assertTrue(verifyObject(IAgentEvents, self.registry))
+
+    def test_a_new_session_from_a_host_leaves_the_registry_one_session_the_newest(self):
+        director = NEFactory(self.registry, clock=self.clock, random=lambda: 0.0)
+        agents = SEFactory(OneHealth(), {HTTP}, clock=self.clock, random=lambda: 0.0)
+        links = [Link(director, agents, self.clock, host="10.1.0.1", port=40000 + n) for n in range(2)]
+        for link in links:
+            link.flush()
+        self.assertEqual([session.handle for session in self.registry.sessions], [Agent("10.1.0.1", 40001, 2)])
+        links[1].agent_side.loseConnection()
+        for link in links:
+            link.flush()
+        self.assertEqual(self.registry.sessions, [])
 
 
 class GuardedEventsTests(SynchronousTestCase):
