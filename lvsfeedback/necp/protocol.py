@@ -77,6 +77,7 @@ from lvsfeedback.necp.counters import (
     UNEXPECTED,
     NECPCounters,
 )
+from lvsfeedback.necp.session import MAX_ATTEMPTS, RequestFailed, _Pending
 
 KEEPALIVE_INTERVAL = 5.0
 KEEPALIVE_JITTER = 1.0
@@ -84,11 +85,6 @@ MAX_UNANSWERED_KEEPALIVES = 3
 HANDSHAKE_TIMEOUT = 10.0
 MESSAGES_PER_TURN = 64
 MAX_QUEUED_OUTPUT = 256 * 1024
-MAX_ATTEMPTS = 3  # a request whose reply cannot be verified is sent at most this often
-
-
-class RequestFailed(Exception):
-    """A request got no usable reply: none in time, or none that could be verified."""
 
 
 def describe_flags(flags: int) -> str:
@@ -176,23 +172,6 @@ class NECPFactory(Factory):
 
     def stopFactory(self) -> None:
         self.counters.flush()
-
-
-class _Pending:
-    """A request waiting for its reply."""
-
-    __slots__ = ("message", "deferred", "attempts", "retryable", "timeout")
-
-    def __init__(self, message: Message, retryable: bool, timeout: IDelayedCall | None):
-        self.message = message
-        self.deferred: Deferred = Deferred()
-        self.attempts = 1
-        self.retryable = retryable
-        self.timeout = timeout
-
-    @property
-    def name(self) -> str:
-        return opcode_name(self.message.opcode)
 
 
 _EXPECTED_LOSS = (ConnectionDone, ConnectionLost, RequestFailed)
