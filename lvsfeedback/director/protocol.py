@@ -288,7 +288,7 @@ class NEProtocol(NECPProtocol):
         """
         if not self.connected:
             return
-        if services is not None and self.keepalives_unanswered:
+        if services is not None and self.state.keepalives_unanswered:
             # A question is on its way: the next one asks these too. Each
             # question counts toward declaring the agent dead, and a burst
             # of STARTs within one round trip is no silence.

@@ -4,8 +4,8 @@ What both NECP endpoints share: framing, requests and replies, keepalives.
 L{NECPProtocol} reads messages through the codec's L{Decoder}, matches
 replies to requests by request id (each request gets a L{Deferred}), sends a
 KEEPALIVE every interval plus a random jitter once the session is up (unless
-the peer's own keepalives or questions arrive meanwhile), and
-closes the connection when the peer leaves too many keepalives in a row
+the peer's own keepalives or questions arrive meanwhile), and closes the
+connection when the peer leaves too many keepalives in a row
 unanswered, when the handshake does not finish in time, or when the input
 is malformed. A refused message (bad credential, replay, other version,
 reserved opcode) is answered with an error reply and the session goes on.
@@ -18,7 +18,9 @@ paused meanwhile, so that other connections are served in between); the
 protocol is a streaming producer on its transport, so while the peer does
 not read what it is sent, nothing more is read from it or handled for it;
 and a connection that queues more than C{max_queued_output} bytes past that
-point is aborted.
+point is aborted. The session's state (its handshake, requests and
+keepalives) is a L{SessionState} without I/O, which the protocol drives and
+keeps the timers of.
 
 L{NECPFactory} holds the settings every connection of one endpoint shares,
 including the clock and the random source, so tests drive all timers with
@@ -67,7 +69,6 @@ from lvsfeedback.necp.codec import (
     UnsupportedVersion,
     encode,
     opcode_name,
-    pack_unit,
 )
 from lvsfeedback.necp.counters import (
     BAD_CREDENTIAL,
@@ -77,7 +78,7 @@ from lvsfeedback.necp.counters import (
     UNEXPECTED,
     NECPCounters,
 )
-from lvsfeedback.necp.session import MAX_ATTEMPTS, RequestFailed, _Pending
+from lvsfeedback.necp.session import Pending, RequestFailed, SessionState
 
 KEEPALIVE_INTERVAL = 5.0
 KEEPALIVE_JITTER = 1.0
@@ -196,7 +197,8 @@ class NECPProtocol(Protocol):
     is and answer requests by overriding the C{*_received} methods, each of
     which returns the reply to send (its request id is filled in) or None.
 
-    @ivar established: the handshake is done; keepalives are running.
+    @ivar state: the session's L{SessionState}: its handshake, requests
+        and keepalives, which this drives.
     @ivar authenticator: the connection's credential state, or None.
     @ivar signing: outgoing messages carry a credential.
     """
@@ -204,7 +206,6 @@ class NECPProtocol(Protocol):
     log = Logger()
     factory: NECPFactory
 
-    established = False
     authenticator: Authenticator | None = None
     signing = False
 
@@ -215,22 +216,28 @@ class NECPProtocol(Protocol):
         self.peer_host = str(getattr(address, "host", self.peer))
         self.authenticator = self.make_authenticator()
         self._decoder = Decoder(self.authenticator)
-        self._pending: dict[int, _Pending] = {}
-        self._last_request_id = 0
-        self._unanswered = 0
-        self._peer_kept_alive = False
-        self._keepalive_call: IDelayedCall | None = None
-        self._asked: tuple[Query, ...] = ()  # the queries of the last keepalive sent...
-        self._asked_packed = b""  # ...and their bytes
-        self._closing: str | None = None
-        self._handshake_call: IDelayedCall | None = self.factory.clock.callLater(
-            self.factory.handshake_timeout, self._handshake_timed_out
+        factory = self.factory
+        self.state = SessionState(
+            now=factory.clock.seconds(),
+            handshake_timeout=factory.handshake_timeout,
+            request_timeout=factory.request_timeout,
+            max_unanswered=factory.max_unanswered,
         )
+        self._keepalive_call: IDelayedCall | None = None
+        self._closing: str | None = None
+        self._deadline_call: IDelayedCall | None = None  # the state's next deadline...
+        self._deadline: float | None = None  # ...which is this
+        self._watch_deadline()
         self._backlog_call: IDelayedCall | None = None  # the next slice of buffered messages
         self._output_paused = False  # the peer is not reading what we send
         self._queued_while_paused = 0
         self._reading = True
         self.transport.registerProducer(self, True)
+
+    @property
+    def established(self) -> bool:
+        """The handshake is done; keepalives are running."""
+        return self.state.established
 
     # Hooks for the two ends.
 
@@ -275,8 +282,7 @@ class NECPProtocol(Protocol):
         and the connection working (project choice: NECP has both ends send
         them regardless). An end whose keepalives carry questions says so.
         """
-        heard, self._peer_kept_alive = self._peer_kept_alive, False
-        return not heard
+        return not self.state.peer_heard()
 
     def init_received(self, request: Init) -> Message | None:
         self.close("unexpected INIT: this end does not accept sessions", refused=UNEXPECTED)
@@ -348,35 +354,17 @@ class NECPProtocol(Protocol):
         """
         if self._closing is not None:
             return fail(ConnectionDone(f"connection closing: {self._closing}"))
-        message = dataclasses.replace(message, request_id=self._allocate_request_id())
-        return self._await_reply(message, retryable, timed)
-
-    def _await_reply(self, message: Message, retryable: bool, timed: bool) -> Deferred:
-        """Send C{message}, whose request id was just allocated, and wait for its reply."""
-        request_id = message.request_id
-        timeout = (
-            self.factory.clock.callLater(self.factory.request_timeout, self._request_timed_out, request_id)
-            if timed
-            else None
-        )
-        pending = self._pending[request_id] = _Pending(message, retryable, timeout)
-        self.send_message(message)
+        now = self.factory.clock.seconds()
+        pending = self.state.request(message, now=now, retryable=retryable, timed=timed)
+        if timed:
+            self._watch_deadline()
+        self.send_message(pending.message)
         return pending.deferred
-
-    def _allocate_request_id(self) -> int:
-        candidate = self._last_request_id
-        for _ in range(0xFFFF):
-            candidate = candidate % 0xFFFF + 1
-            if candidate not in self._pending:
-                self._last_request_id = candidate
-                return candidate
-        raise NECPError("every request id is waiting for a reply")
 
     def establish(self) -> None:
         """The handshake is done: start keepalives and tell the subclass."""
-        self.established = True
-        self._cancel(self._handshake_call)
-        self._handshake_call = None
+        self.state.establish()
+        self._watch_deadline()
         self._schedule_keepalive()
         self.session_established()
 
@@ -488,13 +476,13 @@ class NECPProtocol(Protocol):
             )
             return
         if kind is Keepalive:
-            self._peer_kept_alive = True
+            self.state.peer_kept_alive()
         reply = getattr(self, _HANDLERS[kind])(message)
         if reply is not None:
             self.send_message(dataclasses.replace(reply, request_id=message.request_id))
 
     def _reply_received(self, reply: Message) -> None:
-        pending = self._pending.get(reply.request_id)
+        pending = self.state.waiting(reply.request_id)
         if pending is None:
             self.refuse(
                 UNEXPECTED,
@@ -511,7 +499,7 @@ class NECPProtocol(Protocol):
             if reply.flags & (Flag.AUTH_REQUIRED | Flag.BAD_SEQUENCE) and pending.retryable:
                 self._retry(pending, f"peer refused it: {describe_flags(reply.flags)}")
                 return
-        self._finish(pending).callback(reply)
+        self.state.answered(pending, reply)
 
     def _refused(self, refusal: MessageRefused) -> None:
         if isinstance(refusal, UnsupportedVersion) and refusal.flags & Flag.VERSION_MISMATCH:
@@ -536,8 +524,8 @@ class NECPProtocol(Protocol):
         self.refuse(reason, f"{opcode_name(refusal.opcode)}: {refusal.reason}")
 
     def _reply_refused(self, refusal: MessageRefused) -> None:
-        """A reply we cannot accept: ask again, up to L{MAX_ATTEMPTS} times in all."""
-        pending = self._pending.get(refusal.request_id)
+        """A reply we cannot accept: ask again, as often as L{SessionState.retry} allows."""
+        pending = self.state.waiting(refusal.request_id)
         reason = f"{refusal.reason} (peer flags {describe_flags(refusal.flags)})"
         counted = refusal_reason(refusal)
         if pending is None or REPLY_OPCODE[pending.message.opcode] != refusal.opcode:
@@ -548,13 +536,12 @@ class NECPProtocol(Protocol):
             self.refuse(counted, f"cannot verify its {opcode_name(refusal.opcode)}: {reason}")
             self._retry(pending, f"cannot verify the reply: {reason}")
 
-    def _retry(self, pending: _Pending, reason: str) -> None:
-        if pending.attempts >= MAX_ATTEMPTS:
+    def _retry(self, pending: Pending, reason: str) -> None:
+        if not self.state.retry(pending):
             why = f"gave up on {pending.name} after {pending.attempts} attempts: {reason}"
-            self._finish(pending).errback(RequestFailed(why))
+            self.state.failed(pending, why)
             self.close(why)
             return
-        pending.attempts += 1
         self.log.info(
             "sending {request} to {peer} again: {reason}",
             request=pending.name,
@@ -562,11 +549,6 @@ class NECPProtocol(Protocol):
             reason=reason,
         )
         self.send_message(pending.message)
-
-    def _finish(self, pending: _Pending) -> Deferred:
-        del self._pending[pending.message.request_id]
-        self._cancel(pending.timeout)
-        return pending.deferred
 
     # Timers.
 
@@ -578,31 +560,14 @@ class NECPProtocol(Protocol):
         """
         if self._closing is not None:
             return
-        if self._unanswered >= self.factory.max_unanswered:
-            self.close(f"peer dead: {self._unanswered} keepalives in a row unanswered", abort=True)
+        state = self.state
+        if state.peer_dead:
+            self.close(f"peer dead: {state.keepalives_unanswered} keepalives in a row unanswered", abort=True)
             return
-        # Those sent before the last one answered were skipped: a peer reads
-        # and answers in order, so no answer to them is coming.
-        waiting = [pending for pending in self._pending.values() if type(pending.message) is Keepalive]
-        for skipped in waiting[: len(waiting) - self._unanswered]:
-            self._finish(skipped).errback(RequestFailed(f"peer answered a later {skipped.name}"))
-        self._unanswered += 1
-        if queries is not self._asked:
-            # Most ends ask the same tuple every time: pack it once.
-            self._asked, self._asked_packed = queries, b"".join([pack_unit(query) for query in queries])
-        # Made with its request id (dataclasses.replace costs as much as the
-        # encoding), and untimed: unanswered keepalives end the session,
-        # which fails them all.
-        request_id = self._allocate_request_id()
-        keepalive = Keepalive(request_id=request_id, queries=queries, packed=self._asked_packed)
-        sent = self._await_reply(keepalive, retryable=True, timed=False)
-        sent.addCallbacks(self._keepalive_replied, self.request_abandoned)
+        pending = state.keepalive(queries)
+        self.send_message(pending.message)
+        pending.deferred.addCallbacks(self.keepalive_answered, self.request_abandoned)
         self._schedule_keepalive()
-
-    @property
-    def keepalives_unanswered(self) -> int:
-        """This end's keepalives sent since the peer last answered one."""
-        return self._unanswered
 
     def resume_keepalives(self) -> None:
         """Keepalives on this end's own timer again, if the session has none."""
@@ -628,24 +593,31 @@ class NECPProtocol(Protocol):
         else:
             self._schedule_keepalive()
 
-    def _keepalive_replied(self, reply: KeepaliveAck | ErrorReply) -> None:
-        self._unanswered = 0
-        self.keepalive_answered(reply)
-
     def request_abandoned(self, failure: Failure) -> None:
         """Errback for internal requests: a lost connection or timeout is already logged."""
         if not failure.check(*_EXPECTED_LOSS):
             self.log.failure("NECP request to {peer} failed", failure, peer=self.peer)
 
-    def _request_timed_out(self, request_id: int) -> None:
-        pending = self._pending.pop(request_id)
-        pending.deferred.errback(
-            RequestFailed(f"no reply to {pending.name} within {self.factory.request_timeout} s")
-        )
+    def _watch_deadline(self) -> None:
+        """A timer for the state's next deadline, if it has one and none is set for it."""
+        deadline = self.state.next_deadline()
+        if deadline == self._deadline:
+            return
+        self._cancel(self._deadline_call)
+        self._deadline, self._deadline_call = deadline, None
+        if deadline is not None:
+            delay = max(0.0, deadline - self.factory.clock.seconds())
+            self._deadline_call = self.factory.clock.callLater(delay, self._deadline_passed, deadline)
 
-    def _handshake_timed_out(self) -> None:
-        self._handshake_call = None
-        self.close(f"no session within {self.factory.handshake_timeout} s of connecting", refused=LIMIT)
+    def _deadline_passed(self, deadline: float) -> None:
+        # What was due by the deadline this timer was set for is due now.
+        self._deadline_call = self._deadline = None
+        if self.state.handshake_overdue(deadline):
+            self.close(f"no session within {self.factory.handshake_timeout} s of connecting", refused=LIMIT)
+            return
+        self.state.expire(deadline)
+        if self._closing is None:
+            self._watch_deadline()
 
     @staticmethod
     def _cancel(call: IDelayedCall | None) -> None:
@@ -653,18 +625,15 @@ class NECPProtocol(Protocol):
             call.cancel()
 
     def _stop_timers(self) -> None:
-        self._cancel(self._handshake_call)
+        self._cancel(self._deadline_call)
         self._cancel(self._keepalive_call)
         self._cancel(self._backlog_call)
-        self._handshake_call = self._keepalive_call = self._backlog_call = None
+        self._deadline_call = self._keepalive_call = self._backlog_call = None
+        self._deadline = None
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._stop_timers()
         if self._closing is None:
             self._closing = f"connection lost: {reason.getErrorMessage()}"
-        pending, self._pending = self._pending, {}
-        for request in pending.values():
-            self._cancel(request.timeout)
-            request.deferred.errback(reason)
-        was_established, self.established = self.established, False
+        was_established = self.state.end(reason)
         self.session_ended(self._closing, was_established)

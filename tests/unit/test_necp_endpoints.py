@@ -50,7 +50,7 @@ from lvsfeedback.necp.codec import (
     decode,
     encode,
 )
-from lvsfeedback.necp import protocol as necp_protocol
+from lvsfeedback.necp import session as necp_session
 from lvsfeedback.necp.protocol import MESSAGES_PER_TURN, RequestFailed
 from lvsfeedback.testing.necp_link import DIRECTOR, Link
 
@@ -149,8 +149,8 @@ class EndpointTestCase(SynchronousTestCase):
     def count_packed_queries(self):
         """The queries packed from now on, one by one."""
         packed = []
-        pack_unit = necp_protocol.pack_unit
-        self.patch(necp_protocol, "pack_unit", lambda unit: packed.append(unit) or pack_unit(unit))
+        pack_unit = necp_session.pack_unit
+        self.patch(necp_session, "pack_unit", lambda unit: packed.append(unit) or pack_unit(unit))
         return packed
 
 
@@ -1079,7 +1079,7 @@ class FlowControlTests(EndpointTestCase):
             latest = [m for m in transport.drain() if isinstance(m, Keepalive)][-1]
             protocol.dataReceived(encode(KeepaliveAck(request_id=latest.request_id)))
         self.assertFalse(transport.disconnecting)
-        self.assertLessEqual(len(protocol._pending), director.max_unanswered)
+        self.assertLessEqual(protocol.state.requests_waiting, director.max_unanswered)
 
 
         director = self.director(max_queued_output=100)
