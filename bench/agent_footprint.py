@@ -22,7 +22,7 @@ from twisted.internet import reactor, task
 from zope.interface import implementer
 
 from lvsfeedback.director.events import IAgentEvents
-from lvsfeedback.director.protocol import NEFactory
+from lvsfeedback.director.factory import NEFactory
 
 
 @implementer(IAgentEvents)

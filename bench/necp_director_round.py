@@ -25,7 +25,7 @@ from twisted.internet.address import IPv4Address  # noqa: E402
 from twisted.internet.selectreactor import SelectReactor  # noqa: E402
 from twisted.internet.testing import StringTransport  # noqa: E402
 
-from lvsfeedback.director.protocol import NEFactory  # noqa: E402
+from lvsfeedback.director.factory import NEFactory  # noqa: E402
 from lvsfeedback.necp.codec import (  # noqa: E402
     CREDENTIAL_SIZE,
     HEADER,

@@ -16,7 +16,8 @@ from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 
 from lvsfeedback.director.config import ConfigError, DirectorConfig, load_config
-from lvsfeedback.director.protocol import NEFactory, NEProtocol, unmapped
+from lvsfeedback.director.factory import NEFactory
+from lvsfeedback.director.protocol import NEProtocol, unmapped
 from lvsfeedback.director.registry import Registry
 from lvsfeedback.director.updater import WeightUpdater
 from lvsfeedback.director.web import StatusListener

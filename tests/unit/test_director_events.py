@@ -16,7 +16,7 @@ from zope.interface.verify import verifyClass, verifyObject
 from lvsfeedback.agent.protocol import SEFactory
 from lvsfeedback.director.config import load_config
 from lvsfeedback.director.events import Agent, GuardedEvents, IAgentEvents
-from lvsfeedback.director.protocol import NEFactory
+from lvsfeedback.director.factory import NEFactory
 from lvsfeedback.director.registry import Registry
 from lvsfeedback.necp.codec import Service
 from lvsfeedback.testing.necp_link import Link

@@ -28,7 +28,7 @@ from lvsfeedback.agent.protocol import (
     SEFactory,
 )
 from lvsfeedback.director.events import Agent, IAgentEvents
-from lvsfeedback.director.protocol import NEFactory
+from lvsfeedback.director.factory import NEFactory
 from lvsfeedback.necp.codec import (
     HEADER,
     Authenticator,
