@@ -35,7 +35,7 @@ from lvsfeedback.ipvs.model import (
     ServiceKey,
     VirtualService,
 )
-from lvsfeedback.necp.protocol import MAX_QUEUED_OUTPUT
+from lvsfeedback.necp.factory import MAX_QUEUED_OUTPUT
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 

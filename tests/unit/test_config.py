@@ -14,7 +14,7 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from lvsfeedback.director.protocol import MAX_EXCEPTIONS_PER_AGENT
-from lvsfeedback.necp.protocol import MAX_QUEUED_OUTPUT
+from lvsfeedback.necp.factory import MAX_QUEUED_OUTPUT
 from lvsfeedback.director.config import (
     DEFAULT_LISTEN,
     DEFAULT_MAX_AGENTS,

@@ -61,7 +61,7 @@ from lvsfeedback.necp.codec import (
     Stop,
     encode,
 )
-from lvsfeedback.necp.protocol import RequestFailed
+from lvsfeedback.necp.session import RequestFailed
 from lvsfeedback.testing.necp_link import Link
 from tests.unit.test_necp_endpoints import SECRET, ConsumerTransport, TableHealth, decode_all
 

@@ -51,7 +51,8 @@ from lvsfeedback.necp.codec import (
     encode,
 )
 from lvsfeedback.necp import session as necp_session
-from lvsfeedback.necp.protocol import MESSAGES_PER_TURN, RequestFailed
+from lvsfeedback.necp.factory import MESSAGES_PER_TURN
+from lvsfeedback.necp.session import RequestFailed
 from lvsfeedback.testing.necp_link import DIRECTOR, Link
 
 WEB = Service(3, 6, 80)
