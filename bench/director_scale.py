@@ -384,7 +384,7 @@ def run_scale(args) -> dict:
         decided_at = last.time + last.duration
         for number, (changed_at, wanted) in list(flips.items()):
             key, dest = where[number]
-            decision = last.decisions[key].servers.get(dest)
+            decision = last.services[key].decision.servers.get(dest)
             if decision is not None and decision.weight == wanted and decided_at >= changed_at:
                 latencies.append(decided_at - changed_at)
                 del flips[number]
@@ -412,8 +412,8 @@ def run_scale(args) -> dict:
                 len(director.registry.sessions) == count
                 and all(session.health for session in director.registry.sessions)
                 and director.updater.last is not None
-                and all(d.reason == "health" for sd in director.updater.last.decisions.values()
-                        for d in sd.servers.values())
+                and all(d.reason == "health" for sp in director.updater.last.services.values()
+                        for d in sp.decision.servers.values())
             ):
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"not every agent reported within 300 s: "

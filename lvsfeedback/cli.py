@@ -132,8 +132,6 @@ def _server_cells(server: dict[str, Any]) -> list[str]:
     health = server["health"]
     counters = server["counters"] or {}
     reason = server["reason"] or "no pass yet"
-    if server["override"] and server["reason"] not in ("drained", "pinned"):
-        reason = f"{reason} ({server['override']})"
     if server["detail"]:
         reason = f"{reason}: {server['detail']}"
     return [

@@ -5,18 +5,15 @@ import os
 import sys
 
 from twisted.application import service
-from twisted.internet import reactor
+from twisted.python import usage
 
-from lvsfeedback.director.config import ConfigError, load_config
-from lvsfeedback.director.service import DirectorService
+from lvsfeedback.director import tap
 
-path = os.environ.get("LVSFEEDBACK_DIRECTOR_CONFIG", "/etc/lvsfeedback/director.toml")
+options = tap.Options()
 try:
-    config = load_config(path)
-except ConfigError as error:
-    sys.exit(f"lvs-director: refusing to start:\n{error}")
+    options.parseOptions(["--config", os.environ.get("LVSFEEDBACK_DIRECTOR_CONFIG", tap.DEFAULT_CONFIG)])
+except usage.UsageError as error:
+    sys.exit(f"lvs-director: {error}")
 
 application = service.Application("lvs-director")
-director = DirectorService(config, reactor)
-director.setServiceParent(application)
-reactor.callWhenRunning(director.reload_on_sighup)
+tap.makeService(options).setServiceParent(application)

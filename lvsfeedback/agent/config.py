@@ -88,7 +88,14 @@ def parse_service(text: str) -> ServiceSettings:
     return ServiceSettings(protocol, int(port), forwarding)
 
 
-def _number(problems, where, value, low, high=None, above=False):
+# The numeric [agent] settings' bounds, for the file's keys and the flags alike:
+# (least, greatest or None, whether the least itself is excluded).
+NUMBER_BOUNDS = {"interval": (0, None, True), "smoothing": (0, 1, True), "drain_timeout": (0, None, False)}
+
+
+def check_number(problems: list[str], where: str, key: str, value):
+    """`value` for the setting `key`; a problem naming `where` is added when it is out of bounds."""
+    low, high, above = NUMBER_BOUNDS[key]
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     ok = ok and (value > low if above else value >= low) and (high is None or value <= high)
     if not ok:
@@ -146,9 +153,10 @@ def load_agent_config(path: str | Path) -> AgentSettings:
         directors=tuple(directors),
         services=tuple(services),
         secret_file=secret,
-        interval=_number(problems, where("agent.interval"), agent.get("interval", 1.0), 0, above=True),
-        smoothing=_number(problems, where("agent.smoothing"), agent.get("smoothing", 0.5), 0, 1, above=True),
-        drain_timeout=_number(problems, where("agent.drain_timeout"), agent.get("drain_timeout", 10.0), 0),
+        **{
+            key: check_number(problems, where(f"agent.{key}"), key, agent.get(key, getattr(AgentSettings, key)))
+            for key in NUMBER_BOUNDS
+        },
         haproxy_agent=agent.get("haproxy_agent"),
         haproxy_service=agent.get("haproxy_service"),
         capacity=capacity,

@@ -31,6 +31,7 @@ from lvsfeedback.agent.config import FORWARDING_CODES, AgentConfigError, AgentSe
 from lvsfeedback.agent.haproxy import HAProxyAgentFactory
 from lvsfeedback.agent.metrics.combine import Combination
 from lvsfeedback.agent.metrics.environment import MetricEnvironment
+from lvsfeedback.agent.metrics.errors import MetricSpecError
 from lvsfeedback.agent.metrics.spec import MetricRegistry
 from lvsfeedback.agent.protocol import DirectorLinks
 from lvsfeedback.agent.sampler import Sampler, ServiceMetrics
@@ -50,6 +51,22 @@ def read_secret(settings: AgentSettings) -> bytes | None:
     if not secret:
         raise AgentConfigError([f"{path}: the secret file is empty"])
     return secret
+
+
+def check_metrics(settings: AgentSettings, registry: MetricRegistry) -> list[str]:
+    """
+    What is wrong with the metric specs, before there is a reactor: each
+    spec is built without one and thrown away (a factory only keeps the
+    reactor for its readings, see IMetricFactory.build).
+    """
+    environment = MetricEnvironment(reactor=None)
+    problems = []
+    for spec in dict.fromkeys(spec for service in settings.services for spec in service.metrics):
+        try:
+            registry.build(spec, environment)
+        except MetricSpecError as error:
+            problems.append(str(error))
+    return problems
 
 
 def build_sampler(settings: AgentSettings, reactor, registry: MetricRegistry | None = None) -> Sampler:

@@ -52,21 +52,21 @@ class Options(usage.Options):
     opt_m = opt_metric
 
     def postOptions(self):
+        """Read and check everything; build nothing (makeService does, on its reactor)."""
         from lvsfeedback.agent.config import AgentConfigError
+        from lvsfeedback.agent.metrics.spec import MetricRegistry
+        from lvsfeedback.agent.service import check_metrics
 
         try:
             settings = self.read_settings()
         except AgentConfigError as error:
             raise usage.UsageError(str(error)) from None
-        from twisted.internet import reactor
-
-        from lvsfeedback.agent.service import build_sampler
-
-        try:
-            self.sampler = build_sampler(settings, reactor)
-        except ValueError as error:
-            raise usage.UsageError(str(error)) from None
+        registry = MetricRegistry.discover()
+        problems = check_metrics(settings, registry)
+        if problems:
+            raise usage.UsageError("\n".join(problems))
         self.settings = settings
+        self.metric_registry = registry
 
     def read_settings(self):
         """
@@ -86,7 +86,7 @@ class Options(usage.Options):
         return settings
 
     def _with_flags(self, settings):
-        from lvsfeedback.agent.config import parse_service
+        from lvsfeedback.agent.config import AgentConfigError, check_number, parse_service
 
         changes = {}
         if self.directors:
@@ -97,13 +97,17 @@ class Options(usage.Options):
         if self.metrics:
             services = tuple(replace(service, metrics=tuple(self.metrics)) for service in services)
         changes["services"] = services
-        for option, key, kind in (("interval", "interval", float), ("smoothing", "smoothing", float),
-                                  ("drain-timeout", "drain_timeout", float)):
+        problems: list[str] = []
+        for option, key in (("interval", "interval"), ("smoothing", "smoothing"), ("drain-timeout", "drain_timeout")):
             if self[option] is not None:
                 try:
-                    changes[key] = kind(self[option])
+                    value = float(self[option])
                 except ValueError:
-                    raise ValueError(f"--{option}: not a number: {self[option]!r}") from None
+                    problems.append(f"--{option}: must be a number, got {self[option]!r}")
+                else:
+                    changes[key] = check_number(problems, f"--{option}", key, value)
+        if problems:
+            raise AgentConfigError(problems)
         if self["secret-file"]:
             changes["secret_file"] = Path(self["secret-file"])
         if self["haproxy-agent"]:
@@ -115,18 +119,16 @@ class Options(usage.Options):
                 changes["capacity"] = parse_capacity(self["capacity"])
             except ValueError as error:
                 raise ValueError(f"--capacity: {error}") from None
-        settings = replace(settings, **changes)
-        if not settings.interval > 0 or not 0 < settings.smoothing <= 1 or settings.drain_timeout < 0:
-            raise ValueError("--interval must be above 0, --smoothing in (0, 1], --drain-timeout at least 0")
-        return settings
+        return replace(settings, **changes)
 
 
 def makeService(options, reactor=None):
-    from lvsfeedback.agent.service import AgentService
+    from lvsfeedback.agent.service import AgentService, build_sampler
 
     if reactor is None:
         from twisted.internet import reactor
-    agent = AgentService(options.settings, reactor, sampler=options.sampler)
+    sampler = build_sampler(options.settings, reactor, options.metric_registry)
+    agent = AgentService(options.settings, reactor, sampler=sampler)
 
     def on_signals():
         signal.signal(signal.SIGUSR2, lambda *_: reactor.callFromThread(agent.drain))

@@ -10,21 +10,38 @@ silently ignored. The sample ``tap/director.toml`` documents every key.
 
 from __future__ import annotations
 
-import difflib
 import enum
 import ipaddress
-import json
-import math
 import os
-import re
 import socket
 import tomllib
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, TypeVar
+from typing import Any, Callable, Iterable
 
-from twisted.internet.endpoints import serverFromString
+from zope.interface import Interface
 
+from lvsfeedback.director.config_parse import (
+    Network,
+    _address,
+    _boolean,
+    _choice,
+    _endpoint,
+    _enum,
+    _family,
+    _family_name,
+    _family_name_choice,
+    _integer,
+    _Invalid,
+    _name,
+    _network,
+    _number,
+    _seconds,
+    _show,
+    _string,
+    _syntax_problem,
+    _Table,
+)
 from lvsfeedback.director.policy import LostAgentAction, Mode, PolicySettings
 from lvsfeedback.director.protocol import MAX_EXCEPTIONS_PER_AGENT
 from lvsfeedback.ipvs.model import (
@@ -36,8 +53,6 @@ from lvsfeedback.ipvs.model import (
     VirtualService,
 )
 from lvsfeedback.necp.factory import MAX_QUEUED_OUTPUT
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # Twisted's own backlog is 50: a thousand agents reconnecting after a restart
 # would have their SYNs dropped and retried a second later. The kernel caps
@@ -54,7 +69,6 @@ DEFAULT_STATUS_LISTEN = "tcp:9101:interface=127.0.0.1"
 DEFAULT_WEIGHT = 100
 DEFAULT_SCHEDULER = "wlc"
 SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh", "twos")
-FAMILIES = {"inet": socket.AF_INET, "inet6": socket.AF_INET6}
 MAX_FWMARK = 0xFFFFFFFF
 # The kernel keeps the persistence timeout in jiffies in 32 bits; at HZ=1000
 # this is the largest number of seconds that fits.
@@ -91,6 +105,9 @@ class DirectorSettings:
     early_pass_change: int  # health points a report must move by to bring the next pass forward; 0: never
     observe: bool  # compute and expose weights, never touch the kernel
     weights_only: bool  # only edit weights of real servers already in the kernel
+    # The secret_file's content, read with the rest of the file (so a reload
+    # that cannot read it is refused before anything changes).
+    secret: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -151,6 +168,17 @@ class DirectorConfig:
     necp: NECPSettings
 
 
+class IReconfigurable(Interface):
+    """A part of the director that takes a reloaded config by itself."""
+
+    def reconfigure(config):
+        """
+        Take C{config}, a L{DirectorConfig} that has been read and checked
+        whole, and so cannot be refused here: what changes at once changes
+        now; what takes a restart is logged as such.
+        """
+
+
 def load_config(path: str | os.PathLike[str]) -> DirectorConfig:
     """The configuration in `path`; ConfigError listing every problem otherwise."""
     reader = _Reader(Path(path))
@@ -171,25 +199,12 @@ def check_config(path: str | os.PathLike[str]) -> list[str]:
 
 # Reading ------------------------------------------------------------------
 
-E = TypeVar("E", bound=enum.StrEnum)
-
-
-class _Invalid(Exception):
-    """A value that does not fit its key; the message is the reason."""
-
-
-_REQUIRED: Any = object()
-
-
-def _show(value: object) -> str:
-    """A value as it would be written in TOML, near enough for a message."""
-    return json.dumps(value, default=str)
-
 
 class _Reader:
     def __init__(self, path: Path):
         self.path = path
         self.problems: list[str] = []
+        self.contents: dict[Path, bytes] = {}  # of the files read, stripped
 
     def problem(self, key: str, reason: str) -> None:
         self.problems.append(f"{self.path}: {key}: {reason}")
@@ -234,6 +249,8 @@ class _Reader:
             weights_only=table.take("weights_only", _boolean, False),
         )
         table.finish()
+        if settings.secret_file is not None:
+            settings = replace(settings, secret=self.contents[settings.secret_file])
         return settings
 
     def _necp(self, table: _Table) -> NECPSettings:
@@ -259,11 +276,12 @@ class _Reader:
         name = _string(value)
         path = self.path.parent / name
         try:
-            content = path.read_bytes()
+            content = path.read_bytes().strip()
         except OSError as error:
             raise _Invalid(f"cannot read {path}: {error.strerror}") from None
-        if not content.strip():
+        if not content:
             raise _Invalid(f"{path} is empty")
+        self.contents[path] = content
         return path
 
     def _policy(self, table: _Table, base: PolicySettings, where: str) -> PolicySettings:
@@ -422,209 +440,6 @@ class _Reader:
         return RealConfig(dest, weight, forwarding)
 
 
-class _Table:
-    """One TOML table being read. It remembers which keys were read, so that
-    `finish` can report the others as unknown."""
-
-    def __init__(self, reader: _Reader, path: str, data: Mapping[str, Any]):
-        self.reader = reader
-        self.path = path
-        self.data = data
-        self.read: set[str] = set()
-
-    def key(self, name: str) -> str:
-        return f"{self.path}.{name}" if self.path else name
-
-    def take(self, name: str, parse: Callable[[Any], Any], default: Any = _REQUIRED) -> Any:
-        """The parsed value of `name`, `default` when absent, None (reported) when invalid."""
-        self.read.add(name)
-        if name not in self.data:
-            if default is _REQUIRED:
-                self.reader.problem(self.key(name), "is required")
-                return None
-            return default
-        try:
-            return parse(self.data[name])
-        except _Invalid as error:
-            self.reader.problem(self.key(name), str(error))
-            return None
-
-    def take_list(
-        self, name: str, parse: Callable[[Any], Any], default: tuple[Any, ...], allow_empty: bool = True
-    ) -> tuple[Any, ...]:
-        """Like `take` for a list, checking each item; invalid items are left out."""
-        self.read.add(name)
-        if name not in self.data:
-            return default
-        value = self.data[name]
-        if not isinstance(value, list):
-            self.reader.problem(self.key(name), f"must be a list, got {_show(value)}")
-            return default
-        if not value and not allow_empty:
-            self.reader.problem(self.key(name), "must not be empty (leave it out for the default)")
-        items = []
-        for index, item in enumerate(value):
-            try:
-                items.append(parse(item))
-            except _Invalid as error:
-                self.reader.problem(f"{self.key(name)}[{index}]", str(error))
-        return tuple(items)
-
-    def forbid(self, name: str, reason: str) -> None:
-        """`name` must not be given here."""
-        self.read.add(name)
-        if name in self.data:
-            self.reader.problem(self.key(name), reason)
-
-    def skip(self, *names: str) -> None:
-        """Leave `names` unjudged, neither read nor unknown."""
-        self.read.update(names)
-
-    def optional_table(self, name: str) -> _Table | None:
-        self.read.add(name)
-        if name not in self.data:
-            return None
-        value = self.data[name]
-        if not isinstance(value, dict):
-            self.reader.problem(self.key(name), f"must be a table ([{self.key(name)}]), got {_show(value)}")
-            return None
-        return _Table(self.reader, self.key(name), value)
-
-    def table(self, name: str) -> _Table:
-        """The table `name`, empty when absent or invalid (and then reported)."""
-        return self.optional_table(name) or _Table(self.reader, self.key(name), {})
-
-    def tables(self, name: str) -> list[_Table]:
-        """The array of tables `name` ([[name]]), each keyed name[index]."""
-        self.read.add(name)
-        value = self.data.get(name, [])
-        if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
-            self.reader.problem(
-                self.key(name), f"must be an array of tables ([[{self.key(name)}]]), got {_show(value)}"
-            )
-            return []
-        return [_Table(self.reader, f"{self.key(name)}[{index}]", item) for index, item in enumerate(value)]
-
-    def finish(self) -> None:
-        """Report the keys nobody read: most likely typos."""
-        known = sorted(self.read)
-        for name in self.data:
-            if name in self.read:
-                continue
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f"did you mean {_show(close[0])}?" if close else f"expected one of: {', '.join(known)}"
-            self.reader.problem(self.key(name), f"unknown key; {hint}")
-
-
-# Value parsers: each returns the parsed value or raises _Invalid(reason).
-
-
-def _string(value: object) -> str:
-    if not isinstance(value, str):
-        raise _Invalid(f"must be a string, got {_show(value)}")
-    return value
-
-
-def _name(value: object) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise _Invalid(f"must be a non-empty string, got {_show(value)}")
-    return value
-
-
-def _choice(choices: tuple[str, ...]) -> Callable[[object], str]:
-    def parse(value: object) -> str:
-        if value not in choices:
-            raise _Invalid(f"must be one of {', '.join(choices)}; got {_show(value)}")
-        return str(value)
-
-    return parse
-
-
-def _enum(kind: type[E]) -> Callable[[object], E]:
-    choose = _choice(tuple(kind))
-
-    def parse(value: object) -> E:
-        return kind(choose(value))
-
-    return parse
-
-
-def _integer(low: int, high: int) -> Callable[[object], int]:
-    def parse(value: object) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise _Invalid(f"must be an integer {low}..{high}, got {_show(value)}")
-        return value
-
-    return parse
-
-
-def _number(check: Callable[[float], bool], description: str) -> Callable[[object], float]:
-    def parse(value: object) -> float:
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-            or not check(value)
-        ):
-            raise _Invalid(f"must be {description}, got {_show(value)}")
-        return float(value)
-
-    return parse
-
-
-def _seconds(check: Callable[[float], bool], bound: str) -> Callable[[object], float]:
-    return _number(check, f"a number of seconds {bound}")
-
-
-def _boolean(value: object) -> bool:
-    if not isinstance(value, bool):
-        raise _Invalid(f"must be true or false, got {_show(value)}")
-    return value
-
-
-def _address(value: object) -> str:
-    try:
-        address = ipaddress.ip_address(_string(value))
-    except ValueError:
-        raise _Invalid(f"must be an IPv4 or IPv6 address, got {_show(value)}") from None
-    if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
-        raise _Invalid(f"must be an address without a %scope, got {_show(value)}")
-    return str(address)
-
-
-def _network(value: object) -> Network:
-    try:
-        return ipaddress.ip_network(_string(value))
-    except ValueError as error:
-        if "has host bits set" in str(error):
-            network = ipaddress.ip_network(str(value), strict=False)
-            raise _Invalid(f"{value} has host bits set; did you mean {network}?") from None
-        raise _Invalid(f"must be an address or network such as 192.0.2.0/24, got {_show(value)}") from None
-
-
-def _endpoint(value: object) -> str:
-    description = _string(value)
-    try:
-        # Parsing a server endpoint only builds an object (ssl: reads its
-        # certificate files); nothing listens, so no reactor is needed.
-        serverFromString(None, description)
-    except Exception as error:  # the endpoint parsers raise whatever they meet
-        raise _Invalid(f"not a Twisted server endpoint ({error}), got {_show(value)}") from None
-    return description
-
-
-def _family_name_choice(value: object) -> int:
-    return FAMILIES[_choice(tuple(FAMILIES))(value)]
-
-
-def _family(network: Network) -> int:
-    return socket.AF_INET6 if network.version == 6 else socket.AF_INET
-
-
-def _family_name(family: int) -> str:
-    return "IPv6" if family == socket.AF_INET6 else "IPv4"
-
-
 _POLICY_KNOBS: dict[str, Callable[[object], Any]] = {
     "mode": _enum(Mode),
     "smoothing_half_life": _seconds(lambda n: n >= 0, ">= 0"),
@@ -638,16 +453,3 @@ _POLICY_KNOBS: dict[str, Callable[[object], Any]] = {
     "min_utilisation": _number(lambda n: 0 < n <= 1, "a number 0 < u <= 1"),
     "dead_band": _number(lambda n: 0 <= n < 1, "a number 0 <= b < 1"),
 }
-
-_SYNTAX_LOCATION = re.compile(
-    r"^(?P<message>.*?)\s*\((?:at line (?P<line>\d+), column (?P<column>\d+)|at end of document)\)$"
-)
-
-
-def _syntax_problem(message: str) -> str:
-    """tomllib's message with the place first: 'line 3, column 7: invalid TOML: ...'."""
-    match = _SYNTAX_LOCATION.match(message)
-    if match is None:
-        return f"invalid TOML: {message}"
-    where = f"line {match['line']}, column {match['column']}" if match["line"] else "end of file"
-    return f"{where}: invalid TOML: {match['message']}"

@@ -1,6 +1,7 @@
 """
 The director as one Twisted service: the NECP listener, the registry of
-agents, and the weight updater, reloaded together on SIGHUP.
+agents, the weight updater and the status listener. On SIGHUP the config is
+reread whole and, if good, each child service reconfigures itself from it.
 """
 
 from __future__ import annotations
@@ -14,19 +15,15 @@ from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
+from zope.interface import implementer
 
-from lvsfeedback.director.config import ConfigError, DirectorConfig, load_config
+from lvsfeedback.director.config import ConfigError, DirectorConfig, IReconfigurable, load_config
 from lvsfeedback.director.factory import NEFactory
 from lvsfeedback.director.protocol import NEProtocol, unmapped
 from lvsfeedback.director.registry import Registry
 from lvsfeedback.director.updater import WeightUpdater
-from lvsfeedback.director.web import StatusListener
+from lvsfeedback.director.web.listener import StatusListener
 from lvsfeedback.necp.counters import ALLOW, MAX_AGENTS
-
-
-def read_secret(config: DirectorConfig) -> bytes | None:
-    path = config.director.secret_file
-    return None if path is None else path.read_bytes().strip()
 
 
 # Connections refused for being one too many are logged as one peer's: the
@@ -107,6 +104,50 @@ def necp_limits(config: DirectorConfig) -> dict:
     }
 
 
+@implementer(IReconfigurable)
+class NECPListener(MultiService):
+    """Where agents connect: [director] listen, with the NE factory's settings from the config."""
+
+    log = Logger()
+
+    def __init__(self, config: DirectorConfig, reactor, registry, **timing):
+        super().__init__()
+        self.config = config
+        self.factory = GuardedNEFactory(
+            registry, config.director.allow, max_agents=config.director.max_agents,
+            clock=reactor, secret=config.director.secret,
+            health_interval=config.director.health_interval, **timing,
+            **necp_limits(config),
+        )
+        strports.service(config.director.listen, self.factory, reactor=reactor).setServiceParent(self)
+
+    def startService(self):
+        self.check_descriptors()
+        super().startService()
+
+    def check_descriptors(self) -> None:
+        """Warn when the process's open-file limit is below what max_agents needs."""
+        shortage = descriptor_shortage(self.config.director.max_agents, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        if shortage is not None:
+            self.log.warn("{shortage}", shortage=shortage)
+
+    def reconfigure(self, config: DirectorConfig) -> None:
+        """New limits, networks, secret and question rhythm for the agents; a new address on restart."""
+        before, self.config = self.config.director, config
+        listen = config.director.listen
+        if listen != before.listen:
+            self.log.warn("[director] listen changed to {listen}: takes effect on restart", listen=listen)
+        factory = self.factory
+        factory.allow = config.director.allow
+        factory.max_agents = config.director.max_agents
+        factory.secret = config.director.secret
+        factory.health_interval = config.director.health_interval
+        for name, value in necp_limits(config).items():
+            setattr(factory, name, value)
+        if config.director.max_agents != before.max_agents:
+            self.check_descriptors()
+
+
 def kernel_table(reactor, observe: bool):
     """The kernel's table; in observe mode without ip_vs, an empty stand-in."""
     if observe and not os.path.exists("/proc/net/ip_vs"):
@@ -135,27 +176,15 @@ class DirectorService(MultiService):
         self.table = table if table is not None else kernel_table(reactor, observing)
         self.updater = WeightUpdater(config, self.registry, self.table, reactor, observe=observe)
         self.updater.setServiceParent(self)
-        self.factory = GuardedNEFactory(
-            self.registry, config.director.allow, max_agents=config.director.max_agents,
-            clock=reactor, secret=read_secret(config),
-            health_interval=config.director.health_interval, **timing,
-            **necp_limits(config),
-        )
-        self.listener = strports.service(config.director.listen, self.factory, reactor=reactor)
+        self.listener = NECPListener(config, reactor, self.registry, **timing)
         self.listener.setServiceParent(self)
+        self.factory = self.listener.factory
         self.status = StatusListener(self, reactor)
         self.status.setServiceParent(self)
 
     def startService(self):
-        self.check_descriptors()
         super().startService()
         self.ask_ahead_of_passes()
-
-    def check_descriptors(self) -> None:
-        """Warn when the process's open-file limit is below what max_agents needs."""
-        shortage = descriptor_shortage(self.config.director.max_agents, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
-        if shortage is not None:
-            self.log.warn("{shortage}", shortage=shortage)
 
     def stopService(self):
         self.factory.stop_asking()
@@ -174,32 +203,27 @@ class DirectorService(MultiService):
         signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
 
     def reload(self) -> bool:
-        """Reread the config file; a bad one is refused and the running one stays."""
+        """
+        Reread the config file; a bad one is refused and the running one
+        stays. A good one goes to the registry, then to each child service
+        that reconfigures itself.
+        """
         try:
             new = load_config(self.config.path)
-            secret = read_secret(new)
-        except (ConfigError, OSError) as error:
+        except ConfigError as error:
             self.log.error("config reload refused, the running config stays:\n{problems}", problems=str(error))
             return False
-        for section, old, changed in (("director", self.config.director.listen, new.director.listen),
-                                      ("status", self.config.status.listen, new.status.listen)):
-            if changed != old:
-                self.log.warn("[{section}] listen changed to {listen}: takes effect on restart",
-                              section=section, listen=changed)
-        before = self.config.director
-        self.factory.allow = new.director.allow
-        if new.director.max_agents != before.max_agents:
-            self.factory.max_agents = new.director.max_agents
-            self.check_descriptors()
-        self.factory.secret = secret
-        for name, value in necp_limits(new).items():
-            setattr(self.factory, name, value)
+        before, self.config = self.config, new
         self.registry.configure(new)
-        self.updater.configure(new)
-        self.config = new
-        if (before.health_interval, before.update_interval) != (new.director.health_interval, new.director.update_interval):
+        for child in self:
+            if IReconfigurable.providedBy(child):
+                child.reconfigure(new)
+        if new.status.listen != before.status.listen:
+            # The status listener (director/web.py) does not reconfigure itself yet.
+            self.log.warn("[status] listen changed to {listen}: takes effect on restart", listen=new.status.listen)
+        rhythm = ("health_interval", "update_interval")
+        if any(getattr(new.director, name) != getattr(before.director, name) for name in rhythm):
             # A new rhythm for the questions, or for the passes they go ahead of.
-            self.factory.health_interval = new.director.health_interval
             self.ask_ahead_of_passes()
         self.log.info("config reloaded from {path}: {count} services", path=str(new.path), count=len(new.services))
         return True

@@ -17,23 +17,36 @@ nothing is lost by retrying.
 Restarts change nothing the policy would not change: the first pass adopts
 the kernel's table as it is, and for a short grace period a real server
 whose agent has not spoken yet keeps the weight the kernel already gives it.
+
+Each pass ends in a L{PassResult}: the members of each service, the facts
+the policy was given about each, its decisions and the weights the kernel
+has after the pass's writes. The status listener reads only that, so what it
+shows is what one pass saw and did. Listeners in C{pass_listeners} (bound
+callables, the style of the registry's own listener lists) get each result.
+Operators change the weights only through L{WeightUpdater.set_override} and
+L{WeightUpdater.clear_override}.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass, replace
+from types import MappingProxyType
+from typing import Callable, Mapping
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from zope.interface import implementer
 
+from lvsfeedback.director.config import IReconfigurable, ServiceConfig
 from lvsfeedback.director.policy import (
     Decision,
+    Drained,
     Override,
+    Pinned,
     PolicyState,
     Reason,
     ServerInput,
@@ -58,19 +71,36 @@ from lvsfeedback.ipvs.model import (
 )
 
 
-@dataclass
+@dataclass(frozen=True)
+class ServicePass:
+    """One virtual service as a pass saw, decided and wrote it."""
+
+    service: ServiceConfig  # as configured when the pass ran
+    in_kernel: bool  # the kernel has the virtual service after the pass's writes
+    # The real servers weighed, configured ones first, then auto-joined ones in
+    # the order they joined (with weights_only: the kernel's): forwarding.
+    members: Mapping[DestKey, RealServer]
+    # What the policy was told of each member: base weight, agent, health,
+    # capacity, counters, the kernel's weight when read, override.
+    inputs: Mapping[DestKey, ServerInput]
+    decision: ServiceDecision | None  # None when the pass skipped the service (weights_only, not in the kernel)
+    written: Mapping[DestKey, int]  # each server's kernel weight after the pass's writes; absent: not in the kernel
+    held: frozenset[DestKey] = frozenset()  # kept at the kernel's weight during adoption
+
+
+@dataclass(frozen=True)
 class PassResult:
     """What one pass saw, decided and wrote: the director's status."""
 
     time: float
-    kernel: dict[ServiceKey, ServiceEntry]
-    decisions: dict[ServiceKey, ServiceDecision]
-    changes: list[Change]
-    refused: list = field(default_factory=list)
-    held: set[tuple[ServiceKey, DestKey]] = field(default_factory=set)
+    kernel: Mapping[ServiceKey, ServiceEntry]  # the table as the pass read it
+    services: Mapping[ServiceKey, ServicePass]  # every configured service, in the config's order
+    changes: tuple[Change, ...]
+    refused: tuple = ()
     duration: float = 0.0
 
 
+@implementer(IReconfigurable)
 class WeightUpdater(Service):
     log = Logger()
 
@@ -79,7 +109,7 @@ class WeightUpdater(Service):
         self.table = table
         self.clock = clock
         self.observe = observe
-        self.overrides: dict[tuple[ServiceKey, DestKey], Override] = {}
+        self._overrides: dict[tuple[ServiceKey, DestKey], Override] = {}
         self.state = PolicyState()
         self.last: PassResult | None = None
         self.writes = 0
@@ -115,6 +145,25 @@ class WeightUpdater(Service):
         if self._loop.running and self._loop.interval != config.director.update_interval:
             self._loop.stop()
             self._loop.start(config.director.update_interval, now=False)
+
+    def reconfigure(self, config) -> None:
+        """IReconfigurable: the director's reload gives each child service the new config."""
+        self.configure(config)
+
+    @property
+    def overrides(self) -> Mapping[tuple[ServiceKey, DestKey], Drained | Pinned]:
+        """The operator's overrides, read-only: set_override and clear_override change them."""
+        return MappingProxyType(self._overrides)
+
+    def set_override(self, key: ServiceKey, dest: DestKey, override: Drained | Pinned) -> Override:
+        """Hold real server `dest` of `key` as `override` says from the next pass on; the one it replaces."""
+        previous = self._overrides.get((key, dest))
+        self._overrides[key, dest] = override
+        return previous
+
+    def clear_override(self, key: ServiceKey, dest: DestKey) -> Override:
+        """Let real server `dest` of `key` follow feedback again from the next pass on; the override it had."""
+        return self._overrides.pop((key, dest), None)
 
     @property
     def observing(self) -> bool:
@@ -225,7 +274,7 @@ class WeightUpdater(Service):
             self._adopting = False
             self.log.info("adoption over: real servers no agent has spoken for now follow the policy")
         self.passes += 1
-        self._report_panic(plan.decisions)
+        self._report_panic(plan.services)
         if self.observing or not plan.changes:
             return self._finish(plan, [], started)
         applying = self.table.apply(plan.changes)
@@ -233,27 +282,33 @@ class WeightUpdater(Service):
         return applying
 
     def _finish(self, plan: PassResult, refused: list, started: float) -> None:
-        plan.refused = refused
-        plan.duration = time.perf_counter() - started
         failed = {id(error.change) for error in refused}
+        written: list[Change] = []
         if self.observing:
             self._log_desired(plan)
         else:
-            for change in plan.changes:
-                if id(change) not in failed:
-                    self.writes += 1
-                    self._log_change(change, plan)
+            written = [change for change in plan.changes if id(change) not in failed]
+            for change in written:
+                self.writes += 1
+                self._log_change(change, plan)
         for error in refused:
             self.log.error("the kernel refused {change}: {reason}", change=str(error.change), reason=error.reason)
-        self.last = plan
+        result = replace(
+            plan, services=_after_writes(plan.services, written), refused=tuple(refused),
+            duration=time.perf_counter() - started,
+        )
+        self.last = result
         for listener in list(self.pass_listeners):
             try:
-                listener(plan)
+                listener(result)
             except Exception:
                 self.log.failure("a listener of weight update passes failed")
 
     def plan(self, kernel: dict[ServiceKey, ServiceEntry], now: float) -> PassResult:
-        """The changes that bring the kernel to what config, agents and policy want."""
+        """
+        The changes that bring the kernel to what config, agents and policy
+        want, in a result whose written weights are the kernel's as read.
+        """
         weights_only = self.config.director.weights_only
         inputs: dict[ServiceKey, ServiceInput] = {}
         members_by_service: dict[ServiceKey, dict[DestKey, RealServer]] = {}
@@ -289,21 +344,29 @@ class WeightUpdater(Service):
                 if self._marks_set.pop(key, None) is not None:
                     changes.append(DeleteMarkRule(key.fwmark, key.family))
         decisions, self.state = decide(inputs, self.state, now)
-        held = set()
-        for key, service_decision in decisions.items():
+        services: dict[ServiceKey, ServicePass] = {}
+        for service in self.config.services:
+            key = service.key
             entry = kernel.get(key)
-            in_kernel = entry.dests if entry is not None else {}
+            read = {dest: found.server.weight for dest, found in entry.dests.items()} if entry is not None else {}
+            service_decision = decisions.get(key)
+            if service_decision is None:
+                services[key] = ServicePass(service, entry is not None, {}, {}, None, read)
+                continue
             members = members_by_service[key]
+            held = []
             for dest, decision in service_decision.servers.items():
-                found = in_kernel.get(dest)
-                current = None if found is None else found.server.weight
+                current = read.get(dest)
                 if self._hold(decision, current, now):
-                    held.add((key, dest))
+                    held.append(dest)
                     continue
                 change = self._change_for(key, members[dest], decision, current, weights_only)
                 if change is not None:
                     changes.append(change)
-        return PassResult(now, kernel, decisions, changes, held=held)
+            services[key] = ServicePass(
+                service, entry is not None, members, inputs[key].servers, service_decision, read, frozenset(held)
+            )
+        return PassResult(now, kernel, services, tuple(changes))
 
     def _mark_changes(self, service) -> list[Change]:
         """The MARK rule a fwmark service needs, set once per run and on change."""
@@ -319,7 +382,7 @@ class WeightUpdater(Service):
         facts = self.registry.facts(service, dest)
         kernel_dest = entry.dests.get(dest) if entry is not None else None
         # Usually there is none, and the lookup's key costs two hashes.
-        override = self.overrides.get((service.key, dest)) if self.overrides else None
+        override = self._overrides.get((service.key, dest)) if self._overrides else None
         return ServerInput(
             base_weight=self._base_weight(service.key, dest, server, kernel_dest),
             agent=facts.agent,
@@ -338,12 +401,6 @@ class WeightUpdater(Service):
         first = self._first_seen_weight.setdefault((key, dest), kernel_dest.server.weight if kernel_dest else 1)
         return max(first, 1)
 
-    @staticmethod
-    def _current(entry: ServiceEntry | None, dest: DestKey) -> int | None:
-        if entry is None or dest not in entry.dests:
-            return None
-        return entry.dests[dest].server.weight
-
     def _hold(self, decision: Decision, current: int | None, now: float) -> bool:
         """During adoption, a server nobody has spoken for keeps its kernel weight."""
         return now < self._adopt_until and current is not None and decision.reason is Reason.STATIC
@@ -359,7 +416,8 @@ class WeightUpdater(Service):
             return EditDest(key, RealServer(member.key, weight, member.forwarding))
         return None
 
-    def _report_panic(self, decisions: dict[ServiceKey, ServiceDecision]) -> None:
+    def _report_panic(self, services: Mapping[ServiceKey, ServicePass]) -> None:
+        decisions = {key: service.decision for key, service in services.items() if service.decision is not None}
         for key, decision in decisions.items():
             if decision.panic and key not in self._panic:
                 self.log.critical(
@@ -373,10 +431,14 @@ class WeightUpdater(Service):
 
     def _log_desired(self, plan: PassResult) -> None:
         """Observe mode writes nothing, so it says when the weight it wants moves."""
-        before = self.last.decisions if self.last else {}
-        for key, service_decision in plan.decisions.items():
-            for dest, decision in service_decision.servers.items():
-                previous = before.get(key).servers.get(dest) if key in before else None
+        before = self.last.services if self.last else {}
+        for key, service_pass in plan.services.items():
+            if service_pass.decision is None:
+                continue
+            earlier = before.get(key)
+            decided_before = earlier.decision.servers if earlier is not None and earlier.decision is not None else {}
+            for dest, decision in service_pass.decision.servers.items():
+                previous = decided_before.get(dest)
                 if previous is None or previous.weight != decision.weight:
                     self.log.info(
                         "observe: {service} {dest}: desired weight {old} -> {new} ({reason}: {detail})",
@@ -387,8 +449,9 @@ class WeightUpdater(Service):
     def _log_change(self, change: Change, plan: PassResult) -> None:
         match change:
             case EditDest(service, server) | AddDest(service, server):
-                decision = plan.decisions[service].servers.get(server.key)
-                old = self._current(plan.kernel.get(service), server.key)
+                service_pass = plan.services[service]
+                decision = service_pass.decision.servers.get(server.key)
+                old = service_pass.written.get(server.key)  # as read: the plan's
                 self.log.info(
                     "{service} {dest}: weight {old} -> {new} ({reason}: {detail})",
                     service=str(service), dest=str(server.key), old="none" if old is None else old,
@@ -402,3 +465,34 @@ class WeightUpdater(Service):
                               service=str(service.key), scheduler=service.scheduler, persistence=service.persistence)
             case DeleteService(key):
                 self.log.info("{service}: removed", service=str(key))
+
+
+def _after_writes(services: Mapping[ServiceKey, ServicePass], written: list[Change]) -> dict[ServiceKey, ServicePass]:
+    """The services with the changes the kernel took on top of what the pass read."""
+    weights: dict[ServiceKey, dict[DestKey, int | None]] = {}
+    presence: dict[ServiceKey, bool] = {}
+    for change in written:
+        match change:
+            case AddDest(key, server) | EditDest(key, server):
+                weights.setdefault(key, {})[server.key] = server.weight
+            case DeleteDest(key, dest):
+                weights.setdefault(key, {})[dest] = None
+            case AddService(service):
+                presence[service.key] = True
+            case DeleteService(key):
+                presence[key] = False
+    if not weights and not presence:
+        return dict(services)
+    after = {}
+    for key, service_pass in services.items():
+        if key not in weights and key not in presence:
+            after[key] = service_pass
+            continue
+        kernel = dict(service_pass.written)
+        for dest, weight in weights.get(key, {}).items():
+            if weight is None:
+                kernel.pop(dest, None)
+            else:
+                kernel[dest] = weight
+        after[key] = replace(service_pass, written=kernel, in_kernel=presence.get(key, service_pass.in_kernel))
+    return after

@@ -13,7 +13,9 @@ from dataclasses import replace
 from typing import Iterable
 
 from twisted.internet.defer import succeed
+from zope.interface import implementer
 
+from lvsfeedback.ipvs.interfaces import IIPVSTable
 from lvsfeedback.ipvs.model import (
     MAX_WEIGHT,
     AddDest,
@@ -34,6 +36,7 @@ from lvsfeedback.ipvs.model import (
 )
 
 
+@implementer(IIPVSTable)
 class MemoryIPVS:
     def __init__(self):
         self._services: dict[ServiceKey, ServiceEntry] = {}

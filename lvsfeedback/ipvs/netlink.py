@@ -15,8 +15,10 @@ from typing import Iterable
 
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
 
 from lvsfeedback.ipvs.batch import IPVSSocket
+from lvsfeedback.ipvs.interfaces import IIPVSTable
 from lvsfeedback.ipvs.model import (
     Change,
     DeleteMarkRule,
@@ -98,6 +100,7 @@ class KernelIPVS:
             self._socket = None
 
 
+@implementer(IIPVSTable)
 class NetlinkIPVS:
     """
     The kernel's IPVS table for the reactor thread: every call runs on one

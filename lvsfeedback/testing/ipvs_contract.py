@@ -11,7 +11,9 @@ from __future__ import annotations
 import socket
 
 from twisted.internet import defer
+from zope.interface.verify import verifyObject
 
+from lvsfeedback.ipvs.interfaces import IIPVSTable
 from lvsfeedback.ipvs.model import (
     AddDest,
     AddService,
@@ -44,6 +46,9 @@ class IPVSTableContract:
     def weights(self, key):
         table = yield self.table.snapshot()
         return {dest: entry.server.weight for dest, entry in table[key].dests.items()}
+
+    def test_the_table_provides_the_declared_interface(self):
+        self.assertTrue(verifyObject(IIPVSTable, self.table))
 
     @defer.inlineCallbacks
     def test_added_service_and_real_servers_read_back(self):

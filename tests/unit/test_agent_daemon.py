@@ -57,6 +57,16 @@ class OptionTests(SynchronousTestCase):
         error = self.assertRaises(usage.UsageError, parse, "-d", "tcp:h:3262", "-s", "tcp:80", "-s", "tcp:80:nat", "-m", "cpu")
         self.assertIn("given twice", str(error))
 
+    def test_a_number_flag_out_of_range_is_refused_as_the_file_key_would_be(self):
+        flags = ("-d", "tcp:h:3262", "-s", "tcp:80", "-m", "cpu", "--smoothing", "0")
+        error = self.assertRaises(usage.UsageError, parse, *flags)
+        self.assertEqual(str(error), "--smoothing: must be a number above 0 and at most 1, got 0.0")
+
+    def test_a_number_flag_that_is_no_number_is_named(self):
+        flags = ("-d", "tcp:h:3262", "-s", "tcp:80", "-m", "cpu", "--interval", "x")
+        error = self.assertRaises(usage.UsageError, parse, *flags)
+        self.assertEqual(str(error), "--interval: must be a number, got 'x'")
+
     def test_sample_config_loads_and_flags_override_it(self):
         from_file = parse("--config", SAMPLE).settings
         self.assertTrue(from_file.directors and from_file.services)

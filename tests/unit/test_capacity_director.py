@@ -20,7 +20,7 @@ from lvsfeedback.director.protocol import CAPACITY_INTERVAL
 from lvsfeedback.director.registry import Registry
 from lvsfeedback.director.service import DirectorService
 from lvsfeedback.director.updater import WeightUpdater
-from lvsfeedback.director.web import build_status
+from lvsfeedback.director.web.status import build_status
 from lvsfeedback.ipvs.memory import MemoryIPVS
 from lvsfeedback.ipvs.model import DestKey, ServiceKey
 from lvsfeedback.necp.codec import CAPACITY_QUERY, HEALTH_QUERY, Query, Service
@@ -225,6 +225,7 @@ class StatusTests(SynchronousTestCase):
         director.registry.agentUp(agent)
         director.registry.servicesStarted(agent, [HTTP])
         director.registry.capacityReported(agent, HTTP, 400, clock.seconds())
+        director.updater.run_pass()
         status = build_status(director, clock.seconds())
         servers = {entry["server"]: entry["capacity"] for entry in status["services"][0]["servers"]}
         self.assertEqual(servers, {"10.1.0.1:80": 0.4, "10.1.0.2:80": None})

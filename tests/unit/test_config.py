@@ -155,6 +155,13 @@ class ValueTests(ConfigFileTestCase):
         (path.parent / "necp.secret").write_text("s3cret\n")
         self.assertEqual(load_config(path).director.secret_file, path.parent / "necp.secret")
 
+    def test_the_secret_is_read_with_the_file_and_never_shown(self):
+        path = self.write('[director]\nsecret_file = "necp.secret"\n')
+        (path.parent / "necp.secret").write_text("s3cret\n")
+        director = load_config(path).director
+        self.assertEqual(director.secret, b"s3cret")
+        self.assertNotIn("s3cret", repr(director))
+
 
 class ProblemFormatTests(ConfigFileTestCase):
     def test_problem_names_file_key_and_reason(self):

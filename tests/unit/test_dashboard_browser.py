@@ -171,9 +171,8 @@ class DashboardInBrowserTests(TestCase):
 
     @inlineCallbacks
     def advance(self):
-        """A weight update pass, sampled into the charts' history as the listener would."""
+        """A weight update pass, which the listener samples into the charts' history."""
         yield self.director.updater.run_pass()
-        self.director.status.sample()
 
     @inlineCallbacks
     def test_the_dashboard_shows_what_the_director_serves_and_follows_changes(self):

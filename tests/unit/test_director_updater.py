@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from lvsfeedback.director.config import load_config
-from lvsfeedback.director.policy import DRAINED, Reason
+from lvsfeedback.director.policy import DRAINED, AgentState, HealthReport, Pinned, Reason
 from lvsfeedback.director.protocol import Agent
 from lvsfeedback.director.registry import START_GRACE, Registry
 from lvsfeedback.director.service import DirectorService
@@ -24,6 +24,7 @@ from lvsfeedback.ipvs.model import (
     DeleteDest,
     DeleteMarkRule,
     DeleteService,
+    DestCounters,
     DestKey,
     EditDest,
     RealServer,
@@ -215,7 +216,7 @@ class FeedbackTests(UpdaterTestCase):
         self.registry.agentLost(agent, "3 keepalives unanswered")
         self.tick()
         self.assertEqual(self.weights()[RS[2]], 0)
-        decision = self.updater.last.decisions[WEB].servers[RS[2]]
+        decision = self.updater.last.services[WEB].decision.servers[RS[2]]
         self.assertEqual(decision.reason, Reason.LOST_AGENT)
 
     def test_stopped_service_gets_no_new_connections(self):
@@ -229,7 +230,7 @@ class FeedbackTests(UpdaterTestCase):
     def test_operator_drain_wins_over_feedback(self):
         self.start(write_config(self))
         self.connect(1, health=100)
-        self.updater.overrides[WEB, RS[0]] = DRAINED
+        self.updater.set_override(WEB, RS[0], DRAINED)
         self.tick()
         self.assertEqual(self.weights()[RS[0]], 0)
 
@@ -433,7 +434,7 @@ class StartGraceTests(UpdaterTestCase):
         self.registry.servicesStarted(agent, [HTTP])
         self.registry.healthReported(agent, HTTP, 40, self.clock.seconds())
         self.tick()
-        self.assertEqual(self.updater.last.decisions[WEB].servers[RS[1]].reason, Reason.HEALTH)
+        self.assertEqual(self.updater.last.services[WEB].decision.servers[RS[1]].reason, Reason.HEALTH)
         self.assertEqual(self.weights()[RS[1]], 40)
 
     def test_a_service_not_started_within_the_grace_is_stopped(self):
@@ -441,7 +442,7 @@ class StartGraceTests(UpdaterTestCase):
         self.up_without_start(2)
         self.tick(START_GRACE)
         self.assertEqual(self.weights()[RS[1]], 0)
-        self.assertEqual(self.updater.last.decisions[WEB].servers[RS[1]].reason, Reason.STOPPED)
+        self.assertEqual(self.updater.last.services[WEB].decision.servers[RS[1]].reason, Reason.STOPPED)
 
     def test_a_stop_takes_effect_at_once_even_within_the_grace(self):
         self.start(write_config(self))
@@ -449,7 +450,7 @@ class StartGraceTests(UpdaterTestCase):
         self.registry.servicesStopped(agent, [HTTP])
         self.tick()
         self.assertEqual(self.weights()[RS[1]], 0)
-        self.assertEqual(self.updater.last.decisions[WEB].servers[RS[1]].reason, Reason.STOPPED)
+        self.assertEqual(self.updater.last.services[WEB].decision.servers[RS[1]].reason, Reason.STOPPED)
 
     def test_a_reconnecting_agent_leaves_its_server_quiesced_until_it_starts(self):
         self.start(write_config(self))
@@ -461,7 +462,7 @@ class StartGraceTests(UpdaterTestCase):
         self.up_without_start(3)
         self.tick()
         self.assertEqual(self.weights()[RS[2]], 0)
-        self.assertEqual(self.updater.last.decisions[WEB].servers[RS[2]].reason, Reason.LOST_AGENT)
+        self.assertEqual(self.updater.last.services[WEB].decision.servers[RS[2]].reason, Reason.LOST_AGENT)
 
 
 class ModeTests(UpdaterTestCase):
@@ -470,7 +471,7 @@ class ModeTests(UpdaterTestCase):
         self.connect(1, health=30)
         self.tick()
         self.assertEqual(self.table.table(), {})
-        self.assertEqual(self.updater.last.decisions[WEB].servers[RS[0]].weight, 30)
+        self.assertEqual(self.updater.last.services[WEB].decision.servers[RS[0]].weight, 30)
 
     def test_weights_only_weights_kernel_servers_and_adds_or_removes_nothing(self):
         stranger = DestKey.of("10.1.0.77", 80)
@@ -526,6 +527,102 @@ class FailureTests(UpdaterTestCase):
         self.table.apply([DeleteDest(WEB, RS[0])])  # someone removed it behind our back
         self.tick()
         self.assertIn(RS[0], self.weights())
+
+
+class MeddledTable:
+    """A table someone changes between a pass's read and its writes."""
+
+    def __init__(self, table):
+        self.table = table
+        self.meddle = None
+
+    def snapshot(self):
+        return self.table.snapshot()
+
+    def apply(self, changes):
+        if self.meddle is not None:
+            self.meddle(self.table)
+        return self.table.apply(changes)
+
+
+class PassResultTests(UpdaterTestCase):
+    """A pass's result holds what it weighed, the facts it was given, what it decided and what it wrote."""
+
+    def test_each_member_has_the_facts_the_policy_was_given_its_decision_and_its_kernel_weight(self):
+        self.start(write_config(self))
+        self.connect(1, health=40)
+        self.table.set_counters(WEB, RS[0], DestCounters(7, 3, 120, 5, 61))
+        self.tick()
+        web = self.updater.last.services[WEB]
+        self.assertEqual(list(web.members), RS)
+        facts = web.inputs[RS[0]]
+        self.assertEqual((facts.base_weight, facts.agent.state), (100, AgentState.CONNECTED))
+        self.assertEqual(facts.report, HealthReport(40, 1000.0))
+        self.assertEqual(facts.counters, DestCounters(7, 3, 120, 5, 61))
+        self.assertEqual((facts.current_weight, web.decision.servers[RS[0]].weight, web.written[RS[0]]), (100, 40, 40))
+        self.assertTrue(web.in_kernel)
+
+    def test_the_first_pass_writes_the_service_it_read_without(self):
+        self.start(write_config(self))
+        web = self.updater.last.services[WEB]
+        self.assertEqual(self.updater.last.kernel, {})
+        self.assertTrue(web.in_kernel)
+        self.assertEqual(dict(web.written), {dest: 100 for dest in RS})
+
+    def test_a_refused_write_leaves_the_weight_the_pass_read(self):
+        table = MeddledTable(self.table)
+        self.start(write_config(self), table=table)
+        self.connect(1, health=40)
+        table.meddle = lambda kernel: kernel.apply([DeleteDest(WEB, RS[0])])
+        self.tick()
+        self.flushLoggedErrors()
+        last = self.updater.last
+        self.assertEqual(len(last.refused), 1)
+        web = last.services[WEB]
+        self.assertEqual((web.decision.servers[RS[0]].weight, web.written[RS[0]]), (40, 100))
+
+    def test_observe_mode_writes_nothing_so_the_kernel_weights_are_as_read(self):
+        self.start(write_config(self), observe=True)
+        self.connect(1, health=40)
+        self.tick()
+        web = self.updater.last.services[WEB]
+        self.assertEqual((web.decision.servers[RS[0]].weight, dict(web.written), web.in_kernel), (40, {}, False))
+
+    def test_a_result_cannot_be_changed_after_the_pass(self):
+        self.start(write_config(self))
+        with self.assertRaises(dataclasses.FrozenInstanceError):
+            self.updater.last.services = {}
+        with self.assertRaises(dataclasses.FrozenInstanceError):
+            self.updater.last.services[WEB].written = {}
+
+
+class OverrideTests(UpdaterTestCase):
+    def test_set_override_says_what_it_replaced_and_applies_on_the_next_pass(self):
+        self.start(write_config(self))
+        self.connect(1, health=90)
+        self.assertIsNone(self.updater.set_override(WEB, RS[0], DRAINED))
+        self.assertEqual(self.weights()[RS[0]], 100, "not before the next pass")
+        self.tick()
+        self.assertEqual(self.weights()[RS[0]], 0)
+        self.assertIs(self.updater.set_override(WEB, RS[0], Pinned(7)), DRAINED)
+        self.tick()
+        self.assertEqual(self.weights()[RS[0]], 7)
+
+    def test_clear_override_returns_the_server_to_feedback(self):
+        self.start(write_config(self))
+        self.connect(1, health=90)
+        self.updater.set_override(WEB, RS[0], DRAINED)
+        self.assertIs(self.updater.clear_override(WEB, RS[0]), DRAINED)
+        self.assertIsNone(self.updater.clear_override(WEB, RS[0]))
+        self.tick()
+        self.assertEqual(self.weights()[RS[0]], 90)
+
+    def test_overrides_are_read_only_outside_the_updater(self):
+        self.start(write_config(self))
+        self.updater.set_override(WEB, RS[0], DRAINED)
+        self.assertEqual(dict(self.updater.overrides), {(WEB, RS[0]): DRAINED})
+        with self.assertRaises(TypeError):
+            self.updater.overrides[WEB, RS[1]] = DRAINED
 
 
 class HeldWritesTable:

@@ -22,7 +22,10 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from lvsfeedback.director.config import load_config
 from lvsfeedback.director.service import DirectorService
-from lvsfeedback.director.web import ControlAccess, History, StatusSite, status_root
+from lvsfeedback.director.web.control import ControlAccess
+from lvsfeedback.director.web.history import History
+from lvsfeedback.director.web.listener import StatusSite
+from lvsfeedback.director.web.resources import status_root
 from lvsfeedback.ipvs.memory import MemoryIPVS
 from lvsfeedback.necp.codec import (
     HEADER,

@@ -509,6 +509,23 @@ class CapacityPriorTests(SynchronousTestCase):
         self.assertEqual([weights[dest] for dest in (A, B, C)], [43, 86, 171])
         self.assertEqual(result.servers[C].detail, "prior: 0.40 CPUs x health 100 of mean 0.15")
 
+    def test_a_hogged_server_reporting_before_its_peers_is_below_them_a_pass_later(self):
+        # Alone, A's prior has nothing to be compared with: its base weight.
+        # Its idle peers then start level with it, and the next pass steps
+        # it down (the race CI met in the VM).
+        state, weights = PolicyState(), {A: 100, B: 100, C: 100}
+        history = []
+        for count, reporters in enumerate(({A: 1}, {A: 1, B: 100, C: 100}, {A: 1, B: 100, C: 100})):
+            now = NOW + 2 * count
+            servers = {dest: ServerInput(100, current_weight=weights[dest]) for dest in weights}
+            for dest, health in reporters.items():
+                servers[dest] = reporting(health, at=now, capacity=0.25, current_weight=weights[dest])
+            result, state = decide_once(servers, self.settings, now=now, state=state)
+            weights = {dest: decision.weight for dest, decision in result.servers.items()}
+            history.append(weights)
+        self.assertEqual(history[0][A], 100)
+        self.assertLess(history[2][A], min(history[2][B], history[2][C]), history)
+
     def test_an_idle_newcomer_among_loaded_servers_starts_near_its_share_of_the_cpus(self):
         # Measured against spare capacity, the loaded servers' little spare
         # would make the idle newcomer look ten times their size.

@@ -22,19 +22,13 @@ from lvsfeedback.director.config import load_config
 from lvsfeedback.director.policy import DRAINED, Pinned
 from lvsfeedback.director.protocol import Agent
 from lvsfeedback.director.service import DirectorService
-from lvsfeedback.director.web import (
-    DASHBOARD_FILES,
-    MAX_BODY,
-    ControlAccess,
-    History,
-    StatusSite,
-    build_status,
-    is_local,
-    parse_service_key,
-    status_root,
-)
+from lvsfeedback.director.web.control import ControlAccess, is_local, parse_service_key
+from lvsfeedback.director.web.history import History
+from lvsfeedback.director.web.listener import MAX_BODY, StatusSite
+from lvsfeedback.director.web.resources import DASHBOARD_FILES, status_root
+from lvsfeedback.director.web.status import build_status
 from lvsfeedback.ipvs.memory import MemoryIPVS
-from lvsfeedback.ipvs.model import DestCounters, DestKey, ServiceKey
+from lvsfeedback.ipvs.model import AddDest, AddService, DestCounters, DestKey, RealServer, ServiceKey, VirtualService
 from lvsfeedback.necp.codec import Service
 
 WEB = ServiceKey.for_address("tcp", "10.0.0.1", 80)
@@ -185,6 +179,7 @@ class DirectorCase(SynchronousTestCase):
         self.clock = Clock()
         self.clock.advance(5000)
         self.table = MemoryIPVS()
+        self.prepare(self.table)
         self.director = DirectorService(
             write_config(self, self.director_options, token=self.token), self.clock, table=self.table,
             observe=self.observe,
@@ -194,6 +189,9 @@ class DirectorCase(SynchronousTestCase):
         self.history = History()
         access = ControlAccess(lambda: self.loopback_only, lambda: self.director.config.status.token_file)
         self.site = StatusSite(status_root(self.director, access, self.history), access=access, reactor=self.clock)
+
+    def prepare(self, table: MemoryIPVS) -> None:
+        """What the kernel holds before the director starts: nothing."""
 
     def tick(self, seconds: float = 2.0) -> None:
         self.clock.advance(seconds)
@@ -228,21 +226,22 @@ class StatusTests(DirectorCase):
         self.assertEqual(server["detail"], "health 40 (smoothed 40.0)")
         self.assertFalse(server["pending"])
 
-    def test_latest_health_its_age_and_the_agent_state_are_shown(self):
+    def test_the_health_a_pass_used_its_age_and_the_agent_state_are_shown(self):
         connect(self.director, 1, health=40)
+        self.tick()
         self.tick(1.5)
         status = self.status()
         first = server_status(status, "web", "10.1.0.1:80")
         self.assertEqual(first["health"]["value"], 40)
-        self.assertEqual(first["health"]["age"], 1.5)
+        self.assertEqual(first["health"]["age"], 3.5)
         self.assertEqual(first["agent"]["state"], "connected")
-        self.assertEqual(first["agent"]["for"], 1.5)
+        self.assertEqual(first["agent"]["for"], 3.5)
         never = server_status(status, "web", "10.1.0.2:80")
         self.assertEqual((never["agent"]["state"], never["health"]), ("never-seen", None))
         self.assertEqual(
             status["agents"],
-            [{"address": "10.1.0.1", "connected_at": 5000.0, "connected_for": 1.5, "services": ["tcp/80"],
-              "health": [{"service": "tcp/80", "value": 40, "age": 1.5}]}],
+            [{"address": "10.1.0.1", "connected_at": 5000.0, "connected_for": 3.5, "services": ["tcp/80"],
+              "health": [{"service": "tcp/80", "value": 40, "age": 3.5}]}],
         )
 
     def test_a_lost_agent_shows_as_lost_with_the_lost_agent_reason(self):
@@ -287,8 +286,8 @@ class StatusTests(DirectorCase):
         self.assertEqual(passes["last"]["changes"], 1)
 
     def test_a_drained_server_shows_its_override(self):
-        self.director.updater.overrides[WEB, RS[0]] = DRAINED
-        self.director.updater.overrides[WEB, RS[1]] = Pinned(7)
+        self.director.updater.set_override(WEB, RS[0], DRAINED)
+        self.director.updater.set_override(WEB, RS[1], Pinned(7))
         self.tick()
         status = self.status()
         self.assertEqual(server_status(status, "web", "10.1.0.1:80")["override"], "drained")
@@ -316,19 +315,108 @@ class ObserveStatusTests(DirectorCase):
         self.assertEqual(status["passes"]["writes"], 0)
 
 
+class PassFactsTests(DirectorCase):
+    """The page shows what the last pass saw and decided, never newer facts beside older decisions."""
+
+    def test_a_health_reported_after_the_pass_is_shown_with_the_next_pass(self):
+        agent = connect(self.director, 1, health=40)
+        self.tick()
+        self.director.registry.healthReported(agent, HTTP, 90, self.clock.seconds())
+        server = server_status(self.status(), "web", "10.1.0.1:80")
+        self.assertEqual((server["health"]["value"], server["desired_weight"], server["kernel_weight"]), (40, 40, 40))
+        self.tick()
+        server = server_status(self.status(), "web", "10.1.0.1:80")
+        self.assertEqual((server["health"]["value"], server["desired_weight"], server["kernel_weight"]), (90, 90, 90))
+
+    def test_an_agent_lost_after_the_pass_shows_as_connected_until_the_next_pass(self):
+        agent = connect(self.director, 3, health=80)
+        self.tick()
+        self.director.registry.agentLost(agent, "3 keepalives unanswered")
+        server = server_status(self.status(), "web", "10.1.0.3:80")
+        self.assertEqual((server["agent"]["state"], server["reason"]), ("connected", "health"))
+        self.clock.advance(0)  # the pass a lost agent brings forward
+        server = server_status(self.status(), "web", "10.1.0.3:80")
+        self.assertEqual((server["agent"]["state"], server["reason"]), ("lost", "lost-agent"))
+
+    def test_a_real_server_added_by_a_reload_is_listed_once_a_pass_has_weighed_it(self):
+        path = self.director.config.path
+        added = '[[service.real]]\naddress = "10.1.0.4"\nweight = 20\n'
+        path.write_text(path.read_text().replace("weight = 50\n", "weight = 50\n" + added, 1))
+        self.assertTrue(self.director.reload())
+        servers = [entry["server"] for entry in self.status()["services"][0]["servers"]]
+        self.assertEqual(servers, ["10.1.0.1:80", "10.1.0.2:80", "10.1.0.3:80"])
+        self.tick()
+        [added] = [entry for entry in self.status()["services"][0]["servers"] if entry["server"] == "10.1.0.4:80"]
+        self.assertEqual((added["base_weight"], added["kernel_weight"], added["reason"]), (20, 20, "static"))
+
+    def test_an_override_shows_once_a_pass_has_obeyed_it(self):
+        connect(self.director, 1, health=90)
+        self.tick()
+        post_json(self.site, "drain", {"service": "web", "server": "10.1.0.1:80"})
+        server = server_status(self.status(), "web", "10.1.0.1:80")
+        self.assertEqual((server["override"], server["reason"], server["kernel_weight"]), (None, "health", 90))
+        self.tick()
+        server = server_status(self.status(), "web", "10.1.0.1:80")
+        self.assertEqual((server["override"], server["reason"], server["kernel_weight"]), ("drained", "drained", 0))
+
+    def test_metrics_show_the_health_the_pass_used(self):
+        agent = connect(self.director, 1, health=40)
+        self.tick()
+        self.director.registry.healthReported(agent, HTTP, 90, self.clock.seconds())
+        labels = MetricsTests.labels()
+        samples = MetricsTests.scrape(self)
+        self.assertEqual(samples["lvsfeedback_server_health", labels], 40)
+        self.assertEqual(samples["lvsfeedback_server_desired_weight", labels], 40)
+        self.tick()
+        self.assertEqual(MetricsTests.scrape(self)["lvsfeedback_server_health", labels], 90)
+
+    def test_the_history_samples_the_pass_not_newer_reports(self):
+        agent = connect(self.director, 1, health=40)
+        self.tick()
+        self.director.registry.healthReported(agent, HTTP, 90, self.clock.seconds())
+        history = History()
+        history.record(self.director.updater.last)
+        self.assertEqual(history.samples[-1]["services"]["web"]["10.1.0.1:80"], [40, 40, 40])
+
+    def test_before_the_first_pass_no_service_is_shown(self):
+        director = DirectorService(write_config(self), self.clock, table=MemoryIPVS())
+        self.assertEqual(build_status(director, self.clock.seconds())["services"], [])
+
+
+class WeightsOnlyStatusTests(DirectorCase):
+    """Beside keepalived the members are the kernel's, and the status lists those the pass weighed."""
+
+    director_options = "weights_only = true\nadoption_grace = 0"
+
+    def prepare(self, table):
+        table.apply([AddService(VirtualService(WEB, "wlc")), AddDest(WEB, RealServer(RS[0], 10, "dr")),
+                     AddDest(WEB, RealServer(DestKey.of("10.1.0.77", 80), 20, "dr"))])
+
+    def test_the_kernels_servers_are_listed_with_the_base_weight_the_policy_used(self):
+        connect(self.director, 1, health=50)
+        self.tick()
+        services = {service["name"]: service for service in self.status()["services"]}
+        servers = [(s["server"], s["forwarding"], s["base_weight"], s["kernel_weight"])
+                   for s in services["web"]["servers"]]
+        self.assertEqual(servers, [("10.1.0.1:80", "dr", 10, 5), ("10.1.0.77:80", "dr", 20, 20)])
+        self.assertEqual((services["dns"]["in_kernel"], services["dns"]["servers"], services["dns"]["panic"]),
+                         (False, [], None))
+
+
 class HistoryTests(DirectorCase):
     def test_history_keeps_samples_of_the_last_window_only(self):
         history = History(window=5)
         connect(self.director, 1, health=40)
         self.tick()
-        history.record(self.director, self.clock.seconds())
         first = self.clock.seconds()
-        self.tick(3)
-        history.record(self.director, self.clock.seconds())
-        self.assertEqual([sample["time"] for sample in history.samples], [first, first + 3])
-        self.tick(3)
-        history.record(self.director, self.clock.seconds())
-        self.assertEqual([sample["time"] for sample in history.samples], [first + 3, first + 6])
+        history.record(self.director.updater.last)
+        self.tick()
+        history.record(self.director.updater.last)
+        self.assertEqual([sample["time"] for sample in history.samples], [first, first + 2])
+        for _ in range(2):
+            self.tick()
+            history.record(self.director.updater.last)
+        self.assertEqual([sample["time"] for sample in history.samples], [first + 2, first + 4, first + 6])
         self.assertEqual(history.samples[-1]["services"]["web"]["10.1.0.1:80"], [40, 40, 40])
         self.assertEqual(history.samples[-1]["services"]["web"]["10.1.0.2:80"], [100, 100, None])
 
@@ -338,7 +426,7 @@ class HistoryTests(DirectorCase):
         self.tick()
         connect(self.director, 3, health=55)  # health known, not yet acted on
         history = History()
-        history.record(self.director, self.clock.seconds())
+        history.record(self.director.updater.last)
         status = self.status()
         expected = {
             service["name"]: {
@@ -348,20 +436,21 @@ class HistoryTests(DirectorCase):
             }
             for service in status["services"]
         }
-        self.assertEqual(history.samples[-1], {"time": status["director"]["time"], "services": expected})
+        self.assertEqual(history.samples[-1], {"time": status["passes"]["last"]["time"], "services": expected})
+        self.assertEqual(expected["web"]["10.1.0.3:80"], [50, 50, None])
 
     def test_samples_of_the_same_servers_share_their_names(self):
         # 150 samples of 10,000 servers took 240 MB with a name per server and sample.
         history = History()
-        history.record(self.director, self.clock.seconds())
+        history.record(self.director.updater.last)
         self.tick()
-        history.record(self.director, self.clock.seconds())
+        history.record(self.director.updater.last)
         first, second = (services["web"][0] for _, services in history._samples)
         self.assertEqual(first, ("10.1.0.1:80", "10.1.0.2:80", "10.1.0.3:80"))
         self.assertIs(first, second)
 
     def test_history_is_served_for_the_dashboard(self):
-        self.history.record(self.director, self.clock.seconds())
+        self.history.record(self.director.updater.last)
         document = http(self.site, b"GET", b"/history.json").json()
         self.assertEqual(document["fields"], ["kernel_weight", "desired_weight", "health"])
         self.assertEqual(document["samples"][0]["services"]["dns"], {"10.1.0.1:53": [10, 10, None]})
@@ -494,6 +583,19 @@ class ControlTests(DirectorCase):
         self.assertIn("no real server '10.9.9.9:80' in service web", response.json()["error"])
         self.assertEqual(response.json()["servers"], ["10.1.0.1:80", "10.1.0.2:80", "10.1.0.3:80"])
         self.assertEqual(self.director.updater.overrides, {})
+
+    def test_a_server_is_found_among_those_the_last_pass_weighed(self):
+        path = self.director.config.path
+        added = '[[service.real]]\naddress = "10.1.0.4"\n'
+        path.write_text(path.read_text().replace("weight = 50\n", "weight = 50\n" + added, 1))
+        self.assertTrue(self.director.reload())
+        response = post_json(self.site, "drain", {"service": "web", "server": "10.1.0.4:80"})
+        self.assertEqual(response.code, 404)
+        self.assertEqual(response.json()["servers"], ["10.1.0.1:80", "10.1.0.2:80", "10.1.0.3:80"])
+        self.tick()
+        response = post_json(self.site, "drain", {"service": "web", "server": "10.1.0.4:80"})
+        self.assertEqual(response.code, 200, response.body)
+        self.assertIs(self.director.updater.overrides[WEB, DestKey.of("10.1.0.4", 80)], DRAINED)
 
     def test_unknown_service_is_404(self):
         response = post_json(self.site, "drain", {"service": "mail", "server": "10.1.0.1:80"})

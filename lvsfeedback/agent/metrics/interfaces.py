@@ -62,7 +62,10 @@ class IMetricFactory(Interface):
             refused afterwards as unknown.
         @param environment: a
             L{lvsfeedback.agent.metrics.environment.MetricEnvironment}: the
-            reactor and the file-system roots to read.
+            reactor and the file-system roots to read. Keep the reactor for
+            the readings; do not use it here: the agent checks specs before
+            it has a reactor by building them with C{environment.reactor}
+            set to L{None}.
         @return: an L{ILoadMetric} provider.
         @raise MetricSpecError: for a bad option value.
         """

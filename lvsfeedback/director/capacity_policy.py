@@ -1,0 +1,202 @@
+"""
+Capacity mode's controller: weights that even out utilisation across the
+servers with live feedback (see `capacity_weights`). Pure, like the policy
+that calls it (lvsfeedback.director.policy).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+from lvsfeedback.director.policy_model import (
+    Assessment,
+    Feedback,
+    PolicySettings,
+    Reason,
+    ServerInput,
+    ServerMemory,
+    clamp,
+    ewma,
+)
+from lvsfeedback.ipvs.model import DestKey
+
+
+# Capacity mode's controller, tuned on lvsfeedback.director.simulate: the
+# exponent of the utilisation ratio, and the most a weight may be scaled in
+# one pass.
+_GAIN = 1.0
+_MAX_STEP = 2.0
+_INTEGRAL_GAIN = 0.5
+# Packets a second a server must receive for its share of the traffic to be
+# counted (about a hundred packets in a smoothing window); below it, noise
+# in so few packets would move the weights more than the traffic does.
+_COUNTED_RATE = 20.0
+# A step starts from at least this part of a server's base share, so that
+# one that gets next to no traffic now still climbs back quickly.
+_LEAST_SHARE = 1 / 8
+
+
+@dataclass(frozen=True)
+class Control:
+    """What capacity mode remembers of one server after a pass."""
+
+    target: float
+    share: float | None
+    share_at: float | None
+    capacity: float | None
+
+
+def capacity_weights(
+    servers: Mapping[DestKey, ServerInput],
+    feedback: Mapping[DestKey, Feedback],
+    previous: Mapping[DestKey, ServerMemory | None],
+    settings: PolicySettings,
+    now: float,
+) -> tuple[dict[DestKey, Assessment], dict[DestKey, Control]]:
+    """
+    Weights that bring every server to the same utilisation, which puts each
+    server's share in proportion to its capacity (the aim of Cloudflare's
+    Unimog). A server's new weight is the share of the traffic it has had,
+    times (mean utilisation / its utilisation) ** gain, within [1/step,
+    step]. The share of the traffic is counted in the kernel's packets when
+    every server gets enough of them to count; otherwise it is the share of
+    the kernel's weights it has had. Either is smoothed like health, so that
+    it and the utilisation it caused lag alike and the step lands where it
+    aims rather than ringing; and the traffic, not the weights, is what the
+    step starts from because persistent connections follow new weights only
+    as they are renewed. A server within `dead_band` of the mean keeps its
+    weight. The weights are then scaled to add up to the base weights (no
+    drift).
+
+    The traffic sets where a step starts, never how big it is, and a step
+    starts from at least an eighth of the server's base share: a server
+    below the mean always gains, however little it gets now, so none can be
+    starved (the trap of dividing its traffic by its utilisation, #14); one
+    above it always loses. While a server ramps up, its utilisation shows
+    the ramp, not its weight: it may lose then, never gain.
+
+    A server new to the controller starts at the weight the kernel gives it
+    (a director restart: what the traffic already taught stands), else,
+    when its agent reports its capacity, at the prior (`_priors`), else at
+    its base weight. When a server's reported capacity changes, its target
+    scales by new / old at once: a quota change is known before the traffic
+    shows it.
+    """
+    utilisations = {dest: max(1 - health.smoothed / 100, settings.min_utilisation) for dest, health in feedback.items()}
+    rates = {dest: health.packet_rate for dest, health in feedback.items()}
+    rate_total = sum(rate or 0 for rate in rates.values())
+    # Where the traffic really goes: with persistent connections it follows
+    # new weights only as connections are renewed, so a step taken from the
+    # weights' shares would be taken again and again before it shows.
+    traffic = (
+        {dest: rate / rate_total for dest, rate in rates.items()}
+        if all(rate is not None and rate >= _COUNTED_RATE for rate in rates.values())
+        else {}
+    )
+    mean = sum(utilisations.values()) / len(utilisations)
+    base_total = sum(servers[dest].base_weight for dest in feedback)
+    kernel_total = sum(servers[dest].current_weight or 0 for dest in feedback)
+    raw: dict[DestKey, float] = {}
+    shares: dict[DestKey, tuple[float | None, float | None]] = {}
+    details: dict[DestKey, str] = {}
+    capacities: dict[DestKey, float | None] = {}  # what the controller remembers: the latest known
+    priors: list[DestKey] = []  # new, with a capacity: weighed once the others are
+    for dest, utilisation in utilisations.items():
+        memory = previous[dest] or ServerMemory()
+        server = servers[dest]
+        share = _smoothed_share(memory, (server.current_weight or 0) / kernel_total if kernel_total else None, settings, now)
+        shares[dest] = share
+        capacities[dest] = server.capacity or memory.capacity
+        if memory.target is None or share[0] is None:
+            adopted = previous[dest] is None and (server.current_weight or 0) > 0
+            if adopted:
+                raw[dest] = float(server.current_weight)
+                details[dest] = "new: the kernel's weight"
+            elif server.capacity:
+                priors.append(dest)
+            else:
+                raw[dest] = float(server.base_weight)
+                details[dest] = "new: base weight"
+            continue
+        if server.capacity and memory.capacity and server.capacity != memory.capacity:
+            rescale = server.capacity / memory.capacity
+            raw[dest] = memory.target * rescale
+            details[dest] = f"capacity {memory.capacity:.2f} -> {server.capacity:.2f} CPUs: x{rescale:.2f}"
+            continue
+        comparison = f"utilisation {utilisation:.2f} vs mean {mean:.2f}"
+        factor = min(max((mean / utilisation) ** _GAIN, 1 / _MAX_STEP), _MAX_STEP)
+        ramping = memory.ramp_start is not None and now - memory.ramp_start < settings.slow_start
+        if abs(utilisation - mean) <= settings.dead_band:
+            raw[dest] = memory.target
+            details[dest] = f"{comparison}: balanced"
+        elif ramping and factor > 1:
+            raw[dest] = memory.target
+            details[dest] = f"{comparison}: slow start, held"
+        else:
+            anchor = max(traffic.get(dest, share[0]), _LEAST_SHARE * server.base_weight / base_total)
+            raw[dest] = anchor * base_total * factor
+            current = server.current_weight
+            if current and abs(raw[dest] - current) < settings.hysteresis * current:
+                # A step hysteresis would not write, most often because idle
+                # floors make the ratio understate it: keep integrating from
+                # the last target until the step is big enough to be written.
+                raw[dest] = memory.target * factor ** _INTEGRAL_GAIN
+            details[dest] = f"{comparison}: x{factor:.2f}"
+    if priors:
+        _priors(priors, servers, feedback, raw, details)
+    scale = base_total / sum(raw.values())
+    targets = {dest: min(max(weight * scale, settings.floor), settings.ceiling) for dest, weight in raw.items()}
+    weights = {
+        dest: Assessment(clamp(target, settings), Reason.CAPACITY, details[dest], rampable=True)
+        for dest, target in targets.items()
+    }
+    return weights, {dest: Control(target, *shares[dest], capacities[dest]) for dest, target in targets.items()}
+
+
+def _priors(
+    priors: list[DestKey],
+    servers: Mapping[DestKey, ServerInput],
+    feedback: Mapping[DestKey, Feedback],
+    raw: dict[DestKey, float],
+    details: dict[DestKey, str],
+) -> None:
+    """
+    The weights servers new to the controller start from, before traffic
+    corrects them: base weight x spare capacity / the capacity that earns a
+    base weight, spare capacity = reported CPUs x smoothed health / 100. So
+    an idle but hogged server starts below its idle peers, a 1:2:4 cluster
+    at 1:2:4, and a server with that capacity and full health at its base
+    weight.
+
+    The capacity that earns a base weight is the (base-weighted) mean
+    capacity of the new servers; once servers already weighted in this pass
+    report a capacity, it is the capacity per weight they have now, so a
+    server that reports after them lands in proportion to them. Capacity,
+    not spare capacity: loaded servers have little spare, and measured
+    against that an idle newcomer would look enormous.
+    """
+    weighed = [dest for dest in raw if servers[dest].capacity]
+    if weighed:
+        mean = sum(servers[dest].base_weight * servers[dest].capacity for dest in weighed) / sum(
+            raw[dest] for dest in weighed
+        )
+    else:
+        mean = sum(servers[dest].base_weight * servers[dest].capacity for dest in priors) / sum(
+            servers[dest].base_weight for dest in priors
+        )
+    for dest in priors:
+        server, health = servers[dest], feedback[dest].smoothed
+        raw[dest] = server.base_weight * server.capacity * health / 100 / mean
+        details[dest] = f"prior: {server.capacity:.2f} CPUs x health {health:.0f} of mean {mean:.2f}"
+
+
+def _smoothed_share(
+    memory: ServerMemory, share: float | None, settings: PolicySettings, now: float
+) -> tuple[float | None, float | None]:
+    """The kernel share folded into its EWMA once per pass: (smoothed share, when)."""
+    if share is None:
+        return None, None
+    if memory.share_at is None or now <= memory.share_at:
+        return share, now
+    return ewma(memory.share, share, now - memory.share_at, settings), now
