@@ -21,7 +21,8 @@ import psutil
 from twisted.internet import reactor, task
 from zope.interface import implementer
 
-from lvsfeedback.director.protocol import IAgentEvents, NEFactory
+from lvsfeedback.director.events import IAgentEvents
+from lvsfeedback.director.factory import NEFactory
 
 
 @implementer(IAgentEvents)

@@ -84,7 +84,8 @@ from lvsfeedback.necp.codec import (  # noqa: E402
     Start,
     encode,
 )
-from lvsfeedback.necp.protocol import HANDSHAKE_TIMEOUT, describe_flags  # noqa: E402
+from lvsfeedback.necp.factory import HANDSHAKE_TIMEOUT  # noqa: E402
+from lvsfeedback.necp.protocol import describe_flags  # noqa: E402
 from lvsfeedback.testing.daemon import free_port  # noqa: E402
 
 # The legitimate real servers, agent_address(0) and agent_address(1), and their health.

@@ -53,7 +53,8 @@ from lvsfeedback.necp.codec import (
     Start,
     Stop,
 )
-from lvsfeedback.necp.protocol import NECPFactory, NECPProtocol, describe_flags
+from lvsfeedback.necp.factory import NECPFactory
+from lvsfeedback.necp.protocol import NECPProtocol, describe_flags
 
 MIN_RETRY_DELAY = 1.0
 MAX_RETRY_DELAY = 256.0

@@ -53,7 +53,7 @@ from lvsfeedback.ipvs.model import (
     ServiceKey,
     VirtualService,
 )
-from lvsfeedback.necp.protocol import MAX_QUEUED_OUTPUT
+from lvsfeedback.necp.factory import MAX_QUEUED_OUTPUT
 
 # Twisted's own backlog is 50: a thousand agents reconnecting after a restart
 # would have their SYNs dropped and retried a second later. The kernel caps

@@ -16,27 +16,20 @@ provider the factory is given (the registry). Nothing here decides weights.
 
 from __future__ import annotations
 
-import itertools
-import random as _random
-from dataclasses import dataclass
-from ipaddress import IPv4Address, ip_address
-from operator import itemgetter
-from typing import Callable
+from ipaddress import ip_address
+from typing import TYPE_CHECKING
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.task import LoopingCall
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
-from zope.interface import Interface
 
-from lvsfeedback.addresses import host_port
+from lvsfeedback.director.events import Agent
+from lvsfeedback.director.exceptions import valid_rule
 from lvsfeedback.necp.codec import (
-    ANY_ADDRESS,
     CAPACITY_QUERY,
     HEALTH_QUERY,
     IPVS_FORWARDING,
     MAX_SEQUENCE,
     MAX_UNITS,
-    SCOPE_NOT_TO_FARM,
     Answer,
     Authenticator,
     ErrorReply,
@@ -47,12 +40,9 @@ from lvsfeedback.necp.codec import (
     ExceptionQuery,
     ExceptionReset,
     ExceptionResetAck,
-    ExceptionResp,
-    ExceptionRule,
     Flag,
     Init,
     InitAck,
-    InstalledException,
     KeepaliveAck,
     Message,
     Opcode,
@@ -62,10 +52,12 @@ from lvsfeedback.necp.codec import (
     StartAck,
     Stop,
     StopAck,
-    pack_unit,
 )
 from lvsfeedback.necp.counters import BAD_CREDENTIAL, BAD_SEQUENCE, LIMIT, MALFORMED, NOT_ALLOWED, UNEXPECTED
-from lvsfeedback.necp.protocol import NECPFactory, NECPProtocol
+from lvsfeedback.necp.protocol import NECPProtocol
+
+if TYPE_CHECKING:
+    from lvsfeedback.director.factory import NEFactory
 
 # IP protocols IPVS balances.
 BALANCED_PROTOCOLS = frozenset({6, 17, 132})
@@ -73,79 +65,6 @@ MAX_EXCEPTIONS_PER_AGENT = 1024
 # Seconds between two rounds of capacity questions to one agent: capacity
 # changes rarely, and every question costs the director at 10,000 agents.
 CAPACITY_INTERVAL = 30.0
-# A new session's first sequence number: this many messages beyond any other
-# session's, with the low half (the count within a second) at least this.
-SEQUENCE_SPACING = 1 << 20
-UPPER_HALF_OF_A_SECOND = 1 << 31
-
-
-@dataclass(frozen=True, order=True)
-class Agent:
-    """
-    One agent session as the director sees it: the peer's address and a
-    connection number unique within the factory. A reconnecting agent is a
-    new L{Agent}.
-    """
-
-    host: str
-    port: int
-    connection: int
-
-    def __str__(self) -> str:
-        return f"{host_port(self.host, self.port)}#{self.connection}"
-
-
-class IAgentEvents(Interface):
-    """
-    What the director learns from its agents, as it happens. The NE protocol
-    calls these and decides nothing itself. An exception raised here is
-    logged and does not end the session.
-    """
-
-    def agentUp(agent):
-        """C{agent} (an L{Agent}) finished INIT; none of its services is started yet."""
-
-    def servicesStarted(agent, services):
-        """
-        C{agent} is ready for new flows of C{services} (a tuple of L{Service},
-        none already started on this session).
-
-        @return: an iterable of the services refused (empty to accept all):
-            those the agent may not offer. Their units go back to the agent
-            in an error START_ACK, and the protocol counts and logs the
-            refusal (as C{not_allowed}).
-        """
-
-    def servicesStopped(agent, services):
-        """C{agent} wants no new flows of C{services} (each one it had started)."""
-
-    def healthReported(agent, service, health, when):
-        """
-        C{agent} answered a keepalive: C{service} (a started L{Service}) has
-        C{health} 0..100 (0: send it no work) at C{when} (the clock's seconds).
-        """
-
-    def capacityReported(agent, service, milli_cpus, when):
-        """
-        C{agent} answered a capacity query (project extension): C{service}
-        (a started L{Service}) may use C{milli_cpus} thousandths of a CPU
-        (0: unknown), at C{when}.
-        """
-
-    def exceptionAdded(agent, rule):
-        """C{agent} installed C{rule} (an L{ExceptionRule}), or refreshed its TTL."""
-
-    def exceptionRemoved(agent, rule):
-        """C{rule} of C{agent} is gone: deleted by the agent, or its TTL ran out."""
-
-    def exceptionsReset(agent):
-        """C{agent} dropped all its exceptions."""
-
-    def agentLost(agent, reason):
-        """
-        The session of C{agent} ended, for C{reason} (a readable string).
-        Nothing of it remains: its services and exceptions are gone with it.
-        """
 
 
 def valid_service(service: Service) -> bool:
@@ -174,12 +93,6 @@ def capacity_queries(services) -> tuple[Query, ...]:
     return tuple(Query.capacity(p, port) for p, port in dict.fromkeys((s.protocol, s.port) for s in services))
 
 
-def valid_rule(rule: ExceptionRule) -> bool:
-    return (
-        rule.scope <= SCOPE_NOT_TO_FARM and rule.source_prefix <= 32 and rule.destination_prefix <= 32
-    )
-
-
 def unmapped(host: str) -> str:
     """
     C{host}, or for an IPv4-mapped IPv6 address (how a dual-stack C{tcp6:}
@@ -192,129 +105,6 @@ def unmapped(host: str) -> str:
         return host
     mapped = getattr(address, "ipv4_mapped", None)
     return host if mapped is None else str(mapped)
-
-
-def installer_address(agent: Agent) -> IPv4Address:
-    """The agent's IPv4 address as an EXCEPTION_RESP carries it (0.0.0.0 if it has none)."""
-    try:
-        address = ip_address(agent.host)
-    except ValueError:
-        return ANY_ADDRESS
-    return address if isinstance(address, IPv4Address) else ANY_ADDRESS
-
-
-class ExceptionTable:
-    """
-    Exceptions installed by agents, each kept until its TTL runs out on the
-    injected clock (TTL 0: until deleted). Plain object, no I/O.
-
-    A query costs one comparison per installed exception, none when its
-    filter matches everything: the entries in the RESP layout, and their
-    bytes, are made once per change, not once per query.
-
-    @param expired: called with (agent, rule) when a TTL runs out.
-    """
-
-    def __init__(self, clock: IReactorTime, expired: Callable[[Agent, ExceptionRule], None]):
-        self._clock = clock
-        self._expired = expired
-        self._entries: dict[Agent, dict[ExceptionRule, tuple[ExceptionRule, IDelayedCall | None]]] = {}
-        self._installed: tuple[InstalledException, ...] | None = None  # None: to be built again
-        self._packed: tuple[bytes, ...] = ()  # the bytes of each of _installed
-        self._packed_all = b""
-
-    def add(self, agent: Agent, rule: ExceptionRule) -> None:
-        """Install C{rule}; installing an existing one again restarts its TTL."""
-        entries = self._entries.setdefault(agent, {})
-        key = rule.key
-        previous = entries.get(key)
-        if previous is None:
-            self._installed = None
-        elif previous[1] is not None and previous[1].active():
-            previous[1].cancel()
-        expiry = self._clock.callLater(rule.ttl, self._expire, agent, key) if rule.ttl else None
-        entries[key] = (rule, expiry)
-
-    def remove(self, agent: Agent, rule: ExceptionRule) -> ExceptionRule | None:
-        """Remove C{agent}'s rule matching C{rule} (TTL aside); the removed rule, or None."""
-        entries = self._entries.get(agent, {})
-        found = entries.pop(rule.key, None)
-        if found is None:
-            return None
-        self._installed = None
-        if found[1] is not None and found[1].active():
-            found[1].cancel()
-        return found[0]
-
-    def reset(self, agent: Agent) -> list[ExceptionRule]:
-        """Remove all of C{agent}'s rules; those removed."""
-        entries = self._entries.pop(agent, {})
-        if entries:
-            self._installed = None
-        for _, expiry in entries.values():
-            if expiry is not None and expiry.active():
-                expiry.cancel()
-        return [rule for rule, _ in entries.values()]
-
-    def rules(self, agent: Agent) -> tuple[ExceptionRule, ...]:
-        return tuple(rule for rule, _ in self._entries.get(agent, {}).values())
-
-    def count(self, agent: Agent) -> int:
-        """How many rules C{agent} has installed."""
-        return len(self._entries.get(agent, ()))
-
-    def holds(self, agent: Agent, rule: ExceptionRule) -> bool:
-        """Whether C{agent} has installed C{rule} (TTL aside)."""
-        return rule.key in self._entries.get(agent, ())
-
-    def query(self, pattern: InstalledException) -> tuple[InstalledException, ...]:
-        """Every installed exception matching C{pattern}, in the RESP layout."""
-        return self.answer(pattern).entries
-
-    def answer(self, pattern: InstalledException) -> ExceptionResp:
-        """The EXCEPTION_RESP to a query for C{pattern}, its entries packed."""
-        if self._installed is None:
-            self._build()
-        installed, packed = self._installed, self._packed
-        # Every non-zero field of the pattern (addresses included) must match.
-        fields = [index for index, wanted in enumerate(pattern) if int(wanted)]
-        if not fields:
-            return ExceptionResp(entries=installed, packed=self._packed_all)
-        pick = itemgetter(*fields)
-        wanted = pick(pattern)
-        matching = [index for index, entry in enumerate(installed) if pick(entry) == wanted]
-        return ExceptionResp(
-            entries=tuple(installed[index] for index in matching),
-            packed=b"".join(packed[index] for index in matching),
-        )
-
-    def _build(self) -> None:
-        found = []
-        for agent, entries in sorted(self._entries.items()):
-            installer = installer_address(agent)
-            found.extend(
-                InstalledException(
-                    rule.scope,
-                    installer,
-                    rule.source,
-                    rule.source_prefix,
-                    rule.destination,
-                    rule.destination_prefix,
-                    rule.protocol,
-                    rule.port,
-                )
-                for rule, _ in entries.values()
-            )
-        self._installed = tuple(found)
-        self._packed = tuple(pack_unit(entry) for entry in found)
-        self._packed_all = b"".join(self._packed)
-
-    def _expire(self, agent: Agent, key: ExceptionRule) -> None:
-        rule, _ = self._entries[agent].pop(key)
-        if not self._entries[agent]:
-            del self._entries[agent]
-        self._installed = None
-        self._expired(agent, rule)
 
 
 class NEProtocol(NECPProtocol):
@@ -342,6 +132,8 @@ class NEProtocol(NECPProtocol):
         )
         self.services: dict[Service, None] = {}
         self._queries: tuple[Query, ...] = ()  # of the started services, asked every round
+        # The started services each (protocol, port) answers for.
+        self._answering: dict[tuple[int, int], tuple[Service, ...]] = {}
         self.answers_capacity = False
         self._capacity_queries: tuple[Query, ...] = ()  # of the started services, asked now and then
         self._capacity_asked_at: float | None = None  # when they last were
@@ -446,18 +238,13 @@ class NEProtocol(NECPProtocol):
         )
         refused: set[Service] = set()
         if candidates:
-            answer = self.factory.notify(
-                "servicesStarted", self.agent, tuple(candidates), failed=candidates
-            )
-            refused = set(answer or ())
+            refused = set(self.factory.events.servicesStarted(self.agent, tuple(candidates)) or ())
         for service in candidates:
             if service not in refused:
                 self.services[service] = None
                 if self.answers_capacity:
                     self._capacity_due[service] = None
-        self._queries = health_queries(self.services)
-        if self.answers_capacity:
-            self._capacity_queries = capacity_queries(self.services)
+        self._services_changed()
         not_allowed = [service for service in candidates if service in refused]
         if invalid:
             self.refuse(
@@ -480,6 +267,15 @@ class NEProtocol(NECPProtocol):
             return ErrorReply(opcode=Opcode.START_ACK, units=tuple(failed))
         return StartAck()
 
+    def _services_changed(self) -> None:
+        self._queries = health_queries(self.services)
+        if self.answers_capacity:
+            self._capacity_queries = capacity_queries(self.services)
+        answering: dict[tuple[int, int], list[Service]] = {}
+        for service in self.services:
+            answering.setdefault((service.protocol, service.port), []).append(service)
+        self._answering = {port: tuple(services) for port, services in answering.items()}
+
     def ask_health(self, services=None) -> None:
         """
         A KEEPALIVE carrying health queries for these services (by default
@@ -487,13 +283,21 @@ class NEProtocol(NECPProtocol):
         """
         if not self.connected:
             return
-        if services is not None and self.keepalives_unanswered:
+        if services is not None and self.state.keepalives_unanswered:
             # A question is on its way: the next one asks these too. Each
             # question counts toward declaring the agent dead, and a burst
             # of STARTs within one round trip is no silence.
             return
         queries = self._queries if services is None else health_queries(services)
-        self.send_keepalive(queries + self._capacity_questions() if self.answers_capacity else queries)
+        self.send_keepalive(self._with_capacity(queries))
+
+    def _with_capacity(self, queries: tuple[Query, ...]) -> tuple[Query, ...]:
+        """
+        C{queries} and the capacity questions due, if any; C{queries} itself
+        when none are: the same tuple round after round is packed once.
+        """
+        capacity = self._capacity_questions() if self.answers_capacity else ()
+        return queries + capacity if capacity else queries
 
     def _capacity_questions(self) -> tuple[Query, ...]:
         """
@@ -526,19 +330,21 @@ class NEProtocol(NECPProtocol):
         for service in stopped:
             del self.services[service]
             self._capacity_due.pop(service, None)
-        self._queries = health_queries(self.services)
-        if self.answers_capacity:
-            self._capacity_queries = capacity_queries(self.services)
+        self._services_changed()
+        if not self.services:
+            self.resume_keepalives()
         if stopped:
-            self.factory.notify("servicesStopped", self.agent, tuple(stopped))
+            self.factory.events.servicesStopped(self.agent, tuple(stopped))
         if failed:
             return ErrorReply(opcode=Opcode.STOP_ACK, units=tuple(failed))
         return StopAck()
 
     def keepalive_queries(self) -> tuple[Query, ...]:
-        if self.answers_capacity:
-            return self._queries + self._capacity_questions()
-        return self._queries
+        return self._with_capacity(self._queries)
+
+    def keepalive_timer_needed(self) -> bool:
+        # The next round asks a session with services before its keepalive is due.
+        return not (self.services and self.factory.asking_in_rounds())
 
     def keepalive_needed(self) -> bool:
         # Even when the agent's keepalives show it alive: ours ask its health.
@@ -577,15 +383,15 @@ class NEProtocol(NECPProtocol):
             self.ask_health()
 
     def _report(self, answer: Answer, when: float) -> None:
+        events = self.factory.events
         if answer.type == HEALTH_QUERY:
-            event = "healthReported"
+            reported = events.healthReported
         elif answer.type == CAPACITY_QUERY:
-            event = "capacityReported"
+            reported = events.capacityReported
         else:
             return
-        for service in self.services:
-            if (service.protocol, service.port) == (answer.protocol, answer.port):
-                self.factory.notify(event, self.agent, service, answer.value, when)
+        for service in self._answering.get((answer.protocol, answer.port), ()):
+            reported(self.agent, service, answer.value, when)
 
     def exception_add_received(self, request: ExceptionAdd) -> Message:
         exceptions, limit = self.factory.exceptions, self.factory.max_exceptions_per_agent
@@ -601,7 +407,7 @@ class NEProtocol(NECPProtocol):
                 over_limit += 1
                 continue
             exceptions.add(self.agent, rule)
-            self.factory.notify("exceptionAdded", self.agent, rule)
+            self.factory.events.exceptionAdded(self.agent, rule)
         if invalid:
             self.refuse(
                 MALFORMED,
@@ -622,14 +428,14 @@ class NEProtocol(NECPProtocol):
             if removed is None:
                 failed.append(rule)
             else:
-                self.factory.notify("exceptionRemoved", self.agent, removed)
+                self.factory.events.exceptionRemoved(self.agent, removed)
         if failed:
             return ErrorReply(opcode=Opcode.EXCEPTION_DEL_ACK, units=tuple(failed))
         return ExceptionDelAck()
 
     def exception_reset_received(self, request: ExceptionReset) -> Message:
         self.factory.exceptions.reset(self.agent)
-        self.factory.notify("exceptionsReset", self.agent)
+        self.factory.events.exceptionsReset(self.agent)
         return ExceptionResetAck()
 
     def exception_query_received(self, request: ExceptionQuery) -> Message:
@@ -643,142 +449,3 @@ class NEProtocol(NECPProtocol):
             )
             return ErrorReply(opcode=Opcode.EXCEPTION_RESP, units=(request.filter,))
         return answer
-
-
-class NEFactory(NECPFactory):
-    """
-    The director's NECP server: builds one L{NEProtocol} per agent
-    connection and reports what agents do to C{events}.
-
-    With a C{secret}, only agents that authenticate with it are accepted.
-    On INIT, any older session from the same host is dropped: the director
-    forgets everything it held for that agent (NECP's rule for INIT). With
-    a secret, not on INIT but on the newcomer's first verified message after
-    its INIT_ACK, which must carry exactly the sequence number the INIT_ACK
-    asked for, one no other session sends (see L{fresh_sequence}): neither a
-    replayed INIT nor messages replayed from another session, captured
-    before or after, can take a session over or bring one up.
-    With C{ask_on_start}, newly started services are asked for their health
-    at once; with a C{health_interval}, every agent is asked every that many
-    seconds, all in one round from one timer (see L{start_asking}), each
-    question standing for that session's next keepalive; and always on every
-    keepalive.
-
-    @ivar exceptions: the L{ExceptionTable} of all agents.
-    @ivar max_exceptions_per_agent: rules one agent may install; more are
-        refused (copies in the error EXCEPTION_ADD_ACK).
-    """
-
-    protocol = NEProtocol
-    log = Logger()
-
-    def __init__(
-        self,
-        events: IAgentEvents,
-        *,
-        clock: IReactorTime,
-        secret: bytes | None = None,
-        random: Callable[[], float] = _random.random,
-        ask_on_start: bool = True,
-        health_interval: float = 0.0,
-        max_exceptions_per_agent: int = MAX_EXCEPTIONS_PER_AGENT,
-        **timing: float,
-    ):
-        super().__init__(clock=clock, secret=secret, random=random, **timing)
-        self.max_exceptions_per_agent = max_exceptions_per_agent
-        self.events = events
-        self.ask_on_start = ask_on_start
-        self.health_interval = health_interval
-        self.exceptions = ExceptionTable(clock, self._exception_expired)
-        self.connection_numbers = itertools.count(1)
-        self._sessions: dict[Agent, NEProtocol] = {}
-        # Above every sequence number accepted from any session or asked for in an INIT_ACK.
-        self._sequence_floor = 0
-        self._asking: LoopingCall | None = None
-        self._first_round: IDelayedCall | None = None
-
-    def start_asking(self, first: float) -> None:
-        """
-        With a C{health_interval}: a round of health questions to every
-        agent with a started service C{first} seconds from now, then every
-        C{health_interval}. One timer for all: the reactor wakes once per
-        round instead of once per agent. Starting again restarts the rhythm.
-        """
-        self.stop_asking()
-        if self.health_interval > 0:
-            self._asking = LoopingCall(self.ask_everyone)
-            self._asking.clock = self.clock
-            self._first_round = self.clock.callLater(first, self._asking.start, self.health_interval)
-
-    def stop_asking(self) -> None:
-        if self._first_round is not None and self._first_round.active():
-            self._first_round.cancel()
-        if self._asking is not None and self._asking.running:
-            self._asking.stop()
-        self._asking = self._first_round = None
-
-    def ask_everyone(self) -> None:
-        """One round of health questions; a session that fails to ask is logged and skipped."""
-        for session in list(self._sessions.values()):
-            if session.services:
-                try:
-                    session.ask_health()
-                except Exception:
-                    self.log.failure("asking {agent} for its health failed", agent=session.agent)
-
-    def agents(self) -> dict[Agent, tuple[Service, ...]]:
-        """The agents with a session now, and the services each has started."""
-        return {agent: tuple(session.services) for agent, session in self._sessions.items()}
-
-    def session(self, agent: Agent) -> NEProtocol | None:
-        return self._sessions.get(agent)
-
-    def notify(self, event: str, *arguments: object, failed: object = None) -> object:
-        """Call C{event} on the events provider; if it raises, log and return C{failed}."""
-        try:
-            return getattr(self.events, event)(*arguments)
-        except Exception:
-            self.log.failure("agent event handler {event} failed", event=event)
-            return failed
-
-    def agent_up(self, session: NEProtocol) -> None:
-        for older in [s for s in self._sessions.values() if s.agent.host == session.agent.host]:
-            self._forget(older, f"replaced by session {session.agent} from the same host")
-            older.close(f"replaced by session {session.agent}")
-        self._sessions[session.agent] = session
-        self.log.info("agent {agent} up", agent=session.agent)
-        self.notify("agentUp", session.agent)
-
-    def fresh_sequence(self) -> int:
-        """
-        The sequence number a new session must send first, unique to it:
-        above the clock's start, at least L{SEQUENCE_SPACING} above every
-        number accepted or asked for so far, and in the upper half of its
-        second. Another session's numbers count up by one from its own
-        first, or jump to the start of a second (see L{Authenticator}): none
-        comes to this one, so no message captured from another session,
-        before or after, carries it.
-        """
-        start = Authenticator.initial_sequence(self.clock.seconds())
-        first = max(start, self._sequence_floor + SEQUENCE_SPACING) | UPPER_HALF_OF_A_SECOND
-        self._sequence_floor = first + 1
-        return first
-
-    def sequence_accepted(self, floor: int) -> None:
-        """A session accepted a message; a new session's number will be above C{floor}."""
-        if floor > self._sequence_floor:
-            self._sequence_floor = floor
-
-    def agent_gone(self, session: NEProtocol, reason: str) -> None:
-        if not session.forgotten:
-            self._forget(session, reason)
-
-    def _forget(self, session: NEProtocol, reason: str) -> None:
-        session.forgotten = True
-        del self._sessions[session.agent]
-        self.exceptions.reset(session.agent)
-        self.log.info("agent {agent} lost: {reason}", agent=session.agent, reason=reason)
-        self.notify("agentLost", session.agent, reason)
-
-    def _exception_expired(self, agent: Agent, rule: ExceptionRule) -> None:
-        self.notify("exceptionRemoved", agent, rule)

@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from lvsfeedback.director.config import OnLeave
+from lvsfeedback.director.events import IAgentEvents
 from lvsfeedback.director.policy import Agent, AgentState, HealthReport
 from lvsfeedback.director.protocol import summarise_services
 from lvsfeedback.ipvs.model import PROTOCOLS, DestKey, RealServer, ServiceKey
@@ -69,6 +71,7 @@ class ServerFacts:
         return self.agent.state is AgentState.STOPPED
 
 
+@implementer(IAgentEvents)
 class Registry:
     log = Logger()
 
@@ -103,14 +106,10 @@ class Registry:
     # Events from the NE protocol.
 
     def agentUp(self, agent) -> None:
+        # The NE factory keeps one session a host: an older one from this
+        # address was lost before (see IAgentEvents.agentUp).
         address = _address_of(agent)
-        session = AgentSession(agent, address, self._clock.seconds())
-        previous = self._by_address.get(address)
-        if previous is not None:
-            # A new INIT from the same server replaces what it said before.
-            self._sessions.pop(previous.handle, None)
-        self._sessions[agent] = session
-        self._by_address[address] = session
+        self._sessions[agent] = self._by_address[address] = AgentSession(agent, address, self._clock.seconds())
         self.log.info("agent {address} up", address=address)
 
     def servicesStarted(self, agent, services) -> list:
@@ -182,7 +181,7 @@ class Registry:
 
     def agentLost(self, agent, reason) -> None:
         session = self._sessions.pop(agent, None)
-        if session is None or self._by_address.get(session.address) is not session:
+        if session is None:
             return
         del self._by_address[session.address]
         self._lost_at[session.address] = self._clock.seconds()

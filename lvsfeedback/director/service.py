@@ -18,7 +18,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from lvsfeedback.director.config import ConfigError, DirectorConfig, IReconfigurable, load_config
-from lvsfeedback.director.protocol import NEFactory, NEProtocol, unmapped
+from lvsfeedback.director.factory import NEFactory
+from lvsfeedback.director.protocol import NEProtocol, unmapped
 from lvsfeedback.director.registry import Registry
 from lvsfeedback.director.updater import WeightUpdater
 from lvsfeedback.director.web.listener import StatusListener

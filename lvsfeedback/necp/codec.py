@@ -506,14 +506,24 @@ def _no_units(payload: bytes, name: str) -> None:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Keepalive:
-    """KEEPALIVE: liveness, and the NE's health queries (one per service)."""
+    """
+    KEEPALIVE: liveness, and the NE's health queries (one per service).
+
+    C{packed}, when given, is the queries' bytes (each as L{pack_unit}
+    makes it): a sender asking the same questions round after round packs
+    them once.
+    """
 
     request_id: int = 0
     queries: tuple[Query, ...] = ()
+    packed: bytes | None = field(default=None, compare=False, repr=False)
     opcode: ClassVar[int] = Opcode.KEEPALIVE
 
     def payload(self) -> bytes:
-        return _pack_units(self.queries)
+        if self.packed is None:
+            return _pack_units(self.queries)
+        _check_unit_count(len(self.queries))
+        return self.packed
 
     @classmethod
     def from_payload(cls, request_id: int, payload: bytes) -> Keepalive:

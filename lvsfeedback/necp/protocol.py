@@ -4,8 +4,8 @@ What both NECP endpoints share: framing, requests and replies, keepalives.
 L{NECPProtocol} reads messages through the codec's L{Decoder}, matches
 replies to requests by request id (each request gets a L{Deferred}), sends a
 KEEPALIVE every interval plus a random jitter once the session is up (unless
-the peer's own keepalives or questions arrive meanwhile), and
-closes the connection when the peer leaves too many keepalives in a row
+the peer's own keepalives or questions arrive meanwhile), and closes the
+connection when the peer leaves too many keepalives in a row
 unanswered, when the handshake does not finish in time, or when the input
 is malformed. A refused message (bad credential, replay, other version,
 reserved opcode) is answered with an error reply and the session goes on.
@@ -18,7 +18,9 @@ paused meanwhile, so that other connections are served in between); the
 protocol is a streaming producer on its transport, so while the peer does
 not read what it is sent, nothing more is read from it or handled for it;
 and a connection that queues more than C{max_queued_output} bytes past that
-point is aborted.
+point is aborted. The session's state (its handshake, requests and
+keepalives) is a L{SessionState} without I/O, which the protocol drives and
+keeps the timers of.
 
 L{NECPFactory} holds the settings every connection of one endpoint shares,
 including the clock and the random source, so tests drive all timers with
@@ -28,13 +30,11 @@ a L{twisted.internet.task.Clock}. The NE and SE sides subclass both.
 from __future__ import annotations
 
 import dataclasses
-import random as _random
-from typing import Callable
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.interfaces import IDelayedCall, IPushProducer
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -75,20 +75,9 @@ from lvsfeedback.necp.counters import (
     LIMIT,
     MALFORMED,
     UNEXPECTED,
-    NECPCounters,
 )
-
-KEEPALIVE_INTERVAL = 5.0
-KEEPALIVE_JITTER = 1.0
-MAX_UNANSWERED_KEEPALIVES = 3
-HANDSHAKE_TIMEOUT = 10.0
-MESSAGES_PER_TURN = 64
-MAX_QUEUED_OUTPUT = 256 * 1024
-MAX_ATTEMPTS = 3  # a request whose reply cannot be verified is sent at most this often
-
-
-class RequestFailed(Exception):
-    """A request got no usable reply: none in time, or none that could be verified."""
+from lvsfeedback.necp.factory import NECPFactory
+from lvsfeedback.necp.session import Pending, RequestFailed, SessionState
 
 
 def describe_flags(flags: int) -> str:
@@ -106,86 +95,6 @@ def refusal_reason(error: NECPError) -> str:
     if isinstance(error, MessageTooLarge):
         return LIMIT
     return MALFORMED
-
-
-class NECPFactory(Factory):
-    """
-    Settings shared by every connection of one NECP endpoint.
-
-    @param clock: runs every timer (keepalives, timeouts).
-    @param secret: the shared secret for HMAC-SHA1 credentials, or None.
-    @param random: returns a float in [0, 1); jitters keepalives.
-    @param keepalive_interval: seconds between keepalives, before jitter.
-    @param keepalive_jitter: at most this many seconds are added to each interval.
-    @param max_unanswered: keepalives in a row left unanswered before the
-        peer is declared dead.
-    @param handshake_timeout: seconds from connection to INIT_ACK.
-    @param request_timeout: seconds a request other than a keepalive waits
-        for its reply; by default as long as it takes to declare a silent
-        peer dead.
-    @param messages_per_turn: messages of one connection handled before
-        the reactor serves the others.
-    @param max_queued_output: bytes a connection may write after its
-        transport's buffer filled up (the peer stopped reading) before it
-        is aborted.
-    @ivar counters: the L{NECPCounters} of every connection of this endpoint.
-    """
-
-    def __init__(
-        self,
-        *,
-        clock: IReactorTime,
-        secret: bytes | None = None,
-        random: Callable[[], float] = _random.random,
-        keepalive_interval: float = KEEPALIVE_INTERVAL,
-        keepalive_jitter: float = KEEPALIVE_JITTER,
-        max_unanswered: int = MAX_UNANSWERED_KEEPALIVES,
-        handshake_timeout: float = HANDSHAKE_TIMEOUT,
-        request_timeout: float | None = None,
-        messages_per_turn: int = MESSAGES_PER_TURN,
-        max_queued_output: int = MAX_QUEUED_OUTPUT,
-    ):
-        if secret is not None and (not isinstance(secret, bytes) or not secret):
-            raise ValueError("the shared secret must be non-empty bytes")
-        if keepalive_interval <= 0 or keepalive_jitter < 0 or handshake_timeout <= 0:
-            raise ValueError("keepalive interval and handshake timeout must be positive")
-        if max_unanswered < 1:
-            raise ValueError("max_unanswered must be at least 1")
-        if messages_per_turn < 1 or max_queued_output < 1:
-            raise ValueError("messages_per_turn and max_queued_output must be at least 1")
-        self.clock = clock
-        self.secret = secret
-        self.random = random
-        self.keepalive_interval = keepalive_interval
-        self.keepalive_jitter = keepalive_jitter
-        self.max_unanswered = max_unanswered
-        self.handshake_timeout = handshake_timeout
-        if request_timeout is None:
-            request_timeout = max_unanswered * (keepalive_interval + keepalive_jitter)
-        self.request_timeout = request_timeout
-        self.messages_per_turn = messages_per_turn
-        self.max_queued_output = max_queued_output
-        self.counters = NECPCounters(clock)
-
-    def stopFactory(self) -> None:
-        self.counters.flush()
-
-
-class _Pending:
-    """A request waiting for its reply."""
-
-    __slots__ = ("message", "deferred", "attempts", "retryable", "timeout")
-
-    def __init__(self, message: Message, retryable: bool, timeout: IDelayedCall | None):
-        self.message = message
-        self.deferred: Deferred = Deferred()
-        self.attempts = 1
-        self.retryable = retryable
-        self.timeout = timeout
-
-    @property
-    def name(self) -> str:
-        return opcode_name(self.message.opcode)
 
 
 _EXPECTED_LOSS = (ConnectionDone, ConnectionLost, RequestFailed)
@@ -210,7 +119,8 @@ class NECPProtocol(Protocol):
     is and answer requests by overriding the C{*_received} methods, each of
     which returns the reply to send (its request id is filled in) or None.
 
-    @ivar established: the handshake is done; keepalives are running.
+    @ivar state: the session's L{SessionState}: its handshake, requests
+        and keepalives, which this drives.
     @ivar authenticator: the connection's credential state, or None.
     @ivar signing: outgoing messages carry a credential.
     """
@@ -218,7 +128,6 @@ class NECPProtocol(Protocol):
     log = Logger()
     factory: NECPFactory
 
-    established = False
     authenticator: Authenticator | None = None
     signing = False
 
@@ -229,20 +138,28 @@ class NECPProtocol(Protocol):
         self.peer_host = str(getattr(address, "host", self.peer))
         self.authenticator = self.make_authenticator()
         self._decoder = Decoder(self.authenticator)
-        self._pending: dict[int, _Pending] = {}
-        self._last_request_id = 0
-        self._unanswered = 0
-        self._peer_kept_alive = False
+        factory = self.factory
+        self.state = SessionState(
+            now=factory.clock.seconds(),
+            handshake_timeout=factory.handshake_timeout,
+            request_timeout=factory.request_timeout,
+            max_unanswered=factory.max_unanswered,
+        )
         self._keepalive_call: IDelayedCall | None = None
         self._closing: str | None = None
-        self._handshake_call: IDelayedCall | None = self.factory.clock.callLater(
-            self.factory.handshake_timeout, self._handshake_timed_out
-        )
+        self._deadline_call: IDelayedCall | None = None  # the state's next deadline...
+        self._deadline: float | None = None  # ...which is this
+        self._watch_deadline()
         self._backlog_call: IDelayedCall | None = None  # the next slice of buffered messages
         self._output_paused = False  # the peer is not reading what we send
         self._queued_while_paused = 0
         self._reading = True
         self.transport.registerProducer(self, True)
+
+    @property
+    def established(self) -> bool:
+        """The handshake is done; keepalives are running."""
+        return self.state.established
 
     # Hooks for the two ends.
 
@@ -270,6 +187,16 @@ class NECPProtocol(Protocol):
     def keepalive_answered(self, reply: KeepaliveAck | ErrorReply) -> None:
         """The peer answered one of our keepalives."""
 
+    def keepalive_timer_needed(self) -> bool:
+        """
+        Whether this end needs a timer for its next keepalive; not when
+        something else sends them in time (the director's rounds of
+        questions): thousands of sessions then make and cancel no timer
+        each round. An end that says no calls L{resume_keepalives} when
+        that changes.
+        """
+        return True
+
     def keepalive_needed(self) -> bool:
         """
         Whether the regular keepalive now due must go out: not when the peer
@@ -277,8 +204,7 @@ class NECPProtocol(Protocol):
         and the connection working (project choice: NECP has both ends send
         them regardless). An end whose keepalives carry questions says so.
         """
-        heard, self._peer_kept_alive = self._peer_kept_alive, False
-        return not heard
+        return not self.state.peer_heard()
 
     def init_received(self, request: Init) -> Message | None:
         self.close("unexpected INIT: this end does not accept sessions", refused=UNEXPECTED)
@@ -350,31 +276,17 @@ class NECPProtocol(Protocol):
         """
         if self._closing is not None:
             return fail(ConnectionDone(f"connection closing: {self._closing}"))
-        request_id = self._allocate_request_id()
-        message = dataclasses.replace(message, request_id=request_id)
-        timeout = (
-            self.factory.clock.callLater(self.factory.request_timeout, self._request_timed_out, request_id)
-            if timed
-            else None
-        )
-        pending = self._pending[request_id] = _Pending(message, retryable, timeout)
-        self.send_message(message)
+        now = self.factory.clock.seconds()
+        pending = self.state.request(message, now=now, retryable=retryable, timed=timed)
+        if timed:
+            self._watch_deadline()
+        self.send_message(pending.message)
         return pending.deferred
-
-    def _allocate_request_id(self) -> int:
-        candidate = self._last_request_id
-        for _ in range(0xFFFF):
-            candidate = candidate % 0xFFFF + 1
-            if candidate not in self._pending:
-                self._last_request_id = candidate
-                return candidate
-        raise NECPError("every request id is waiting for a reply")
 
     def establish(self) -> None:
         """The handshake is done: start keepalives and tell the subclass."""
-        self.established = True
-        self._cancel(self._handshake_call)
-        self._handshake_call = None
+        self.state.establish()
+        self._watch_deadline()
         self._schedule_keepalive()
         self.session_established()
 
@@ -486,13 +398,13 @@ class NECPProtocol(Protocol):
             )
             return
         if kind is Keepalive:
-            self._peer_kept_alive = True
+            self.state.peer_kept_alive()
         reply = getattr(self, _HANDLERS[kind])(message)
         if reply is not None:
             self.send_message(dataclasses.replace(reply, request_id=message.request_id))
 
     def _reply_received(self, reply: Message) -> None:
-        pending = self._pending.get(reply.request_id)
+        pending = self.state.waiting(reply.request_id)
         if pending is None:
             self.refuse(
                 UNEXPECTED,
@@ -509,7 +421,7 @@ class NECPProtocol(Protocol):
             if reply.flags & (Flag.AUTH_REQUIRED | Flag.BAD_SEQUENCE) and pending.retryable:
                 self._retry(pending, f"peer refused it: {describe_flags(reply.flags)}")
                 return
-        self._finish(pending).callback(reply)
+        self.state.answered(pending, reply)
 
     def _refused(self, refusal: MessageRefused) -> None:
         if isinstance(refusal, UnsupportedVersion) and refusal.flags & Flag.VERSION_MISMATCH:
@@ -534,8 +446,8 @@ class NECPProtocol(Protocol):
         self.refuse(reason, f"{opcode_name(refusal.opcode)}: {refusal.reason}")
 
     def _reply_refused(self, refusal: MessageRefused) -> None:
-        """A reply we cannot accept: ask again, up to L{MAX_ATTEMPTS} times in all."""
-        pending = self._pending.get(refusal.request_id)
+        """A reply we cannot accept: ask again, as often as L{SessionState.retry} allows."""
+        pending = self.state.waiting(refusal.request_id)
         reason = f"{refusal.reason} (peer flags {describe_flags(refusal.flags)})"
         counted = refusal_reason(refusal)
         if pending is None or REPLY_OPCODE[pending.message.opcode] != refusal.opcode:
@@ -546,13 +458,12 @@ class NECPProtocol(Protocol):
             self.refuse(counted, f"cannot verify its {opcode_name(refusal.opcode)}: {reason}")
             self._retry(pending, f"cannot verify the reply: {reason}")
 
-    def _retry(self, pending: _Pending, reason: str) -> None:
-        if pending.attempts >= MAX_ATTEMPTS:
+    def _retry(self, pending: Pending, reason: str) -> None:
+        if not self.state.retry(pending):
             why = f"gave up on {pending.name} after {pending.attempts} attempts: {reason}"
-            self._finish(pending).errback(RequestFailed(why))
+            self.state.failed(pending, why)
             self.close(why)
             return
-        pending.attempts += 1
         self.log.info(
             "sending {request} to {peer} again: {reason}",
             request=pending.name,
@@ -560,11 +471,6 @@ class NECPProtocol(Protocol):
             reason=reason,
         )
         self.send_message(pending.message)
-
-    def _finish(self, pending: _Pending) -> Deferred:
-        del self._pending[pending.message.request_id]
-        self._cancel(pending.timeout)
-        return pending.deferred
 
     # Timers.
 
@@ -576,26 +482,25 @@ class NECPProtocol(Protocol):
         """
         if self._closing is not None:
             return
-        if self._unanswered >= self.factory.max_unanswered:
-            self.close(f"peer dead: {self._unanswered} keepalives in a row unanswered", abort=True)
+        state = self.state
+        if state.peer_dead:
+            self.close(f"peer dead: {state.keepalives_unanswered} keepalives in a row unanswered", abort=True)
             return
-        # Those sent before the last one answered were skipped: a peer reads
-        # and answers in order, so no answer to them is coming.
-        waiting = [pending for pending in self._pending.values() if type(pending.message) is Keepalive]
-        for skipped in waiting[: len(waiting) - self._unanswered]:
-            self._finish(skipped).errback(RequestFailed(f"peer answered a later {skipped.name}"))
-        self._unanswered += 1
-        # Untimed: unanswered keepalives end the session, which fails them all.
-        sent = self.send_request(Keepalive(queries=queries), timed=False)
-        sent.addCallbacks(self._keepalive_replied, self.request_abandoned)
+        pending = state.keepalive(queries)
+        self.send_message(pending.message)
+        pending.deferred.addCallbacks(self.keepalive_answered, self.request_abandoned)
         self._schedule_keepalive()
 
-    @property
-    def keepalives_unanswered(self) -> int:
-        """This end's keepalives sent since the peer last answered one."""
-        return self._unanswered
+    def resume_keepalives(self) -> None:
+        """Keepalives on this end's own timer again, if the session has none."""
+        if self.established and self._closing is None and self._keepalive_call is None:
+            self._schedule_keepalive()
 
     def _schedule_keepalive(self) -> None:
+        if not self.keepalive_timer_needed():
+            self._cancel(self._keepalive_call)
+            self._keepalive_call = None
+            return
         factory = self.factory
         delay = factory.keepalive_interval + factory.random() * factory.keepalive_jitter
         # A new call rather than reset(): a postponed call still wakes the
@@ -610,24 +515,31 @@ class NECPProtocol(Protocol):
         else:
             self._schedule_keepalive()
 
-    def _keepalive_replied(self, reply: KeepaliveAck | ErrorReply) -> None:
-        self._unanswered = 0
-        self.keepalive_answered(reply)
-
     def request_abandoned(self, failure: Failure) -> None:
         """Errback for internal requests: a lost connection or timeout is already logged."""
         if not failure.check(*_EXPECTED_LOSS):
             self.log.failure("NECP request to {peer} failed", failure, peer=self.peer)
 
-    def _request_timed_out(self, request_id: int) -> None:
-        pending = self._pending.pop(request_id)
-        pending.deferred.errback(
-            RequestFailed(f"no reply to {pending.name} within {self.factory.request_timeout} s")
-        )
+    def _watch_deadline(self) -> None:
+        """A timer for the state's next deadline, if it has one and none is set for it."""
+        deadline = self.state.next_deadline()
+        if deadline == self._deadline:
+            return
+        self._cancel(self._deadline_call)
+        self._deadline, self._deadline_call = deadline, None
+        if deadline is not None:
+            delay = max(0.0, deadline - self.factory.clock.seconds())
+            self._deadline_call = self.factory.clock.callLater(delay, self._deadline_passed, deadline)
 
-    def _handshake_timed_out(self) -> None:
-        self._handshake_call = None
-        self.close(f"no session within {self.factory.handshake_timeout} s of connecting", refused=LIMIT)
+    def _deadline_passed(self, deadline: float) -> None:
+        # What was due by the deadline this timer was set for is due now.
+        self._deadline_call = self._deadline = None
+        if self.state.handshake_overdue(deadline):
+            self.close(f"no session within {self.factory.handshake_timeout} s of connecting", refused=LIMIT)
+            return
+        self.state.expire(deadline)
+        if self._closing is None:
+            self._watch_deadline()
 
     @staticmethod
     def _cancel(call: IDelayedCall | None) -> None:
@@ -635,18 +547,15 @@ class NECPProtocol(Protocol):
             call.cancel()
 
     def _stop_timers(self) -> None:
-        self._cancel(self._handshake_call)
+        self._cancel(self._deadline_call)
         self._cancel(self._keepalive_call)
         self._cancel(self._backlog_call)
-        self._handshake_call = self._keepalive_call = self._backlog_call = None
+        self._deadline_call = self._keepalive_call = self._backlog_call = None
+        self._deadline = None
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._stop_timers()
         if self._closing is None:
             self._closing = f"connection lost: {reason.getErrorMessage()}"
-        pending, self._pending = self._pending, {}
-        for request in pending.values():
-            self._cancel(request.timeout)
-            request.deferred.errback(reason)
-        was_established, self.established = self.established, False
+        was_established = self.state.end(reason)
         self.session_ended(self._closing, was_established)

@@ -17,7 +17,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
 from lvsfeedback.director.config import DirectorConfig, load_config
-from lvsfeedback.director.protocol import Agent
+from lvsfeedback.director.events import Agent
 from lvsfeedback.ipvs.model import DestKey, ServiceKey
 from lvsfeedback.necp.codec import Service
 

@@ -13,7 +13,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from lvsfeedback.agent.protocol import IHealthSource, SEFactory
-from lvsfeedback.director.protocol import IAgentEvents, NEFactory
+from lvsfeedback.director.events import IAgentEvents
+from lvsfeedback.director.factory import NEFactory
+from lvsfeedback.necp import session as necp_session
 from lvsfeedback.necp.codec import Decoder, Service
 from lvsfeedback.testing.necp_link import Link
 
@@ -108,6 +110,14 @@ class EndpointTestCase(SynchronousTestCase):
     def flush(self):
         for link in self.links:
             link.flush()
+
+    def count_packed_queries(self):
+        """The queries packed from now on, one by one."""
+        packed = []
+        pack_unit = necp_session.pack_unit
+        self.patch(necp_session, "pack_unit", lambda unit: packed.append(unit) or pack_unit(unit))
+        return packed
+
 
 
 class ConsumerTransport(StringTransport):

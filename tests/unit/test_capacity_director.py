@@ -12,14 +12,15 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from lvsfeedback.agent.capacity import FixedCapacity
 from lvsfeedback.agent.protocol import HEALTH_ONLY
-from lvsfeedback.director.protocol import CAPACITY_INTERVAL, Agent
+from lvsfeedback.director.events import Agent
+from lvsfeedback.director.protocol import CAPACITY_INTERVAL
 from lvsfeedback.director.registry import Registry
 from lvsfeedback.director.service import DirectorService
 from lvsfeedback.director.updater import WeightUpdater
 from lvsfeedback.director.web.status import build_status
 from lvsfeedback.ipvs.memory import MemoryIPVS
 from lvsfeedback.ipvs.model import DestKey, ServiceKey
-from lvsfeedback.necp.codec import CAPACITY_QUERY, HEALTH_QUERY
+from lvsfeedback.necp.codec import CAPACITY_QUERY, HEALTH_QUERY, Query
 from tests.helpers.director import HTTP, agent_up, director_config
 from tests.helpers.necp import DNS, WEB, EndpointTestCase
 
@@ -67,6 +68,16 @@ class AskingTests(EndpointTestCase):
         self.elapse(4)
         asked_for = [(call[1], call[3]) for call in self.events.of("capacity")]
         self.assertEqual(asked_for, [(WEB, 2.0), (DNS, 12.0)], "DNS alone, at the round after its START")
+
+    def test_between_capacity_rounds_the_health_questions_are_not_packed_again(self):
+        packed = self.count_packed_queries()
+        self.connect_agent(FixedCapacity(1.0))
+        self.elapse(40)
+        self.assertEqual(len(self.events.of("health")), 20)
+        capacity, health = Query.capacity(6, 80), Query.health(6, 80)
+        # The rounds at 2 and 32 s also ask capacity; those at 4 and 34 s pack
+        # the health question again, which the 14 others reuse.
+        self.assertEqual(packed, [health, capacity, health, health, capacity, health])
 
     def test_a_draft_only_agent_is_never_asked(self):
         _, link, asked = self.connect_agent(None)

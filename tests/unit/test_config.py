@@ -28,7 +28,7 @@ from lvsfeedback.director.config import (
 from lvsfeedback.director.policy import LostAgentAction, Mode, PolicySettings
 from lvsfeedback.director.protocol import MAX_EXCEPTIONS_PER_AGENT
 from lvsfeedback.ipvs.model import DestKey, ServiceKey, VirtualService
-from lvsfeedback.necp.protocol import MAX_QUEUED_OUTPUT
+from lvsfeedback.necp.factory import MAX_QUEUED_OUTPUT
 
 SAMPLE = Path(__file__).parents[2] / "tap" / "director.toml"
 

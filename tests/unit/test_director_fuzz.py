@@ -62,7 +62,7 @@ from lvsfeedback.necp.codec import (
     Stop,
     encode,
 )
-from lvsfeedback.necp.protocol import RequestFailed
+from lvsfeedback.necp.session import RequestFailed
 from lvsfeedback.testing.necp_link import Link
 from tests.helpers.necp import SECRET, ConsumerTransport, TableHealth, decode_all
 
@@ -529,7 +529,7 @@ class DirectorFuzz(RuleBasedStateMachine):
         sessions += [link.director for link in self.links.values() if not link.closed]
         for session in sessions:
             assert session._decoder.buffered <= READ_SIZE + MAX_MESSAGE_SIZE, session._decoder.buffered
-            assert len(session._pending) <= self.director.max_unanswered, session._pending
+            assert session.state.requests_waiting <= self.director.max_unanswered, session.state.requests_waiting
             assert self.director.exceptions.count(session.agent) <= MAX_EXCEPTIONS
         for hostile in self.all_hostiles:
             queued = len(hostile.transport.value())

@@ -10,8 +10,8 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from lvsfeedback.director.config import load_config
+from lvsfeedback.director.events import Agent
 from lvsfeedback.director.policy import DRAINED, AgentState, HealthReport, Pinned, Reason
-from lvsfeedback.director.protocol import Agent
 from lvsfeedback.director.registry import START_GRACE, Registry
 from lvsfeedback.director.service import DirectorService
 from lvsfeedback.director.updater import WeightUpdater

@@ -60,6 +60,7 @@ from lvsfeedback.necp.codec import (
     UnsupportedVersion,
     decode,
     encode,
+    pack_unit,
 )
 
 EXAMPLES = 200
@@ -183,6 +184,12 @@ class WorkedExampleTests(SynchronousTestCase):
     def test_keepalive_encodes_to_the_worked_example(self):
         message = Keepalive(request_id=2, queries=(Query.health(6, 80),))
         self.assertEqual(encode(message), WORKED_KEEPALIVE)
+
+    def test_keepalive_with_its_queries_packed_beforehand_encodes_the_same(self):
+        queries = (Query.health(6, 80),)
+        message = Keepalive(request_id=2, queries=queries, packed=pack_unit(queries[0]))
+        self.assertEqual(encode(message), WORKED_KEEPALIVE)
+        self.assertEqual(message, Keepalive(request_id=2, queries=queries))
 
     def test_worked_example_decodes_to_a_health_query(self):
         self.assertEqual(

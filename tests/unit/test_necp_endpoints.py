@@ -25,7 +25,8 @@ from lvsfeedback.agent.protocol import (
     JitteredBackoff,
     SEFactory,
 )
-from lvsfeedback.director.protocol import Agent, IAgentEvents, NEFactory
+from lvsfeedback.director.events import Agent, IAgentEvents
+from lvsfeedback.director.factory import NEFactory
 from lvsfeedback.necp.codec import (
     HEADER,
     Authenticator,
@@ -46,7 +47,8 @@ from lvsfeedback.necp.codec import (
     decode,
     encode,
 )
-from lvsfeedback.necp.protocol import MESSAGES_PER_TURN, RequestFailed
+from lvsfeedback.necp.factory import MESSAGES_PER_TURN
+from lvsfeedback.necp.session import RequestFailed
 from lvsfeedback.testing.necp_link import DIRECTOR, Link
 from tests.helpers.necp import (
     DNS,
@@ -123,6 +125,73 @@ class SessionTests(EndpointTestCase):
         self.elapse(20)
         # Only the rounds at 2, 4, ..., 20 s: no keepalive of its own at 5, 10, 15 s.
         self.assertEqual([call[3] for call in self.events.of("health")], [2.0 * n for n in range(1, 11)])
+
+    def keepalive_calls(self, session):
+        return [call for call in self.clock.getDelayedCalls() if call.func == session._keepalive_due]
+
+    def test_while_rounds_ask_a_session_it_holds_no_keepalive_timer_of_its_own(self):
+        director = self.director(health_interval=2.0)
+        link = self.connect(director, self.agent_factory(services=(WEB,)))
+        self.assertEqual(len(self.keepalive_calls(link.director)), 1)
+        director.start_asking(2.0)
+        self.elapse(2)
+        self.assertEqual(self.keepalive_calls(link.director), [])
+        self.elapse(10)
+        self.assertEqual([call[3] for call in self.events.of("health")], [2.0, 4.0, 6.0, 8.0, 10.0, 12.0])
+
+    def test_rounds_slower_than_the_keepalive_leave_the_sessions_timers(self):
+        director = self.director(health_interval=10.0)
+        link = self.connect(director, self.agent_factory(services=(WEB,)))
+        director.start_asking(10.0)
+        self.elapse(12)
+        self.assertEqual(len(self.keepalive_calls(link.director)), 1)
+        self.assertEqual([call[3] for call in self.events.of("health")], [5.0, 10.0])
+
+    def test_when_the_rounds_stop_each_session_keeps_itself_alive_again(self):
+        director = self.director(health_interval=2.0)
+        link = self.connect(director, self.agent_factory(services=(WEB,)))
+        director.start_asking(2.0)
+        self.elapse(4)
+        director.stop_asking()
+        self.elapse(6)
+        self.assertEqual([call[3] for call in self.events.of("health")], [2.0, 4.0, 9.0])
+        link.cut = True
+        self.elapse(15.25)  # keepalives at 14, 19 and 24 s unanswered: dead at the next one, 29 s
+        self.assertFalse(link.director_side.disconnecting)
+        self.elapse(5)
+        self.assertTrue(link.director_side.disconnecting)
+
+    def test_a_session_whose_services_all_stop_keeps_itself_alive_again(self):
+        director = self.director(health_interval=2.0)
+        link = self.connect(director, self.agent_factory(services=(WEB,)))
+        director.start_asking(2.0)
+        self.elapse(2)
+        link.agent.stop([WEB])
+        self.flush()
+        self.assertEqual(len(self.keepalive_calls(link.director)), 1)
+
+    def test_a_question_with_less_jitter_brings_the_next_keepalive_forward(self):
+        jitters = iter([1.0, 0.0, 0.0])
+        director = self.director(random=lambda: next(jitters))
+        link = self.connect(director, self.agent_factory())  # the keepalive due at 5 + 1 s
+        self.elapse(0.5)
+        link.director.ask_health()  # ... now at 0.5 + 5 + 0 s
+        self.flush()
+        self.elapse(5.25)
+        self.assertEqual([call[3] for call in self.events.of("health")], [0.5, 5.5])
+
+    def test_a_sessions_questions_are_packed_once_until_its_services_change(self):
+        packed = self.count_packed_queries()
+        director = self.director(health_interval=2.0)
+        link = self.connect(director, self.agent_factory(services=(WEB,)))
+        director.start_asking(2.0)
+        self.elapse(10)
+        self.assertEqual(len(self.events.of("health")), 5)
+        self.assertEqual(packed, [Query.health(6, 80)])
+        link.agent.start([DNS])
+        self.elapse(4)
+        self.assertEqual(self.events.of("health")[-1][1:3], (DNS, 40))
+        self.assertEqual(packed, [Query.health(6, 80), Query.health(6, 80), Query.health(17, 53)])
 
     def test_an_agent_leaving_health_questions_unanswered_is_declared_dead(self):
         director = self.director(health_interval=2.0)
@@ -274,6 +343,20 @@ class SessionTests(EndpointTestCase):
         self.assertEqual(self.events.of("lost")[0][0], first)
         self.assertEqual(list(director.agents()), [second])
         self.assertTrue(old.closed)
+
+    def test_each_new_session_from_a_host_replaces_the_last_and_leaves_with_it(self):
+        director = self.director()
+        links = [self.connect(director, self.agent_factory(), port=40000 + n) for n in range(3)]
+        self.flush()
+        self.assertEqual(list(director.agents()), [Agent("10.0.0.2", 40002, 3)])
+        self.assertEqual([link.closed for link in links], [True, True, False])
+        links[2].agent_side.loseConnection()
+        self.flush()
+        self.assertEqual(director.agents(), {})
+        self.connect(director, self.agent_factory(), port=40003)
+        self.flush()
+        self.assertEqual(list(director.agents()), [Agent("10.0.0.2", 40003, 4)])
+        self.assertEqual(len(self.events.of("lost")), 3)
 
     def test_agents_on_different_hosts_coexist(self):
         director = self.director()
@@ -866,7 +949,7 @@ class FlowControlTests(EndpointTestCase):
             latest = [m for m in transport.drain() if isinstance(m, Keepalive)][-1]
             protocol.dataReceived(encode(KeepaliveAck(request_id=latest.request_id)))
         self.assertFalse(transport.disconnecting)
-        self.assertLessEqual(len(protocol._pending), director.max_unanswered)
+        self.assertLessEqual(protocol.state.requests_waiting, director.max_unanswered)
 
 
         director = self.director(max_queued_output=100)

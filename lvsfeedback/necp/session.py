@@ -1,0 +1,191 @@
+"""
+The state of one NECP session, either end, apart from the connection that
+carries it: whether the handshake is done and by when it must be, request
+ids and the requests waiting for their replies (with their deadlines and
+retries), and the keepalives the peer has left unanswered.
+
+L{SessionState} does no I/O and holds no timer: the caller passes the time, sends
+what it is handed, and asks when the next deadline is. Each request's
+L{Deferred} fires from here, with its reply or its failure.
+L{lvsfeedback.necp.protocol.NECPProtocol} drives one per connection; a test
+or a simulator can drive one with no transport.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from twisted.internet.defer import Deferred
+
+from lvsfeedback.necp.codec import Keepalive, Message, NECPError, Query, opcode_name, pack_unit
+
+MAX_ATTEMPTS = 3  # a request whose reply cannot be verified is sent at most this often
+
+
+class RequestFailed(Exception):
+    """A request got no usable reply: none in time, or none that could be verified."""
+
+
+class Pending:
+    """
+    A request waiting for its reply.
+
+    @ivar deferred: fires with the reply (which may be an L{ErrorReply}), or
+        fails with L{RequestFailed} or the reason the session ended.
+    @ivar deadline: when it fails for want of a reply; None: when the session ends.
+    """
+
+    __slots__ = ("message", "deferred", "attempts", "retryable", "deadline")
+
+    def __init__(self, message: Message, retryable: bool, deadline: float | None):
+        self.message = message
+        self.deferred: Deferred[Message] = Deferred()
+        self.attempts = 1
+        self.retryable = retryable
+        self.deadline = deadline
+
+    @property
+    def name(self) -> str:
+        return opcode_name(self.message.opcode)
+
+
+class SessionState:
+    """
+    One NECP session's state, either end.
+
+    @param now: when the connection was made: the handshake is due
+        C{handshake_timeout} seconds later.
+    @param request_timeout: seconds a timed request waits for its reply.
+    @param max_unanswered: keepalives in a row left unanswered before the
+        peer is dead.
+    @ivar established: the handshake is done.
+    """
+
+    def __init__(self, *, now: float, handshake_timeout: float, request_timeout: float, max_unanswered: int):
+        self.established = False
+        self.handshake_deadline = now + handshake_timeout
+        self.request_timeout = request_timeout
+        self.max_unanswered = max_unanswered
+        self._pending: dict[int, Pending] = {}
+        self._last_request_id = 0
+        self._unanswered = 0
+        self._peer_kept_alive = False
+        self._asked: tuple[Query, ...] = ()  # the queries of the last keepalive sent...
+        self._asked_packed = b""  # ...and their bytes
+
+    # The handshake.
+
+    def establish(self) -> None:
+        self.established = True
+
+    def handshake_overdue(self, now: float) -> bool:
+        return not self.established and now >= self.handshake_deadline
+
+    # Requests.
+
+    def request(self, message: Message, *, now: float, retryable: bool = True, timed: bool = True) -> Pending:
+        """
+        C{message} with a fresh request id, to be sent, waiting for its reply;
+        unless C{timed}, for as long as the session lasts.
+        """
+        message = dataclasses.replace(message, request_id=self._allocate_request_id())
+        return self._wait(message, retryable, now + self.request_timeout if timed else None)
+
+    def _wait(self, message: Message, retryable: bool, deadline: float | None) -> Pending:
+        pending = self._pending[message.request_id] = Pending(message, retryable, deadline)
+        return pending
+
+    def _allocate_request_id(self) -> int:
+        candidate = self._last_request_id
+        for _ in range(0xFFFF):
+            candidate = candidate % 0xFFFF + 1
+            if candidate not in self._pending:
+                self._last_request_id = candidate
+                return candidate
+        raise NECPError("every request id is waiting for a reply")
+
+    def waiting(self, request_id: int) -> Pending | None:
+        """The request C{request_id} answers, if one waits."""
+        return self._pending.get(request_id)
+
+    @property
+    def requests_waiting(self) -> int:
+        return len(self._pending)
+
+    def answered(self, pending: Pending, reply: Message) -> None:
+        if type(pending.message) is Keepalive:
+            self._unanswered = 0
+        self._finish(pending).callback(reply)
+
+    def failed(self, pending: Pending, reason: str) -> None:
+        self._finish(pending).errback(RequestFailed(reason))
+
+    def _finish(self, pending: Pending) -> Deferred[Message]:
+        del self._pending[pending.message.request_id]
+        return pending.deferred
+
+    def retry(self, pending: Pending) -> bool:
+        """Whether C{pending} may be sent again (counted), up to L{MAX_ATTEMPTS} times in all."""
+        if pending.attempts >= MAX_ATTEMPTS:
+            return False
+        pending.attempts += 1
+        return True
+
+    def next_deadline(self) -> float | None:
+        """When something is next due: the handshake, or a timed request's reply."""
+        deadlines = [pending.deadline for pending in self._pending.values() if pending.deadline is not None]
+        if not self.established:
+            deadlines.append(self.handshake_deadline)
+        return min(deadlines, default=None)
+
+    def expire(self, now: float) -> None:
+        """Fail every timed request whose reply is overdue at C{now}."""
+        for pending in [p for p in self._pending.values() if p.deadline is not None and p.deadline <= now]:
+            self.failed(pending, f"no reply to {pending.name} within {self.request_timeout} s")
+
+    def end(self, reason: Exception) -> bool:
+        """The session is over: every request fails with C{reason}. Whether it had been established."""
+        pending, self._pending = self._pending, {}
+        for request in pending.values():
+            request.deferred.errback(reason)
+        was_established, self.established = self.established, False
+        return was_established
+
+    # Keepalives.
+
+    @property
+    def keepalives_unanswered(self) -> int:
+        """This end's keepalives sent since the peer last answered one."""
+        return self._unanswered
+
+    @property
+    def peer_dead(self) -> bool:
+        """The peer left too many keepalives in a row unanswered."""
+        return self._unanswered >= self.max_unanswered
+
+    def peer_kept_alive(self) -> None:
+        """The peer sent a KEEPALIVE."""
+        self._peer_kept_alive = True
+
+    def peer_heard(self) -> bool:
+        """Whether the peer sent a KEEPALIVE since this was last asked."""
+        heard, self._peer_kept_alive = self._peer_kept_alive, False
+        return heard
+
+    def keepalive(self, queries: tuple[Query, ...]) -> Pending:
+        """
+        A KEEPALIVE carrying C{queries}, to be sent, waiting for its reply as
+        long as the session lasts: unanswered keepalives end it (see
+        L{peer_dead}). Those sent before the last one answered were skipped
+        (a peer reads and answers in order): they fail now.
+        """
+        waiting = [pending for pending in self._pending.values() if type(pending.message) is Keepalive]
+        for skipped in waiting[: len(waiting) - self._unanswered]:
+            self.failed(skipped, f"peer answered a later {skipped.name}")
+        self._unanswered += 1
+        if queries is not self._asked:
+            # Most ends ask the same tuple every time: pack it once.
+            self._asked, self._asked_packed = queries, b"".join([pack_unit(query) for query in queries])
+        # Made with its request id: dataclasses.replace costs as much as the encoding.
+        request_id = self._allocate_request_id()
+        return self._wait(Keepalive(request_id=request_id, queries=queries, packed=self._asked_packed), True, None)
