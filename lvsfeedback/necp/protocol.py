@@ -17,8 +17,9 @@ messages are handled per reactor turn (the rest on the next turns, reading
 paused meanwhile, so that other connections are served in between); the
 protocol is a streaming producer on its transport, so while the peer does
 not read what it is sent, nothing more is read from it or handled for it;
-and a connection that queues more than C{max_queued_output} bytes past that
-point is aborted.
+the kernel's send buffer for the connection holds at most
+C{max_queued_output} bytes (Linux would grow it to 4 MB); and a connection
+that queues more than that again past Twisted's own buffer is aborted.
 
 L{NECPFactory} holds the settings every connection of one endpoint shares,
 including the clock and the random source, so tests drive all timers with
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import random as _random
+import socket
 from typing import Callable
 
 from twisted.internet.defer import Deferred, fail
@@ -107,6 +109,18 @@ def refusal_reason(error: NECPError) -> str:
     return MALFORMED
 
 
+def cap_send_buffer(transport: object, size: int) -> None:
+    """
+    Hold the kernel's send buffer of C{transport}'s socket, if it has one,
+    to C{size} bytes: a peer that does not read leaves no more queued there.
+    Half is asked, for Linux doubles it for its own bookkeeping.
+    """
+    handle = getattr(transport, "getHandle", None)
+    sock = handle() if handle is not None else None
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size // 2)
+
+
 def describe_address(address: object) -> str:
     host, port = getattr(address, "host", None), getattr(address, "port", None)
     if host is None:
@@ -131,7 +145,8 @@ class NECPFactory(Factory):
         peer dead.
     @param messages_per_turn: messages of one connection handled before
         the reactor serves the others.
-    @param max_queued_output: bytes a connection may write after its
+    @param max_queued_output: bytes the kernel's send buffer of a
+        connection holds, and bytes a connection may write after its
         transport's buffer filled up (the peer stopped reading) before it
         is aborted.
     @ivar counters: the L{NECPCounters} of every connection of this endpoint.
@@ -249,6 +264,7 @@ class NECPProtocol(Protocol):
         self._queued_while_paused = 0
         self._reading = True
         self.transport.registerProducer(self, True)
+        cap_send_buffer(self.transport, self.factory.max_queued_output)
 
     # Hooks for the two ends.
 
