@@ -17,7 +17,8 @@ and 80 for reason "health", their reports never older than stale_after and
 their sessions never replaced or lost; RSS never above twice its value
 before the attack; no "Unhandled Error" or traceback in the director's log;
 each offending connection closed or refused within 1 s of its offence,
-where that applies.
+where that applies; no more than max_queued_output queued in the
+director's socket for a peer that does not read.
 
     .venv/bin/python bench/director_abuse.py [--attack NAME]... [--list] [--markdown]
 
