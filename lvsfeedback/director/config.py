@@ -116,7 +116,7 @@ class NECPSettings:
     """Limits on what one agent connection may cost the director."""
 
     max_exceptions_per_agent: int  # exception rules one agent may install
-    max_queued_output: int  # bytes queued for an agent that stopped reading, past the socket's buffer
+    max_queued_output: int  # bytes in an agent's kernel send buffer, and again queued past Twisted's when it stops reading
 
 
 @dataclass(frozen=True)

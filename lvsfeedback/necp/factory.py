@@ -40,7 +40,8 @@ class NECPFactory(Factory):
         peer dead.
     @param messages_per_turn: messages of one connection handled before
         the reactor serves the others.
-    @param max_queued_output: bytes a connection may write after its
+    @param max_queued_output: bytes the kernel's send buffer of a
+        connection holds, and bytes a connection may write after its
         transport's buffer filled up (the peer stopped reading) before it
         is aborted.
     @ivar counters: the L{NECPCounters} of every connection of this endpoint.

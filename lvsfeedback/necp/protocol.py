@@ -17,10 +17,12 @@ messages are handled per reactor turn (the rest on the next turns, reading
 paused meanwhile, so that other connections are served in between); the
 protocol is a streaming producer on its transport, so while the peer does
 not read what it is sent, nothing more is read from it or handled for it;
-and a connection that queues more than C{max_queued_output} bytes past that
-point is aborted. The session's state (its handshake, requests and
-keepalives) is a L{SessionState} without I/O, which the protocol drives and
-keeps the timers of.
+the kernel's send buffer for the connection holds at most
+C{max_queued_output} bytes (Linux would grow it to 4 MB); and a connection
+that queues more than that again past Twisted's own buffer is aborted. The
+session's state (its handshake, requests and keepalives) is a
+L{SessionState} without I/O, which the protocol drives and keeps the timers
+of.
 
 L{NECPFactory} holds the settings every connection of one endpoint shares,
 including the clock and the random source, so tests drive all timers with
@@ -30,6 +32,7 @@ a L{twisted.internet.task.Clock}. The NE and SE sides subclass both.
 from __future__ import annotations
 
 import dataclasses
+import socket
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionDone, ConnectionLost
@@ -97,6 +100,18 @@ def refusal_reason(error: NECPError) -> str:
     return MALFORMED
 
 
+def cap_send_buffer(transport: object, size: int) -> None:
+    """
+    Hold the kernel's send buffer of C{transport}'s socket, if it has one,
+    to C{size} bytes: a peer that does not read leaves no more queued there.
+    Half is asked, for Linux doubles it for its own bookkeeping.
+    """
+    handle = getattr(transport, "getHandle", None)
+    sock = handle() if handle is not None else None
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size // 2)
+
+
 _EXPECTED_LOSS = (ConnectionDone, ConnectionLost, RequestFailed)
 
 # Which method answers each request.
@@ -155,6 +170,7 @@ class NECPProtocol(Protocol):
         self._queued_while_paused = 0
         self._reading = True
         self.transport.registerProducer(self, True)
+        cap_send_buffer(self.transport, self.factory.max_queued_output)
 
     @property
     def established(self) -> bool:

@@ -16,6 +16,7 @@ from bench.director_abuse import (
     ServerView,
     agent_init,
     captured_agent_init,
+    director_send_queue,
     legitimate_servers,
     verdict,
     with_version,
@@ -114,3 +115,19 @@ class ForgedMessageTests(SynchronousTestCase):
         init = decode(captured_agent_init(), Authenticator(SECRET))
         self.assertIsInstance(init, Init)
         self.assertTrue(init.authenticate)
+
+
+class SendQueueTests(SynchronousTestCase):
+    TABLE = (
+        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+        "   0: 0100007F:0CBE 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1567 1\n"
+        "   1: 0100007F:0CBE 0201007F:9C40 01 00030D40:00000000 01:00000014 00000000     0        0 0 4\n"
+        "   2: 0201007F:9C40 0100007F:0CBE 01 00000000:0001F400 00:00000000 00000000     0        0 0 2\n"
+    )
+
+    def test_the_directors_send_queue_is_read_from_its_socket_to_the_peer(self):
+        # 127.0.0.1:3262 -> 127.0.1.2:40000, 0x30D40 bytes unacknowledged; the peer's own line is not it.
+        self.assertEqual(director_send_queue(self.TABLE, 3262, ("127.0.1.2", 40000)), 200_000)
+
+    def test_no_socket_to_that_peer_is_none(self):
+        self.assertIsNone(director_send_queue(self.TABLE, 3262, ("127.0.1.2", 40001)))
