@@ -29,7 +29,7 @@ from pathlib import Path
 
 from lvsfeedback.agent.capacity import AUTO, Setting, parse_capacity
 from lvsfeedback.ipvs.model import PROTOCOLS
-from lvsfeedback.necp.codec import IPVS_FORWARDING
+from lvsfeedback.necp.units import IPVS_FORWARDING
 
 FORWARDING_CODES = {name: code for code, name in IPVS_FORWARDING.items()}  # NECP's data0 in START units
 COMBINATIONS = ("worst", "mean")

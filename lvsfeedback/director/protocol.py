@@ -28,16 +28,9 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import Interface
 
-from lvsfeedback.necp.codec import (
-    ANY_ADDRESS,
-    CAPACITY_QUERY,
-    HEALTH_QUERY,
-    Authenticator,
-    IPVS_FORWARDING,
-    MAX_SEQUENCE,
-    MAX_UNITS,
-    SCOPE_NOT_TO_FARM,
-    Answer,
+from lvsfeedback.necp.auth import Authenticator
+from lvsfeedback.necp.counters import BAD_CREDENTIAL, BAD_SEQUENCE, LIMIT, MALFORMED, NOT_ALLOWED, UNEXPECTED
+from lvsfeedback.necp.messages import (
     ErrorReply,
     ExceptionAdd,
     ExceptionAddAck,
@@ -47,24 +40,30 @@ from lvsfeedback.necp.codec import (
     ExceptionReset,
     ExceptionResetAck,
     ExceptionResp,
-    ExceptionRule,
-    Flag,
     Init,
     InitAck,
-    InstalledException,
     KeepaliveAck,
     Message,
-    Opcode,
-    Query,
-    Service,
     Start,
     StartAck,
     Stop,
     StopAck,
+)
+from lvsfeedback.necp.protocol import NECPFactory, NECPProtocol
+from lvsfeedback.necp.units import (
+    ANY_ADDRESS,
+    CAPACITY_QUERY,
+    HEALTH_QUERY,
+    IPVS_FORWARDING,
+    SCOPE_NOT_TO_FARM,
+    Answer,
+    ExceptionRule,
+    InstalledException,
+    Query,
+    Service,
     pack_unit,
 )
-from lvsfeedback.necp.counters import BAD_CREDENTIAL, BAD_SEQUENCE, LIMIT, MALFORMED, NOT_ALLOWED, UNEXPECTED
-from lvsfeedback.necp.protocol import NECPFactory, NECPProtocol
+from lvsfeedback.necp.wire import MAX_SEQUENCE, MAX_UNITS, Flag, Opcode
 
 # IP protocols IPVS balances.
 BALANCED_PROTOCOLS = frozenset({6, 17, 132})

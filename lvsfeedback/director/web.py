@@ -55,7 +55,7 @@ from lvsfeedback.ipvs.model import (
     EditDest,
     ServiceKey,
 )
-from lvsfeedback.necp.codec import opcode_name
+from lvsfeedback.necp.wire import opcode_name
 
 JSON_TYPE = b"application/json"
 BEARER_CHALLENGE = b'Bearer realm="lvsfeedback"'

@@ -22,7 +22,7 @@ from lvsfeedback.director.updater import WeightUpdater
 from lvsfeedback.director.web import build_status
 from lvsfeedback.ipvs.memory import MemoryIPVS
 from lvsfeedback.ipvs.model import DestKey, ServiceKey
-from lvsfeedback.necp.codec import CAPACITY_QUERY, HEALTH_QUERY, Service
+from lvsfeedback.necp.units import CAPACITY_QUERY, HEALTH_QUERY, Service
 from tests.unit.test_necp_endpoints import DNS, WEB, EndpointTestCase
 
 

@@ -31,7 +31,7 @@ from lvsfeedback.ipvs.model import (
     SetMarkRule,
     VirtualService,
 )
-from lvsfeedback.necp.codec import Service
+from lvsfeedback.necp.units import Service
 
 WEB = ServiceKey.for_address("tcp", "10.0.0.1", 80)
 RS = [DestKey.of(f"10.1.0.{n}", 80) for n in (1, 2, 3)]

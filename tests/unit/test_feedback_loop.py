@@ -19,7 +19,7 @@ from lvsfeedback.director.config import load_config
 from lvsfeedback.director.service import DirectorService
 from lvsfeedback.ipvs.memory import MemoryIPVS
 from lvsfeedback.ipvs.model import DestKey, ServiceKey
-from lvsfeedback.necp.codec import Service
+from lvsfeedback.necp.units import Service
 from lvsfeedback.testing.necp_link import Link
 
 WEB = ServiceKey.for_address("tcp", "10.0.0.1", 80)

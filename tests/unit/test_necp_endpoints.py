@@ -28,28 +28,21 @@ from lvsfeedback.agent.protocol import (
     SEFactory,
 )
 from lvsfeedback.director.protocol import Agent, IAgentEvents, NEFactory
-from lvsfeedback.necp.codec import (
-    HEADER,
-    Authenticator,
-    Decoder,
+from lvsfeedback.necp.auth import Authenticator
+from lvsfeedback.necp.framing import Decoder, decode, encode
+from lvsfeedback.necp.messages import (
     ErrorReply,
     ExceptionAdd,
     ExceptionQuery,
-    ExceptionRule,
-    Flag,
     Init,
-    InstalledException,
     Keepalive,
     KeepaliveAck,
-    Opcode,
-    Query,
-    Service,
     Start,
     StartAck,
-    decode,
-    encode,
 )
 from lvsfeedback.necp.protocol import MESSAGES_PER_TURN, RequestFailed
+from lvsfeedback.necp.units import ExceptionRule, InstalledException, Query, Service
+from lvsfeedback.necp.wire import HEADER, Flag, Opcode
 from lvsfeedback.testing.necp_link import DIRECTOR, Link
 
 WEB = Service(3, 6, 80)

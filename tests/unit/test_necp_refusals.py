@@ -24,21 +24,6 @@ from lvsfeedback.director.config import load_config
 from lvsfeedback.director.service import DirectorService
 from lvsfeedback.director.web import ControlAccess, History, StatusSite, status_root
 from lvsfeedback.ipvs.memory import MemoryIPVS
-from lvsfeedback.necp.codec import (
-    HEADER,
-    MAX_PAYLOAD,
-    PROTOCOL_ID,
-    VERSION,
-    ExceptionAdd,
-    ExceptionRule,
-    Init,
-    Keepalive,
-    KeepaliveAck,
-    Noop,
-    Service,
-    Start,
-    encode,
-)
 from lvsfeedback.necp.counters import (
     BAD_CREDENTIAL,
     CONNECTION_REASONS,
@@ -49,6 +34,10 @@ from lvsfeedback.necp.counters import (
     MESSAGE_REASONS,
     NECPCounters,
 )
+from lvsfeedback.necp.framing import encode
+from lvsfeedback.necp.messages import ExceptionAdd, Init, Keepalive, KeepaliveAck, Noop, Start
+from lvsfeedback.necp.units import ExceptionRule, Service
+from lvsfeedback.necp.wire import HEADER, MAX_PAYLOAD, PROTOCOL_ID, VERSION
 from tests.unit.test_web import http
 
 SECRET = b"correct horse battery staple"

@@ -35,7 +35,7 @@ from lvsfeedback.director.web import (
 )
 from lvsfeedback.ipvs.memory import MemoryIPVS
 from lvsfeedback.ipvs.model import DestCounters, DestKey, ServiceKey
-from lvsfeedback.necp.codec import Service
+from lvsfeedback.necp.units import Service
 
 WEB = ServiceKey.for_address("tcp", "10.0.0.1", 80)
 DNS = ServiceKey.for_address("udp", "10.0.0.2", 53)
