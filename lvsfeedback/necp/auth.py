@@ -12,7 +12,7 @@ import hmac
 
 from lvsfeedback.necp.framing import encode
 from lvsfeedback.necp.messages import Message
-from lvsfeedback.necp.wire import _U32, MAX_SEQUENCE, NECPError, _check
+from lvsfeedback.necp.wire import MAX_SEQUENCE, MAX_U32, NECPError, check_range
 
 
 class Authenticator:
@@ -39,16 +39,16 @@ class Authenticator:
     @staticmethod
     def initial_sequence(now: float) -> int:
         """A starting sequence number: the clock in the high half, 0 in the low."""
-        return (int(now) & _U32) << 32
+        return (int(now) & MAX_U32) << 32
 
     def start_sending(self, first: int) -> None:
         """The peer asked for C{first}: the next message carries exactly that."""
-        self._send_next = _check(first, MAX_SEQUENCE, "sequence number")
+        self._send_next = check_range(first, MAX_SEQUENCE, "sequence number")
         self._send_exact = True
 
     def start_receiving(self, first: int) -> None:
         """Accept from now on only credentials, with sequence numbers from C{first} up."""
-        self._receive_floor = _check(first, MAX_SEQUENCE, "sequence number")
+        self._receive_floor = check_range(first, MAX_SEQUENCE, "sequence number")
         self.required = True
 
     @property

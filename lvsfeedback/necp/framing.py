@@ -18,7 +18,7 @@ import hmac
 import struct
 from typing import TYPE_CHECKING
 
-from lvsfeedback.necp.messages import _ERROR_REASONS, MESSAGE_TYPES, ErrorReply, Message
+from lvsfeedback.necp.messages import ERROR_REASONS, MESSAGE_TYPES, ErrorReply, Message
 from lvsfeedback.necp.wire import (
     CREDENTIAL_SIZE,
     HEADER,
@@ -36,7 +36,7 @@ from lvsfeedback.necp.wire import (
     NECPError,
     ReservedOpcode,
     UnsupportedVersion,
-    _check,
+    check_range,
     opcode_name,
 )
 
@@ -51,7 +51,7 @@ _ERROR_BIT = int(Flag.ERROR)
 
 
 def _check_request_id(request_id: int) -> int:
-    return _check(request_id, 0xFFFF, "request id")
+    return check_range(request_id, 0xFFFF, "request id")
 
 
 _READERS = {opcode: kind.from_payload for opcode, kind in MESSAGE_TYPES.items()}
@@ -66,7 +66,7 @@ def encode(message: Message, *, sequence: int = 0, secret: bytes | None = None) 
     payload = message.payload()
     flags = Flag.BASIC_PAYLOAD if payload else 0
     if type(message) is ErrorReply:
-        flags |= Flag.ERROR | (message.flags & _ERROR_REASONS)
+        flags |= Flag.ERROR | (message.flags & ERROR_REASONS)
     length = len(payload)
     if secret is not None:
         flags |= Flag.CREDENTIAL
@@ -83,8 +83,8 @@ def encode(message: Message, *, sequence: int = 0, secret: bytes | None = None) 
         )
     except struct.error:
         _check_request_id(message.request_id)
-        _check(message.opcode, 0xFF, "opcode")
-        _check(sequence, MAX_SEQUENCE, "sequence number")
+        check_range(message.opcode, 0xFF, "opcode")
+        check_range(sequence, MAX_SEQUENCE, "sequence number")
         raise
     if secret is None:
         return header + payload

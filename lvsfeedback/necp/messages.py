@@ -16,19 +16,19 @@ from lvsfeedback.necp.units import (
     RawUnit,
     Service,
     Unit,
-    _check_unit_count,
-    _pack_units,
-    _unpack_units,
+    check_unit_count,
+    pack_units,
+    unpack_units,
 )
 from lvsfeedback.necp.wire import (
-    _U32,
     MAX_SEQUENCE,
+    MAX_U32,
     UNIT,
     UNIT_SIZE,
     Flag,
     NECPError,
     Opcode,
-    _check,
+    check_range,
 )
 
 INIT_AUTHENTICATE = 0x1  # INIT data0 bit: authenticate every message on this connection
@@ -69,11 +69,11 @@ class Init:
     opcode: ClassVar[int] = Opcode.INIT
 
     def payload(self) -> bytes:
-        sequence = _check(self.receive_sequence, MAX_SEQUENCE, "receive sequence number")
+        sequence = check_range(self.receive_sequence, MAX_SEQUENCE, "receive sequence number")
         flags = INIT_AUTHENTICATE if self.authenticate else 0
         if self.answers_capacity:
             flags |= INIT_ANSWERS_CAPACITY
-        return UNIT.pack(flags, sequence >> 32, sequence & _U32, 0, 0, 0, 0, 0)
+        return UNIT.pack(flags, sequence >> 32, sequence & MAX_U32, 0, 0, 0, 0, 0)
 
     @classmethod
     def from_payload(cls, request_id: int, payload: bytes) -> Init:
@@ -97,8 +97,8 @@ class InitAck:
     opcode: ClassVar[int] = Opcode.INIT_ACK
 
     def payload(self) -> bytes:
-        sequence = _check(self.receive_sequence, MAX_SEQUENCE, "receive sequence number")
-        return UNIT.pack(sequence >> 32, sequence & _U32, 0, 0, 0, 0, 0, 0)
+        sequence = check_range(self.receive_sequence, MAX_SEQUENCE, "receive sequence number")
+        return UNIT.pack(sequence >> 32, sequence & MAX_U32, 0, 0, 0, 0, 0, 0)
 
     @classmethod
     def from_payload(cls, request_id: int, payload: bytes) -> InitAck:
@@ -126,11 +126,11 @@ class Keepalive:
     opcode: ClassVar[int] = Opcode.KEEPALIVE
 
     def payload(self) -> bytes:
-        return _pack_units(self.queries)
+        return pack_units(self.queries)
 
     @classmethod
     def from_payload(cls, request_id: int, payload: bytes) -> Keepalive:
-        return cls(request_id=request_id, queries=_unpack_units(payload, Query.from_fields))
+        return cls(request_id=request_id, queries=unpack_units(payload, Query.from_fields))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -142,11 +142,11 @@ class KeepaliveAck:
     opcode: ClassVar[int] = Opcode.KEEPALIVE_ACK
 
     def payload(self) -> bytes:
-        return _pack_units(self.answers)
+        return pack_units(self.answers)
 
     @classmethod
     def from_payload(cls, request_id: int, payload: bytes) -> KeepaliveAck:
-        return cls(request_id=request_id, answers=_unpack_units(payload, Answer.from_fields))
+        return cls(request_id=request_id, answers=unpack_units(payload, Answer.from_fields))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -158,11 +158,11 @@ class Start:
     opcode: ClassVar[int] = Opcode.START
 
     def payload(self) -> bytes:
-        return _pack_units(self.services)
+        return pack_units(self.services)
 
     @classmethod
     def from_payload(cls, request_id: int, payload: bytes) -> Start:
-        return cls(request_id=request_id, services=_unpack_units(payload, Service.from_fields))
+        return cls(request_id=request_id, services=unpack_units(payload, Service.from_fields))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -174,11 +174,11 @@ class Stop:
     opcode: ClassVar[int] = Opcode.STOP
 
     def payload(self) -> bytes:
-        return _pack_units(self.services)
+        return pack_units(self.services)
 
     @classmethod
     def from_payload(cls, request_id: int, payload: bytes) -> Stop:
-        return cls(request_id=request_id, services=_unpack_units(payload, Service.from_fields))
+        return cls(request_id=request_id, services=unpack_units(payload, Service.from_fields))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -190,11 +190,11 @@ class ExceptionAdd:
     opcode: ClassVar[int] = Opcode.EXCEPTION_ADD
 
     def payload(self) -> bytes:
-        return _pack_units(self.rules)
+        return pack_units(self.rules)
 
     @classmethod
     def from_payload(cls, request_id: int, payload: bytes) -> ExceptionAdd:
-        return cls(request_id=request_id, rules=_unpack_units(payload, ExceptionRule.from_fields))
+        return cls(request_id=request_id, rules=unpack_units(payload, ExceptionRule.from_fields))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -206,11 +206,11 @@ class ExceptionDel:
     opcode: ClassVar[int] = Opcode.EXCEPTION_DEL
 
     def payload(self) -> bytes:
-        return _pack_units(self.rules)
+        return pack_units(self.rules)
 
     @classmethod
     def from_payload(cls, request_id: int, payload: bytes) -> ExceptionDel:
-        return cls(request_id=request_id, rules=_unpack_units(payload, ExceptionRule.from_fields))
+        return cls(request_id=request_id, rules=unpack_units(payload, ExceptionRule.from_fields))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -263,13 +263,13 @@ class ExceptionResp:
 
     def payload(self) -> bytes:
         if self.packed is None:
-            return _pack_units(self.entries)
-        _check_unit_count(len(self.entries))
+            return pack_units(self.entries)
+        check_unit_count(len(self.entries))
         return self.packed
 
     @classmethod
     def from_payload(cls, request_id: int, payload: bytes) -> ExceptionResp:
-        entries = _unpack_units(payload, InstalledException.from_fields)
+        entries = unpack_units(payload, InstalledException.from_fields)
         return cls(request_id=request_id, entries=entries)
 
 
@@ -338,7 +338,7 @@ _ERROR_UNIT_TYPES: dict[int, Callable[[tuple[int, ...]], Unit]] = {
     Opcode.EXCEPTION_RESP: InstalledException.from_fields,
 }
 
-_ERROR_REASONS = Flag.VERSION_MISMATCH | Flag.AUTH_REQUIRED | Flag.BAD_SEQUENCE
+ERROR_REASONS = Flag.VERSION_MISMATCH | Flag.AUTH_REQUIRED | Flag.BAD_SEQUENCE
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -358,7 +358,7 @@ class ErrorReply:
     units: tuple[Unit, ...] = ()
 
     def payload(self) -> bytes:
-        return _pack_units(self.units)
+        return pack_units(self.units)
 
     @classmethod
     def from_header(cls, opcode: int, request_id: int, flags: int, payload: bytes) -> ErrorReply:
@@ -366,8 +366,8 @@ class ErrorReply:
         return cls(
             opcode=opcode,
             request_id=request_id,
-            flags=Flag.ERROR | (flags & _ERROR_REASONS),
-            units=_unpack_units(payload, unit_type),
+            flags=Flag.ERROR | (flags & ERROR_REASONS),
+            units=unpack_units(payload, unit_type),
         )
 
 

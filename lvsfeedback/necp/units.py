@@ -8,7 +8,7 @@ from __future__ import annotations
 from ipaddress import IPv4Address
 from typing import Callable, NamedTuple, Union
 
-from lvsfeedback.necp.wire import _U32, MAX_UNITS, UNIT, NECPError, _check
+from lvsfeedback.necp.wire import MAX_U32, MAX_UNITS, UNIT, NECPError, check_range
 
 HEALTH_QUERY = 0x1  # the only query type defined: health index 0..100
 MAX_HEALTH = 100
@@ -61,9 +61,9 @@ class Query(NamedTuple):
 
     def fields(self) -> tuple[int, ...]:
         return (
-            _check(self.type, _U32, "query type"),
-            _check(self.protocol, 0xFF, "protocol"),
-            _check(self.port, 0xFFFF, "port"),
+            check_range(self.type, MAX_U32, "query type"),
+            check_range(self.protocol, 0xFF, "protocol"),
+            check_range(self.port, 0xFFFF, "port"),
             0,
             0,
             0,
@@ -85,12 +85,12 @@ class Answer(NamedTuple):
     value: int
 
     def fields(self) -> tuple[int, ...]:
-        maximum = _ANSWER_MAXIMUM.get(self.type, _U32)
+        maximum = _ANSWER_MAXIMUM.get(self.type, MAX_U32)
         return (
-            _check(self.type, _U32, "query type"),
-            _check(self.protocol, 0xFF, "protocol"),
-            _check(self.port, 0xFFFF, "port"),
-            _check(self.value, maximum, "answer"),
+            check_range(self.type, MAX_U32, "query type"),
+            check_range(self.protocol, 0xFF, "protocol"),
+            check_range(self.port, 0xFFFF, "port"),
+            check_range(self.value, maximum, "answer"),
             0,
             0,
             0,
@@ -119,9 +119,9 @@ class Service(NamedTuple):
 
     def fields(self) -> tuple[int, ...]:
         return (
-            _check(self.forwarding, 0xFF, "forwarding method"),
-            _check(self.protocol, 0xFF, "protocol"),
-            _check(self.port, 0xFFFF, "port"),
+            check_range(self.forwarding, 0xFF, "forwarding method"),
+            check_range(self.protocol, 0xFF, "protocol"),
+            check_range(self.port, 0xFFFF, "port"),
             0,
             0,
             0,
@@ -151,14 +151,14 @@ class ExceptionRule(NamedTuple):
 
     def fields(self) -> tuple[int, ...]:
         return (
-            _check(self.scope, _U32, "scope"),
-            _check(self.ttl, _U32, "TTL"),
+            check_range(self.scope, MAX_U32, "scope"),
+            check_range(self.ttl, MAX_U32, "TTL"),
             _address(self.source, "source"),
-            _check(self.source_prefix, _U32, "source prefix length"),
+            check_range(self.source_prefix, MAX_U32, "source prefix length"),
             _address(self.destination, "destination"),
-            _check(self.destination_prefix, _U32, "destination prefix length"),
-            _check(self.protocol, 0xFF, "protocol"),
-            _check(self.port, 0xFFFF, "port"),
+            check_range(self.destination_prefix, MAX_U32, "destination prefix length"),
+            check_range(self.protocol, 0xFF, "protocol"),
+            check_range(self.port, 0xFFFF, "port"),
         )
 
     @classmethod
@@ -197,14 +197,14 @@ class InstalledException(NamedTuple):
 
     def fields(self) -> tuple[int, ...]:
         return (
-            _check(self.scope, _U32, "scope"),
+            check_range(self.scope, MAX_U32, "scope"),
             _address(self.installer, "installer"),
             _address(self.source, "source"),
-            _check(self.source_prefix, _U32, "source prefix length"),
+            check_range(self.source_prefix, MAX_U32, "source prefix length"),
             _address(self.destination, "destination"),
-            _check(self.destination_prefix, _U32, "destination prefix length"),
-            _check(self.protocol, 0xFF, "protocol"),
-            _check(self.port, 0xFFFF, "port"),
+            check_range(self.destination_prefix, MAX_U32, "destination prefix length"),
+            check_range(self.protocol, 0xFF, "protocol"),
+            check_range(self.port, 0xFFFF, "port"),
         )
 
     @classmethod
@@ -234,7 +234,7 @@ class RawUnit(NamedTuple):
     data7: int = 0
 
     def fields(self) -> tuple[int, ...]:
-        return tuple(_check(value, _U32, "unit field") for value in self)
+        return tuple(check_range(value, MAX_U32, "unit field") for value in self)
 
     @classmethod
     def from_fields(cls, data: tuple[int, ...]) -> RawUnit:
@@ -244,7 +244,7 @@ class RawUnit(NamedTuple):
 Unit = Union[Query, Answer, Service, ExceptionRule, InstalledException, RawUnit]
 
 
-def _check_unit_count(count: int) -> None:
+def check_unit_count(count: int) -> None:
     if count > MAX_UNITS:
         raise NECPError(f"{count} units exceed the limit of {MAX_UNITS}")
 
@@ -254,11 +254,11 @@ def pack_unit(unit: Unit) -> bytes:
     return UNIT.pack(*unit.fields())
 
 
-def _pack_units(units: tuple[Unit, ...]) -> bytes:
-    _check_unit_count(len(units))
+def pack_units(units: tuple[Unit, ...]) -> bytes:
+    check_unit_count(len(units))
     pack = UNIT.pack
     return b"".join([pack(*unit.fields()) for unit in units])
 
 
-def _unpack_units(payload: bytes, unit_type: Callable[[tuple[int, ...]], Unit]) -> tuple:
+def unpack_units(payload: bytes, unit_type: Callable[[tuple[int, ...]], Unit]) -> tuple:
     return tuple([unit_type(data) for data in UNIT.iter_unpack(payload)])

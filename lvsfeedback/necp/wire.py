@@ -25,7 +25,7 @@ MAX_UNITS = MAX_PAYLOAD // UNIT_SIZE
 MAX_SEQUENCE = 2**64 - 1
 MAX_MESSAGE_SIZE = HEADER_SIZE + MAX_PAYLOAD + CREDENTIAL_SIZE
 
-_U32 = 0xFFFFFFFF
+MAX_U32 = 0xFFFFFFFF
 
 
 class Flag(IntFlag):
@@ -143,7 +143,7 @@ class ReservedOpcode(MessageRefused):
     """An opcode the draft reserves."""
 
 
-def _check(value: int, maximum: int, what: str) -> int:
+def check_range(value: int, maximum: int, what: str) -> int:
     if not isinstance(value, int) or not 0 <= value <= maximum:
         raise NECPError(f"{what} {value!r} outside 0..{maximum}")
     return value
