@@ -28,6 +28,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import Interface
 
+from lvsfeedback.ipvs.model import IPVS_FORWARDING
 from lvsfeedback.necp.auth import Authenticator
 from lvsfeedback.necp.counters import BAD_CREDENTIAL, BAD_SEQUENCE, LIMIT, MALFORMED, NOT_ALLOWED, UNEXPECTED
 from lvsfeedback.necp.messages import (
@@ -54,7 +55,6 @@ from lvsfeedback.necp.units import (
     ANY_ADDRESS,
     CAPACITY_QUERY,
     HEALTH_QUERY,
-    IPVS_FORWARDING,
     SCOPE_NOT_TO_FARM,
     Answer,
     ExceptionRule,

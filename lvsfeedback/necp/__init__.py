@@ -34,7 +34,6 @@ from lvsfeedback.necp.messages import (
 from lvsfeedback.necp.units import (
     CAPACITY_QUERY,
     HEALTH_QUERY,
-    IPVS_FORWARDING,
     Answer,
     ExceptionRule,
     InstalledException,
@@ -57,7 +56,6 @@ from lvsfeedback.necp.wire import (
 __all__ = [
     "CAPACITY_QUERY",
     "HEALTH_QUERY",
-    "IPVS_FORWARDING",
     "Answer",
     "AuthenticationFailed",
     "Authenticator",

@@ -19,11 +19,10 @@ CAPACITY_QUERY = 0x100
 # More CPUs than any machine Linux runs on (NR_CPUS is at most 8192).
 MAX_CAPACITY = 10_000_000
 
-# Forwarding methods in START/STOP units, with the IPVS names (ipvs.model) they map to.
+# Forwarding methods in START/STOP units (their IPVS names: ipvs.model.IPVS_FORWARDING).
 FORWARD_LAYER2 = 1
 FORWARD_GRE = 2
 FORWARD_LAYER3 = 3
-IPVS_FORWARDING = {FORWARD_LAYER2: "dr", FORWARD_GRE: "tun", FORWARD_LAYER3: "nat"}
 
 # Exception scopes.
 SCOPE_NE_DECIDES = 0
