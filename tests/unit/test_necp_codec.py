@@ -1,5 +1,6 @@
 """
-Tests for lvsfeedback.necp.codec: the NECP wire format, byte for byte.
+Tests for the NECP codec (lvsfeedback.necp's wire, units, messages, framing
+and auth modules): the NECP wire format, byte for byte.
 """
 
 from __future__ import annotations
