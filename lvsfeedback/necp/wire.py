@@ -144,6 +144,7 @@ class ReservedOpcode(MessageRefused):
 
 
 def check_range(value: int, maximum: int, what: str) -> int:
+    """C{value}, if an int in 0..C{maximum}: a field about to be encoded."""
     if not isinstance(value, int) or not 0 <= value <= maximum:
         raise NECPError(f"{what} {value!r} outside 0..{maximum}")
     return value
