@@ -65,31 +65,22 @@ from bench.director_scale import (  # noqa: E402
     tail,
     wait_for,
 )
-from lvsfeedback.necp.codec import (  # noqa: E402
-    CREDENTIAL_SIZE,
-    FORWARD_LAYER3,
-    HEADER,
-    HEADER_SIZE,
-    PROTOCOL_ID,
-    Authenticator,
-    Decoder,
+from lvsfeedback.necp.auth import Authenticator  # noqa: E402
+from lvsfeedback.necp.factory import HANDSHAKE_TIMEOUT, MAX_QUEUED_OUTPUT  # noqa: E402
+from lvsfeedback.necp.framing import Decoder, encode  # noqa: E402
+from lvsfeedback.necp.messages import (  # noqa: E402
     ErrorReply,
     ExceptionAdd,
     ExceptionQuery,
-    ExceptionRule,
-    Flag,
     Init,
     InitAck,
     Keepalive,
     Message,
-    NECPError,
-    Opcode,
-    Service,
     Start,
-    encode,
 )
-from lvsfeedback.necp.factory import HANDSHAKE_TIMEOUT, MAX_QUEUED_OUTPUT  # noqa: E402
 from lvsfeedback.necp.protocol import describe_flags  # noqa: E402
+from lvsfeedback.necp.units import FORWARD_LAYER3, ExceptionRule, Service  # noqa: E402
+from lvsfeedback.necp.wire import CREDENTIAL_SIZE, HEADER, HEADER_SIZE, PROTOCOL_ID, Flag, NECPError, Opcode  # noqa: E402
 from lvsfeedback.testing.daemon import free_port  # noqa: E402
 
 # The legitimate real servers, agent_address(0) and agent_address(1), and their health.

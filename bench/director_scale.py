@@ -149,7 +149,7 @@ def run_agents(args) -> None:
     from zope.interface import implementer
 
     from lvsfeedback.agent.protocol import IHealthSource, SEFactory
-    from lvsfeedback.necp.codec import FORWARD_LAYER3, Service
+    from lvsfeedback.necp.units import FORWARD_LAYER3, Service
 
     raise_file_limit()
     begin_logging(Path(args.log))

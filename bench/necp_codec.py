@@ -12,15 +12,10 @@ from __future__ import annotations
 import argparse
 import time
 
-from lvsfeedback.necp.codec import (
-    Answer,
-    Authenticator,
-    Decoder,
-    Keepalive,
-    KeepaliveAck,
-    Query,
-    encode,
-)
+from lvsfeedback.necp.auth import Authenticator
+from lvsfeedback.necp.framing import Decoder, encode
+from lvsfeedback.necp.messages import Keepalive, KeepaliveAck
+from lvsfeedback.necp.units import Answer, Query
 
 SERVICES = ((6, 80), (6, 443), (17, 53), (6, 8080))
 

@@ -26,23 +26,11 @@ from twisted.internet.selectreactor import SelectReactor  # noqa: E402
 from twisted.internet.testing import StringTransport  # noqa: E402
 
 from lvsfeedback.director.factory import NEFactory  # noqa: E402
-from lvsfeedback.necp.codec import (  # noqa: E402
-    CREDENTIAL_SIZE,
-    HEADER,
-    HEADER_SIZE,
-    HEALTH_QUERY,
-    PROTOCOL_ID,
-    UNIT,
-    VERSION,
-    Authenticator,
-    Decoder,
-    Flag,
-    Init,
-    Opcode,
-    Service,
-    Start,
-    encode,
-)
+from lvsfeedback.necp.auth import Authenticator  # noqa: E402
+from lvsfeedback.necp.framing import Decoder, encode  # noqa: E402
+from lvsfeedback.necp.messages import Init, Start  # noqa: E402
+from lvsfeedback.necp.units import HEALTH_QUERY, Service  # noqa: E402
+from lvsfeedback.necp.wire import CREDENTIAL_SIZE, HEADER, HEADER_SIZE, PROTOCOL_ID, UNIT, VERSION, Flag, Opcode  # noqa: E402
 
 SECRET = b"benchmark shared secret"
 SERVICE = Service(3, 6, 80)

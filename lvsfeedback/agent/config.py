@@ -28,8 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lvsfeedback.agent.capacity import AUTO, Setting, parse_capacity
-from lvsfeedback.ipvs.model import PROTOCOLS
-from lvsfeedback.necp.codec import IPVS_FORWARDING
+from lvsfeedback.ipvs.model import IPVS_FORWARDING, PROTOCOLS
 
 FORWARDING_CODES = {name: code for code, name in IPVS_FORWARDING.items()}  # NECP's data0 in START units
 COMBINATIONS = ("worst", "mean")

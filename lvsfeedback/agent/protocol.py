@@ -28,33 +28,35 @@ from twisted.logger import Logger
 from zope.interface import Interface
 
 from lvsfeedback.agent.capacity import ICapacitySource
-from lvsfeedback.necp.codec import (
-    CAPACITY_QUERY,
-    HEALTH_QUERY,
-    MAX_CAPACITY,
-    MAX_HEALTH,
-    Answer,
-    Authenticator,
+from lvsfeedback.necp.auth import Authenticator
+from lvsfeedback.necp.factory import NECPFactory
+from lvsfeedback.necp.messages import (
     ErrorReply,
     ExceptionAdd,
     ExceptionDel,
     ExceptionQuery,
     ExceptionReset,
-    ExceptionRule,
     Init,
     InitAck,
-    InstalledException,
     Keepalive,
     KeepaliveAck,
     Message,
-    Opcode,
-    Query,
-    Service,
     Start,
     Stop,
 )
-from lvsfeedback.necp.factory import NECPFactory
 from lvsfeedback.necp.protocol import NECPProtocol, describe_flags
+from lvsfeedback.necp.units import (
+    CAPACITY_QUERY,
+    HEALTH_QUERY,
+    MAX_CAPACITY,
+    MAX_HEALTH,
+    Answer,
+    ExceptionRule,
+    InstalledException,
+    Query,
+    Service,
+)
+from lvsfeedback.necp.wire import Opcode
 
 MIN_RETRY_DELAY = 1.0
 MAX_RETRY_DELAY = 256.0

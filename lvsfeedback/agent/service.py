@@ -36,7 +36,7 @@ from lvsfeedback.agent.metrics.spec import MetricRegistry
 from lvsfeedback.agent.protocol import DirectorLinks
 from lvsfeedback.agent.sampler import Sampler, ServiceMetrics
 from lvsfeedback.ipvs.model import PROTOCOLS
-from lvsfeedback.necp.codec import Service as ServiceUnit
+from lvsfeedback.necp.units import Service as ServiceUnit
 
 # What a reload changes in a running agent; the rest is built once, at start.
 RELOADED = ("drain_timeout", "secret_file")

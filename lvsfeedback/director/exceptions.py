@@ -14,14 +14,8 @@ from typing import Callable
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from lvsfeedback.director.events import Agent
-from lvsfeedback.necp.codec import (
-    ANY_ADDRESS,
-    SCOPE_NOT_TO_FARM,
-    ExceptionResp,
-    ExceptionRule,
-    InstalledException,
-    pack_unit,
-)
+from lvsfeedback.necp.messages import ExceptionResp
+from lvsfeedback.necp.units import ANY_ADDRESS, SCOPE_NOT_TO_FARM, ExceptionRule, InstalledException, pack_unit
 
 
 def valid_rule(rule: ExceptionRule) -> bool:

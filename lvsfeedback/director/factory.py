@@ -18,8 +18,9 @@ from twisted.logger import Logger
 from lvsfeedback.director.events import Agent, GuardedEvents, IAgentEvents
 from lvsfeedback.director.exceptions import ExceptionTable
 from lvsfeedback.director.protocol import MAX_EXCEPTIONS_PER_AGENT, NEProtocol
-from lvsfeedback.necp.codec import Authenticator, ExceptionRule, Service
+from lvsfeedback.necp.auth import Authenticator
 from lvsfeedback.necp.factory import NECPFactory
+from lvsfeedback.necp.units import ExceptionRule, Service
 
 # A new session's first sequence number: this many messages beyond any other
 # session's, with the low half (the count within a second) at least this.

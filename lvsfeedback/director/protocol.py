@@ -24,14 +24,10 @@ from twisted.logger import Logger
 
 from lvsfeedback.director.events import Agent
 from lvsfeedback.director.exceptions import valid_rule
-from lvsfeedback.necp.codec import (
-    CAPACITY_QUERY,
-    HEALTH_QUERY,
-    IPVS_FORWARDING,
-    MAX_SEQUENCE,
-    MAX_UNITS,
-    Answer,
-    Authenticator,
+from lvsfeedback.ipvs.model import IPVS_FORWARDING
+from lvsfeedback.necp.auth import Authenticator
+from lvsfeedback.necp.counters import BAD_CREDENTIAL, BAD_SEQUENCE, LIMIT, MALFORMED, NOT_ALLOWED, UNEXPECTED
+from lvsfeedback.necp.messages import (
     ErrorReply,
     ExceptionAdd,
     ExceptionAddAck,
@@ -40,21 +36,18 @@ from lvsfeedback.necp.codec import (
     ExceptionQuery,
     ExceptionReset,
     ExceptionResetAck,
-    Flag,
     Init,
     InitAck,
     KeepaliveAck,
     Message,
-    Opcode,
-    Query,
-    Service,
     Start,
     StartAck,
     Stop,
     StopAck,
 )
-from lvsfeedback.necp.counters import BAD_CREDENTIAL, BAD_SEQUENCE, LIMIT, MALFORMED, NOT_ALLOWED, UNEXPECTED
 from lvsfeedback.necp.protocol import NECPProtocol
+from lvsfeedback.necp.units import CAPACITY_QUERY, HEALTH_QUERY, Answer, Query, Service
+from lvsfeedback.necp.wire import MAX_SEQUENCE, MAX_UNITS, Flag, Opcode
 
 if TYPE_CHECKING:
     from lvsfeedback.director.factory import NEFactory

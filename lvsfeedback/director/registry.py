@@ -26,8 +26,7 @@ from lvsfeedback.director.config import OnLeave
 from lvsfeedback.director.events import IAgentEvents
 from lvsfeedback.director.policy import Agent, AgentState, HealthReport
 from lvsfeedback.director.protocol import summarise_services
-from lvsfeedback.ipvs.model import PROTOCOLS, DestKey, RealServer, ServiceKey
-from lvsfeedback.necp.codec import IPVS_FORWARDING
+from lvsfeedback.ipvs.model import IPVS_FORWARDING, PROTOCOLS, DestKey, RealServer, ServiceKey
 
 ServicePort = tuple[int, int]  # (IP protocol number, port), as NECP names a service
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from lvsfeedback.addresses import host_port
+from lvsfeedback.necp.units import FORWARD_GRE, FORWARD_LAYER2, FORWARD_LAYER3
 
 PROTOCOLS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP, "sctp": 132}
 PROTOCOL_NAMES = {number: name for name, number in PROTOCOLS.items()}
@@ -21,6 +22,8 @@ PROTOCOL_NAMES = {number: name for name, number in PROTOCOLS.items()}
 FORWARDING = {"nat": 0, "tun": 2, "dr": 3}
 FORWARDING_NAMES = {number: name for name, number in FORWARDING.items()}
 IPVSADM_FORWARDING = {"nat": "Masq", "tun": "Tunnel", "dr": "Route"}
+# The forwarding method each NECP forwarding code (in START/STOP units) names.
+IPVS_FORWARDING = {FORWARD_LAYER2: "dr", FORWARD_GRE: "tun", FORWARD_LAYER3: "nat"}
 
 MAX_WEIGHT = 65535
 

@@ -43,35 +43,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from lvsfeedback.addresses import describe_address
-from lvsfeedback.necp.codec import (
-    REPLY_OPCODE,
-    REPLY_OPCODES,
-    AuthenticationFailed,
-    Authenticator,
-    BadSequenceNumber,
-    Decoder,
-    ErrorReply,
-    ExceptionAdd,
-    ExceptionDel,
-    ExceptionQuery,
-    ExceptionReset,
-    Flag,
-    Init,
-    Keepalive,
-    KeepaliveAck,
-    Message,
-    MessageRefused,
-    MessageTooLarge,
-    NECPError,
-    Noop,
-    Opcode,
-    Query,
-    Start,
-    Stop,
-    UnsupportedVersion,
-    encode,
-    opcode_name,
-)
+from lvsfeedback.necp.auth import Authenticator
 from lvsfeedback.necp.counters import (
     BAD_CREDENTIAL,
     BAD_SEQUENCE,
@@ -80,7 +52,36 @@ from lvsfeedback.necp.counters import (
     UNEXPECTED,
 )
 from lvsfeedback.necp.factory import NECPFactory
+from lvsfeedback.necp.framing import Decoder, encode
+from lvsfeedback.necp.messages import (
+    ErrorReply,
+    ExceptionAdd,
+    ExceptionDel,
+    ExceptionQuery,
+    ExceptionReset,
+    Init,
+    Keepalive,
+    KeepaliveAck,
+    Message,
+    Noop,
+    Start,
+    Stop,
+)
 from lvsfeedback.necp.session import Pending, RequestFailed, SessionState
+from lvsfeedback.necp.units import Query
+from lvsfeedback.necp.wire import (
+    REPLY_OPCODE,
+    REPLY_OPCODES,
+    AuthenticationFailed,
+    BadSequenceNumber,
+    Flag,
+    MessageRefused,
+    MessageTooLarge,
+    NECPError,
+    Opcode,
+    UnsupportedVersion,
+    opcode_name,
+)
 
 
 def describe_flags(flags: int) -> str:

@@ -17,7 +17,9 @@ import dataclasses
 
 from twisted.internet.defer import Deferred
 
-from lvsfeedback.necp.codec import Keepalive, Message, NECPError, Query, opcode_name, pack_unit
+from lvsfeedback.necp.messages import Keepalive, Message
+from lvsfeedback.necp.units import Query, pack_unit
+from lvsfeedback.necp.wire import NECPError, opcode_name
 
 MAX_ATTEMPTS = 3  # a request whose reply cannot be verified is sent at most this often
 

@@ -6,7 +6,7 @@ task.Clock: the NECP endpoints' tests and the whole-loop tests share it.
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.test import iosim
 
-from lvsfeedback.necp.codec import Decoder
+from lvsfeedback.necp.framing import Decoder
 
 DIRECTOR = IPv4Address("TCP", "10.0.0.1", 3262)
 

@@ -19,7 +19,7 @@ from twisted.internet.testing import StringTransport
 from lvsfeedback.director.config import DirectorConfig, load_config
 from lvsfeedback.director.events import Agent
 from lvsfeedback.ipvs.model import DestKey, ServiceKey
-from lvsfeedback.necp.codec import Service
+from lvsfeedback.necp.units import Service
 
 WEB = ServiceKey.for_address("tcp", "10.0.0.1", 80)
 DNS = ServiceKey.for_address("udp", "10.0.0.2", 53)

@@ -16,7 +16,8 @@ from lvsfeedback.agent.protocol import IHealthSource, SEFactory
 from lvsfeedback.director.events import IAgentEvents
 from lvsfeedback.director.factory import NEFactory
 from lvsfeedback.necp import session as necp_session
-from lvsfeedback.necp.codec import Decoder, Service
+from lvsfeedback.necp.framing import Decoder
+from lvsfeedback.necp.units import Service
 from lvsfeedback.testing.necp_link import Link
 
 WEB = Service(3, 6, 80)

@@ -32,18 +32,9 @@ from lvsfeedback.agent.protocol import SEFactory
 from lvsfeedback.agent.sampler import Sampler, ServiceMetrics
 from lvsfeedback.agent.service import AgentService
 from lvsfeedback.agent.tap import Options
-from lvsfeedback.necp.codec import (
-    CAPACITY_QUERY,
-    Answer,
-    Decoder,
-    ErrorReply,
-    Init,
-    InitAck,
-    Keepalive,
-    KeepaliveAck,
-    Query,
-    encode,
-)
+from lvsfeedback.necp.framing import Decoder, encode
+from lvsfeedback.necp.messages import ErrorReply, Init, InitAck, Keepalive, KeepaliveAck
+from lvsfeedback.necp.units import CAPACITY_QUERY, Answer, Query
 
 FIXTURE = Path(__file__).parent / "fixtures" / "metrics" / "cgroup"
 

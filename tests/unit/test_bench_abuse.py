@@ -21,7 +21,10 @@ from bench.director_abuse import (
     verdict,
     with_version,
 )
-from lvsfeedback.necp.codec import Authenticator, Init, UnsupportedVersion, decode
+from lvsfeedback.necp.auth import Authenticator
+from lvsfeedback.necp.framing import decode
+from lvsfeedback.necp.messages import Init
+from lvsfeedback.necp.wire import UnsupportedVersion
 
 EXPECTED = {"127.0.1.1:80": 30, "127.0.1.2:80": 80}
 SESSIONS = {"127.0.1.1:80": 100.0, "127.0.1.2:80": 101.0}

@@ -20,7 +20,7 @@ from lvsfeedback.director.updater import WeightUpdater
 from lvsfeedback.director.web.status import build_status
 from lvsfeedback.ipvs.memory import MemoryIPVS
 from lvsfeedback.ipvs.model import DestKey, ServiceKey
-from lvsfeedback.necp.codec import CAPACITY_QUERY, HEALTH_QUERY, Query
+from lvsfeedback.necp.units import CAPACITY_QUERY, HEALTH_QUERY, Query
 from tests.helpers.director import HTTP, agent_up, director_config
 from tests.helpers.necp import DNS, WEB, EndpointTestCase
 

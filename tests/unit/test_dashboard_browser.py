@@ -24,7 +24,7 @@ from twisted.trial.unittest import TestCase
 
 from lvsfeedback.director.service import DirectorService
 from lvsfeedback.ipvs.memory import MemoryIPVS
-from lvsfeedback.necp.codec import Service
+from lvsfeedback.necp.units import Service
 from tests.helpers.director import HTTP, connect, write_config
 
 PROJECT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

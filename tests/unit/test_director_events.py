@@ -18,7 +18,7 @@ from lvsfeedback.director.config import load_config
 from lvsfeedback.director.events import Agent, GuardedEvents, IAgentEvents
 from lvsfeedback.director.factory import NEFactory
 from lvsfeedback.director.registry import Registry
-from lvsfeedback.necp.codec import Service
+from lvsfeedback.necp.units import Service
 from lvsfeedback.testing.necp_link import Link
 
 CONFIG = """

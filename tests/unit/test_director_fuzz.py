@@ -42,27 +42,22 @@ from lvsfeedback.agent.protocol import SEFactory
 from lvsfeedback.director.config import load_config
 from lvsfeedback.director.registry import Registry
 from lvsfeedback.director.service import GuardedNEFactory, necp_limits
-from lvsfeedback.necp.codec import (
-    HEADER,
-    MAX_MESSAGE_SIZE,
-    Answer,
+from lvsfeedback.necp.framing import encode
+from lvsfeedback.necp.messages import (
     ExceptionAdd,
     ExceptionDel,
     ExceptionQuery,
     ExceptionReset,
-    ExceptionRule,
     Init,
-    InstalledException,
     Keepalive,
     KeepaliveAck,
     Noop,
-    Opcode,
-    Service,
     Start,
     Stop,
-    encode,
 )
 from lvsfeedback.necp.session import RequestFailed
+from lvsfeedback.necp.units import Answer, ExceptionRule, InstalledException, Service
+from lvsfeedback.necp.wire import HEADER, MAX_MESSAGE_SIZE, Opcode
 from lvsfeedback.testing.necp_link import Link
 from tests.helpers.necp import SECRET, ConsumerTransport, TableHealth, decode_all
 

@@ -30,7 +30,7 @@ from lvsfeedback.ipvs.model import (
     SetMarkRule,
     VirtualService,
 )
-from lvsfeedback.necp.codec import Service
+from lvsfeedback.necp.units import Service
 from tests.helpers.director import (
     HTTP,
     RS,

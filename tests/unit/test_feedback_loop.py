@@ -19,7 +19,7 @@ from lvsfeedback.director.config import load_config
 from lvsfeedback.director.service import DirectorService
 from lvsfeedback.ipvs.memory import MemoryIPVS
 from lvsfeedback.ipvs.model import DestKey, ServiceKey
-from lvsfeedback.necp.codec import Service
+from lvsfeedback.necp.units import Service
 from lvsfeedback.testing.necp_link import Link
 from tests.helpers.director import director_config, write_director_config
 

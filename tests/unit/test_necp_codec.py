@@ -1,5 +1,6 @@
 """
-Tests for lvsfeedback.necp.codec: the NECP wire format, byte for byte.
+Tests for the NECP codec (lvsfeedback.necp's wire, units, messages, framing
+and auth modules): the NECP wire format, byte for byte.
 """
 
 from __future__ import annotations
@@ -13,22 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from lvsfeedback.necp.codec import (
-    CAPACITY_QUERY,
-    HEADER,
-    HEADER_SIZE,
-    MAX_CAPACITY,
-    MAX_MESSAGE_SIZE,
-    MAX_PAYLOAD,
-    MAX_SEQUENCE,
-    PROTOCOL_ID,
-    UNIT,
-    UNIT_SIZE,
-    Answer,
-    AuthenticationFailed,
-    Authenticator,
-    BadSequenceNumber,
-    Decoder,
+from lvsfeedback.necp.auth import Authenticator
+from lvsfeedback.necp.framing import Decoder, decode, encode
+from lvsfeedback.necp.messages import (
     ErrorReply,
     ExceptionAdd,
     ExceptionAddAck,
@@ -38,29 +26,44 @@ from lvsfeedback.necp.codec import (
     ExceptionReset,
     ExceptionResetAck,
     ExceptionResp,
-    ExceptionRule,
-    Flag,
     Init,
     InitAck,
-    InstalledException,
     Keepalive,
     KeepaliveAck,
-    MessageRefused,
-    NECPError,
     Noop,
-    Opcode,
-    Query,
-    RawUnit,
-    ReservedOpcode,
-    Service,
     Start,
     StartAck,
     Stop,
     StopAck,
-    UnsupportedVersion,
-    decode,
-    encode,
+)
+from lvsfeedback.necp.units import (
+    CAPACITY_QUERY,
+    MAX_CAPACITY,
+    Answer,
+    ExceptionRule,
+    InstalledException,
+    Query,
+    RawUnit,
+    Service,
     pack_unit,
+)
+from lvsfeedback.necp.wire import (
+    HEADER,
+    HEADER_SIZE,
+    MAX_MESSAGE_SIZE,
+    MAX_PAYLOAD,
+    MAX_SEQUENCE,
+    PROTOCOL_ID,
+    UNIT,
+    UNIT_SIZE,
+    AuthenticationFailed,
+    BadSequenceNumber,
+    Flag,
+    MessageRefused,
+    NECPError,
+    Opcode,
+    ReservedOpcode,
+    UnsupportedVersion,
 )
 
 EXAMPLES = 200

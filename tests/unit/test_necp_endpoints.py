@@ -27,28 +27,22 @@ from lvsfeedback.agent.protocol import (
 )
 from lvsfeedback.director.events import Agent, IAgentEvents
 from lvsfeedback.director.factory import NEFactory
-from lvsfeedback.necp.codec import (
-    HEADER,
-    Authenticator,
+from lvsfeedback.necp.auth import Authenticator
+from lvsfeedback.necp.factory import MESSAGES_PER_TURN
+from lvsfeedback.necp.framing import decode, encode
+from lvsfeedback.necp.messages import (
     ErrorReply,
     ExceptionAdd,
     ExceptionQuery,
-    ExceptionRule,
-    Flag,
     Init,
-    InstalledException,
     Keepalive,
     KeepaliveAck,
-    Opcode,
-    Query,
-    Service,
     Start,
     StartAck,
-    decode,
-    encode,
 )
-from lvsfeedback.necp.factory import MESSAGES_PER_TURN
 from lvsfeedback.necp.session import RequestFailed
+from lvsfeedback.necp.units import ExceptionRule, InstalledException, Query, Service
+from lvsfeedback.necp.wire import HEADER, Flag, Opcode
 from lvsfeedback.testing.necp_link import DIRECTOR, Link
 from tests.helpers.necp import (
     DNS,

@@ -23,7 +23,9 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from lvsfeedback.director.factory import NEFactory
-from lvsfeedback.necp.codec import ExceptionAdd, ExceptionQuery, ExceptionRule, Init, encode
+from lvsfeedback.necp.framing import encode
+from lvsfeedback.necp.messages import ExceptionAdd, ExceptionQuery, Init
+from lvsfeedback.necp.units import ExceptionRule
 from tests.unit.test_necp_endpoints import RecordingEvents
 
 

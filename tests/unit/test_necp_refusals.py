@@ -20,21 +20,6 @@ from lvsfeedback.director.web.history import History
 from lvsfeedback.director.web.listener import StatusSite
 from lvsfeedback.director.web.resources import status_root
 from lvsfeedback.ipvs.memory import MemoryIPVS
-from lvsfeedback.necp.codec import (
-    HEADER,
-    MAX_PAYLOAD,
-    PROTOCOL_ID,
-    VERSION,
-    ExceptionAdd,
-    ExceptionRule,
-    Init,
-    Keepalive,
-    KeepaliveAck,
-    Noop,
-    Service,
-    Start,
-    encode,
-)
 from lvsfeedback.necp.counters import (
     BAD_CREDENTIAL,
     CONNECTION_REASONS,
@@ -45,6 +30,10 @@ from lvsfeedback.necp.counters import (
     MESSAGE_REASONS,
     NECPCounters,
 )
+from lvsfeedback.necp.framing import encode
+from lvsfeedback.necp.messages import ExceptionAdd, Init, Keepalive, KeepaliveAck, Noop, Start
+from lvsfeedback.necp.units import ExceptionRule, Service
+from lvsfeedback.necp.wire import HEADER, MAX_PAYLOAD, PROTOCOL_ID, VERSION
 from tests.helpers.director import accept, director_config, http
 
 SECRET = b"correct horse battery staple"

@@ -9,8 +9,10 @@ from twisted.internet.error import ConnectionLost
 from twisted.trial.unittest import SynchronousTestCase
 
 from lvsfeedback.necp import session as necp_session
-from lvsfeedback.necp.codec import KeepaliveAck, NECPError, Query, Start, StartAck
+from lvsfeedback.necp.messages import KeepaliveAck, Start, StartAck
 from lvsfeedback.necp.session import MAX_ATTEMPTS, RequestFailed, SessionState
+from lvsfeedback.necp.units import Query
+from lvsfeedback.necp.wire import NECPError
 
 HEALTH = (Query.health(6, 80),)
 

@@ -13,7 +13,7 @@ import lvsfeedback
 from lvsfeedback.director.policy import AgentState, Drained, Pinned
 from lvsfeedback.director.updater import ServicePass
 from lvsfeedback.ipvs.model import PROTOCOL_NAMES, DestKey
-from lvsfeedback.necp.codec import opcode_name
+from lvsfeedback.necp.wire import opcode_name
 
 
 def seconds(value: float | None) -> float | None:
