@@ -19,9 +19,9 @@ Direct routing (C{dr}) and tunnelling (C{tun}) put everyone on one segment,
 a bridge in a namespace of its own, so that the director's interface counts
 only what really reaches the director:
 
-    client ns            segment ns             director ns
-    eth0 10.200.0.2 ──┐  bridge "segment"  ┌── eth0 10.200.0.3 + the VIP 10.200.0.1
-                      └──── to-client ... ─┴── to-rsK ── rsK ns: eth0 10.200.0.(10+K)
+    client ns    eth0 10.200.0.2                    ── to-client   ┐
+    director ns  eth0 10.200.0.3 and the VIP        ── to-director ├ bridge "segment" (segment ns)
+    rsK ns       eth0 10.200.0.(10+K), the VIP too  ── to-rsK      ┘
 
 The director receives the clients' packets for the VIP and hands them to a
 real server, which answers the client straight from the VIP: in DR the real
