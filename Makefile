@@ -6,7 +6,7 @@ PYTHON     := $(VENV)/bin/python
 HOST_PYTHON ?= python3
 INSTALLED  := $(VENV)/.installed
 SYSTEM_PACKAGES := qemu-system-x86 linux-image-amd64 ipvsadm iptables iproute2 kmod \
-	libxtables12 libip4tc2 libip6tc2 haproxy chromium curl busybox-static
+	libxtables12 libip4tc2 libip6tc2 haproxy chromium curl busybox-static keepalived
 
 .PHONY: all deps test demo bench clean
 

@@ -22,7 +22,7 @@ from typing import Callable, Iterable
 
 from twisted.application.internet import ClientService
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 from zope.interface import Interface
@@ -300,6 +300,22 @@ class SEFactory(NECPFactory):
             self.retry_policy.handshake_failed()
 
 
+def _all_settled(requests: list[Deferred]) -> Deferred:
+    """
+    Fires once every one of C{requests} has: with their results in order, or
+    with the first failure. One director's lost session must not cut short
+    the wait for the others' acknowledgements.
+    """
+
+    def settled(outcomes):
+        for succeeded, result in outcomes:
+            if not succeeded:
+                return result
+        return [result for _, result in outcomes]
+
+    return DeferredList(requests, consumeErrors=True).addCallback(settled)
+
+
 class DirectorLinks(MultiService):
     """
     The agent's sessions with all its directors, one L{ClientService} each,
@@ -349,18 +365,15 @@ class DirectorLinks(MultiService):
         """
         services = tuple(services)
         self.announced.update(services)
-        return gatherResults(
-            [session.start(services) for session in self.sessions()], consumeErrors=True
-        )
+        return _all_settled([session.start(services) for session in self.sessions()])
 
     def stop_services(self, services: Iterable[Service]) -> Deferred:
         """
         STOP C{services} on every established session and announce them no
         more. Fires once every director acknowledged, with a list, per
-        session, of the services it could not stop.
+        session, of the services it could not stop; fails, once every
+        session has answered or failed, if one failed.
         """
         services = tuple(services)
         self.announced.difference_update(services)
-        return gatherResults(
-            [session.stop(services) for session in self.sessions()], consumeErrors=True
-        )
+        return _all_settled([session.stop(services) for session in self.sessions()])

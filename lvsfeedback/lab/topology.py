@@ -10,7 +10,26 @@ director's integration tests (run as root on a kernel with IPVS).
 The real servers' default route is the director, so IPVS NAT (masquerading)
 works: their answers go back through the director, which rewrites them.
 The director forwards IPv4. Each real server also gets a cgroup v2 group
-with a CPU quota (see L{lvsfeedback.lab.cgroups}).
+with a CPU quota (see L{lvsfeedback.lab.cgroups}). With C{ipv6}, every NAT
+leg also carries an IPv6 address (fd00:200::/64 beside 10.200.0.0/24,
+fd00:201::/64 beside 10.201.0.0/24, the virtual address fd00:200::1) and the
+director forwards IPv6 too.
+
+Direct routing (C{dr}) and tunnelling (C{tun}) put everyone on one segment,
+a bridge in a namespace of its own, so that the director's interface counts
+only what really reaches the director:
+
+    client ns    eth0 10.200.0.2                    ── to-client   ┐
+    director ns  eth0 10.200.0.3 and the VIP        ── to-director ├ bridge "segment" (segment ns)
+    rsK ns       eth0 10.200.0.(10+K), the VIP too  ── to-rsK      ┘
+
+The director receives the clients' packets for the VIP and hands them to a
+real server, which answers the client straight from the VIP: in DR the real
+servers hold the VIP on C{lo}, in TUN on an ipip device that decapsulates
+what the director sends (its reverse-path filter relaxed, since the client is
+not behind that device). Either way each real server must never answer ARP
+for the VIP (C{arp_ignore=1}, C{arp_announce=2}), or clients would bypass
+the director. Nothing routes through the director: it does not forward.
 
 Every namespace and the cgroup parent carry a run-unique prefix, so parallel
 runs and the leftovers of a crashed one never collide. L{Topology} is a
@@ -26,6 +45,7 @@ unit tests check them without root.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -51,6 +71,20 @@ VIP = "10.200.0.1"
 CLIENT_ADDRESS = "10.200.0.2"
 DIRECTOR_BACKEND_ADDRESS = "10.201.0.1"
 BRIDGE = "br-backend"
+# How the director reaches the real servers: masquerading, direct routing, ipip tunnelling.
+NAT, DR, TUN = "nat", "dr", "tun"
+MODES = (NAT, DR, TUN)
+# DR and TUN: the director's own address on the shared segment, beside the VIP.
+DIRECTOR_SEGMENT_ADDRESS = "10.200.0.3"
+SEGMENT_BRIDGE = "segment"
+VIP_TUNNEL = "vip-tun"
+# What a DR or TUN real server must get right: it holds the VIP but never
+# answers ARP for it, nor uses it as the source of its own ARP requests.
+REAL_SERVER_ARP = ("net.ipv4.conf.all.arp_ignore=1", "net.ipv4.conf.all.arp_announce=2")
+IPV6_PREFIX_LENGTH = 64
+VIP6 = "fd00:200::1"
+CLIENT_ADDRESS6 = "fd00:200::2"
+DIRECTOR_BACKEND_ADDRESS6 = "fd00:201::1"
 DIRECTOR_CLIENT_LINK = "to-client"
 # Inside its own namespace each leg is simply eth0: names are per namespace.
 NAMESPACE_LINK = "eth0"
@@ -82,12 +116,13 @@ def new_prefix() -> str:
 
 @dataclass(frozen=True)
 class LabServer:
-    """A real server: its short name (C{rs1}), namespace, backend-network address and cgroup."""
+    """A real server: its short name (C{rs1}), namespace, address, cgroup and, in an IPv6 lab, IPv6 address."""
 
     name: str
     namespace: str
     address: str
     cgroup: Cgroup
+    address6: str | None = None
 
 
 @dataclass(frozen=True)
@@ -103,12 +138,28 @@ class TopologyPlan:
     prefix: str
     servers: int
     cgroup_root: Path = CGROUP_ROOT
+    mode: str = NAT
+    ipv6: bool = False
 
     def __post_init__(self):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.prefix):
             raise LabError(f"prefix {self.prefix!r} must be letters, digits, '_', '.', '-'")
         if not 1 <= self.servers <= 200:
             raise LabError(f"the lab holds 1 to 200 real servers, not {self.servers}")
+        if self.mode not in MODES:
+            raise LabError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        if self.ipv6 and self.mode != NAT:
+            raise LabError(f"the IPv6 lab is a NAT one, not {self.mode}")
+
+    @property
+    def shared_segment(self) -> bool:
+        """Client, director and real servers on one segment (DR, TUN), rather than NAT's two networks."""
+        return self.mode != NAT
+
+    @property
+    def segment(self) -> str:
+        """The namespace holding the shared segment's bridge (DR, TUN)."""
+        return f"{self.prefix}-segment"
 
     @property
     def director(self) -> str:
@@ -128,15 +179,17 @@ class TopologyPlan:
             LabServer(
                 name=f"rs{number}",
                 namespace=f"{self.prefix}-rs{number}",
-                address=f"10.201.0.{10 + number}",
+                address=f"10.{200 if self.shared_segment else 201}.0.{10 + number}",
                 cgroup=Cgroup(self.cgroup_parent / f"rs{number}"),
+                address6=f"fd00:201::{10 + number}" if self.ipv6 else None,
             )
             for number in range(1, self.servers + 1)
         ]
 
     @property
     def namespaces(self) -> list[str]:
-        return [self.director, self.client] + [server.namespace for server in self.real_servers]
+        segment = [self.segment] if self.shared_segment else []
+        return [self.director, self.client] + [server.namespace for server in self.real_servers] + segment
 
 
 def _ip_batch(namespace: str | None, lines: list[str], force: bool = False) -> Command:
@@ -150,6 +203,8 @@ def _sysctl(namespace: str, *settings: str) -> Command:
 
 def setup_commands(plan: TopologyPlan) -> list[Command]:
     """The iproute2 and sysctl commands that build the plan's namespaces and links, in order."""
+    if plan.shared_segment:
+        return _shared_segment_commands(plan)
     servers = plan.real_servers
     director_lines = [
         "link set lo up",
@@ -167,33 +222,106 @@ def setup_commands(plan: TopologyPlan) -> list[Command]:
             f"link set {link} master {BRIDGE}",
             f"link set {link} up",
         ]
+    client_lines = [
+        "link set lo up",
+        f"addr add {CLIENT_ADDRESS}/{NETWORK_PREFIX_LENGTH} dev {NAMESPACE_LINK}",
+        f"link set {NAMESPACE_LINK} up",
+        # Not needed to reach the VIP (same network); lets the client reach
+        # the real servers directly through the director, for checks.
+        f"route add default via {VIP}",
+    ]
+    if plan.ipv6:
+        # nodad: usable at once, not after duplicate address detection.
+        director_lines += [
+            f"addr add {VIP6}/{IPV6_PREFIX_LENGTH} dev {DIRECTOR_CLIENT_LINK} nodad",
+            f"addr add {DIRECTOR_BACKEND_ADDRESS6}/{IPV6_PREFIX_LENGTH} dev {BRIDGE} nodad",
+        ]
+        client_lines += [f"addr add {CLIENT_ADDRESS6}/{IPV6_PREFIX_LENGTH} dev {NAMESPACE_LINK} nodad"]
     commands = [
         _ip_batch(None, [f"netns add {namespace}" for namespace in plan.namespaces]),
         _ip_batch(plan.director, director_lines),
-        _ip_batch(plan.client, [
-            "link set lo up",
-            f"addr add {CLIENT_ADDRESS}/{NETWORK_PREFIX_LENGTH} dev {NAMESPACE_LINK}",
-            f"link set {NAMESPACE_LINK} up",
-            # Not needed to reach the VIP (same network); lets the client reach
-            # the real servers directly through the director, for checks.
-            f"route add default via {VIP}",
-        ]),
+        _ip_batch(plan.client, client_lines),
     ]
     for server in servers:
-        commands.append(_ip_batch(server.namespace, [
+        server_lines = [
             "link set lo up",
             f"addr add {server.address}/{NETWORK_PREFIX_LENGTH} dev {NAMESPACE_LINK}",
             f"link set {NAMESPACE_LINK} up",
             f"route add default via {DIRECTOR_BACKEND_ADDRESS}",
-        ]))
+        ]
+        if server.address6 is not None:
+            server_lines += [
+                f"addr add {server.address6}/{IPV6_PREFIX_LENGTH} dev {NAMESPACE_LINK} nodad",
+                f"route add ::/0 via {DIRECTOR_BACKEND_ADDRESS6}",
+            ]
+        commands.append(_ip_batch(server.namespace, server_lines))
+    forwarding = ["net.ipv4.ip_forward=1"] + (["net.ipv6.conf.all.forwarding=1"] if plan.ipv6 else [])
     commands += [
-        _sysctl(plan.director, "net.ipv4.ip_forward=1"),
-        # The short-connection pattern opens a connection per request and the
-        # client keeps each in TIME_WAIT for a minute: widen the port range
-        # and let new connections reuse TIME_WAIT ports, or a long run at a
-        # few hundred requests/s runs out of ports.
-        _sysctl(plan.client, "net.ipv4.ip_local_port_range=1024 65535", "net.ipv4.tcp_tw_reuse=1"),
+        _sysctl(plan.director, *forwarding),
+        _client_ports(plan),
     ]
+    return commands
+
+
+def _client_ports(plan: TopologyPlan) -> Command:
+    # The short-connection pattern opens a connection per request and the
+    # client keeps each in TIME_WAIT for a minute: widen the port range
+    # and let new connections reuse TIME_WAIT ports, or a long run at a
+    # few hundred requests/s runs out of ports.
+    return _sysctl(plan.client, "net.ipv4.ip_local_port_range=1024 65535", "net.ipv4.tcp_tw_reuse=1")
+
+
+def _shared_segment_commands(plan: TopologyPlan) -> list[Command]:
+    """DR and TUN: everyone on one bridge; the director holds the VIP, and so does every real server, silently."""
+    servers = plan.real_servers
+    members = [("director", plan.director), ("client", plan.client)] + [(s.name, s.namespace) for s in servers]
+    segment_lines = ["link set lo up", f"link add {SEGMENT_BRIDGE} type bridge", f"link set {SEGMENT_BRIDGE} up"]
+    for name, namespace in members:
+        segment_lines += [
+            f"link add to-{name} type veth peer name {NAMESPACE_LINK} netns {namespace}",
+            f"link set to-{name} master {SEGMENT_BRIDGE}",
+            f"link set to-{name} up",
+        ]
+    commands = [
+        _ip_batch(None, [f"netns add {namespace}" for namespace in plan.namespaces]),
+        _ip_batch(plan.segment, segment_lines),
+        # Before any real server holds the VIP, so none ever answers ARP for it.
+        *[_sysctl(server.namespace, *REAL_SERVER_ARP) for server in servers],
+        _ip_batch(plan.director, [
+            "link set lo up",
+            # The director's own address first: the segment's route, and the
+            # source of what it tunnels, are its, not the VIP's.
+            f"addr add {DIRECTOR_SEGMENT_ADDRESS}/{NETWORK_PREFIX_LENGTH} dev {NAMESPACE_LINK}",
+            f"addr add {VIP}/32 dev {NAMESPACE_LINK}",
+            f"link set {NAMESPACE_LINK} up",
+        ]),
+        _ip_batch(plan.client, [
+            "link set lo up",
+            f"addr add {CLIENT_ADDRESS}/{NETWORK_PREFIX_LENGTH} dev {NAMESPACE_LINK}",
+            f"link set {NAMESPACE_LINK} up",
+        ]),
+    ]
+    for server in servers:
+        lines = [
+            "link set lo up",
+            f"addr add {server.address}/{NETWORK_PREFIX_LENGTH} dev {NAMESPACE_LINK}",
+            f"link set {NAMESPACE_LINK} up",
+        ]
+        if plan.mode == DR:
+            lines.append(f"addr add {VIP}/32 dev lo")
+        else:
+            lines += [
+                f"link add {VIP_TUNNEL} type ipip local {server.address}",
+                f"addr add {VIP}/32 dev {VIP_TUNNEL}",
+                f"link set {VIP_TUNNEL} up",
+            ]
+        commands.append(_ip_batch(server.namespace, lines))
+        if plan.mode == TUN:
+            # The client's packets come out of the tunnel, but the way back to
+            # the client is eth0: a strict reverse-path filter would drop them.
+            commands.append(_sysctl(server.namespace, "net.ipv4.conf.all.rp_filter=0",
+                                    f"net.ipv4.conf.{VIP_TUNNEL}.rp_filter=0"))
+    commands.append(_client_ports(plan))
     return commands
 
 
@@ -380,7 +508,8 @@ class LabProcess:
 class Topology:
     """
     The lab cluster: a director, a client and `servers` real servers, each
-    real server in a cgroup limited to `cpus_per_server` CPUs (None: no limit).
+    real server in a cgroup limited to `cpus_per_server` CPUs (None: no limit),
+    reached by NAT (with `ipv6`, over IPv6 too), DR or TUN (`mode`).
 
         with Topology(servers=3, cpus_per_server=0.5) as lab:
             backends = lab.start_backends(work_ms=5)
@@ -396,8 +525,10 @@ class Topology:
         log_dir: Path | None = None,
         cgroup_root: Path = CGROUP_ROOT,
         netns_dir: Path = NETNS_DIR,
+        mode: str = NAT,
+        ipv6: bool = False,
     ):
-        self.plan = TopologyPlan(prefix or new_prefix(), servers, Path(cgroup_root))
+        self.plan = TopologyPlan(prefix or new_prefix(), servers, Path(cgroup_root), mode, ipv6)
         self.cpus_per_server = cpus_per_server
         self.netns_dir = netns_dir
         self.cgroups = CgroupTree(self.plan.prefix, Path(cgroup_root))
@@ -492,11 +623,14 @@ class Topology:
         """
         One L{lvsfeedback.lab.backend} per real server, in its namespace and
         cgroup, started together and each waited for until it listens; by
-        server name.
+        server name. In DR and TUN the port must be the virtual service's:
+        the packets reach the real server unchanged.
         """
+        # "": every address of both families.
+        address = "" if self.plan.ipv6 else "0.0.0.0"
         started = {
             server.name: self.spawn(server.namespace, [
-                sys.executable, "-m", "lvsfeedback.lab.backend",
+                sys.executable, "-m", "lvsfeedback.lab.backend", "--address", address,
                 "--port", str(port), "--work-ms", str(work_ms), "--name", server.name,
             ], cgroup=server.cgroup)
             for server in self.servers
@@ -545,6 +679,16 @@ class Topology:
     def generate_load(self, config: LoadConfig, records_path: str | None = None) -> Summary:
         """Run `config` from the client namespace to its end; its summary (records to records_path)."""
         return self.finish_load(self.start_load(config, records_path), config)
+
+    def packet_counts(self, namespace: str) -> tuple[int, int]:
+        """Packets received and sent so far on a namespace's eth0 (every namespace's leg in DR and TUN)."""
+        shown = self.run(namespace, ["ip", "-s", "-j", "link", "show", "dev", NAMESPACE_LINK]).stdout
+        try:
+            [link] = json.loads(shown)
+            statistics = link["stats64"]
+            return statistics["rx"]["packets"], statistics["tx"]["packets"]
+        except (ValueError, KeyError, TypeError) as error:
+            raise LabError(f"no packet counts for {NAMESPACE_LINK} in {namespace} in {shown!r}: {error}") from None
 
     def set_cpus(self, server: LabServer, cpus: float | None) -> None:
         """Change the server's CPU quota while it runs (None lifts it)."""

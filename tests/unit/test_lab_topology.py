@@ -9,6 +9,8 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from lvsfeedback.lab.cgroups import Cgroup
 from lvsfeedback.lab.topology import (
+    DR,
+    TUN,
     Command,
     LabError,
     LabProcess,
@@ -22,6 +24,14 @@ from lvsfeedback.lab.topology import (
     setup_commands,
     teardown_commands,
 )
+
+
+def batch_lines(test, commands, namespace):
+    """The lines of the iproute2 batch run in a namespace."""
+    for command in commands:
+        if command.argv == ["ip", "-n", namespace, "-batch", "-"]:
+            return command.input.splitlines()
+    test.fail(f"no batch for {namespace}")
 
 
 class PlanTests(SynchronousTestCase):
@@ -62,10 +72,7 @@ class CommandTests(SynchronousTestCase):
         self.commands = setup_commands(self.plan)
 
     def batch(self, namespace):
-        for command in self.commands:
-            if command.argv == ["ip", "-n", namespace, "-batch", "-"]:
-                return command.input.splitlines()
-        self.fail(f"no batch for {namespace}")
+        return batch_lines(self, self.commands, namespace)
 
     def test_namespaces_come_first(self):
         first = self.commands[0]
@@ -122,6 +129,83 @@ class CommandTests(SynchronousTestCase):
     def test_without_cgroup_the_slot_is_empty(self):
         argv = namespace_command("p-client", ["ipvsadm", "-Ln"])
         self.assertEqual(argv[-3:], ["", "ipvsadm", "-Ln"])
+
+
+class SharedSegmentCommandTests(SynchronousTestCase):
+    """DR and TUN: client, director and real servers on one bridge of its own (#17)."""
+
+    def commands(self, mode):
+        self.plan = TopologyPlan("p", 2, mode=mode)
+        return setup_commands(self.plan)
+
+    def batch(self, commands, namespace):
+        return batch_lines(self, commands, namespace)
+
+    def test_a_bridge_in_its_own_namespace_links_everyone(self):
+        commands = self.commands(DR)
+        self.assertEqual(self.plan.namespaces, ["p-director", "p-client", "p-rs1", "p-rs2", "p-segment"])
+        lines = self.batch(commands, "p-segment")
+        for name in ("director", "client", "rs1", "rs2"):
+            self.assertIn(f"link add to-{name} type veth peer name eth0 netns p-{name}", lines)
+            self.assertIn(f"link set to-{name} master segment", lines)
+        self.assertEqual([s.address for s in self.plan.real_servers], ["10.200.0.11", "10.200.0.12"])
+
+    def test_the_director_holds_the_vip_beside_its_own_address_and_does_not_forward(self):
+        commands = self.commands(DR)
+        self.assertEqual(self.batch(commands, "p-director")[1:3],
+                         ["addr add 10.200.0.3/24 dev eth0", "addr add 10.200.0.1/32 dev eth0"])
+        self.assertEqual([c for c in commands if c.argv[:4] == ["ip", "netns", "exec", "p-director"]], [],
+                         "no sysctl: it does not forward")
+
+    def test_a_dr_real_server_holds_the_vip_on_lo_and_never_answers_arp_for_it(self):
+        commands = self.commands(DR)
+        lines = self.batch(commands, "p-rs2")
+        self.assertIn("addr add 10.200.0.1/32 dev lo", lines)
+        self.assertNotIn("route add default via 10.201.0.1", lines)
+        arp = Command(["ip", "netns", "exec", "p-rs2", "sysctl", "-qw",
+                       "net.ipv4.conf.all.arp_ignore=1", "net.ipv4.conf.all.arp_announce=2"])
+        batch = next(c for c in commands if c.argv == ["ip", "-n", "p-rs2", "-batch", "-"])
+        self.assertLess(commands.index(arp), commands.index(batch), "silent before it holds the VIP")
+
+    def test_a_tun_real_server_holds_the_vip_on_an_ipip_device_with_reverse_path_filtering_off(self):
+        commands = self.commands(TUN)
+        lines = self.batch(commands, "p-rs1")
+        self.assertEqual(lines[-3:], ["link add vip-tun type ipip local 10.200.0.11",
+                                      "addr add 10.200.0.1/32 dev vip-tun", "link set vip-tun up"])
+        self.assertNotIn("addr add 10.200.0.1/32 dev lo", lines)
+        self.assertIn(Command(["ip", "netns", "exec", "p-rs1", "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0",
+                               "net.ipv4.conf.vip-tun.rp_filter=0"]), commands)
+
+    def test_unknown_mode_and_ipv6_outside_nat_are_refused(self):
+        self.assertIn("mode must be one of nat, dr, tun", str(self.assertRaises(LabError, TopologyPlan, "p", 1,
+                                                                                 mode="masq")))
+        self.assertIn("IPv6 lab is a NAT one", str(self.assertRaises(LabError, TopologyPlan, "p", 1,
+                                                                       mode=DR, ipv6=True)))
+
+
+class IPv6CommandTests(SynchronousTestCase):
+    def setUp(self):
+        self.plan = TopologyPlan("p", 2, ipv6=True)
+        self.commands = setup_commands(self.plan)
+
+    def batch(self, namespace):
+        return batch_lines(self, self.commands, namespace)
+
+    def test_every_nat_leg_also_gets_an_ipv6_address_at_once(self):
+        self.assertIn("addr add fd00:200::1/64 dev to-client nodad", self.batch("p-director"))
+        self.assertIn("addr add fd00:201::1/64 dev br-backend nodad", self.batch("p-director"))
+        self.assertIn("addr add fd00:200::2/64 dev eth0 nodad", self.batch("p-client"))
+        self.assertEqual(self.batch("p-rs2")[-2:], ["addr add fd00:201::12/64 dev eth0 nodad",
+                                                    "route add ::/0 via fd00:201::1"])
+        self.assertEqual(self.plan.real_servers[1].address6, "fd00:201::12")
+
+    def test_the_director_forwards_both_families(self):
+        self.assertIn(Command(["ip", "netns", "exec", "p-director", "sysctl", "-qw", "net.ipv4.ip_forward=1",
+                               "net.ipv6.conf.all.forwarding=1"]), self.commands)
+
+    def test_without_ipv6_the_nat_lab_is_unchanged(self):
+        plain = setup_commands(TopologyPlan("p", 2))
+        self.assertFalse([c for c in plain if "fd00" in (c.input or "") or "forwarding=1" in " ".join(c.argv)])
 
 
 class RunCommandTests(SynchronousTestCase):
