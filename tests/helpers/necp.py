@@ -157,3 +157,8 @@ def decode_all(data):
     while (message := decoder.next_message()) is not None:
         found.append(message)
     return found
+
+
+def gaps(times):
+    """The time between each two successive moments of `times`."""
+    return [later - earlier for earlier, later in zip(times, times[1:])]

@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from lvsfeedback.agent.config import AgentConfigError, ServiceSettings, load_agent_config, parse_service
 from lvsfeedback.agent.haproxy import HAProxyAgentFactory
 from lvsfeedback.agent.tap import Options, makeService
+from tests.helpers.reactor import CallingFromThreadReactor
 
 SAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "tap", "agent.toml")
 
@@ -132,7 +133,6 @@ class HAProxyAgentCheckTests(SynchronousTestCase):
 class ConnectAfterFirstSampleTests(SynchronousTestCase):
     def test_agent_connects_to_its_directors_only_once_it_has_a_sample(self):
         from twisted.internet.defer import Deferred
-        from twisted.internet.testing import MemoryReactorClock
 
         from lvsfeedback.agent.config import AgentSettings
         from lvsfeedback.agent.service import AgentService
@@ -167,13 +167,6 @@ protocol = "tcp"
 port = 80
 metrics = ["cpu"]
 """
-
-
-class CallingFromThreadReactor(MemoryReactorClock):
-    """A MemoryReactorClock whose callFromThread calls at once, as the reactor thread would soon."""
-
-    def callFromThread(self, f, *args, **kwargs):
-        f(*args, **kwargs)
 
 
 class SignalTests(SynchronousTestCase):

@@ -21,11 +21,12 @@ from twisted.trial.unittest import SynchronousTestCase
 from lvsfeedback.agent.config import FORWARDING_CODES, AgentSettings, ServiceSettings
 from lvsfeedback.agent.service import AgentService
 from lvsfeedback.agent.tap import Options, makeService
-from lvsfeedback.director.protocol import Agent, NEFactory
-from lvsfeedback.necp.codec import Service as ServiceUnit
+from lvsfeedback.director.events import Agent
+from lvsfeedback.director.factory import NEFactory
+from lvsfeedback.necp.units import Service as ServiceUnit
 from lvsfeedback.testing.necp_link import Link
-from tests.unit.test_agent_daemon import CallingFromThreadReactor
-from tests.unit.test_necp_endpoints import RecordingEvents, gaps
+from tests.helpers.necp import RecordingEvents, gaps
+from tests.helpers.reactor import CallingFromThreadReactor
 
 FIRST, SECOND = "10.0.0.1", "10.0.0.9"
 AGENT_HOST = "10.0.0.2"

@@ -53,6 +53,7 @@ from tests.helpers.necp import (
     RecordingEvents,
     TableHealth,
     decode_all,
+    gaps,
 )
 
 
@@ -991,10 +992,6 @@ class ScriptedEndpoint:
             )
         )
         return succeed(protocol)
-
-
-def gaps(times):
-    return [later - earlier for earlier, later in zip(times, times[1:])]
 
 
 class ReconnectTests(EndpointTestCase):

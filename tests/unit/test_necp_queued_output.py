@@ -26,7 +26,7 @@ from lvsfeedback.director.factory import NEFactory
 from lvsfeedback.necp.framing import encode
 from lvsfeedback.necp.messages import ExceptionAdd, ExceptionQuery, Init
 from lvsfeedback.necp.units import ExceptionRule
-from tests.unit.test_necp_endpoints import RecordingEvents
+from tests.helpers.necp import RecordingEvents
 
 
 def queued_in_kernel(sock: socket.socket) -> int:
