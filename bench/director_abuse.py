@@ -78,9 +78,17 @@ from lvsfeedback.necp.messages import (  # noqa: E402
     Message,
     Start,
 )
-from lvsfeedback.necp.protocol import describe_flags  # noqa: E402
 from lvsfeedback.necp.units import FORWARD_LAYER3, ExceptionRule, Service  # noqa: E402
-from lvsfeedback.necp.wire import CREDENTIAL_SIZE, HEADER, HEADER_SIZE, PROTOCOL_ID, Flag, NECPError, Opcode  # noqa: E402
+from lvsfeedback.necp.wire import (  # noqa: E402
+    CREDENTIAL_SIZE,
+    HEADER,
+    HEADER_SIZE,
+    PROTOCOL_ID,
+    Flag,
+    NECPError,
+    Opcode,
+    describe_flags,
+)
 from lvsfeedback.testing.daemon import free_port  # noqa: E402
 
 # The legitimate real servers, agent_address(0) and agent_address(1), and their health.

@@ -44,7 +44,7 @@ from lvsfeedback.necp.messages import (
     Start,
     Stop,
 )
-from lvsfeedback.necp.protocol import NECPProtocol, describe_flags
+from lvsfeedback.necp.protocol import NECPProtocol
 from lvsfeedback.necp.units import (
     CAPACITY_QUERY,
     HEALTH_QUERY,
@@ -56,7 +56,7 @@ from lvsfeedback.necp.units import (
     Query,
     Service,
 )
-from lvsfeedback.necp.wire import Opcode
+from lvsfeedback.necp.wire import Opcode, describe_flags
 
 MIN_RETRY_DELAY = 1.0
 MAX_RETRY_DELAY = 256.0

@@ -21,6 +21,8 @@ from collections import Counter
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from lvsfeedback.necp.wire import AuthenticationFailed, BadSequenceNumber, MessageTooLarge, NECPError
+
 # Why a message is refused.
 BAD_CREDENTIAL = "bad_credential"  # credential missing, unexpected or wrong; authentication refused
 BAD_SEQUENCE = "bad_sequence"  # a sequence number not above the last: a replay or reordering
@@ -39,6 +41,17 @@ LOG_WINDOW = 60.0
 MAX_TRACKED = 256
 # The peer of the window shared by refusals from peers beyond MAX_TRACKED.
 OTHER_PEERS = "other peers"
+
+
+def refusal_reason(error: NECPError) -> str:
+    """The counted reason for refusing what the codec refused with C{error}."""
+    if isinstance(error, AuthenticationFailed):
+        return BAD_CREDENTIAL
+    if isinstance(error, BadSequenceNumber):
+        return BAD_SEQUENCE
+    if isinstance(error, MessageTooLarge):
+        return LIMIT
+    return MALFORMED
 
 
 class _Window:

@@ -44,13 +44,7 @@ from zope.interface import implementer
 
 from lvsfeedback.addresses import describe_address
 from lvsfeedback.necp.auth import Authenticator
-from lvsfeedback.necp.counters import (
-    BAD_CREDENTIAL,
-    BAD_SEQUENCE,
-    LIMIT,
-    MALFORMED,
-    UNEXPECTED,
-)
+from lvsfeedback.necp.counters import LIMIT, UNEXPECTED, refusal_reason
 from lvsfeedback.necp.factory import NECPFactory
 from lvsfeedback.necp.framing import Decoder, encode
 from lvsfeedback.necp.messages import (
@@ -72,33 +66,14 @@ from lvsfeedback.necp.units import Query
 from lvsfeedback.necp.wire import (
     REPLY_OPCODE,
     REPLY_OPCODES,
-    AuthenticationFailed,
-    BadSequenceNumber,
     Flag,
     MessageRefused,
-    MessageTooLarge,
     NECPError,
     Opcode,
     UnsupportedVersion,
+    describe_flags,
     opcode_name,
 )
-
-
-def describe_flags(flags: int) -> str:
-    """Header flags as readable names, e.g. C{'ERROR|AUTH_REQUIRED'}."""
-    names = [flag.name for flag in Flag if flags & flag]
-    return "|".join(names) if names else "none"
-
-
-def refusal_reason(error: NECPError) -> str:
-    """The counted reason for refusing what the codec refused with C{error}."""
-    if isinstance(error, AuthenticationFailed):
-        return BAD_CREDENTIAL
-    if isinstance(error, BadSequenceNumber):
-        return BAD_SEQUENCE
-    if isinstance(error, MessageTooLarge):
-        return LIMIT
-    return MALFORMED
 
 
 def cap_send_buffer(transport: object, size: int) -> None:

@@ -86,6 +86,12 @@ def opcode_name(opcode: int) -> str:
         return f"reserved opcode 0x{opcode:02x}"
 
 
+def describe_flags(flags: int) -> str:
+    """Header flags as readable names, e.g. C{'ERROR|AUTH_REQUIRED'}."""
+    names = [str(flag.name) for flag in Flag if flags & flag]  # every Flag has a name
+    return "|".join(names) if names else "none"
+
+
 class NECPError(Exception):
     """
     Input that is not acceptable NECP, or a value that cannot be encoded.
