@@ -1,10 +1,21 @@
 """
 NECP, the Network Element Control Protocol (draft-cerpa-necp-02).
 
-This package's namespace is the sans-IO codec: L{wire} (numbers and
-errors), L{units}, L{messages}, L{framing} (bytes to messages and back) and
-L{auth} (credentials and sequence numbers). The Twisted protocol base lives
-in L{lvsfeedback.necp.protocol}, the two ends in
+Its modules, sans-IO first:
+  - L{wire}: the numbers (opcodes, flags, header) and the codec's errors;
+  - L{units}: the units messages carry (services, queries, answers, exceptions);
+  - L{messages}: one class per message;
+  - L{framing}: bytes to messages and back;
+  - L{auth}: credentials and sequence numbers;
+  - L{session}: one session's state, either end: handshake, requests,
+    replies and retries, keepalives; no I/O, no timers;
+  - L{counters}: what an endpoint handled and refused, and refusals logged
+    at a bounded cost;
+  - L{factory}: the settings every connection of one endpoint shares;
+  - L{protocol}: the Twisted protocol that drives a session over a
+    connection and keeps its timers.
+
+This package's namespace is the codec. The two ends are
 L{lvsfeedback.director.protocol} and L{lvsfeedback.agent.protocol}.
 """
 

@@ -1,13 +1,14 @@
 """
 What both NECP endpoints share: framing, requests and replies, keepalives.
 
-L{NECPProtocol} reads messages through the codec's L{Decoder}, matches
-replies to requests by request id (each request gets a L{Deferred}), sends a
-KEEPALIVE every interval plus a random jitter once the session is up (unless
-the peer's own keepalives or questions arrive meanwhile), and closes the
-connection when the peer leaves too many keepalives in a row
-unanswered, when the handshake does not finish in time, or when the input
-is malformed. A refused message (bad credential, replay, other version,
+L{NECPProtocol} reads messages through the codec's L{Decoder}, answers
+requests, carries out what its L{SessionState} decides about replies and
+refused messages (each request gets a L{Deferred}), sends a KEEPALIVE
+every interval plus a random jitter once the session is up (unless the
+peer's own keepalives or questions arrive meanwhile), and closes the
+connection when the peer leaves too many keepalives in a row unanswered,
+when the handshake does not finish in time, or when the input is
+malformed. A refused message (bad credential, replay, other version,
 reserved opcode) is answered with an error reply and the session goes on.
 Every message handled and every refusal is counted in the factory's
 L{NECPCounters}, which logs each refusal class once per peer per minute.
@@ -20,7 +21,7 @@ not read what it is sent, nothing more is read from it or handled for it;
 the kernel's send buffer for the connection holds at most
 C{max_queued_output} bytes (Linux would grow it to 4 MB); and a connection
 that queues more than that again past Twisted's own buffer is aborted. The
-session's state (its handshake, requests and keepalives) is a
+session's state (its handshake, requests, retries and keepalives) is a
 L{SessionState} without I/O, which the protocol drives and keeps the timers
 of.
 
@@ -61,17 +62,14 @@ from lvsfeedback.necp.messages import (
     Start,
     Stop,
 )
-from lvsfeedback.necp.session import Pending, RequestFailed, SessionState
+from lvsfeedback.necp.session import Action, Refuse, RequestFailed, Send, SendAgain, SessionState
 from lvsfeedback.necp.units import Query
 from lvsfeedback.necp.wire import (
     REPLY_OPCODE,
     REPLY_OPCODES,
-    Flag,
     MessageRefused,
     NECPError,
     Opcode,
-    UnsupportedVersion,
-    describe_flags,
     opcode_name,
 )
 
@@ -330,7 +328,7 @@ class NECPProtocol(Protocol):
             try:
                 message = self._decoder.next_message()
             except MessageRefused as refusal:
-                self._refused(refusal)
+                self._act(self.state.refused(refusal))
                 continue
             except NECPError as error:
                 self.close(f"malformed NECP input: {error}", abort=True, refused=refusal_reason(error))
@@ -382,7 +380,9 @@ class NECPProtocol(Protocol):
         if kind is Noop:
             return
         if kind is ErrorReply or message.opcode in REPLY_OPCODES:
-            self._reply_received(message)
+            actions = self.state.reply(message)
+            if actions:
+                self._act(actions)
             return
         if not self.established and kind is not Init:
             self.close(
@@ -395,74 +395,20 @@ class NECPProtocol(Protocol):
         if reply is not None:
             self.send_message(dataclasses.replace(reply, request_id=message.request_id))
 
-    def _reply_received(self, reply: Message) -> None:
-        pending = self.state.waiting(reply.request_id)
-        if pending is None:
-            self.refuse(
-                UNEXPECTED,
-                f"ignored {opcode_name(reply.opcode)} for request {reply.request_id}: nothing waits for it",
-            )
-            return
-        if reply.opcode != REPLY_OPCODE[pending.message.opcode]:
-            self.close(f"{opcode_name(reply.opcode)} does not answer {pending.name}", refused=UNEXPECTED)
-            return
-        if type(reply) is ErrorReply:
-            if reply.flags & Flag.VERSION_MISMATCH:
-                self.close(f"peer does not speak this NECP version (refused {pending.name})")
-                return
-            if reply.flags & (Flag.AUTH_REQUIRED | Flag.BAD_SEQUENCE) and pending.retryable:
-                self._retry(pending, f"peer refused it: {describe_flags(reply.flags)}")
-                return
-        self.state.answered(pending, reply)
-
-    def _refused(self, refusal: MessageRefused) -> None:
-        if isinstance(refusal, UnsupportedVersion) and refusal.flags & Flag.VERSION_MISMATCH:
-            self.close(f"peer speaks only NECP version {refusal.version}")
-            return
-        if refusal.flags & Flag.ERROR or refusal.opcode in REPLY_OPCODES:
-            self._reply_refused(refusal)
-            return
-        reason = refusal_reason(refusal)
-        if refusal.opcode != Opcode.NOOP:
-            self.send_message(
-                ErrorReply(
-                    opcode=REPLY_OPCODE.get(refusal.opcode, refusal.opcode),
-                    request_id=refusal.request_id,
-                    flags=refusal.reply_flags,
-                )
-            )
-            if not self.established:
-                why = f"handshake failed: {opcode_name(refusal.opcode)}: {refusal.reason}"
-                self.close(why, refused=reason)
-                return
-        self.refuse(reason, f"{opcode_name(refusal.opcode)}: {refusal.reason}")
-
-    def _reply_refused(self, refusal: MessageRefused) -> None:
-        """A reply we cannot accept: ask again, as often as L{SessionState.retry} allows."""
-        pending = self.state.waiting(refusal.request_id)
-        reason = f"{refusal.reason} (peer flags {describe_flags(refusal.flags)})"
-        counted = refusal_reason(refusal)
-        if pending is None or REPLY_OPCODE[pending.message.opcode] != refusal.opcode:
-            self.refuse(counted, f"ignored unverifiable {opcode_name(refusal.opcode)}: {reason}")
-        elif not pending.retryable:
-            self.close(f"reply to {pending.name} refused: {reason}", refused=counted)
-        else:
-            self.refuse(counted, f"cannot verify its {opcode_name(refusal.opcode)}: {reason}")
-            self._retry(pending, f"cannot verify the reply: {reason}")
-
-    def _retry(self, pending: Pending, reason: str) -> None:
-        if not self.state.retry(pending):
-            why = f"gave up on {pending.name} after {pending.attempts} attempts: {reason}"
-            self.state.failed(pending, why)
-            self.close(why)
-            return
-        self.log.info(
-            "sending {request} to {peer} again: {reason}",
-            request=pending.name,
-            peer=self.peer,
-            reason=reason,
-        )
-        self.send_message(pending.message)
+    def _act(self, actions: tuple[Action, ...]) -> None:
+        """Carry out, in order, what the session state decided about a reply or a refused message."""
+        for action in actions:
+            if isinstance(action, Refuse):
+                self.refuse(action.reason, action.detail)
+            elif isinstance(action, Send):
+                self.send_message(action.message)
+            elif isinstance(action, SendAgain):
+                request = action.pending
+                self.log.info("sending {request} to {peer} again: {reason}", request=request.name, peer=self.peer,
+                              reason=action.reason)
+                self.send_message(request.message)
+            else:
+                self.close(action.reason, refused=action.refused)
 
     # Timers.
 

@@ -6,7 +6,10 @@ retries), and the keepalives the peer has left unanswered.
 
 L{SessionState} does no I/O and holds no timer: the caller passes the time, sends
 what it is handed, and asks when the next deadline is. Each request's
-L{Deferred} fires from here, with its reply or its failure.
+L{Deferred} fires from here, with its reply or its failure. What to do about
+a reply (match it to its request, refuse it, send the request again, give
+up on it) is decided here too, and handed back as actions (L{Refuse},
+L{SendAgain}, L{Close}) for the caller to carry out in order.
 L{lvsfeedback.necp.protocol.NECPProtocol} drives one per connection; a test
 or a simulator can drive one with no transport.
 """
@@ -17,9 +20,20 @@ import dataclasses
 
 from twisted.internet.defer import Deferred
 
-from lvsfeedback.necp.messages import Keepalive, Message
+from lvsfeedback.necp.counters import UNEXPECTED, refusal_reason
+from lvsfeedback.necp.messages import ErrorReply, Keepalive, Message
 from lvsfeedback.necp.units import Query, pack_unit
-from lvsfeedback.necp.wire import NECPError, opcode_name
+from lvsfeedback.necp.wire import (
+    REPLY_OPCODE,
+    REPLY_OPCODES,
+    Flag,
+    MessageRefused,
+    NECPError,
+    Opcode,
+    UnsupportedVersion,
+    describe_flags,
+    opcode_name,
+)
 
 MAX_ATTEMPTS = 3  # a request whose reply cannot be verified is sent at most this often
 
@@ -49,6 +63,40 @@ class Pending:
     @property
     def name(self) -> str:
         return opcode_name(self.message.opcode)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Refuse:
+    """Count a refusal of what the peer sent, for C{reason} (a class of L{counters}); the session goes on."""
+
+    reason: str
+    detail: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Send:
+    """Send C{message}."""
+
+    message: Message
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SendAgain:
+    """Send C{pending}'s request again (its attempts already counted), for C{reason}."""
+
+    pending: Pending
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Close:
+    """Close the connection for C{reason}; if C{refused}, as a refusal of the peer for that reason."""
+
+    reason: str
+    refused: str | None = None
+
+
+Action = Refuse | Send | SendAgain | Close
 
 
 class SessionState:
@@ -132,6 +180,71 @@ class SessionState:
             return False
         pending.attempts += 1
         return True
+
+    def reply(self, reply: Message) -> tuple[Action, ...]:
+        """
+        What to do about C{reply}, which the peer sent: the request it
+        answers fires with it (an error reply too), unless the peer refused
+        that request for its credential or sequence number, and it may be
+        sent again (see L{retry}).
+        """
+        pending = self.waiting(reply.request_id)
+        if pending is None:
+            detail = f"ignored {opcode_name(reply.opcode)} for request {reply.request_id}: nothing waits for it"
+            return (Refuse(UNEXPECTED, detail),)
+        if reply.opcode != REPLY_OPCODE[pending.message.opcode]:
+            return (Close(f"{opcode_name(reply.opcode)} does not answer {pending.name}", refused=UNEXPECTED),)
+        if type(reply) is ErrorReply:
+            if reply.flags & Flag.VERSION_MISMATCH:
+                return (Close(f"peer does not speak this NECP version (refused {pending.name})"),)
+            if reply.flags & (Flag.AUTH_REQUIRED | Flag.BAD_SEQUENCE) and pending.retryable:
+                return (self._again(pending, f"peer refused it: {describe_flags(reply.flags)}"),)
+        self.answered(pending, reply)
+        return ()
+
+    def refused(self, refusal: MessageRefused) -> tuple[Action, ...]:
+        """
+        What to do about a message the codec refused: a request is answered
+        with an error reply, and the session goes on unless it was still to
+        be established; a reply is asked for again (see L{reply_refused}).
+        """
+        if isinstance(refusal, UnsupportedVersion) and refusal.flags & Flag.VERSION_MISMATCH:
+            return (Close(f"peer speaks only NECP version {refusal.version}"),)
+        if refusal.flags & Flag.ERROR or refusal.opcode in REPLY_OPCODES:
+            return self.reply_refused(refusal)
+        reason = refusal_reason(refusal)
+        if refusal.opcode == Opcode.NOOP:
+            return (Refuse(reason, f"{opcode_name(refusal.opcode)}: {refusal.reason}"),)
+        error = ErrorReply(
+            opcode=REPLY_OPCODE.get(refusal.opcode, refusal.opcode),
+            request_id=refusal.request_id,
+            flags=refusal.reply_flags,
+        )
+        if not self.established:
+            return (Send(error), Close(f"handshake failed: {opcode_name(refusal.opcode)}: {refusal.reason}", refused=reason))
+        return (Send(error), Refuse(reason, f"{opcode_name(refusal.opcode)}: {refusal.reason}"))
+
+    def reply_refused(self, refusal: MessageRefused) -> tuple[Action, ...]:
+        """What to do about a reply that cannot be accepted: ask again, as often as L{retry} allows."""
+        pending = self.waiting(refusal.request_id)
+        reason = f"{refusal.reason} (peer flags {describe_flags(refusal.flags)})"
+        counted = refusal_reason(refusal)
+        if pending is None or REPLY_OPCODE[pending.message.opcode] != refusal.opcode:
+            return (Refuse(counted, f"ignored unverifiable {opcode_name(refusal.opcode)}: {reason}"),)
+        if not pending.retryable:
+            return (Close(f"reply to {pending.name} refused: {reason}", refused=counted),)
+        return (
+            Refuse(counted, f"cannot verify its {opcode_name(refusal.opcode)}: {reason}"),
+            self._again(pending, f"cannot verify the reply: {reason}"),
+        )
+
+    def _again(self, pending: Pending, reason: str) -> SendAgain | Close:
+        """C{pending} sent again for C{reason}, if L{retry} allows; otherwise it fails, and so does the session."""
+        if not self.retry(pending):
+            why = f"gave up on {pending.name} after {pending.attempts} attempts: {reason}"
+            self.failed(pending, why)
+            return Close(why)
+        return SendAgain(pending, reason)
 
     def next_deadline(self) -> float | None:
         """When something is next due: the handshake, or a timed request's reply."""

@@ -74,7 +74,7 @@ REQUEST_OPCODES = frozenset(
     }
 )
 # Every reply's opcode is its request's plus one (EXCEPTION_QUERY -> EXCEPTION_RESP too).
-REPLY_OPCODE = {request: Opcode(request + 1) for request in REQUEST_OPCODES}
+REPLY_OPCODE: dict[int, Opcode] = {request: Opcode(request + 1) for request in REQUEST_OPCODES}
 REPLY_OPCODES = frozenset(REPLY_OPCODE.values())
 
 

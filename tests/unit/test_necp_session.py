@@ -9,10 +9,27 @@ from twisted.internet.error import ConnectionLost
 from twisted.trial.unittest import SynchronousTestCase
 
 from lvsfeedback.necp import session as necp_session
-from lvsfeedback.necp.messages import KeepaliveAck, Start, StartAck
-from lvsfeedback.necp.session import MAX_ATTEMPTS, RequestFailed, SessionState
+from lvsfeedback.necp.counters import BAD_CREDENTIAL, BAD_SEQUENCE, MALFORMED, UNEXPECTED
+from lvsfeedback.necp.messages import ErrorReply, KeepaliveAck, Start, StartAck, StopAck
+from lvsfeedback.necp.session import (
+    MAX_ATTEMPTS,
+    Close,
+    Refuse,
+    RequestFailed,
+    Send,
+    SendAgain,
+    SessionState,
+)
 from lvsfeedback.necp.units import Query
-from lvsfeedback.necp.wire import NECPError
+from lvsfeedback.necp.wire import (
+    AuthenticationFailed,
+    BadSequenceNumber,
+    Flag,
+    NECPError,
+    Opcode,
+    ReservedOpcode,
+    UnsupportedVersion,
+)
 
 HEALTH = (Query.health(6, 80),)
 
@@ -179,3 +196,125 @@ class KeepaliveTests(SynchronousTestCase):
         self.session.peer_kept_alive()
         self.assertTrue(self.session.peer_heard())
         self.assertFalse(self.session.peer_heard())
+
+
+class ReplyTests(SynchronousTestCase):
+    """What the session decides about each reply the peer sends."""
+
+    def setUp(self):
+        self.session = state()
+        self.session.establish()
+        self.start = self.session.request(Start(), now=100.0)
+        self.request_id = self.start.message.request_id
+
+    def test_a_reply_fires_its_request_and_asks_nothing_more(self):
+        reply = StartAck(request_id=self.request_id)
+        self.assertEqual(self.session.reply(reply), ())
+        self.assertEqual(outcome(self.start), reply)
+
+    def test_an_error_reply_is_the_requests_answer(self):
+        reply = ErrorReply(opcode=Opcode.START_ACK, request_id=self.request_id)
+        self.assertEqual(self.session.reply(reply), ())
+        self.assertEqual(outcome(self.start), reply)
+
+    def test_a_reply_nothing_waits_for_is_refused_and_the_session_goes_on(self):
+        actions = self.session.reply(StartAck(request_id=self.request_id + 1))
+        self.assertEqual(
+            actions, (Refuse(UNEXPECTED, f"ignored START_ACK for request {self.request_id + 1}: nothing waits for it"),)
+        )
+        self.assertIsNone(outcome(self.start))
+
+    def test_a_reply_of_the_wrong_kind_closes_the_session_as_a_refusal(self):
+        actions = self.session.reply(StopAck(request_id=self.request_id))
+        self.assertEqual(actions, (Close("STOP_ACK does not answer START", refused=UNEXPECTED),))
+        self.assertIs(self.session.waiting(self.request_id), self.start)
+
+    def test_a_version_mismatch_closes_the_session(self):
+        reply = ErrorReply(opcode=Opcode.START_ACK, request_id=self.request_id, flags=Flag.ERROR | Flag.VERSION_MISMATCH)
+        self.assertEqual(
+            self.session.reply(reply), (Close("peer does not speak this NECP version (refused START)"),)
+        )
+
+    def test_a_request_refused_for_its_credential_is_sent_again_until_max_attempts(self):
+        reply = ErrorReply(opcode=Opcode.START_ACK, request_id=self.request_id, flags=Flag.ERROR | Flag.AUTH_REQUIRED)
+        again = SendAgain(self.start, "peer refused it: ERROR|AUTH_REQUIRED")
+        for attempt in range(2, MAX_ATTEMPTS + 1):
+            self.assertEqual(self.session.reply(reply), (again,))
+            self.assertEqual(self.start.attempts, attempt)
+        self.assertIsNone(outcome(self.start))
+        why = f"gave up on START after {MAX_ATTEMPTS} attempts: peer refused it: ERROR|AUTH_REQUIRED"
+        self.assertEqual(self.session.reply(reply), (Close(why),))
+        failure = outcome(self.start)
+        self.assertIsInstance(failure, RequestFailed)
+        self.assertEqual(str(failure), why)
+        self.assertEqual(self.session.requests_waiting, 0)
+
+    def test_a_request_that_may_not_be_sent_again_takes_the_refusal_as_its_answer(self):
+        once = self.session.request(Start(), now=100.0, retryable=False)
+        reply = ErrorReply(opcode=Opcode.START_ACK, request_id=once.message.request_id, flags=Flag.ERROR | Flag.BAD_SEQUENCE)
+        self.assertEqual(self.session.reply(reply), ())
+        self.assertEqual(outcome(once), reply)
+
+
+class RefusedTests(SynchronousTestCase):
+    """What the session decides about each message the codec refused."""
+
+    def setUp(self):
+        self.session = state()
+        self.session.establish()
+
+    def test_a_refused_request_is_answered_with_an_error_and_counted(self):
+        refusal = AuthenticationFailed("wrong credential", Opcode.START, 7, 0)
+        error = ErrorReply(opcode=Opcode.START_ACK, request_id=7, flags=Flag.ERROR | Flag.AUTH_REQUIRED)
+        self.assertEqual(
+            self.session.refused(refusal), (Send(error), Refuse(BAD_CREDENTIAL, "START: wrong credential"))
+        )
+
+    def test_a_refused_request_before_the_handshake_closes_the_session(self):
+        refusal = BadSequenceNumber("replayed", Opcode.INIT, 1, 0)
+        error = ErrorReply(opcode=Opcode.INIT_ACK, request_id=1, flags=Flag.ERROR | Flag.BAD_SEQUENCE)
+        self.assertEqual(
+            state().refused(refusal), (Send(error), Close("handshake failed: INIT: replayed", refused=BAD_SEQUENCE))
+        )
+
+    def test_a_refused_noop_is_counted_but_not_answered(self):
+        refusal = AuthenticationFailed("wrong credential", Opcode.NOOP, 0, 0)
+        self.assertEqual(self.session.refused(refusal), (Refuse(BAD_CREDENTIAL, "NOOP: wrong credential"),))
+
+    def test_a_reserved_opcode_is_answered_with_its_own_opcode(self):
+        refusal = ReservedOpcode("reserved", 0x7F, 3, 0)
+        [send, refuse] = self.session.refused(refusal)
+        self.assertEqual(send, Send(ErrorReply(opcode=0x7F, request_id=3)))
+        self.assertEqual(refuse.reason, MALFORMED)
+
+    def test_a_peer_refusing_this_version_closes_the_session(self):
+        refusal = UnsupportedVersion("version 2", Opcode.START_ACK, 1, Flag.ERROR | Flag.VERSION_MISMATCH, 2)
+        self.assertEqual(self.session.refused(refusal), (Close("peer speaks only NECP version 2"),))
+
+    def test_an_unverifiable_reply_is_counted_and_its_request_sent_again(self):
+        start = self.session.request(Start(), now=100.0)
+        refusal = AuthenticationFailed("wrong credential", Opcode.START_ACK, start.message.request_id, 0)
+        reason = "wrong credential (peer flags none)"
+        self.assertEqual(
+            self.session.refused(refusal),
+            (
+                Refuse(BAD_CREDENTIAL, f"cannot verify its START_ACK: {reason}"),
+                SendAgain(start, f"cannot verify the reply: {reason}"),
+            ),
+        )
+        self.assertEqual(start.attempts, 2)
+
+    def test_an_unverifiable_reply_to_a_request_sent_once_only_closes_the_session(self):
+        once = self.session.request(Start(), now=100.0, retryable=False)
+        refusal = BadSequenceNumber("replayed", Opcode.START_ACK, once.message.request_id, Flag.ERROR)
+        self.assertEqual(
+            self.session.refused(refusal),
+            (Close("reply to START refused: replayed (peer flags ERROR)", refused=BAD_SEQUENCE),),
+        )
+
+    def test_an_unverifiable_reply_nothing_waits_for_is_counted_and_ignored(self):
+        refusal = AuthenticationFailed("wrong credential", Opcode.START_ACK, 9, 0)
+        self.assertEqual(
+            self.session.refused(refusal),
+            (Refuse(BAD_CREDENTIAL, "ignored unverifiable START_ACK: wrong credential (peer flags none)"),),
+        )
