@@ -86,9 +86,9 @@ class Registry:
         # Called with no arguments when a report moved by early_pass_change
         # or more from the same server's previous one.
         self.change_listeners: list[Callable[[], object]] = []
-        self.configure(config)
+        self.reconfigure(config)
 
-    def configure(self, config) -> None:
+    def reconfigure(self, config) -> None:
         """Take a (re)loaded config; what agents said so far still stands."""
         self._config = config
         # The configured real servers by address: a START looks up its own

@@ -213,7 +213,7 @@ class DirectorService(MultiService):
             self.log.error("config reload refused, the running config stays:\n{problems}", problems=str(error))
             return False
         before, self.config = self.config, new
-        self.registry.configure(new)
+        self.registry.reconfigure(new)
         for child in self:
             if IReconfigurable.providedBy(child):
                 child.reconfigure(new)

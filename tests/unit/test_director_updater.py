@@ -764,7 +764,7 @@ class AutoJoinTests(UpdaterTestCase):
 
     def test_on_leave_quiesce_keeps_a_stopped_member_at_weight_zero(self):
         self.updater.configure(write_config(self, extra=AUTO_JOIN.replace('on_leave = "remove"', 'on_leave = "quiesce"')))
-        self.registry.configure(self.updater.config)
+        self.registry.reconfigure(self.updater.config)
         self.registry.servicesStarted(self.agent, [HTTP, HTTPS])
         self.tick()
         self.registry.servicesStopped(self.agent, [HTTP])
