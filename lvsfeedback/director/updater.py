@@ -131,10 +131,10 @@ class WeightUpdater(Service):
         registry.change_listeners.append(self.pass_early)
         # Called with each pass's PassResult once it is the last one.
         self.pass_listeners: list[Callable[[PassResult], object]] = []
-        self.configure(config)
+        self.reconfigure(config)
 
-    def configure(self, config) -> None:
-        """Take a (re)loaded config; the next pass reconciles the kernel to it."""
+    def reconfigure(self, config) -> None:
+        """IReconfigurable: take a (re)loaded config; the next pass reconciles the kernel to it."""
         self.config = config
         # Built once per config rather than in every pass.
         self._configured = {
@@ -145,10 +145,6 @@ class WeightUpdater(Service):
         if self._loop.running and self._loop.interval != config.director.update_interval:
             self._loop.stop()
             self._loop.start(config.director.update_interval, now=False)
-
-    def reconfigure(self, config) -> None:
-        """IReconfigurable: the director's reload gives each child service the new config."""
-        self.configure(config)
 
     @property
     def overrides(self) -> Mapping[tuple[ServiceKey, DestKey], Drained | Pinned]:

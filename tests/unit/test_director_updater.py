@@ -140,11 +140,12 @@ class ReconcileTests(UpdaterTestCase):
 
     def test_real_servers_and_services_leave_the_kernel_when_they_leave_the_config(self):
         updater = self.start(write_config(self))
-        updater.configure(write_config(self, reals=("10.1.0.1", "10.1.0.2")))
+        updater.reconfigure(write_config(self, reals=("10.1.0.1", "10.1.0.2")))
         self.tick()
         self.assertEqual(set(self.weights()), {RS[0], RS[1]})
         self.assertIn(DeleteDest(WEB, RS[2]), self.table.applied)
-        updater.configure(director_config(self, '[[service]]\nname = "dns"\nprotocol = "udp"\naddress = "10.0.0.2"\nport = 53\n'))
+        dns = '[[service]]\nname = "dns"\nprotocol = "udp"\naddress = "10.0.0.2"\nport = 53\n'
+        updater.reconfigure(director_config(self, dns))
         self.tick()
         self.assertIn(DeleteService(WEB), self.table.applied)
 
@@ -171,7 +172,7 @@ ports = [80, 443]
         mark_key = ServiceKey.for_fwmark(5)
         self.assertIn(mark_key, self.table.table())
         self.assertEqual(self.table.marks[5], SetMarkRule(5, "10.0.0.5/32", "tcp", (80, 443)))
-        updater.configure(write_config(self))
+        updater.reconfigure(write_config(self))
         self.tick()
         self.assertNotIn(mark_key, self.table.table())
         self.assertNotIn(5, self.table.marks)
@@ -763,7 +764,7 @@ class AutoJoinTests(UpdaterTestCase):
         self.assertEqual([self.members(key) for key in (SHOP, SHOP_TLS, SHOP_MARKED)], [set()] * 3)
 
     def test_on_leave_quiesce_keeps_a_stopped_member_at_weight_zero(self):
-        self.updater.configure(write_config(self, extra=AUTO_JOIN.replace('on_leave = "remove"', 'on_leave = "quiesce"')))
+        self.updater.reconfigure(write_config(self, extra=AUTO_JOIN.replace('on_leave = "remove"', 'on_leave = "quiesce"')))
         self.registry.reconfigure(self.updater.config)
         self.registry.servicesStarted(self.agent, [HTTP, HTTPS])
         self.tick()
