@@ -19,10 +19,11 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+from twisted.application.service import Service
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from lvsfeedback.director.config import OnLeave
+from lvsfeedback.director.config import IReconfigurable, OnLeave
 from lvsfeedback.director.events import IAgentEvents
 from lvsfeedback.director.policy import Agent, AgentState, HealthReport
 from lvsfeedback.director.protocol import summarise_services
@@ -70,8 +71,13 @@ class ServerFacts:
         return self.agent.state is AgentState.STOPPED
 
 
-@implementer(IAgentEvents)
-class Registry:
+@implementer(IAgentEvents, IReconfigurable)
+class Registry(Service):
+    """
+    A child service of the director only to be reconfigured with the others
+    on reload: it has nothing to start or stop.
+    """
+
     log = Logger()
 
     def __init__(self, config, clock):
@@ -89,7 +95,7 @@ class Registry:
         self.reconfigure(config)
 
     def reconfigure(self, config) -> None:
-        """Take a (re)loaded config; what agents said so far still stands."""
+        """IReconfigurable: take a (re)loaded config; what agents said so far still stands."""
         self._config = config
         # The configured real servers by address: a START looks up its own
         # few rather than every server of every service (with 10,000 agents

@@ -170,7 +170,9 @@ class DirectorService(MultiService):
         super().__init__()
         self.config = config
         self.reactor = reactor
+        # The first child, so that a reload reconfigures it before those that read it.
         self.registry = Registry(config, reactor)
+        self.registry.setServiceParent(self)
         observing = config.director.observe if observe is None else observe
         self.table = table if table is not None else kernel_table(reactor, observing)
         self.updater = WeightUpdater(config, self.registry, self.table, reactor, observe=observe)
@@ -204,8 +206,8 @@ class DirectorService(MultiService):
     def reload(self) -> bool:
         """
         Reread the config file; a bad one is refused and the running one
-        stays. A good one goes to the registry, then to each child service
-        that reconfigures itself.
+        stays. A good one goes to each child service that reconfigures
+        itself, in order: the registry first.
         """
         try:
             new = load_config(self.config.path)
@@ -213,13 +215,9 @@ class DirectorService(MultiService):
             self.log.error("config reload refused, the running config stays:\n{problems}", problems=str(error))
             return False
         before, self.config = self.config, new
-        self.registry.reconfigure(new)
         for child in self:
             if IReconfigurable.providedBy(child):
                 child.reconfigure(new)
-        if new.status.listen != before.status.listen:
-            # The status listener (director/web.py) does not reconfigure itself yet.
-            self.log.warn("[status] listen changed to {listen}: takes effect on restart", listen=new.status.listen)
         rhythm = ("health_interval", "update_interval")
         if any(getattr(new.director, name) != getattr(before.director, name) for name in rhythm):
             # A new rhythm for the questions, or for the passes they go ahead of.

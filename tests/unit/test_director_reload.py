@@ -4,10 +4,13 @@ director, each of which reconfigures itself; a bad config is refused with
 file, key and reason, and the running one stays everywhere.
 """
 
+import errno
 import os
 import textwrap
 
 from twisted.application.service import Service
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import CannotListenError
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
@@ -15,8 +18,10 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from lvsfeedback.director.config import IReconfigurable, load_config
+from lvsfeedback.director.events import Agent
 from lvsfeedback.director.service import DirectorService
 from lvsfeedback.ipvs.memory import MemoryIPVS
+from lvsfeedback.necp import units
 
 CONFIG = """
 [director]
@@ -25,13 +30,14 @@ CONFIG = """
 [necp]
 {necp}
 
+[status]
+{status}
+
 [[service]]
 name = "web"
 protocol = "tcp"
 address = "192.0.2.1"
 port = 80
-[[service.real]]
-address = "10.0.0.1"
 """
 
 
@@ -46,29 +52,88 @@ class RecordingChild(Service):
         self.configs.append(config)
 
 
-class ReloadTests(SynchronousTestCase):
-    def setUp(self):
+class Port:
+    """A TCP listening port that says whether it still listens."""
+
+    def __init__(self, port, interface):
+        self.address = IPv4Address("TCP", interface or "0.0.0.0", port)
+        self.listening = True
+
+    def getHost(self):
+        return self.address
+
+    def stopListening(self):
+        self.listening = False
+
+
+class PortsReactor(MemoryReactorClock):
+    """A memory reactor whose TCP ports can be seen closed, and which cannot listen on those in `taken`."""
+
+    def __init__(self):
+        super().__init__()
+        self.ports = {}
+        self.taken = set()
+
+    def listenTCP(self, port, factory, backlog=50, interface=""):
+        if port in self.taken:
+            raise CannotListenError(interface, port, OSError(errno.EADDRINUSE, "Address already in use"))
+        super().listenTCP(port, factory, backlog, interface)
+        self.ports[port] = Port(port, interface)
+        return self.ports[port]
+
+
+class DirectorTestCase(SynchronousTestCase):
+    """A running director on a memory reactor, its config in a file each test rewrites."""
+
+    def start(self, **sections):
         self.folder = self.mktemp()
         os.makedirs(self.folder)
         self.path = f"{self.folder}/director.toml"
-        self.write(director="max_agents = 3", necp="max_queued_output = 100000")
-        self.reactor = MemoryReactorClock()
+        self.write(**sections)
+        self.reactor = PortsReactor()
         self.director = DirectorService(load_config(self.path), self.reactor, table=MemoryIPVS())
         self.director.startService()
         self.addCleanup(self.director.stopService)
 
-    def write(self, director="", necp=""):
+    def write(self, director="", necp="", status="", reals=("10.0.0.1",)):
+        text = CONFIG.format(director=director, necp=necp, status=status)
+        text += "".join(f'[[service.real]]\naddress = "{address}"\n' for address in reals)
         with open(self.path, "w") as file:
-            file.write(textwrap.dedent(CONFIG.format(director=director, necp=necp)))
+            file.write(textwrap.dedent(text))
 
     def reload(self) -> tuple[bool, str]:
         with capturedLogs() as events:
             reloaded = self.director.reload()
         return reloaded, "\n".join(formatEvent(event) for event in events)
 
+
+class ReloadTests(DirectorTestCase):
+    def setUp(self):
+        self.start(director="max_agents = 3", necp="max_queued_output = 100000")
+
     def test_the_directors_own_children_reconfigure_themselves(self):
-        for child in (self.director.updater, self.director.listener):
+        director = self.director
+        for child in (director.registry, director.updater, director.listener, director.status):
+            self.assertIn(child, list(director))
             self.assertTrue(verifyObject(IReconfigurable, child))
+
+    def test_the_registry_is_reconfigured_first(self):
+        reconfigured = []
+        for child in self.director:
+            if IReconfigurable.providedBy(child):
+                self.patch(child, "reconfigure", lambda config, child=child: reconfigured.append(child))
+        self.assertTrue(self.reload()[0])
+        self.assertIs(reconfigured[0], self.director.registry)
+        self.assertEqual(len(reconfigured), 4)
+
+    def test_the_registry_takes_the_new_real_servers(self):
+        agent, http = Agent("10.0.0.2", 40000, 1), units.Service(forwarding=units.FORWARD_LAYER3, protocol=6, port=80)
+        registry = self.director.registry
+        registry.agentUp(agent)
+        self.assertEqual(registry.servicesStarted(agent, (http,)), [http], "not configured yet")
+        self.write(reals=("10.0.0.1", "10.0.0.2"))
+        self.assertTrue(self.reload()[0])
+        self.assertEqual(registry.servicesStarted(agent, (http,)), [])
 
     def test_a_reload_gives_the_new_config_to_every_reconfigurable_child(self):
         child = RecordingChild()
@@ -115,3 +180,47 @@ class ReloadTests(SynchronousTestCase):
         reloaded, logged = self.reload()
         self.assertTrue(reloaded)
         self.assertIn("[director] listen changed to tcp:3263: takes effect on restart", logged)
+
+
+class StatusListenerReloadTests(DirectorTestCase):
+    """A reload that names a new [status] listen moves the status listener there, if it can."""
+
+    def setUp(self):
+        self.start(status='listen = "tcp:9101:interface=127.0.0.1"')
+        self.first = self.reactor.ports[9101]
+
+    def test_a_new_listen_address_is_listened_on_and_the_old_one_closed(self):
+        self.write(status='listen = "tcp:9102:interface=127.0.0.1"')
+        reloaded, logged = self.reload()
+        self.assertTrue(reloaded)
+        moved = self.reactor.ports[9102]
+        self.assertEqual((self.director.status.port, moved.listening, self.first.listening), (moved, True, False))
+        self.assertIn("status listener on IPv4Address(type='TCP', host='127.0.0.1', port=9102)", logged)
+        self.assertNotIn("takes effect on restart", logged)
+
+    def test_the_same_listen_address_is_left_alone(self):
+        self.write(director="max_agents = 4", status='listen = "tcp:9101:interface=127.0.0.1"')
+        self.assertTrue(self.reload()[0])
+        self.assertIs(self.director.status.port, self.first)
+        self.assertTrue(self.first.listening)
+
+    def test_a_listen_address_that_cannot_be_had_leaves_the_old_one_with_one_line(self):
+        self.reactor.taken.add(9102)
+        self.write(status='listen = "tcp:9102:interface=127.0.0.1"')
+        reloaded, logged = self.reload()
+        self.assertTrue(reloaded)
+        self.assertIs(self.director.status.port, self.first)
+        self.assertTrue(self.first.listening)
+        [line] = [line for line in logged.splitlines() if "status listener" in line]
+        self.assertIn("the status listener cannot listen on tcp:9102:interface=127.0.0.1: ", line)
+        self.assertIn("; it stays on IPv4Address(type='TCP', host='127.0.0.1', port=9101)", line)
+
+    def test_a_reload_listens_again_where_the_start_could_not(self):
+        self.director.stopService()
+        self.reactor.taken.add(9101)
+        self.director.startService()
+        self.assertIsNone(self.director.status.port)
+        self.reactor.taken.clear()
+        self.write(director="max_agents = 4", status='listen = "tcp:9101:interface=127.0.0.1"')
+        self.assertTrue(self.reload()[0])
+        self.assertIs(self.director.status.port, self.reactor.ports[9101])

@@ -9,7 +9,9 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.web import server
 from twisted.web.http import RESPONSES
+from zope.interface import implementer
 
+from lvsfeedback.director.config import IReconfigurable
 from lvsfeedback.director.web.control import ControlAccess, ControlError, is_local
 from lvsfeedback.director.web.history import History
 from lvsfeedback.director.web.resources import BEARER_CHALLENGE, JSON_TYPE, peer_name, status_root
@@ -97,12 +99,14 @@ class StatusSite(server.Site):
         """No access log: the dashboard polls every second, and control actions log themselves."""
 
 
+@implementer(IReconfigurable)
 class StatusListener(Service):
     """
     The status listener as a child service of the director, on the endpoint
     `[status] listen` names, and the sampler of the charts' history. A
     listener that cannot start is logged and the director balances on
-    without it: status is not worth an outage.
+    without it: status is not worth an outage. A reload that names a new
+    endpoint moves it there, or leaves it where it was if it cannot.
     """
 
     log = Logger()
@@ -111,6 +115,7 @@ class StatusListener(Service):
         self.director = director
         self.reactor = reactor
         self.port = None
+        self.listen: str | None = None  # the endpoint description `port` listens on
         self.history = History()
         access = ControlAccess(lambda: self.loopback_only, lambda: self.director.config.status.token_file)
         self.site = StatusSite(status_root(director, access, self.history), access=access, reactor=reactor)
@@ -127,24 +132,46 @@ class StatusListener(Service):
         if self.director.updater.last is not None:
             self.history.record(self.director.updater.last)
         self.director.updater.pass_listeners.append(self.history.record)
-        description = self.director.config.status.listen
-        listening = serverFromString(self.reactor, description).listen(self.site)
-        listening.addCallbacks(self._listening, self._cannot_listen, errbackArgs=(description,))
+        self._listen_on(self.director.config.status.listen)
 
-    def _listening(self, port) -> None:
-        self.port = port
+    def reconfigure(self, config) -> None:
+        """
+        IReconfigurable: a new `[status] listen` is listened on, then the
+        old port closed; the token file is read anew by each request.
+        """
+        if self.running and config.status.listen != self.listen:
+            self._listen_on(config.status.listen)
+
+    def _listen_on(self, description: str) -> None:
+        listening = serverFromString(self.reactor, description).listen(self.site)
+        listening.addCallbacks(self._listening, self._cannot_listen, callbackArgs=(description,),
+                               errbackArgs=(description,))
+
+    def _listening(self, port, description: str) -> None:
+        if not self.running:
+            port.stopListening()
+            return
+        before, self.port, self.listen = self.port, port, description
         self.log.info("status listener on {address}", address=str(port.getHost()))
+        if before is not None:
+            before.stopListening()
 
     def _cannot_listen(self, failure, description: str) -> None:
-        self.log.critical(
-            "the status listener cannot listen on {listen}: {reason}; the director runs without it",
-            listen=description, reason=failure.getErrorMessage(),
-        )
+        if self.port is None:
+            self.log.critical(
+                "the status listener cannot listen on {listen}: {reason}; the director runs without it",
+                listen=description, reason=failure.getErrorMessage(),
+            )
+        else:
+            self.log.error(
+                "the status listener cannot listen on {listen}: {reason}; it stays on {address}",
+                listen=description, reason=failure.getErrorMessage(), address=str(self.port.getHost()),
+            )
 
     def stopService(self):
         super().stopService()
         self.director.updater.pass_listeners.remove(self.history.record)
-        port, self.port = self.port, None
+        port, self.port, self.listen = self.port, None, None
         if port is not None:
             return port.stopListening()
         return None
