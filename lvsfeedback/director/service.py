@@ -23,6 +23,7 @@ from lvsfeedback.director.protocol import NEProtocol, unmapped
 from lvsfeedback.director.registry import Registry
 from lvsfeedback.director.updater import WeightUpdater
 from lvsfeedback.director.web.listener import StatusListener
+from lvsfeedback.ipvs.interfaces import IIPVSTable
 from lvsfeedback.necp.counters import ALLOW, MAX_AGENTS
 
 # Connections refused for being one too many are logged as one peer's: the
@@ -147,7 +148,7 @@ class NECPListener(MultiService):
             self.check_descriptors()
 
 
-def kernel_table(reactor, observe: bool):
+def kernel_table(reactor, observe: bool) -> IIPVSTable:
     """The kernel's table; in observe mode without ip_vs, an empty stand-in."""
     if observe and not os.path.exists("/proc/net/ip_vs"):
         from lvsfeedback.ipvs.memory import MemoryIPVS
@@ -166,7 +167,9 @@ ASK_AHEAD = 0.5
 class DirectorService(MultiService):
     log = Logger()
 
-    def __init__(self, config: DirectorConfig, reactor, *, observe: bool | None = None, table=None, **timing):
+    def __init__(
+        self, config: DirectorConfig, reactor, *, observe: bool | None = None, table: IIPVSTable | None = None, **timing
+    ):
         super().__init__()
         self.config = config
         self.reactor = reactor

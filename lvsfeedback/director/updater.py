@@ -54,6 +54,7 @@ from lvsfeedback.director.policy import (
     ServiceInput,
     decide,
 )
+from lvsfeedback.ipvs.interfaces import IIPVSTable
 from lvsfeedback.ipvs.model import (
     AddDest,
     AddService,
@@ -104,7 +105,7 @@ class PassResult:
 class WeightUpdater(Service):
     log = Logger()
 
-    def __init__(self, config, registry, table, clock, *, observe: bool | None = None):
+    def __init__(self, config, registry, table: IIPVSTable, clock, *, observe: bool | None = None):
         self.registry = registry
         self.table = table
         self.clock = clock
