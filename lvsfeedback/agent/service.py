@@ -24,6 +24,7 @@ from twisted.application import strports
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.internet.endpoints import clientFromString
+from twisted.internet.task import Clock
 from twisted.logger import Logger
 
 from lvsfeedback.agent.capacity import capacity_source
@@ -54,11 +55,12 @@ def read_secret(settings: AgentSettings) -> bytes | None:
 
 def check_metrics(settings: AgentSettings, registry: MetricRegistry) -> list[str]:
     """
-    What is wrong with the metric specs, before there is a reactor: each
-    spec is built without one and thrown away (a factory only keeps the
-    reactor for its readings, see IMetricFactory.build).
+    What is wrong with the metric specs, before the agent has its reactor:
+    each spec is built on a throwaway clock and thrown away. A clock, not
+    nothing: a metric may take a first reading, and its time, when built
+    (the cgroup metric does).
     """
-    environment = MetricEnvironment(reactor=None)
+    environment = MetricEnvironment(reactor=Clock())
     problems = []
     for spec in dict.fromkeys(spec for service in settings.services for spec in service.metrics):
         try:

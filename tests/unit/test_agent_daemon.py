@@ -9,6 +9,7 @@ import signal
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import Logger, formatEvent
 from twisted.python import usage
+from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
 from lvsfeedback.agent.config import AgentConfigError, ServiceSettings, load_agent_config, parse_service
@@ -36,6 +37,15 @@ class OptionTests(SynchronousTestCase):
             (ServiceSettings("tcp", 80, "dr", "worst", ("cpu", "loadavg")),
              ServiceSettings("udp", 53, "nat", "worst", ("cpu", "loadavg"))),
         )
+
+    def test_a_metric_that_reads_at_build_is_checked_before_there_is_a_reactor(self):
+        # The cgroup metric takes its first CPU reading, and the time, when
+        # built: checking the spec must not need the agent's reactor.
+        cgroup = FilePath(self.mktemp())
+        cgroup.makedirs()
+        cgroup.child("cpu.stat").setContent(b"usage_usec 1000\nuser_usec 600\nsystem_usec 400\n")
+        options = parse("-d", "tcp:10.0.0.1:3262", "-s", "tcp:80", "-m", f"cgroup:path={cgroup.path}")
+        self.assertEqual(options.settings.services[0].metrics, (f"cgroup:path={cgroup.path}",))
 
     def test_missing_director_and_metric_are_named(self):
         error = self.assertRaises(usage.UsageError, parse, "--service", "tcp:80")

@@ -63,9 +63,9 @@ class IMetricFactory(Interface):
         @param environment: a
             L{lvsfeedback.agent.metrics.environment.MetricEnvironment}: the
             reactor and the file-system roots to read. Keep the reactor for
-            the readings; do not use it here: the agent checks specs before
-            it has a reactor by building them with C{environment.reactor}
-            set to L{None}.
+            the readings. The agent checks specs before it has its reactor
+            by building them on a throwaway L{twisted.internet.task.Clock}:
+            a build may read the time, and must not start anything.
         @return: an L{ILoadMetric} provider.
         @raise MetricSpecError: for a bad option value.
         """
