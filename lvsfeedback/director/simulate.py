@@ -15,7 +15,12 @@ of kernel weights, so feedback has to do all the balancing (wlc would help
 it). With persistent connections (`connection_life` > 0) the traffic
 follows the weights only as connections are renewed: each server's share of
 the requests moves towards its share of the weights with that time
-constant, the lag a controller must not overshoot on. Utilisation is ``min(1, floor + requests/s / capacity)``; requests
+constant, the lag a controller must not overshoot on. The kernel's count of each
+server's active connections is then a birth-death process: connections
+arrive at the request rate, each placed by the kernel's weights, and each
+ends after an exponential life of `connection_life` seconds, so on average
+a server holds its share of the traffic x rate x life of them (short
+requests hold none when the kernel is read). Utilisation is ``min(1, floor + requests/s / capacity)``; requests
 beyond what a server can take are its excess. The kernel's packet total of
 each server advances by a Poisson draw of ``packets_per_request`` packets a
 request, so low rates count in whole, noisy packets as they do in IPVS.
@@ -156,6 +161,7 @@ class _Cluster:
         self.reports: list[HealthReport | None] = [None] * len(self.servers)
         self.agents = [Agent(AgentState.CONNECTED, 0.0) if p else Agent() for p in self.present]
         self.traffic: list[float] = [0.0] * len(self.servers)  # each server's share of the requests
+        self.connections = [0] * len(self.servers)  # the kernel's active connections of each server
 
     def weight_shares(self) -> list[float]:
         weights = [w or 0 for w in self.kernel]
@@ -171,9 +177,16 @@ class _Cluster:
         life = self.scenario.connection_life
         if not life or not any(self.traffic):
             self.traffic = target
+            if life:  # connections as if the weights had always been these
+                self.connections = [_poisson(self.random, share * self.rate * life) for share in target]
             return
         kept = math.exp(-seconds / life)
         self.traffic = [want + (now - want) * kept for want, now in zip(target, self.traffic)]
+        self.connections = [
+            _binomial(self.random, count, kept) + _poisson(self.random, share * self.rate * life * (1 - kept))
+            if alive else 0
+            for count, share, alive in zip(self.connections, target, self.alive)
+        ]
 
     def placed_afresh(self) -> None:
         """After a pass: without persistent connections, requests follow the new weights at once."""
@@ -210,6 +223,10 @@ class _Cluster:
                 moved, self.traffic[i] = self.traffic[i], 0.0
                 if others:
                     self.traffic = [share * (1 + moved / others) for share in self.traffic]
+                broken, self.connections[i] = self.connections[i], 0
+                held = sum(self.connections)
+                if held:
+                    self.connections = [count + round(broken * count / held) for count in self.connections]
             case EventKind.CAPACITY:
                 self.servers[i] = replace(self.servers[i], capacity=event.value)
             case EventKind.LOAD:
@@ -237,7 +254,11 @@ class _Cluster:
                 base_weight=server.base_weight,
                 agent=self.agents[i],
                 report=self.reports[i],
-                counters=DestCounters(packets=self.packets[i]) if self.kernel[i] is not None else None,
+                counters=(
+                    DestCounters(active_connections=self.connections[i], packets=self.packets[i])
+                    if self.kernel[i] is not None
+                    else None
+                ),
                 current_weight=self.kernel[i],
             )
             for i, server in enumerate(self.servers)
@@ -256,6 +277,14 @@ def _poisson(rng: random.Random, mean: float) -> int:
         count += 1
         product *= rng.random()
     return count
+
+
+def _binomial(rng: random.Random, count: int, chance: float) -> int:
+    """How many of `count` independent trials succeed, each with `chance`."""
+    if count * min(chance, 1 - chance) > 25:
+        spread = math.sqrt(count * chance * (1 - chance))
+        return min(count, max(0, round(rng.gauss(count * chance, spread))))
+    return sum(1 for _ in range(count) if rng.random() < chance)
 
 
 def run(scenario: Scenario) -> list[Pass]:

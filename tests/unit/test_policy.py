@@ -444,6 +444,33 @@ class CapacityModeTests(SynchronousTestCase):
                                 settings, state=state)
         self.assertGreater(result.servers[A].weight, 1)
 
+    def connections_held(self, connections):
+        """
+        Weights after two passes at equal kernel weights, A at utilisation
+        0.6 and B at 0.2, each server holding `connections` active
+        connections and receiving 5 packets a second (too few to count).
+        """
+        def server(dest, health, packets, at):
+            counters = DestCounters(active_connections=connections[dest], packets=packets)
+            return reporting(health, at=at, current_weight=100, counters=counters)
+
+        _, state = decide_once({A: server(A, 40, 0, NOW - 2), B: server(B, 80, 0, NOW - 2)}, self.settings, now=NOW - 2)
+        return decide_once({A: server(A, 40, 10, NOW), B: server(B, 80, 10, NOW)}, self.settings, state=state)[0]
+
+    def test_with_few_packets_a_step_starts_from_the_share_of_active_connections(self):
+        # Shares 0.55 and 0.45 of the connections, x0.67 and x2: 73.3 and 180, scaled to 200 in all.
+        # From the kernel's equal shares it would be 50 and 150.
+        result = self.connections_held({A: 110, B: 90})
+        self.assertEqual((result.servers[A].weight, result.servers[B].weight), (58, 142))
+
+    def test_a_step_is_bolder_while_the_traffic_lags_the_weights(self):
+        # Persistent connections still hold 3:1 while the kernel's weights are
+        # 1:1: the gain is 2.5, the factors x0.5 and x2 at their bounds, 75
+        # and 100 scaled to 200 in all.
+        result = self.connections_held({A: 300, B: 100})
+        self.assertEqual((result.servers[A].weight, result.servers[B].weight), (86, 114))
+        self.assertEqual(result.servers[A].detail, "utilisation 0.60 vs mean 0.40: x0.50, traffic lagging the weights")
+
     def test_health_zero_still_quiesces(self):
         result = self.two_passes({A: 50, B: 50}, {A: 0, B: 50})
         self.assertEqual(result.servers[A].weight, 0)
