@@ -207,6 +207,16 @@ def supervise(argv: list[str], plan: Plan, marker: str | None, env: dict[str, st
         argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         start_new_session=True, env=env, cwd=cwd,
     )
+    try:
+        return _follow(process, plan, marker)
+    finally:
+        # Interrupted or killed (SIGTERM ends the runner through SystemExit):
+        # the VM runs in a session of its own and would outlive us.
+        if process.returncode is None:
+            _stop(process)
+
+
+def _follow(process: subprocess.Popen, plan: Plan, marker: str | None) -> int:
     booted = marker is None
     deadline = time.monotonic() + (plan.command_timeout if booted else plan.boot_timeout)
     selector = selectors.DefaultSelector()
@@ -310,6 +320,8 @@ def parse_args(argv: list[str]) -> tuple[Plan, str]:
 
 def main(argv: list[str] | None = None) -> int:
     plan, native = parse_args(sys.argv[1:] if argv is None else argv)
+    # A SIGTERM unwinds like an interrupt, so the VM is stopped with us.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         return run(plan, native)
     except RunnerError as error:

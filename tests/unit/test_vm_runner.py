@@ -135,3 +135,26 @@ class CachedTreeTests(SynchronousTestCase):
         self.assertIn("cache=loose,ro virtme.initmount1 /work/p", steps[tree])
         self.assertIn("virtme.initmount0 /work/p/results", steps[results])
         self.assertNotIn("cache=loose", steps[results])
+
+
+class InterruptedRunnerTests(SynchronousTestCase):
+    def test_an_interrupted_runner_leaves_no_vm_behind(self):
+        started = []
+        popen = subprocess.Popen
+
+        def recording(*args, **kwargs):
+            started.append(popen(*args, **kwargs))
+            return started[-1]
+
+        class Interrupted:
+            def register(self, *args):
+                pass
+
+            def select(self, timeout):
+                raise KeyboardInterrupt()
+
+        self.patch(vm.subprocess, "Popen", recording)
+        self.patch(vm.selectors, "DefaultSelector", Interrupted)
+        plan = vm.Plan(command=["true"], cwd="/")
+        self.assertRaises(KeyboardInterrupt, vm.supervise, ["sleep", "60"], plan, None, dict(os.environ), "/")
+        self.assertEqual(started[0].returncode, -9)
