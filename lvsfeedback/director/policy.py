@@ -38,6 +38,7 @@ One pass, per virtual service:
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import lru_cache
 from typing import Mapping
 
 from lvsfeedback.director.capacity_policy import Control, capacity_weights
@@ -65,7 +66,7 @@ from lvsfeedback.director.policy_model import (
     clamp,
     ewma,
 )
-from lvsfeedback.ipvs.model import DestCounters, DestKey, ServiceKey
+from lvsfeedback.ipvs.model import DestKey, ServiceKey
 
 # The policy's interface: its values are defined in policy_model.py.
 __all__ = [
@@ -98,35 +99,36 @@ def decide(
     are forgotten.
     """
     decisions: dict[ServiceKey, ServiceDecision] = {}
-    memories: dict[tuple[ServiceKey, DestKey], ServerMemory] = {}
+    memories: dict[ServiceKey, dict[DestKey, ServerMemory]] = {}
     for service_key, service in services.items():
-        previous = {dest: state.servers.get((service_key, dest)) for dest in service.servers}
-        decision, service_memories = _decide_service(service, previous, now)
-        decisions[service_key] = decision
-        for dest, memory in service_memories.items():
-            memories[service_key, dest] = memory
+        known = state.services.get(service_key, {})
+        previous = {dest: known.get(dest) for dest in service.servers}
+        decisions[service_key], memories[service_key] = _decide_service(service, previous, now)
     return decisions, PolicyState(memories)
+
+
+# A server's memory of health and traffic with this pass's report and
+# counters folded in: smoothed health, its time, packets, their time, packet rate.
+_Folded = tuple[float | None, float | None, int | None, float | None, float | None]
 
 
 def _decide_service(
     service: ServiceInput, previous: Mapping[DestKey, ServerMemory | None], now: float
 ) -> tuple[ServiceDecision, dict[DestKey, ServerMemory]]:
+    # Every server, every pass (10,000 of them at scale): each server's new
+    # memory is built once, from the folded figures and its weight's fate.
     settings = service.settings
-    folded = {
-        dest: _fold_packets(
-            _fold_report(previous[dest] or ServerMemory(), server.report, settings), server.counters, settings, now
-        )
-        for dest, server in service.servers.items()
-    }
+    folded: dict[DestKey, _Folded] = {}
     assessments: dict[DestKey, Assessment] = {}
     feedback: dict[DestKey, Feedback] = {}
     for dest, server in service.servers.items():
+        fold = folded[dest] = _fold(previous[dest] or _FRESH, server, settings, now)
         assessment = _assess(server, settings, now)
         if assessment is not None:
             assessments[dest] = assessment
-        elif server.report is not None and (smoothed := folded[dest].smoothed_health) is not None:
+        elif server.report is not None and fold[0] is not None:
             # _assess returns None only for a fresh report, which is folded in.
-            feedback[dest] = Feedback(server.report.value, smoothed, folded[dest].packet_rate)
+            feedback[dest] = Feedback(server.report.value, fold[0], fold[4])
     weights, controls = _feedback_weights(service.servers, feedback, previous, settings, now)
     assessments.update(weights)
 
@@ -139,19 +141,17 @@ def _decide_service(
     for dest, server in service.servers.items():
         assessment = assessments[dest]
         up = assessment.weight > 0 and not assessment.remove
-        memory = _next_memory(folded[dest], previous[dest], server, up, settings, now)
+        ramp_start = _ramp_start(previous[dest], server, up, settings, now)
+        smoothed, smoothed_at, packets, packets_at, packet_rate = folded[dest]
         # Panic writes base weights: a controller that resumes starts from them.
         control = None if panic else controls.get(dest)
+        # Positional, in the fields' order: keywords cost a third more, per server and pass.
         if control is None:
-            if memory.target is not None or memory.share is not None or memory.capacity is not None:
-                memory = replace(memory, target=None, share=None, share_at=None, capacity=None)
+            memories[dest] = ServerMemory(smoothed, smoothed_at, up, ramp_start, packets, packets_at, packet_rate)
         else:
-            memory = replace(
-                memory,
-                target=control.target,
-                share=control.share,
-                share_at=control.share_at,
-                capacity=control.capacity,
+            memories[dest] = ServerMemory(
+                smoothed, smoothed_at, up, ramp_start, packets, packets_at, packet_rate,
+                control.target, control.share, control.share_at, control.capacity,
             )
         if panic and assessment.automatic:
             assessment = Assessment(
@@ -160,43 +160,44 @@ def _decide_service(
                 f"{serving} of {len(automatic)} servers would keep a weight, "
                 f"fewer than {settings.panic_threshold:.0%}; was {assessment.reason}",
             )
-        elif assessment.rampable and memory.ramp_start is not None:
-            assessment = _ramp(assessment, memory.ramp_start, settings, now)
+        elif assessment.rampable and ramp_start is not None:
+            assessment = _ramp(assessment, ramp_start, settings, now)
         decisions[dest] = Decision(
-            weight=assessment.weight,
-            reason=assessment.reason,
-            write=_worth_writing(assessment, server.current_weight, settings),
-            remove=assessment.remove,
-            lost_action=assessment.lost_action,
-            detail=assessment.detail,
+            assessment.weight,
+            assessment.reason,
+            _worth_writing(assessment, server.current_weight, settings),
+            assessment.remove,
+            assessment.lost_action,
+            assessment.detail,
         )
-        memories[dest] = memory
     return ServiceDecision(panic, serving, len(automatic), decisions), memories
 
 
-def _fold_report(memory: ServerMemory, report: HealthReport | None, settings: PolicySettings) -> ServerMemory:
-    """The EWMA with `report` folded in, once per report."""
-    if report is None or (memory.smoothed_at is not None and report.time <= memory.smoothed_at):
-        return memory
-    elapsed = 0.0 if memory.smoothed_at is None else report.time - memory.smoothed_at
-    smoothed = ewma(memory.smoothed_health, float(report.value), elapsed, settings)
-    return replace(memory, smoothed_health=smoothed, smoothed_at=report.time)
+_FRESH = ServerMemory()
 
 
-def _fold_packets(
-    memory: ServerMemory, counters: DestCounters | None, settings: PolicySettings, now: float
-) -> ServerMemory:
-    """The packet rate since the last pass folded in, by the same EWMA as health."""
-    if counters is None or memory.packets_at == now:
-        return memory
-    if memory.packets is None or memory.packets_at is None or now < memory.packets_at or counters.packets < memory.packets:
-        # First sight, a clock stepped back, or a total that restarted (the
-        # server was deleted and added again): a new baseline, no rate yet.
-        return replace(memory, packets=counters.packets, packets_at=now, packet_rate=None)
-    elapsed = now - memory.packets_at
-    rate = (counters.packets - memory.packets) / elapsed
-    smoothed = ewma(memory.packet_rate, rate, elapsed, settings)
-    return replace(memory, packets=counters.packets, packets_at=now, packet_rate=smoothed)
+def _fold(memory: ServerMemory, server: ServerInput, settings: PolicySettings, now: float) -> _Folded:
+    """
+    The health EWMA with the server's report folded in, once per report, and
+    the packet rate since the last pass folded in by the same EWMA.
+    """
+    smoothed, smoothed_at = memory.smoothed_health, memory.smoothed_at
+    report = server.report
+    if report is not None and (smoothed_at is None or report.time > smoothed_at):
+        elapsed = 0.0 if smoothed_at is None else report.time - smoothed_at
+        smoothed, smoothed_at = ewma(smoothed, float(report.value), elapsed, settings), report.time
+    packets, packets_at, rate = memory.packets, memory.packets_at, memory.packet_rate
+    counters = server.counters
+    if counters is not None and packets_at != now:
+        if packets is None or packets_at is None or now < packets_at or counters.packets < packets:
+            # First sight, a clock stepped back, or a total that restarted (the
+            # server was deleted and added again): a new baseline, no rate yet.
+            rate = None
+        else:
+            elapsed = now - packets_at
+            rate = ewma(rate, (counters.packets - packets) / elapsed, elapsed, settings)
+        packets, packets_at = counters.packets, now
+    return smoothed, smoothed_at, packets, packets_at, rate
 
 
 def _assess(server: ServerInput, settings: PolicySettings, now: float) -> Assessment | None:
@@ -256,7 +257,7 @@ def _feedback_weights(
         dest: Assessment(
             clamp(servers[dest].base_weight * health.smoothed / 100, settings),
             Reason.HEALTH,
-            f"health {health.latest} (smoothed {health.smoothed:.1f})",
+            _health_detail(health.latest, health.smoothed),
             rampable=True,
         )
         for dest, health in feedback.items()
@@ -264,31 +265,29 @@ def _feedback_weights(
     return weights, {}
 
 
-def _next_memory(
-    memory: ServerMemory,
-    previous: ServerMemory | None,
-    server: ServerInput,
-    up: bool,
-    settings: PolicySettings,
-    now: float,
-) -> ServerMemory:
-    # The memory itself when nothing changes: the usual case, every pass.
+# Formatting a float costs as much as the rest of a server's weight; the
+# same few figures come back pass after pass.
+@lru_cache(maxsize=1024)
+def _health_detail(latest: int, smoothed: float) -> str:
+    return f"health {latest} (smoothed {smoothed:.1f})"
+
+
+def _ramp_start(
+    previous: ServerMemory | None, server: ServerInput, up: bool, settings: PolicySettings, now: float
+) -> float | None:
+    """When the server's current slow start began; None when it is not ramping (or not up)."""
     if not up:
-        if not memory.up and memory.ramp_start is None:
-            return memory
-        return replace(memory, up=False, ramp_start=None)
+        return None
     if previous is None:
         # First sight of this server: if the kernel already gives it weight
         # (a director restart), it is not joining, so it does not ramp.
         was_up = (server.current_weight or 0) > 0
     else:
         was_up = previous.up
-    ramp_start = memory.ramp_start if was_up else now
+    ramp_start = (previous.ramp_start if previous is not None else None) if was_up else now
     if ramp_start is not None and now - ramp_start >= settings.slow_start:
-        ramp_start = None
-    if memory.up and memory.ramp_start == ramp_start:
-        return memory
-    return replace(memory, up=True, ramp_start=ramp_start)
+        return None
+    return ramp_start
 
 
 def _ramp(assessment: Assessment, ramp_start: float, settings: PolicySettings, now: float) -> Assessment:

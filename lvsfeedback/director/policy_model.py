@@ -83,13 +83,13 @@ class PolicySettings:
     dead_band: float = 0.02
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class HealthReport:
     value: int  # 0..100; 0 means "send me nothing new"
     time: float  # when the director received it
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Agent:
     state: AgentState = AgentState.NEVER_SEEN
     since: float | None = None  # when it entered that state; None when never seen
@@ -112,7 +112,7 @@ DRAINED = Drained()
 Override = Drained | Pinned | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ServerInput:
     """What the policy knows about one real server of one virtual service."""
 
@@ -131,7 +131,7 @@ class ServiceInput:
     servers: Mapping[DestKey, ServerInput]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Decision:
     weight: int  # 0..MAX_WEIGHT; 0 when removed
     reason: Reason
@@ -149,7 +149,7 @@ class ServiceDecision:
     servers: Mapping[DestKey, Decision]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ServerMemory:
     smoothed_health: float | None = None
     smoothed_at: float | None = None  # time of the latest report folded into it
@@ -174,10 +174,19 @@ class ServerMemory:
 class PolicyState:
     """Memory between passes. Never mutated: `decide` returns a new one."""
 
-    servers: Mapping[tuple[ServiceKey, DestKey], ServerMemory] = field(default_factory=dict)
+    # By service, then server: a pass looks each server up by its own key alone.
+    services: Mapping[ServiceKey, Mapping[DestKey, ServerMemory]] = field(default_factory=dict)
+
+    @property
+    def servers(self) -> dict[tuple[ServiceKey, DestKey], ServerMemory]:
+        """Every server's memory by (service, server)."""
+        return {(key, dest): memory for key, memories in self.services.items() for dest, memory in memories.items()}
 
 
-@dataclass(frozen=True)
+# Assessment and Feedback are one pass's working values, built for every
+# server in every pass and kept by nothing: not frozen, for a frozen
+# dataclass costs about five times as much to build (object.__setattr__ per field).
+@dataclass(slots=True)
 class Assessment:
     weight: int
     reason: Reason
@@ -201,7 +210,7 @@ def ewma(previous: float | None, value: float, elapsed: float, settings: PolicyS
     return previous + alpha * (value - previous)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Feedback:
     latest: int  # the health just reported
     smoothed: float

@@ -216,6 +216,10 @@ class Registry(Service):
         # Asked for every server in every pass (and history sample): the
         # usual case, one started port, goes first and builds little.
         session = self._by_address.get(dest.address)
+        if session is not None and len(session.started) == 1:
+            (port,) = session.started
+            if _port_matches(service, dest, port):
+                return ServerFacts(session.connected_agent, session.health.get(port), session.capacity.get(port))
         ports = [port for port in session.started if _port_matches(service, dest, port)] if session else ()
         if len(ports) == 1:
             port = ports[0]

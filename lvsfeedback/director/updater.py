@@ -380,14 +380,16 @@ class WeightUpdater(Service):
         kernel_dest = entry.dests.get(dest) if entry is not None else None
         # Usually there is none, and the lookup's key costs two hashes.
         override = self._overrides.get((service.key, dest)) if self._overrides else None
+        # Positional, in the fields' order (base weight, agent, report, counters,
+        # kernel weight, override, capacity): keywords cost a third more, per server and pass.
         return ServerInput(
-            base_weight=self._base_weight(service.key, dest, server, kernel_dest),
-            agent=facts.agent,
-            report=facts.report,
-            counters=kernel_dest.counters if kernel_dest else None,
-            current_weight=kernel_dest.server.weight if kernel_dest else None,
-            override=override,
-            capacity=facts.capacity,
+            self._base_weight(service.key, dest, server, kernel_dest),
+            facts.agent,
+            facts.report,
+            kernel_dest.counters if kernel_dest else None,
+            kernel_dest.server.weight if kernel_dest else None,
+            override,
+            facts.capacity,
         )
 
     def _base_weight(self, key: ServiceKey, dest: DestKey, server: RealServer, kernel_dest) -> int:
