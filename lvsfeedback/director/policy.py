@@ -15,9 +15,9 @@ One pass, per virtual service:
 2. Servers with live feedback get a weight from the service's mode: ``health``
    (base x smoothed health / 100) or ``capacity`` (a controller that evens
    out utilisation, utilisation = 1 - smoothed health / 100, so that shares
-   follow capacity, stepping from where the traffic really goes, counted in
-   the kernel's packet totals; see `capacity_weights`), clamped to [floor,
-   ceiling].
+   follow capacity, stepping from where the traffic really goes: the
+   kernel's packet totals, or with too few packets its active connections,
+   else the weights; see `capacity_weights`), clamped to [floor, ceiling].
    Capacity mode used to divide each server's packet rate by its
    utilisation (gRPC's and Envoy's estimator); a server's idle utilisation
    made a server that got little look small, and it starved (#14). Where
