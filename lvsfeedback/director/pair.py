@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import LoopingCall
@@ -315,7 +315,10 @@ class PairFollower(Service):
             self.last_error = None
             return
         self.fetch_failures += 1
-        error = result.getErrorMessage() or result.type.__name__
+        if result.check(TimeoutError):
+            error = f"no answer within {self.settings.peer_timeout:g}s (peer_timeout)" if self.settings else "timeout"
+        else:
+            error = result.getErrorMessage() or result.type.__name__
         problem = f"fetching {self._peer()}{DESIRED_PATH} failed: {error}"
         if problem != self.last_error:
             self.log.warn("{problem}", problem=problem)
