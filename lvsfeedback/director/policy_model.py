@@ -54,9 +54,9 @@ class Reason(enum.StrEnum):
 # Weights that follow feedback move a little on every report; hysteresis keeps
 # those small moves out of the kernel. Every other reason is a deliberate state
 # change and is written as soon as it differs.
-# A backup follows the master's desired weights under the same rule, so its
-# kernel takes the writes the master's took.
-FEEDBACK_REASONS = frozenset({Reason.HEALTH, Reason.CAPACITY, Reason.SLOW_START, Reason.FOLLOWING})
+# A backup's followed weights are written as they are: its kernel holds the
+# master's desired weights, which its first pass of its own starts from.
+FEEDBACK_REASONS = frozenset({Reason.HEALTH, Reason.CAPACITY, Reason.SLOW_START})
 
 
 @dataclass(frozen=True)
