@@ -218,7 +218,7 @@ class PairFollower(Service):
         self.answer: Desired | None = None
         self.answered_at: float | None = None  # when the answer came, its pass new
         self.last_fetch: float | None = None  # when the last good answer came
-        self.last_error: str | None = None  # why the last fetch failed, or why it is not followed
+        self.last_error: str | None = None  # why the last fetch failed; None once one succeeds
         self.fetch_failures = 0
         self.state_problem: str | None = None  # why the state file gave no state
         self.fallback: str | None = None  # why a backup runs its own policy
@@ -233,8 +233,10 @@ class PairFollower(Service):
 
     def reconfigure(self, config) -> None:
         """IReconfigurable: a new [pair] table, used from the next read and fetch."""
+        before = getattr(self, "config", None)
         self.config = config
-        if config.pair is None:
+        if config.pair is None or before is None or before.pair is None or before.pair.peer != config.pair.peer:
+            # Another peer's answer is not this one's.
             self.answer = self.answered_at = None
 
     def start_fetching(self, first: float) -> None:

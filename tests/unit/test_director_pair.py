@@ -327,3 +327,15 @@ class FollowerTests(FollowerCase):
         self.assertEqual(self.follower.followed(self.clock.seconds()), {})
         self.follower.tick()
         self.assertEqual(len(self.http.requests), 1)
+
+    def test_a_reload_that_names_another_peer_forgets_the_old_ones_answer(self):
+        self.vrrp("BACKUP")
+        self.answer()
+        self.follower.tick()
+        other = write_config(self, director=PAIR.replace("10.0.0.2", "10.0.0.3"), token=True)
+        other.pair.vrrp_state_file.write_text("BACKUP 100\n")
+        self.follower.reconfigure(other)
+        self.assertEqual(self.follower.followed(self.clock.seconds()), {})
+        self.follower.tick()
+        self.assertEqual(self.http.requests[-1][1], b"http://10.0.0.3:9101/pair/desired.json")
+        self.assertTrue(self.follower.followed(self.clock.seconds()))
