@@ -10,8 +10,10 @@ give the same outputs; the updater owns the loop and the kernel.
 
 One pass, per virtual service:
 
-1. Each real server is assessed alone: operator override, then agent state and
-   report freshness, then its health (see `Reason` for the outcomes).
+1. Each real server is assessed alone: operator override, then on a VRRP
+   backup the master's desired weight (`ServerInput.followed`; capacity mode
+   remembers it as its target, so a takeover starts from it), then agent
+   state and report freshness, then its health (see `Reason` for the outcomes).
 2. Servers with live feedback get a weight from the service's mode: ``health``
    (base x smoothed health / 100) or ``capacity`` (a controller that evens
    out utilisation, utilisation = 1 - smoothed health / 100, so that shares
