@@ -103,4 +103,4 @@ class SamplePairTests(ConfigFileTestCase):
         (path.parent / "status.token").write_text("t0ken\n")
         pair = load_config(path).pair
         self.assertEqual(pair.peer, "http://10.0.0.2:9101")
-        self.assertEqual(pair.vrrp_state_file, Path("/run/lvsfeedback/vrrp-VI_director"))
+        self.assertEqual(pair.vrrp_state_file, Path("/run/lvsfeedback/vrrp-VI_LVS"))
