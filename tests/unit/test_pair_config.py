@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lvsfeedback.director.config import check_config, load_config
-from tests.unit.test_config import ConfigFileTestCase
+from tests.helpers.config import ConfigFileTestCase
 
 PAIR = """
 [director]

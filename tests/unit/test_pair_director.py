@@ -22,7 +22,7 @@ from lvsfeedback.director.web.resources import status_root
 from lvsfeedback.ipvs.memory import MemoryIPVS
 from lvsfeedback.ipvs.model import EditDest
 from tests.helpers.director import RS, TOKEN, WEB, connect, director_config, http
-from tests.unit.test_director_pair import FakeHTTP, FakeResponse, desired
+from tests.helpers.pair import FakeHTTP, FakeResponse, desired
 
 CONFIG = """
 [director]

@@ -29,7 +29,7 @@ from lvsfeedback.director.policy import (
     decide,
 )
 from lvsfeedback.ipvs.model import DestCounters, DestKey
-from tests.unit.test_policy import NOW, PLAIN, SERVICE, A, B, C, D, decide_once, reporting
+from tests.helpers.policy import NOW, PLAIN, SERVICE, A, B, C, D, decide_once, reporting
 
 CAPACITY = replace(PLAIN, mode=Mode.CAPACITY)
 
