@@ -65,7 +65,10 @@ DEFAULT_LISTEN = "tcp:3262:backlog=1024"
 # the shipped unit's LimitNOFILE=65536 leaves room for six times this.
 DEFAULT_MAX_AGENTS = 10_000
 MAX_MAX_AGENTS = 1_000_000
-DEFAULT_STATUS_LISTEN = "tcp:9101:interface=127.0.0.1"
+# The same for the status listener: a burst of a thousand requests (a
+# dashboard wall, a scraper fleet, a flood) with Twisted's 50 had SYNs
+# dropped and retried for seconds while the director was busy (#15).
+DEFAULT_STATUS_LISTEN = "tcp:9101:interface=127.0.0.1:backlog=1024"
 # Health mode multiplies the base weight by health/100, so a base of 100
 # gives weights in 1% steps; a base of 1 could only ever be 0 or 1.
 DEFAULT_WEIGHT = 100
