@@ -95,9 +95,12 @@ def keepalived_config(shipped: str, *, number: int, notify: str, advert_int: flo
     text = _set_line(text, r"advert_int\b", f"advert_int {advert_int:g}", "advert_int")
     text = _set_line(text, r"notify\b", f"notify {notify}", "notify")
     text = _set_line(text, r"\S+/32 dev \S+", f"{vip}/32 dev {interface}", "virtual address")
-    sync_line = f"lvs_sync_daemon {interface} {VRRP_INSTANCE} id 51"
-    return _set_line(text, r"lvs_sync_daemon\b", sync_line if sync else "# no lvs_sync_daemon: the control",
-                     "lvs_sync_daemon")
+    if not sync:
+        return _set_line(text, r"lvs_sync_daemon\b", "# no lvs_sync_daemon: the control", "lvs_sync_daemon")
+    # Its instance and sync id as shipped; only the interface is the lab's.
+    shipped_line = re.search(r"^[ \t]*lvs_sync_daemon\s+\S+(.*)$", text, re.M)
+    rest = shipped_line.group(1) if shipped_line else ""
+    return _set_line(text, r"lvs_sync_daemon\b", f"lvs_sync_daemon {interface}{rest}", "lvs_sync_daemon")
 
 
 def keepalived_command(config: Path, pid_file: Path, vrrp_pid_file: Path) -> list[str]:
