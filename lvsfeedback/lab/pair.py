@@ -58,8 +58,9 @@ SHIPPED_NOTIFY_HOOK = TAP / "vrrp-notify"
 KEEPALIVED = "/usr/sbin/keepalived"
 TWISTD = str(Path(sys.executable).parent / "twistd")
 VRRP_INSTANCE = "VI_LVS"
-# The first director is the preferred master; with nopreempt it does not take
-# the address back when it returns.
+# The first director is the preferred master when both come up together; with
+# nopreempt, though, a director already master keeps the address against a
+# higher priority: whichever keepalived is up first, and the survivor of a death.
 PRIORITIES = (150, 100)
 NECP_PORT = 3262
 STATUS_PORT = 9101

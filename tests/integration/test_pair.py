@@ -147,8 +147,8 @@ class PairFailoverTests(SynchronousTestCase):
 
     def fail_master(self, pair: DirectorPair, sync: bool) -> Failover:
         """Put the pair under load, kill the master once the backup knows (or, without sync, not) its connections."""
+        # With nopreempt whichever keepalived is up first stays master, whatever the priorities.
         master = pair.wait_for_master(TAKEOVER)
-        self.assertEqual(master, pair.directors[0], "the higher priority is elected")
         backup = pair.other(master)
         for director in pair.directors:
             self.wait_for_reports(pair, director, STARTUP)
