@@ -31,7 +31,9 @@ much faster than Twisted inside the slow test VM):
     python -m lvsfeedback.lab.loadgen --target 10.200.0.1:80 --rate 100 \\
         --duration 10 --seed 1 --pattern persistent --records out.jsonl
 
-and prints a JSON summary on stdout.
+and prints a JSON summary on stdout, with the moment its schedule started
+on the machine's monotonic clock (asyncio's), so that another process can
+place each request's scheduled time on its own clock (L{parse_start}).
 """
 
 from __future__ import annotations
@@ -327,6 +329,11 @@ class LoadRun:
             await self._run_persistent()
         return self.records[:self._issued]
 
+    @property
+    def start(self) -> float:
+        """The moment of offset 0, on time.monotonic()'s clock (the event loop's), which every process shares."""
+        return self._start
+
     def stop(self) -> None:
         """End the schedule now: no new arrivals; requests in flight still finish."""
         if self.stopped_at is None:
@@ -462,6 +469,11 @@ def parse_output(text: str) -> Summary:
     return Summary(**json.loads(text)["summary"])
 
 
+def parse_start(text: str) -> float:
+    """When the run printed in text started, on time.monotonic()'s clock (L{LoadRun.start})."""
+    return float(json.loads(text)["start"])
+
+
 def command_line(config: LoadConfig, records_path: str | None = None) -> list[str]:
     """The arguments after C{python -m lvsfeedback.lab.loadgen} that run `config`."""
     arguments = [
@@ -538,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.records:
         write_records(records, args.records)
     summary = summarize(records, run.duration)
-    print(json.dumps({"config": asdict(config), "summary": asdict(summary)}, indent=2))
+    print(json.dumps({"config": asdict(config), "start": run.start, "summary": asdict(summary)}, indent=2))
     return 0
 
 

@@ -31,6 +31,10 @@ not behind that device). Either way each real server must never answer ARP
 for the VIP (C{arp_ignore=1}, C{arp_announce=2}), or clients would bypass
 the director. Nothing routes through the director: it does not forward.
 
+With C{directors=2} (DR or TUN) a second director joins the segment at
+10.200.0.4 and neither holds the VIP: in a pair keepalived moves it between
+them (see L{lvsfeedback.lab.pair}).
+
 Every namespace and the cgroup parent carry a run-unique prefix, so parallel
 runs and the leftovers of a crashed one never collide. L{Topology} is a
 context manager whose exit (or L{Topology.teardown}) stops every process it
@@ -74,8 +78,10 @@ BRIDGE = "br-backend"
 # How the director reaches the real servers: masquerading, direct routing, ipip tunnelling.
 NAT, DR, TUN = "nat", "dr", "tun"
 MODES = (NAT, DR, TUN)
-# DR and TUN: the director's own address on the shared segment, beside the VIP.
-DIRECTOR_SEGMENT_ADDRESS = "10.200.0.3"
+# DR and TUN: the director's own address on the shared segment, beside the VIP;
+# in a pair each director's, in order.
+DIRECTOR_SEGMENT_ADDRESSES = ("10.200.0.3", "10.200.0.4")
+DIRECTOR_SEGMENT_ADDRESS = DIRECTOR_SEGMENT_ADDRESSES[0]
 SEGMENT_BRIDGE = "segment"
 VIP_TUNNEL = "vip-tun"
 # What a DR or TUN real server must get right: it holds the VIP but never
@@ -140,6 +146,7 @@ class TopologyPlan:
     cgroup_root: Path = CGROUP_ROOT
     mode: str = NAT
     ipv6: bool = False
+    directors: int = 1
 
     def __post_init__(self):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.prefix):
@@ -150,6 +157,10 @@ class TopologyPlan:
             raise LabError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
         if self.ipv6 and self.mode != NAT:
             raise LabError(f"the IPv6 lab is a NAT one, not {self.mode}")
+        if self.directors not in (1, len(DIRECTOR_SEGMENT_ADDRESSES)):
+            raise LabError(f"the lab has one director or a pair, not {self.directors}")
+        if self.directors > 1 and not self.shared_segment:
+            raise LabError("a pair of directors shares the clients' segment: DR or TUN, not NAT")
 
     @property
     def shared_segment(self) -> bool:
@@ -164,6 +175,11 @@ class TopologyPlan:
     @property
     def director(self) -> str:
         return f"{self.prefix}-director"
+
+    @property
+    def director_namespaces(self) -> list[str]:
+        """The director's namespace, or a pair's two (the first is L{director})."""
+        return [self.director] + [f"{self.prefix}-director{number}" for number in range(2, self.directors + 1)]
 
     @property
     def client(self) -> str:
@@ -189,7 +205,7 @@ class TopologyPlan:
     @property
     def namespaces(self) -> list[str]:
         segment = [self.segment] if self.shared_segment else []
-        return [self.director, self.client] + [server.namespace for server in self.real_servers] + segment
+        return [*self.director_namespaces, self.client] + [server.namespace for server in self.real_servers] + segment
 
 
 def _ip_batch(namespace: str | None, lines: list[str], force: bool = False) -> Command:
@@ -272,9 +288,14 @@ def _client_ports(plan: TopologyPlan) -> Command:
 
 
 def _shared_segment_commands(plan: TopologyPlan) -> list[Command]:
-    """DR and TUN: everyone on one bridge; the director holds the VIP, and so does every real server, silently."""
+    """
+    DR and TUN: everyone on one bridge; the director holds the VIP (a pair's
+    keepalived gives it to one of them), and so does every real server, silently.
+    """
     servers = plan.real_servers
-    members = [("director", plan.director), ("client", plan.client)] + [(s.name, s.namespace) for s in servers]
+    directors = plan.director_namespaces
+    members = [(namespace.removeprefix(f"{plan.prefix}-"), namespace) for namespace in directors]
+    members += [("client", plan.client)] + [(s.name, s.namespace) for s in servers]
     segment_lines = ["link set lo up", f"link add {SEGMENT_BRIDGE} type bridge", f"link set {SEGMENT_BRIDGE} up"]
     for name, namespace in members:
         segment_lines += [
@@ -287,14 +308,14 @@ def _shared_segment_commands(plan: TopologyPlan) -> list[Command]:
         _ip_batch(plan.segment, segment_lines),
         # Before any real server holds the VIP, so none ever answers ARP for it.
         *[_sysctl(server.namespace, *REAL_SERVER_ARP) for server in servers],
-        _ip_batch(plan.director, [
+        *[_ip_batch(namespace, [
             "link set lo up",
             # The director's own address first: the segment's route, and the
             # source of what it tunnels, are its, not the VIP's.
-            f"addr add {DIRECTOR_SEGMENT_ADDRESS}/{NETWORK_PREFIX_LENGTH} dev {NAMESPACE_LINK}",
-            f"addr add {VIP}/32 dev {NAMESPACE_LINK}",
+            f"addr add {address}/{NETWORK_PREFIX_LENGTH} dev {NAMESPACE_LINK}",
+            *([f"addr add {VIP}/32 dev {NAMESPACE_LINK}"] if len(directors) == 1 else []),
             f"link set {NAMESPACE_LINK} up",
-        ]),
+        ]) for namespace, address in zip(directors, DIRECTOR_SEGMENT_ADDRESSES)],
         _ip_batch(plan.client, [
             "link set lo up",
             f"addr add {CLIENT_ADDRESS}/{NETWORK_PREFIX_LENGTH} dev {NAMESPACE_LINK}",
@@ -509,7 +530,8 @@ class Topology:
     """
     The lab cluster: a director, a client and `servers` real servers, each
     real server in a cgroup limited to `cpus_per_server` CPUs (None: no limit),
-    reached by NAT (with `ipv6`, over IPv6 too), DR or TUN (`mode`).
+    reached by NAT (with `ipv6`, over IPv6 too), DR or TUN (`mode`); in DR
+    and TUN, `directors=2` makes it a pair's lab (L{lvsfeedback.lab.pair}).
 
         with Topology(servers=3, cpus_per_server=0.5) as lab:
             backends = lab.start_backends(work_ms=5)
@@ -527,8 +549,9 @@ class Topology:
         netns_dir: Path = NETNS_DIR,
         mode: str = NAT,
         ipv6: bool = False,
+        directors: int = 1,
     ):
-        self.plan = TopologyPlan(prefix or new_prefix(), servers, Path(cgroup_root), mode, ipv6)
+        self.plan = TopologyPlan(prefix or new_prefix(), servers, Path(cgroup_root), mode, ipv6, directors)
         self.cpus_per_server = cpus_per_server
         self.netns_dir = netns_dir
         self.cgroups = CgroupTree(self.plan.prefix, Path(cgroup_root))

@@ -1,7 +1,7 @@
 """
 The director pair's keepalived kit (#17): tap/keepalived-pair.conf passes
 keepalived's own config test, and tap/vrrp-notify records the VRRP state.
-Not yet the pair itself: that needs two directors in the kernel VM.
+The pair itself runs in the kernel VM: tests/integration/test_pair.py.
 """
 
 import os

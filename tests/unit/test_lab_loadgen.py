@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import io
 import json
 import math
 import os
@@ -12,6 +14,7 @@ import signal
 import socket
 import statistics
 import threading
+import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -27,8 +30,10 @@ from lvsfeedback.lab.loadgen import (
     ResponseParser,
     command_line,
     config_from_args,
+    main,
     parse_args,
     parse_output,
+    parse_start,
     percentile,
     poisson_schedule,
     read_records,
@@ -37,6 +42,7 @@ from lvsfeedback.lab.loadgen import (
     summarize,
     write_records,
 )
+from lvsfeedback.testing.daemon import free_port
 
 
 class PercentileTests(SynchronousTestCase):
@@ -320,6 +326,16 @@ class CommandLineTests(SynchronousTestCase):
         summary = summarize([RequestRecord(0.5, OK, 0.01, "rs1", 200)], duration=1.0)
         printed = json.dumps({"config": {}, "summary": dataclasses.asdict(summary)})
         self.assertEqual(parse_output(printed), summary)
+
+    def test_the_printed_start_is_on_the_caller_s_monotonic_clock(self):
+        port = free_port()  # nothing listens: every request is refused at once
+        output = io.StringIO()
+        before = time.monotonic()
+        with contextlib.redirect_stdout(output):
+            main(["--target", f"127.0.0.1:{port}", "--rate", "20", "--duration", "0.2", "--seed", "1"])
+        after = time.monotonic()
+        self.assertTrue(before <= parse_start(output.getvalue()) <= after, (before, output.getvalue(), after))
+        self.assertGreater(parse_output(output.getvalue()).errors, 0)
 
     def test_bad_targets(self):
         for target in ("10.0.0.1", ":80", "host:http"):

@@ -183,6 +183,31 @@ class SharedSegmentCommandTests(SynchronousTestCase):
                                                                        mode=DR, ipv6=True)))
 
 
+class PairCommandTests(SynchronousTestCase):
+    def setUp(self):
+        self.plan = TopologyPlan("p", 3, mode=DR, directors=2)
+        self.commands = setup_commands(self.plan)
+
+    def test_two_directors_on_the_segment_with_their_own_addresses_and_neither_holds_the_vip(self):
+        self.assertEqual(self.plan.director_namespaces, ["p-director", "p-director2"])
+        self.assertEqual(self.plan.namespaces[:3], ["p-director", "p-director2", "p-client"])
+        segment = batch_lines(self, self.commands, "p-segment")
+        self.assertIn("link add to-director2 type veth peer name eth0 netns p-director2", segment)
+        self.assertIn("link set to-director2 master segment", segment)
+        for namespace, address in (("p-director", "10.200.0.3"), ("p-director2", "10.200.0.4")):
+            lines = batch_lines(self, self.commands, namespace)
+            self.assertIn(f"addr add {address}/24 dev eth0", lines)
+            self.assertNotIn("addr add 10.200.0.1/32 dev eth0", lines, "keepalived gives the VIP")
+
+    def test_the_real_servers_are_those_of_a_single_director_lab(self):
+        self.assertEqual(self.plan.real_servers, TopologyPlan("p", 3, mode=DR).real_servers)
+
+    def test_a_pair_needs_the_shared_segment_and_two_directors_at_most(self):
+        self.assertIn("DR or TUN, not NAT", str(self.assertRaises(LabError, TopologyPlan, "p", 1, directors=2)))
+        self.assertIn("one director or a pair", str(self.assertRaises(LabError, TopologyPlan, "p", 1, mode=DR,
+                                                                         directors=3)))
+
+
 class IPv6CommandTests(SynchronousTestCase):
     def setUp(self):
         self.plan = TopologyPlan("p", 2, ipv6=True)
