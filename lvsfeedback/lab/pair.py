@@ -1,0 +1,407 @@
+"""
+A pair of directors in the lab (#17): the DR lab with two directors
+(L{Topology} with C{directors=2}), each running keepalived (VRRP only, its
+config made from the shipped tap/keepalived-pair.conf) and C{twistd
+lvs-director}, and real servers whose agents report to both.
+
+    client ─┐
+    director  10.200.0.3 (priority 150) ─┤ bridge "segment"; keepalived gives
+    director2 10.200.0.4 (priority 100) ─┤ the VIP 10.200.0.1 to the master
+    rsK       10.200.0.(10+K), VIP on lo ┘
+
+Who owns what, as in production: lvs-director owns the virtual service and
+its weights, on both directors (the kernel's IPVS table, like its sync
+daemon, is per network namespace, so each director has its own); keepalived
+owns the address, and starts the kernel's connection sync daemon with the
+VRRP state (C{lvs_sync_daemon}: master on MASTER, backup on BACKUP). That is
+the engine an operator already runs and knows, so lvs-director does not
+start the sync daemon itself. keepalived's notify hook (tap/vrrp-notify)
+records each director's VRRP state in its own run directory.
+
+Everything here is driven from outside the namespaces, by a test or a
+bench, and bounded: the VRRP state and the kernel's tables have no event to
+wait on, so waits poll them until a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from lvsfeedback.lab.topology import (
+    DIRECTOR_SEGMENT_ADDRESSES,
+    DR,
+    NAMESPACE_LINK,
+    VIP,
+    Command,
+    LabError,
+    LabProcess,
+    LabServer,
+    Topology,
+    run_command,
+)
+from lvsfeedback.testing import ipvsadm
+
+T = TypeVar("T")
+TAP = Path(__file__).resolve().parents[2] / "tap"
+SHIPPED_KEEPALIVED_CONFIG = TAP / "keepalived-pair.conf"
+SHIPPED_NOTIFY_HOOK = TAP / "vrrp-notify"
+KEEPALIVED = "/usr/sbin/keepalived"
+TWISTD = str(Path(sys.executable).parent / "twistd")
+VRRP_INSTANCE = "VI_LVS"
+# The first director is the preferred master; with nopreempt it does not take
+# the address back when it returns.
+PRIORITIES = (150, 100)
+NECP_PORT = 3262
+STATUS_PORT = 9101
+SERVICE_PORT = 80
+POLL_INTERVAL = 0.1
+# "pro expire state source virtual destination", one connection a line.
+_CONNECTION_LINE = re.compile(r"^(\w+)\s+\S+\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s*$")
+
+
+def _set_line(text: str, pattern: str, replacement: str, what: str) -> str:
+    """text with the one line matching pattern (its indentation kept) replaced; LabError when not exactly one."""
+    regex = re.compile(rf"^([ \t]*){pattern}[^\n]*$", re.M)
+    found = len(regex.findall(text))
+    if found != 1:
+        raise LabError(f"{SHIPPED_KEEPALIVED_CONFIG.name}: expected one {what} line to set, found {found}")
+    return regex.sub(lambda match: match.group(1) + replacement, text)
+
+
+def keepalived_config(shipped: str, *, number: int, notify: str, advert_int: float, sync: bool,
+                      interface: str = NAMESPACE_LINK, vip: str = VIP) -> str:
+    """
+    The shipped pair config for director `number` (1 or 2) of the lab: its
+    router id and priority, the lab's interface and VIP, a short advert
+    interval, the notify hook at `notify`; without `sync`, no sync daemon
+    (the control of the failover test).
+    """
+    text = shipped
+    text = _set_line(text, r"router_id\b", f"router_id lvs-director-{number}", "router_id")
+    text = _set_line(text, r"priority\b", f"priority {PRIORITIES[number - 1]}", "priority")
+    text = _set_line(text, r"interface\b", f"interface {interface}", "interface")
+    text = _set_line(text, r"advert_int\b", f"advert_int {advert_int:g}", "advert_int")
+    text = _set_line(text, r"notify\b", f"notify {notify}", "notify")
+    text = _set_line(text, r"\S+/32 dev \S+", f"{vip}/32 dev {interface}", "virtual address")
+    sync_line = f"lvs_sync_daemon {interface} {VRRP_INSTANCE} id 51"
+    return _set_line(text, r"lvs_sync_daemon\b", sync_line if sync else "# no lvs_sync_daemon: the control",
+                     "lvs_sync_daemon")
+
+
+def keepalived_command(config: Path, pid_file: Path, vrrp_pid_file: Path) -> list[str]:
+    """
+    keepalived in the foreground, VRRP only, logging to its stderr (its
+    stdout too: the lab reads neither pipe), with pid files of its own so
+    that two run on one machine.
+    """
+    return [
+        "sh", "-c", 'exec "$@" >&2', "keepalived",
+        KEEPALIVED, "--dont-fork", "--log-console", "--no-syslog", "--vrrp",
+        f"--use-file={config}", f"--pid={pid_file}", f"--vrrp_pid={vrrp_pid_file}",
+    ]
+
+
+def director_config(number: int, servers: list[LabServer], *, token_file: Path, policy: str = "") -> str:
+    """
+    lvs-director's config for director `number`: NECP and status on its
+    segment address, the DR web service on the VIP with every real server,
+    health mode (both directors see the same agents' reports, so both
+    compute the same weights; capacity mode learns from the packets that
+    cross a director, and the backup sees none).
+    """
+    address = DIRECTOR_SEGMENT_ADDRESSES[number - 1]
+    reals = "".join(f'\n[[service.real]]\naddress = "{server.address}"\n' for server in servers)
+    # The one place the pair's director config is built. Once lvs-director
+    # has its [pair] table (branch h31-pair-director), add it here:
+    #   [pair]
+    #   vrrp_state_file = this director's PairDirector.state_file
+    #   peer = "http://{the other's DIRECTOR_SEGMENT_ADDRESSES entry}:{STATUS_PORT}"
+    #   peer_token_file = token_file
+    # The status listener is on the segment address, with a token, for that.
+    return f"""
+[director]
+listen = "tcp:{NECP_PORT}:interface={address}"
+update_interval = 1.0
+health_interval = 1.0
+[status]
+listen = "tcp:{STATUS_PORT}:interface={address}"
+token_file = "{token_file}"
+[policy]
+mode = "health"
+hysteresis = 0.1
+# Both directors start together; a ramp would only blur their agreement.
+slow_start = 0
+{policy}
+[[service]]
+name = "web"
+protocol = "tcp"
+address = "{VIP}"
+port = {SERVICE_PORT}
+scheduler = "wlc"
+forwarding = "dr"
+{reals}"""
+
+
+def agent_command(server: LabServer) -> list[str]:
+    """lvs-agent on a real server reporting its cgroup's load to both directors."""
+    directors = [argument for address in DIRECTOR_SEGMENT_ADDRESSES
+                 for argument in ("--director", f"tcp:{address}:{NECP_PORT}")]
+    return [TWISTD, "-n", "--pidfile=", "lvs-agent", *directors, "--service", f"tcp:{SERVICE_PORT}:dr",
+            "--metric", f"cgroup:path={server.cgroup.path}", "--interval", "0.5"]
+
+
+@dataclass(frozen=True)
+class Connection:
+    """One entry of a director's IPVS connection table."""
+
+    protocol: str
+    state: str
+    client: str
+    virtual: str
+    real: str
+
+
+def parse_connections(listing: str) -> list[Connection]:
+    """`ipvsadm -Lnc` output → its entries."""
+    entries = []
+    for line in listing.splitlines():
+        match = _CONNECTION_LINE.match(line)
+        if match and match.group(1) != "pro":
+            entries.append(Connection(*match.groups()))
+    return entries
+
+
+def parse_scheduled_connections(listing: str, service: str) -> int:
+    """
+    `ipvsadm -Ln --stats --exact` output → the connections this director
+    scheduled for `service` (ADDRESS:PORT); a synced connection is not counted.
+    """
+    for line in listing.splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and fields[0] != "->" and fields[1] == service:
+            return int(fields[2])
+    raise LabError(f"no virtual service {service} in:\n{listing}")
+
+
+@dataclass
+class PairDirector:
+    """One director of the pair: its number, namespace, address, and its processes while they run."""
+
+    number: int
+    namespace: str
+    address: str
+    folder: Path
+    keepalived: LabProcess | None = None
+    director: LabProcess | None = None
+
+    @property
+    def run_directory(self) -> Path:
+        """Where the notify hook records this director's VRRP state."""
+        return self.folder / "run"
+
+    @property
+    def state_file(self) -> Path:
+        return self.run_directory / f"vrrp-{VRRP_INSTANCE}"
+
+    @property
+    def director_log(self) -> Path:
+        return self.folder / "lvs-director.log"
+
+    @property
+    def segment_port(self) -> str:
+        """Its veth's end on the segment's bridge: down, the director is cut off as if dead."""
+        return f"to-{self.namespace.rsplit('-', 1)[1]}"
+
+
+class DirectorPair:
+    """
+    The pair's lab. L{build} makes the namespaces and configs, L{start}
+    starts backends, directors, keepalived and agents; L{teardown} (or the
+    context manager's exit) stops all and removes everything.
+
+        with DirectorPair(sync=True) as pair:
+            master = pair.wait_for_master(60)
+    """
+
+    def __init__(self, servers: int = 3, *, sync: bool = True, advert_int: float = 0.2,
+                 cpus_per_server: float | None = None, policy: str = ""):
+        self.lab = Topology(servers, mode=DR, directors=2, cpus_per_server=cpus_per_server)
+        self.sync = sync
+        self.advert_int = advert_int
+        self.policy = policy
+        self.directors: list[PairDirector] = []
+
+    def __enter__(self) -> DirectorPair:
+        return self.build()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.teardown()
+
+    def build(self) -> DirectorPair:
+        """The lab, and in its log folder each director's configs and a root-owned copy of the notify hook."""
+        self.lab.build()
+        try:
+            assert self.lab.log_dir is not None
+            # keepalived's script security refuses a hook that anyone but root may
+            # change: the checkout's copy may be a user's, this one is root's.
+            hook = self.lab.log_dir / "vrrp-notify"
+            shutil.copyfile(SHIPPED_NOTIFY_HOOK, hook)
+            hook.chmod(0o755)
+            token = self.lab.log_dir / "status.token"
+            token.write_text("lab-pair-status-token\n")
+            shipped = SHIPPED_KEEPALIVED_CONFIG.read_text()
+            for number, (namespace, address) in enumerate(
+                    zip(self.lab.plan.director_namespaces, DIRECTOR_SEGMENT_ADDRESSES), start=1):
+                director = PairDirector(number, namespace, address, self.lab.log_dir / f"director{number}")
+                director.run_directory.mkdir(parents=True)
+                (director.folder / "keepalived.conf").write_text(keepalived_config(
+                    shipped, number=number, notify=str(hook), advert_int=self.advert_int, sync=self.sync))
+                (director.folder / "director.toml").write_text(director_config(
+                    number, self.lab.servers, token_file=token, policy=self.policy))
+                self.directors.append(director)
+        except BaseException:
+            self.teardown()
+            raise
+        return self
+
+    def start(self, timeout: float) -> None:
+        """
+        Backends, both lvs-directors (each waited for until its service is in
+        its kernel, so the sync daemon finds the real servers of the
+        connections it is sent), keepalived on both, agents on every real server.
+        """
+        deadline = time.monotonic() + timeout
+        self.lab.start_backends(port=SERVICE_PORT, work_ms=1, timeout=timeout)
+        for director in self.directors:
+            self.start_director(director)
+        for director in self.directors:
+            self.wait_for_service(director, deadline)
+        for director in self.directors:
+            self.start_keepalived(director)
+        for server in self.lab.servers:
+            self.lab.spawn(server.namespace, agent_command(server), cgroup=server.cgroup)
+
+    def wait_for_service(self, director: PairDirector, deadline: float) -> None:
+        """Until the director's lvs-director has put the service, with every real server, in its kernel."""
+        def written() -> bool:
+            return len(self.weights(director)) == len(self.lab.servers)
+
+        self.poll(written, deadline, f"{director.namespace}: lvs-director's service in the kernel")
+
+    def start_director(self, director: PairDirector) -> None:
+        director.director = self.lab.spawn(director.namespace, [
+            TWISTD, "-n", "--pidfile=", f"--logfile={director.director_log}",
+            "lvs-director", "--config", str(director.folder / "director.toml"),
+        ])
+
+    def start_keepalived(self, director: PairDirector) -> None:
+        # The hook's folder comes through the environment, which keepalived passes on to it.
+        environment = dict(os.environ, LVSFEEDBACK_RUN_DIRECTORY=str(director.run_directory))
+        director.keepalived = self.lab.spawn(director.namespace, keepalived_command(
+            director.folder / "keepalived.conf", director.folder / "keepalived.pid",
+            director.folder / "keepalived-vrrp.pid"), env=environment)
+
+    @staticmethod
+    def poll(done: Callable[[], T | None], deadline: float, what: str) -> T:
+        """done()'s first true value, asked every POLL_INTERVAL until the deadline (LabError then)."""
+        while True:
+            value = done()
+            if value:
+                return value
+            if time.monotonic() >= deadline:
+                raise LabError(f"waiting for {what}: not so by the deadline")
+            time.sleep(POLL_INTERVAL)
+
+    def vrrp_state(self, director: PairDirector) -> str | None:
+        """The state keepalived last told the notify hook (MASTER, BACKUP, FAULT, STOP), None before any."""
+        try:
+            return director.state_file.read_text().split()[0]
+        except (FileNotFoundError, IndexError):
+            return None
+
+    def holds_vip(self, director: PairDirector) -> bool:
+        shown = run_command(Command(["ip", "-n", director.namespace, "-j", "addr", "show", "dev", NAMESPACE_LINK])).stdout
+        return any(entry.get("local") == VIP for link in json.loads(shown) for entry in link.get("addr_info", []))
+
+    def vip_holders(self, among: list[PairDirector] | None = None) -> list[PairDirector]:
+        return [director for director in among or self.directors if self.holds_vip(director)]
+
+    def wait_for_master(self, timeout: float, among: list[PairDirector] | None = None) -> PairDirector:
+        """
+        The director that is MASTER and alone in holding the VIP, once there
+        is one: of the pair, or of those `among` (a killed one keeps the VIP
+        on its dead link).
+        """
+        def master() -> PairDirector | None:
+            holders = self.vip_holders(among)
+            if len(holders) == 1 and self.vrrp_state(holders[0]) == "MASTER":
+                return holders[0]
+            return None
+
+        return self.poll(master, time.monotonic() + timeout, "one master holding the VIP")
+
+    def other(self, director: PairDirector) -> PairDirector:
+        return next(each for each in self.directors if each is not director)
+
+    def connections(self, director: PairDirector) -> list[Connection]:
+        return parse_connections(self.lab.run(director.namespace, ["ipvsadm", "-Lnc"]).stdout)
+
+    def scheduled_connections(self, director: PairDirector) -> int:
+        """Connections this director's IPVS scheduled for the VIP (not those it was sent by sync)."""
+        listing = self.lab.run(director.namespace, ["ipvsadm", "-Ln", "--stats", "--exact"]).stdout
+        return parse_scheduled_connections(listing, f"{VIP}:{SERVICE_PORT}")
+
+    def weights(self, director: PairDirector) -> dict[str, int]:
+        """The kernel's weight of each real server of the VIP's service on this director, by address."""
+        table = ipvsadm.parse(self.lab.run(director.namespace, ["ipvsadm", "-Ln"]).stdout)
+        return {dest.address: weight for key, dests in table.items() if key.address == VIP
+                for dest, (weight, _) in dests.items()}
+
+    def status(self, director: PairDirector) -> dict[str, Any]:
+        url = f"http://{director.address}:{STATUS_PORT}/status.json"
+        status: dict[str, Any] = json.loads(self.lab.run(director.namespace, ["curl", "-sf", "--max-time", "10", url]).stdout)
+        return status
+
+    def kill(self, director: PairDirector) -> float:
+        """
+        The director dies: SIGKILL to keepalived and lvs-director (nothing
+        cleans up: the VIP stays on its interface, as on a machine that
+        froze), and its segment link goes down. The moment of the kill
+        (time.monotonic()).
+        """
+        killed_at = time.monotonic()
+        for process in (director.keepalived, director.director):
+            if process is not None:
+                process.signal(signal.SIGKILL)
+        self._set_segment_port(director, "down")
+        for process in (director.keepalived, director.director):
+            if process is not None:
+                process.stop()
+        director.keepalived = director.director = None
+        return killed_at
+
+    def revive(self, director: PairDirector) -> None:
+        """
+        A killed director comes back: its link up, lvs-director and
+        keepalived started again (keepalived drops the VIP it left behind
+        before it joins as BACKUP). Its IPVS table is as the dead one left it.
+        """
+        self._set_segment_port(director, "up")
+        self.start_director(director)
+        self.start_keepalived(director)
+
+    def _set_segment_port(self, director: PairDirector, state: str) -> None:
+        run_command(Command(["ip", "-n", self.lab.plan.segment, "link", "set", director.segment_port, state]))
+
+    def teardown(self) -> None:
+        self.lab.teardown()

@@ -1,0 +1,224 @@
+"""
+A pair of directors against the kernel and a real keepalived (#17): two
+director namespaces on the DR segment, each with keepalived (VRRP, and the
+kernel's connection sync daemon through lvs_sync_daemon) and `twistd
+lvs-director`; three real servers whose agents report to both; a client with
+persistent and short HTTP connections through the VIP. The master dies
+(SIGKILL to keepalived and lvs-director, its link down) under load.
+
+Both directors run health mode: they hear the same agents, so their weights
+agree within hysteresis without the peer-following lvs-director is gaining
+(capacity mode learns from packets, which only the master sees). Every wait
+polls kernel or keepalived state, which has no event to wait on, until a
+deadline; the takeover's figures are printed, not asserted against a time.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from dataclasses import dataclass
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from lvsfeedback.lab.loadgen import OK, LoadConfig, RequestRecord, parse_output, parse_start, read_records
+from lvsfeedback.lab.pair import DirectorPair, PairDirector
+from lvsfeedback.lab.topology import CLIENT_ADDRESS, VIP, LabError
+from tests.integration import require_ipvs
+
+# VRRPv3's sub-second adverts: the backup takes over after about 3 of them.
+ADVERT_INT = 0.2
+HYSTERESIS = 0.1  # the directors' [policy] hysteresis (lvsfeedback.lab.pair.director_config)
+# Python starts slowly in the emulated VM, five twistd at once slower still.
+STARTUP = 300.0
+TAKEOVER = 30.0
+UNTIL_STOPPED = 900.0
+PERSISTENT = LoadConfig(VIP, 80, rate=8, duration=UNTIL_STOPPED, seed=1, pattern="persistent", connections=6,
+                        requests_per_connection=1_000_000, timeout=10)
+SHORT = LoadConfig(VIP, 80, rate=4, duration=UNTIL_STOPPED, seed=2, pattern="short", timeout=10)
+# Short connections the new master must schedule itself before the load stops.
+PLACED_BY_NEW_MASTER = 10
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One load's requests around the failure, on the test's monotonic clock."""
+
+    records: list[RequestRecord]
+    start: float
+
+    def ended(self, record: RequestRecord) -> float:
+        """When it ended; a failed request counts as never answered."""
+        return float("inf") if record.outcome != OK else self.start + record.scheduled + record.latency
+
+    def failed(self) -> list[RequestRecord]:
+        return [record for record in self.records if record.outcome != OK]
+
+    def resets(self) -> int:
+        return sum("Reset" in (record.error or "") for record in self.failed())
+
+    def in_flight(self, killed_at: float, taken_over_at: float) -> int:
+        """Requests sent before the takeover and not answered before the kill: those the outage could hit."""
+        return sum(self.start + record.scheduled <= taken_over_at and self.ended(record) > killed_at
+                   for record in self.records)
+
+    def first_answer_after(self, moment: float) -> float | None:
+        """When the first request sent after moment was answered."""
+        answered = [self.ended(record) for record in self.records
+                    if record.outcome == OK and self.start + record.scheduled >= moment]
+        return min(answered, default=None)
+
+    def answered_after(self, moment: float) -> int:
+        return sum(record.outcome == OK and self.start + record.scheduled >= moment for record in self.records)
+
+
+class PairFailoverTests(SynchronousTestCase):
+    def build_pair(self, sync: bool) -> DirectorPair:
+        require_ipvs()
+        pair = DirectorPair(sync=sync, advert_int=ADVERT_INT, cpus_per_server=0.5).build()
+        self.addCleanup(pair.teardown)
+        pair.start(STARTUP)
+        return pair
+
+    def wait_for_reports(self, pair: DirectorPair, director: PairDirector, timeout: float) -> None:
+        """Until the director holds a health report from every real server's agent."""
+        def reported() -> bool:
+            try:
+                status = pair.status(director)
+            except (LabError, ValueError):
+                return False  # not listening yet
+            servers = [server for service in status["services"] for server in service["servers"]]
+            return len(servers) == len(pair.lab.servers) and all(server["health"] for server in servers)
+
+        pair.poll(reported, _deadline(timeout), f"{director.namespace}: a report from every agent")
+
+    def assertWeightsAgree(self, pair: DirectorPair, first: PairDirector, second: PairDirector) -> None:
+        """Each real server's kernel weight on one director within hysteresis of the other's."""
+        weights = pair.weights(first), pair.weights(second)
+        self.assertEqual(set(weights[0]), set(weights[1]), weights)
+        for server, weight in weights[0].items():
+            other = weights[1][server]
+            self.assertLessEqual(abs(weight - other), HYSTERESIS * max(weight, other), (server, weights))
+
+    def start_traffic(self, pair: DirectorPair):
+        """Both loads, each with the file its records go to."""
+        started = []
+        for config in (PERSISTENT, SHORT):
+            records = str(pair.lab.log_dir / f"{config.pattern}.jsonl")
+            started.append((config, pair.lab.start_load(config, records), records))
+        return started
+
+    def stop_traffic(self, pair: DirectorPair, traffic) -> dict[str, Outcome]:
+        outcomes = {}
+        for config, process, records in traffic:
+            process.signal(signal.SIGTERM)
+            output = process.read_output(config.timeout + 60)
+            parse_output(output)  # a run that printed no summary fails here, loudly
+            outcomes[config.pattern] = Outcome(read_records(records), parse_start(output))
+        return outcomes
+
+    def established(self, pair: DirectorPair, director: PairDirector) -> set[str]:
+        """The client's connections to the VIP this director's IPVS holds as established."""
+        return {entry.client for entry in pair.connections(director)
+                if entry.state == "ESTABLISHED" and entry.client.startswith(f"{CLIENT_ADDRESS}:")
+                and entry.virtual == f"{VIP}:80"}
+
+    def fail_master(self, pair: DirectorPair, sync: bool):
+        """
+        Bring the pair up under load, kill the master; the new master, the
+        moments of the kill and of the VIP's arrival, and the traffic still running.
+        """
+        master = pair.wait_for_master(TAKEOVER)
+        self.assertEqual(master, pair.directors[0], "the higher priority is elected")
+        backup = pair.other(master)
+        for director in pair.directors:
+            self.wait_for_reports(pair, director, STARTUP)
+        self.assertWeightsAgree(pair, master, backup)
+        traffic = self.start_traffic(pair)
+
+        def persistent_open_on_master() -> set[str]:
+            open_now = self.established(pair, master)
+            return open_now if len(open_now) >= PERSISTENT.connections else set()
+
+        on_master = pair.poll(persistent_open_on_master, _deadline(STARTUP), "the persistent connections")
+        if sync:
+            # The backup learnt them from the master's sync daemon, before the failure.
+            pair.poll(lambda: len(self.established(pair, backup) & on_master) >= PERSISTENT.connections,
+                       _deadline(TAKEOVER), "the persistent connections synced to the backup")
+        else:
+            self.assertEqual(self.established(pair, backup), set(), "no sync daemon: the backup knows nothing")
+        self.assertWeightsAgree(pair, master, backup)
+        scheduled_before = pair.scheduled_connections(backup)
+
+        killed_at = pair.kill(master)
+        self.assertIs(pair.wait_for_master(TAKEOVER, among=[backup]), backup)
+        vip_moved_at = time.monotonic()
+        # New connections are the new master's to place.
+        pair.poll(lambda: pair.scheduled_connections(backup) >= scheduled_before + PLACED_BY_NEW_MASTER,
+                   _deadline(TAKEOVER + SHORT.timeout), "new connections scheduled by the new master")
+        return master, backup, killed_at, vip_moved_at, traffic
+
+    def report(self, label: str, outcomes: dict[str, Outcome], killed_at: float, vip_moved_at: float) -> dict:
+        first_answer = outcomes["short"].first_answer_after(killed_at)
+        figures = {
+            "test": label,
+            "advert_int": ADVERT_INT,
+            "vip_moved_after": round(vip_moved_at - killed_at, 3),
+            "first_new_connection_answered_after": None if first_answer is None else round(first_answer - killed_at, 3),
+        }
+        for pattern, outcome in outcomes.items():
+            taken_over_at = first_answer if first_answer is not None else vip_moved_at
+            figures[pattern] = {
+                "requests": len(outcome.records),
+                "failed": len(outcome.failed()),
+                "resets": outcome.resets(),
+                "in_flight_at_failure": outcome.in_flight(killed_at, max(taken_over_at, vip_moved_at)),
+                "answered_after_kill": outcome.answered_after(killed_at),
+            }
+        print("PAIR-TAKEOVER " + json.dumps(figures))
+        return figures
+
+    def test_with_sync_established_connections_survive_the_master_s_death_and_its_return_moves_nothing(self):
+        pair = self.build_pair(sync=True)
+        old, new, killed_at, vip_moved_at, traffic = self.fail_master(pair, sync=True)
+        self.assertWeightsAgree(pair, old, new)  # the dead one's table is as it left it
+
+        # The old master returns; with nopreempt it stays BACKUP and the VIP stays.
+        weights_before_return = pair.weights(new)
+        pair.revive(old)
+
+        def settled() -> bool:
+            self.assertEqual(pair.vip_holders(), [new], "the VIP never moves back")
+            self.assertNotEqual(pair.vrrp_state(old), "MASTER")
+            return pair.vrrp_state(old) == "BACKUP"
+
+        pair.poll(settled, _deadline(STARTUP), "the returning director's keepalived in BACKUP")
+        pair.wait_for_service(old, _deadline(STARTUP))
+        self.wait_for_reports(pair, old, STARTUP)
+        self.assertEqual(pair.vip_holders(), [new])
+        self.assertEqual((pair.vrrp_state(old), pair.vrrp_state(new)), ("BACKUP", "MASTER"))
+        # No weight flap: the surviving master's weights held, the returned one agrees with them.
+        for server, weight in pair.weights(new).items():
+            before = weights_before_return[server]
+            self.assertLessEqual(abs(weight - before), HYSTERESIS * max(weight, before), server)
+        self.assertWeightsAgree(pair, old, new)
+
+        outcomes = self.stop_traffic(pair, traffic)
+        figures = self.report("sync", outcomes, killed_at, vip_moved_at)
+        for pattern, outcome in outcomes.items():
+            self.assertLessEqual(len(outcome.failed()), figures[pattern]["in_flight_at_failure"], figures)
+        self.assertEqual(outcomes["persistent"].resets(), 0, figures)
+        self.assertGreaterEqual(outcomes["persistent"].answered_after(killed_at), PERSISTENT.connections, figures)
+
+    def test_without_sync_the_new_master_resets_the_established_connections(self):
+        # The control: the same failure without the sync daemon fails the assertions above.
+        pair = self.build_pair(sync=False)
+        _, _, killed_at, vip_moved_at, traffic = self.fail_master(pair, sync=False)
+        outcomes = self.stop_traffic(pair, traffic)
+        figures = self.report("no-sync", outcomes, killed_at, vip_moved_at)
+        self.assertGreater(outcomes["persistent"].resets(), 0, figures)
+
+
+def _deadline(timeout: float) -> float:
+    return time.monotonic() + timeout
