@@ -65,6 +65,8 @@ NECP_PORT = 3262
 STATUS_PORT = 9101
 SERVICE_PORT = 80
 POLL_INTERVAL = 0.1
+# The directors' [policy] hysteresis: how far apart their weights may be.
+HYSTERESIS = 0.1
 # "pro expire state source virtual destination", one connection a line.
 _CONNECTION_LINE = re.compile(r"^(\w+)\s+\S+\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s*$")
 
@@ -138,7 +140,7 @@ listen = "tcp:{STATUS_PORT}:interface={address}"
 token_file = "{token_file}"
 [policy]
 mode = "health"
-hysteresis = 0.1
+hysteresis = {HYSTERESIS}
 # Both directors start together; a ramp would only blur their agreement.
 slow_start = 0
 {policy}
@@ -234,8 +236,8 @@ class DirectorPair:
     """
 
     def __init__(self, servers: int = 3, *, sync: bool = True, advert_int: float = 0.2,
-                 cpus_per_server: float | None = None, policy: str = ""):
-        self.lab = Topology(servers, mode=DR, directors=2, cpus_per_server=cpus_per_server)
+                 cpus_per_server: float | None = None, policy: str = "", log_dir: Path | None = None):
+        self.lab = Topology(servers, mode=DR, directors=2, cpus_per_server=cpus_per_server, log_dir=log_dir)
         self.sync = sync
         self.advert_int = advert_int
         self.policy = policy
@@ -374,16 +376,16 @@ class DirectorPair:
 
     def kill(self, director: PairDirector) -> float:
         """
-        The director dies: SIGKILL to keepalived and lvs-director (nothing
-        cleans up: the VIP stays on its interface, as on a machine that
-        froze), and its segment link goes down. The moment of the kill
-        (time.monotonic()).
+        The director dies: its segment link goes down, then keepalived and
+        lvs-director get SIGKILL (nothing cleans up: the VIP stays on its
+        interface, as on a machine that froze). The moment it died, its link
+        down (time.monotonic()): until then its kernel still forwarded.
         """
+        self._set_segment_port(director, "down")
         killed_at = time.monotonic()
         for process in (director.keepalived, director.director):
             if process is not None:
                 process.signal(signal.SIGKILL)
-        self._set_segment_port(director, "down")
         for process in (director.keepalived, director.director):
             if process is not None:
                 process.stop()
@@ -392,10 +394,14 @@ class DirectorPair:
 
     def revive(self, director: PairDirector) -> None:
         """
-        A killed director comes back: its link up, lvs-director and
-        keepalived started again (keepalived drops the VIP it left behind
-        before it joins as BACKUP). Its IPVS table is as the dead one left it.
+        A killed director comes back as after a reboot of the machine: the
+        VIP its keepalived left is gone (else it would answer for it beside
+        the master until its new keepalived dropped it), its link up,
+        lvs-director and keepalived started again. Its IPVS table is as the
+        dead one left it: lvs-director adopts it.
         """
+        if self.holds_vip(director):
+            run_command(Command(["ip", "-n", director.namespace, "addr", "del", f"{VIP}/32", "dev", NAMESPACE_LINK]))
         self._set_segment_port(director, "up")
         self.start_director(director)
         self.start_keepalived(director)
