@@ -232,7 +232,8 @@ def abuse_config(necp_port: int, status_port: int) -> str:
         f"tcp:{necp_port}:interface=127.0.0.1:backlog=1024", 1, len(LEGITIMATE_HEALTH), observe=True,
         health_interval=HEALTH_INTERVAL, update_interval=UPDATE_INTERVAL, policy=policy,
         director=f'secret_file = "necp.secret"\nallow = ["{ALLOW}"]',
-        status=f'listen = "tcp:{status_port}:interface=127.0.0.1"\ntoken_file = "status.token"',
+        # The shipped [status] listen's backlog (DEFAULT_STATUS_LISTEN), on a port of its own.
+        status=f'listen = "tcp:{status_port}:interface=127.0.0.1:backlog=1024"\ntoken_file = "status.token"',
     )
 
 

@@ -148,6 +148,20 @@ def _server_cells(server: dict[str, Any]) -> list[str]:
     ]
 
 
+def _pair_line(pair: dict[str, Any] | None, now: float) -> str | None:
+    """One line on a director of a VRRP pair: its state, and whether it follows the master."""
+    if pair is None:
+        return None
+    priority = "" if pair["priority"] is None else f" (priority {pair['priority']})"
+    line = f"pair: VRRP {pair['vrrp_state']}{priority} for {_duration(pair['for'])}; "
+    line += f"following {pair['peer']}" if pair["following"] else f"own policy, peer {pair['peer']}"
+    if pair["last_fetch"] is not None:
+        line += f", last fetch {_duration(now - pair['last_fetch'])} ago"
+    if pair["last_error"]:
+        line += f"; {pair['last_error']}"
+    return line
+
+
 def format_status(status: dict[str, Any], url: str) -> str:
     """The director's status in the spirit of `ipvsadm -Ln`, with health and reasons."""
     director = status["director"]
@@ -163,6 +177,9 @@ def format_status(status: dict[str, Any], url: str) -> str:
         f"agents connected {len(status['agents'])}",
         "Prot LocalAddress:Port Scheduler Flags",
     ]
+    pair = _pair_line(status.get("pair"), director["time"])
+    if pair is not None:
+        lines.insert(2, pair)
     rows: list[list[str] | str] = [list(COLUMNS)]
     for service in status["services"]:
         flags = [service["mode"]]

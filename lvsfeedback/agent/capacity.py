@@ -15,8 +15,9 @@ from __future__ import annotations
 import os
 from typing import Callable, Protocol
 
-from zope.interface import Interface, implementer
+from zope.interface import implementer
 
+from lvsfeedback.agent.interfaces import ICapacitySource
 from lvsfeedback.agent.metrics.cgroup import CgroupCPUMetric, read_cpu_quota
 
 AUTO = "auto"
@@ -30,20 +31,6 @@ class ServiceMetrics(Protocol):
 
     def metrics_of(self, protocol: int, port: int) -> tuple:
         """The configured metrics of a service; L{LookupError} for an unknown one."""
-
-
-class ICapacitySource(Interface):
-    """Where the agent's capacity answers come from."""
-
-    def capacity(protocol, port):
-        """
-        The CPUs a service may use now (a float above 0), or None when
-        unknown.
-
-        @param protocol: IP protocol number (6 TCP, 17 UDP, 132 SCTP).
-        @param port: the service's port.
-        @raise Exception: anything reading it raised; answered as unknown.
-        """
 
 
 def allowed_cpus() -> int:

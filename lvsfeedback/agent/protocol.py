@@ -25,9 +25,8 @@ from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
-from zope.interface import Interface
 
-from lvsfeedback.agent.capacity import ICapacitySource
+from lvsfeedback.agent.interfaces import ICapacitySource, IHealthSource
 from lvsfeedback.necp.auth import Authenticator
 from lvsfeedback.necp.factory import NECPFactory
 from lvsfeedback.necp.messages import (
@@ -63,20 +62,6 @@ MAX_RETRY_DELAY = 256.0
 # The query types an agent answers, without and with a capacity source.
 HEALTH_ONLY = frozenset({HEALTH_QUERY})
 ANSWERED_TYPES = frozenset({HEALTH_QUERY, CAPACITY_QUERY})
-
-
-class IHealthSource(Interface):
-    """Where the agent's health answers come from."""
-
-    def health(protocol, port):
-        """
-        The health index 0..100 of a service now (100 best, 0: send it no
-        work), without waiting: it is asked on every keepalive.
-
-        @param protocol: IP protocol number (6 TCP, 17 UDP, 132 SCTP).
-        @param port: the service's port.
-        @raise LookupError: the source knows no such service.
-        """
 
 
 class JitteredBackoff:

@@ -36,7 +36,9 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succee
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
+from lvsfeedback.agent.interfaces import IHealthSource
 from lvsfeedback.agent.metrics.combine import Combination, combine
 from lvsfeedback.agent.metrics.errors import MetricReadError, MetricSpecError
 from lvsfeedback.agent.metrics.interfaces import OnError
@@ -132,6 +134,7 @@ def _reason(failure: Failure) -> str:
     return f"{failure.type.__name__}: {failure.getErrorMessage()}"
 
 
+@implementer(IHealthSource)
 class Sampler(Service):
     """
     Samples metrics every C{interval} seconds on C{clock} and answers

@@ -92,9 +92,11 @@ def capacity_weights(
     A server new to the controller starts at the weight the kernel gives it
     (a director restart: what the traffic already taught stands), else,
     when its agent reports its capacity, at the prior (`_priors`), else at
-    its base weight. When a server's reported capacity changes, its target
-    scales by new / old at once: a quota change is known before the traffic
-    shows it.
+    its base weight. One whose weight this director followed from the
+    master until now (a VRRP takeover) starts at that weight, and when all
+    do, nothing rescales them. When a server's reported capacity changes,
+    its target scales by new / old at once: a quota change is known before
+    the traffic shows it.
     """
     utilisations = {dest: max(1 - health.smoothed / 100, settings.min_utilisation) for dest, health in feedback.items()}
     rates = {dest: health.packet_rate for dest, health in feedback.items()}
@@ -115,12 +117,19 @@ def capacity_weights(
     details: dict[DestKey, str] = {}
     capacities: dict[DestKey, float | None] = {}  # what the controller remembers: the latest known
     priors: list[DestKey] = []  # new, with a capacity: weighed once the others are
+    resumed: list[DestKey] = []  # at the master's weight, followed until now
     for dest, utilisation in utilisations.items():
         memory = previous[dest] or ServerMemory()
         server = servers[dest]
         share = _smoothed_share(memory, (server.current_weight or 0) / kernel_total if kernel_total else None, settings, now)
         shares[dest] = share
         capacities[dest] = server.capacity or memory.capacity
+        if memory.followed and memory.target is not None:
+            # The master's weight, followed until this pass (a takeover): kept.
+            raw[dest] = memory.target
+            resumed.append(dest)
+            details[dest] = "from the master's weight it followed"
+            continue
         if memory.target is None or share[0] is None:
             adopted = previous[dest] is None and (server.current_weight or 0) > 0
             if adopted:
@@ -160,7 +169,9 @@ def capacity_weights(
             details[dest] = f"{comparison}: x{factor:.2f}" + (", traffic lagging the weights" if lagging else "")
     if priors:
         _priors(priors, servers, feedback, raw, details)
-    scale = base_total / sum(raw.values())
+    # The master's weights add up as it scaled them: scaled again, their
+    # rounding would move them at the takeover.
+    scale = 1.0 if len(resumed) == len(raw) else base_total / sum(raw.values())
     targets = {dest: min(max(weight * scale, settings.floor), settings.ceiling) for dest, weight in raw.items()}
     weights = {
         dest: Assessment(clamp(target, settings), Reason.CAPACITY, details[dest], rampable=True)

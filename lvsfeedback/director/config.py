@@ -31,6 +31,7 @@ from lvsfeedback.director.config_parse import (
     _family,
     _family_name,
     _family_name_choice,
+    _http_url,
     _integer,
     _Invalid,
     _name,
@@ -64,7 +65,10 @@ DEFAULT_LISTEN = "tcp:3262:backlog=1024"
 # the shipped unit's LimitNOFILE=65536 leaves room for six times this.
 DEFAULT_MAX_AGENTS = 10_000
 MAX_MAX_AGENTS = 1_000_000
-DEFAULT_STATUS_LISTEN = "tcp:9101:interface=127.0.0.1"
+# The same for the status listener: a burst of a thousand requests (a
+# dashboard wall, a scraper fleet, a flood) with Twisted's 50 had SYNs
+# dropped and retried for seconds while the director was busy (#15).
+DEFAULT_STATUS_LISTEN = "tcp:9101:interface=127.0.0.1:backlog=1024"
 # Health mode multiplies the base weight by health/100, so a base of 100
 # gives weights in 1% steps; a base of 1 could only ever be 0 or 1.
 DEFAULT_WEIGHT = 100
@@ -126,6 +130,18 @@ class StatusSettings:
 
 
 @dataclass(frozen=True)
+class PairSettings:
+    """The [pair] table: this director's VRRP state, and the peer it follows while BACKUP."""
+
+    vrrp_state_file: Path  # written by tap/vrrp-notify; absent: state unknown
+    peer: str  # the other director's status listener, http(s)://HOST:PORT
+    peer_token_file: Path | None  # bearer token sent to the peer (its [status] token_file)
+    peer_timeout: float  # seconds one fetch of the peer's desired weights may take
+    follow_stale_after: float  # seconds without a new answer before the backup runs its own policy
+    peer_token: bytes | None = field(default=None, repr=False)  # the peer_token_file's content
+
+
+@dataclass(frozen=True)
 class RealConfig:
     dest_key: DestKey
     base_weight: int
@@ -167,6 +183,7 @@ class DirectorConfig:
     policy: PolicySettings  # the [policy] table; each service has its effective one
     services: tuple[ServiceConfig, ...]
     necp: NECPSettings
+    pair: PairSettings | None = None  # None: no [pair] table, a director alone
 
 
 class IReconfigurable(Interface):
@@ -233,8 +250,10 @@ class _Reader:
         policy = self._policy(top.table("policy"), PolicySettings(), "policy")
         services = self._services(top.tables("service"), policy)
         necp = self._necp(top.table("necp"))
+        pair_table = top.optional_table("pair")
+        pair = None if pair_table is None else self._pair(pair_table, director.update_interval)
         top.finish()
-        return DirectorConfig(self.path, director, status, policy, services, necp)
+        return DirectorConfig(self.path, director, status, policy, services, necp, pair)
 
     def _director(self, table: _Table) -> DirectorSettings:
         settings = DirectorSettings(
@@ -271,6 +290,25 @@ class _Reader:
         )
         table.finish()
         return settings
+
+    def _pair(self, table: _Table, update_interval: float | None) -> PairSettings:
+        # The default: three passes of the master's that the backup did not hear of.
+        stale_default = 3 * (update_interval or 2.0)
+        settings = PairSettings(
+            vrrp_state_file=table.take("vrrp_state_file", self._path),
+            peer=table.take("peer", _http_url),
+            peer_token_file=table.take("peer_token_file", self._readable_file, None),
+            peer_timeout=table.take("peer_timeout", _seconds(lambda n: 0 < n <= 60, "> 0 and <= 60"), 1.0),
+            follow_stale_after=table.take("follow_stale_after", _seconds(lambda n: n > 0, "> 0"), stale_default),
+        )
+        table.finish()
+        if settings.peer_token_file is not None:
+            settings = replace(settings, peer_token=self.contents[settings.peer_token_file])
+        return settings
+
+    def _path(self, value: object) -> Path:
+        """A path, relative to the configuration file's folder; the file need not exist yet."""
+        return self.path.parent / _name(value)
 
     def _readable_file(self, value: object) -> Path:
         """A path, relative to the configuration file's folder, of a readable non-empty file."""

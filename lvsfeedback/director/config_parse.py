@@ -14,6 +14,7 @@ import json
 import math
 import re
 import socket
+import urllib.parse
 from typing import TYPE_CHECKING, Any, Callable, Mapping, TypeVar
 
 from twisted.internet.endpoints import serverFromString
@@ -220,6 +221,19 @@ def _network(value: object) -> Network:
             network = ipaddress.ip_network(str(value), strict=False)
             raise _Invalid(f"{value} has host bits set; did you mean {network}?") from None
         raise _Invalid(f"must be an address or network such as 192.0.2.0/24, got {_show(value)}") from None
+
+
+def _http_url(value: object) -> str:
+    """An http:// or https:// URL of a host (and port), without a path: a status listener."""
+    text = _string(value)
+    try:
+        url = urllib.parse.urlsplit(text)
+        url.port  # noqa: B018 - raises ValueError for a port that is not a number 0..65535
+    except ValueError:
+        url = None
+    if url is None or url.scheme not in ("http", "https") or not url.hostname or url.path.strip("/") or url.query:
+        raise _Invalid(f"must be a status listener's URL such as \"http://10.0.0.2:9101\", got {_show(value)}")
+    return text.rstrip("/")
 
 
 def _endpoint(value: object) -> str:

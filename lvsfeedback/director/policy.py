@@ -10,8 +10,10 @@ give the same outputs; the updater owns the loop and the kernel.
 
 One pass, per virtual service:
 
-1. Each real server is assessed alone: operator override, then agent state and
-   report freshness, then its health (see `Reason` for the outcomes).
+1. Each real server is assessed alone: operator override, then on a VRRP
+   backup the master's desired weight (`ServerInput.followed`; capacity mode
+   remembers it as its target, so a takeover starts from it), then agent
+   state and report freshness, then its health (see `Reason` for the outcomes).
 2. Servers with live feedback get a weight from the service's mode: ``health``
    (base x smoothed health / 100) or ``capacity`` (a controller that evens
    out utilisation, utilisation = 1 - smoothed health / 100, so that shares
@@ -146,7 +148,9 @@ def _decide_service(
         # Panic writes base weights: a controller that resumes starts from them.
         control = None if panic else controls.get(dest)
         # Positional, in the fields' order: keywords cost a third more, per server and pass.
-        if control is None:
+        if assessment.reason is Reason.FOLLOWING:
+            memories[dest] = _followed_memory(folded[dest], up, server, settings)
+        elif control is None:
             memories[dest] = ServerMemory(smoothed, smoothed_at, up, ramp_start, packets, packets_at, packet_rate)
         else:
             memories[dest] = ServerMemory(
@@ -206,6 +210,9 @@ def _assess(server: ServerInput, settings: PolicySettings, now: float) -> Assess
         return Assessment(0, Reason.DRAINED, "drained by the operator", automatic=False)
     if isinstance(server.override, Pinned):
         return Assessment(server.override.weight, Reason.PINNED, "pinned by the operator", automatic=False)
+    if server.followed is not None:
+        # The master decided it, panic and slow start included, from the same agents.
+        return Assessment(server.followed, Reason.FOLLOWING, "following the master", automatic=False)
     agent = server.agent
     if agent.state is AgentState.STOPPED:
         # NECP: after INIT, and after STOP, a service gets no new flows until START.
@@ -223,6 +230,22 @@ def _assess(server: ServerInput, settings: PolicySettings, now: float) -> Assess
     if server.report.value == 0:
         return Assessment(0, Reason.HEALTH, "health 0: quiesced")
     return None
+
+
+def _followed_memory(fold: _Folded, up: bool, server: ServerInput, settings: PolicySettings) -> ServerMemory:
+    """
+    A followed server's memory: health and traffic folded as ever; no ramp
+    (the master's weight has its own); and in capacity mode the followed
+    weight as the controller's target, its share of the kernel forgotten,
+    so that a pass of its own (after a takeover) starts from that weight.
+    """
+    smoothed, smoothed_at, packets, packets_at, packet_rate = fold
+    if settings.mode is not Mode.CAPACITY or not server.followed:
+        return ServerMemory(smoothed, smoothed_at, up, None, packets, packets_at, packet_rate)
+    return ServerMemory(
+        smoothed, smoothed_at, up, None, packets, packets_at, packet_rate,
+        float(server.followed), None, None, server.capacity, True,
+    )
 
 
 def _lost(server: ServerInput, settings: PolicySettings, reason: Reason, detail: str) -> Assessment:

@@ -19,6 +19,7 @@ from zope.interface import implementer
 
 from lvsfeedback.director.config import ConfigError, DirectorConfig, IReconfigurable, load_config
 from lvsfeedback.director.factory import NEFactory
+from lvsfeedback.director.pair import PairFollower
 from lvsfeedback.director.protocol import NEProtocol, unmapped
 from lvsfeedback.director.registry import Registry
 from lvsfeedback.director.updater import WeightUpdater
@@ -168,7 +169,8 @@ class DirectorService(MultiService):
     log = Logger()
 
     def __init__(
-        self, config: DirectorConfig, reactor, *, observe: bool | None = None, table: IIPVSTable | None = None, **timing
+        self, config: DirectorConfig, reactor, *, observe: bool | None = None, table: IIPVSTable | None = None,
+        http=None, **timing
     ):
         super().__init__()
         self.config = config
@@ -180,6 +182,10 @@ class DirectorService(MultiService):
         self.table = table if table is not None else kernel_table(reactor, observing)
         self.updater = WeightUpdater(config, self.registry, self.table, reactor, observe=observe)
         self.updater.setServiceParent(self)
+        # The VRRP state, and while BACKUP the master's weights (`http`: the peer's IAgent).
+        self.pair = PairFollower(config, reactor, http)
+        self.pair.setServiceParent(self)
+        self.updater.followed = self.pair.followed
         self.listener = NECPListener(config, reactor, self.registry, **timing)
         self.listener.setServiceParent(self)
         self.factory = self.listener.factory
@@ -195,12 +201,17 @@ class DirectorService(MultiService):
         return super().stopService()
 
     def ask_ahead_of_passes(self) -> None:
-        """The rounds of health questions, each just ahead of a pass when the intervals match."""
+        """
+        The rounds of health questions, each just ahead of a pass when the
+        intervals match; and a backup's questions to the master, ahead of each pass.
+        """
         next_pass = self.updater.next_pass
         if next_pass is None:
             return
         ahead = min(ASK_AHEAD, self.config.director.update_interval / 2)
-        self.factory.start_asking(max(0.0, next_pass - ahead - self.reactor.seconds()))
+        first = max(0.0, next_pass - ahead - self.reactor.seconds())
+        self.factory.start_asking(first)
+        self.pair.start_fetching(first)
 
     def reload_on_sighup(self) -> None:
         """For the daemon process: SIGHUP rereads the config (in the reactor thread)."""

@@ -132,6 +132,9 @@ class WeightUpdater(Service):
         registry.change_listeners.append(self.pass_early)
         # Called with each pass's PassResult once it is the last one.
         self.pass_listeners: list[Callable[[PassResult], object]] = []
+        # A VRRP backup's source of the master's weights by (service name, server), asked once per pass.
+        self.followed: Callable[[float], Mapping[tuple[str, DestKey], int]] = lambda now: {}
+        self._following: Mapping[tuple[str, DestKey], int] = {}
         self.reconfigure(config)
 
     def reconfigure(self, config) -> None:
@@ -307,6 +310,7 @@ class WeightUpdater(Service):
         want, in a result whose written weights are the kernel's as read.
         """
         weights_only = self.config.director.weights_only
+        self._following = self.followed(now)
         inputs: dict[ServiceKey, ServiceInput] = {}
         members_by_service: dict[ServiceKey, dict[DestKey, RealServer]] = {}
         changes: list[Change] = []
@@ -381,7 +385,7 @@ class WeightUpdater(Service):
         # Usually there is none, and the lookup's key costs two hashes.
         override = self._overrides.get((service.key, dest)) if self._overrides else None
         # Positional, in the fields' order (base weight, agent, report, counters,
-        # kernel weight, override, capacity): keywords cost a third more, per server and pass.
+        # kernel weight, override, capacity, followed): keywords cost a third more, per server and pass.
         return ServerInput(
             self._base_weight(service.key, dest, server, kernel_dest),
             facts.agent,
@@ -390,6 +394,7 @@ class WeightUpdater(Service):
             kernel_dest.server.weight if kernel_dest else None,
             override,
             facts.capacity,
+            self._following.get((service.name, dest)) if self._following else None,
         )
 
     def _base_weight(self, key: ServiceKey, dest: DestKey, server: RealServer, kernel_dest) -> int:

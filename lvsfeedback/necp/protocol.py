@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import dataclasses
 import socket
+from typing import Protocol as Structural
+from typing import cast
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionDone, ConnectionLost
@@ -63,7 +65,7 @@ from lvsfeedback.necp.messages import (
     Stop,
 )
 from lvsfeedback.necp.session import Action, Refuse, RequestFailed, Send, SendAgain, SessionState
-from lvsfeedback.necp.units import Query
+from lvsfeedback.necp.units import Query, Unit
 from lvsfeedback.necp.wire import (
     REPLY_OPCODE,
     REPLY_OPCODES,
@@ -84,6 +86,19 @@ def cap_send_buffer(transport: object, size: int) -> None:
     sock = handle() if handle is not None else None
     if isinstance(sock, socket.socket):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size // 2)
+
+
+class _Link(Structural):
+    """What the protocol uses of its transport: a TCP connection that is also a consumer and a producer."""
+
+    def getPeer(self) -> object: ...
+    def write(self, data: bytes) -> None: ...
+    def registerProducer(self, producer: object, streaming: bool) -> None: ...
+    def unregisterProducer(self) -> None: ...
+    def pauseProducing(self) -> None: ...
+    def resumeProducing(self) -> None: ...
+    def loseConnection(self) -> None: ...
+    def abortConnection(self) -> None: ...
 
 
 _EXPECTED_LOSS = (ConnectionDone, ConnectionLost, RequestFailed)
@@ -121,7 +136,8 @@ class NECPProtocol(Protocol):
     signing = False
 
     def connectionMade(self) -> None:
-        address = self.transport.getPeer()
+        self._link = cast(_Link, self.transport)
+        address = self._link.getPeer()
         self.peer = describe_address(address)
         # Refusals are logged per host: a peer's connections share its minute.
         self.peer_host = str(getattr(address, "host", self.peer))
@@ -143,7 +159,7 @@ class NECPProtocol(Protocol):
         self._output_paused = False  # the peer is not reading what we send
         self._queued_while_paused = 0
         self._reading = True
-        self.transport.registerProducer(self, True)
+        self._link.registerProducer(self, True)
         cap_send_buffer(self.transport, self.factory.max_queued_output)
 
     @property
@@ -227,6 +243,7 @@ class NECPProtocol(Protocol):
     def not_accepted(self, request: Message) -> ErrorReply:
         """An error reply for a request this end does not take, copying its units."""
         self.refuse(UNEXPECTED, f"{opcode_name(request.opcode)}, which this end does not accept")
+        units: tuple[Unit, ...]
         if isinstance(request, (Start, Stop)):
             units = request.services
         elif isinstance(request, (ExceptionAdd, ExceptionDel)):
@@ -241,7 +258,7 @@ class NECPProtocol(Protocol):
         """Write one message, signed when the connection is authenticated."""
         if self._closing is not None:
             return
-        if self.signing:
+        if self.signing and self.authenticator is not None:
             data = self.authenticator.encode(message, self.factory.clock.seconds())
         else:
             data = encode(message)
@@ -255,9 +272,9 @@ class NECPProtocol(Protocol):
                     refused=LIMIT,
                 )
                 return
-        self.transport.write(data)
+        self._link.write(data)
 
-    def send_request(self, message: Message, *, retryable: bool = True, timed: bool = True) -> Deferred:
+    def send_request(self, message: Message, *, retryable: bool = True, timed: bool = True) -> Deferred[Message]:
         """
         Send C{message} with a fresh request id. The L{Deferred} fires with
         the reply (which may be an L{ErrorReply}), or fails with
@@ -299,11 +316,11 @@ class NECPProtocol(Protocol):
             self.refuse(refused, f"closing the connection: {reason}")
         self._stop_timers()
         # A transport with a producer registered waits for it before closing.
-        self.transport.unregisterProducer()
+        self._link.unregisterProducer()
         if abort:
-            self.transport.abortConnection()
+            self._link.abortConnection()
         else:
-            self.transport.loseConnection()
+            self._link.loseConnection()
 
     # Receiving.
 
@@ -352,9 +369,9 @@ class NECPProtocol(Protocol):
             return
         self._reading = wanted
         if wanted:
-            self.transport.resumeProducing()
+            self._link.resumeProducing()
         else:
-            self.transport.pauseProducing()
+            self._link.pauseProducing()
 
     # IPushProducer: the transport pauses us while the peer does not read.
 
@@ -455,7 +472,7 @@ class NECPProtocol(Protocol):
 
     def request_abandoned(self, failure: Failure) -> None:
         """Errback for internal requests: a lost connection or timeout is already logged."""
-        if not failure.check(*_EXPECTED_LOSS):
+        if not isinstance(failure.value, _EXPECTED_LOSS):
             self.log.failure("NECP request to {peer} failed", failure, peer=self.peer)
 
     def _watch_deadline(self) -> None:

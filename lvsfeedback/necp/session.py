@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
 from lvsfeedback.necp.counters import UNEXPECTED, refusal_reason
 from lvsfeedback.necp.messages import ErrorReply, Keepalive, Message
@@ -258,7 +259,7 @@ class SessionState:
         for pending in [p for p in self._pending.values() if p.deadline is not None and p.deadline <= now]:
             self.failed(pending, f"no reply to {pending.name} within {self.request_timeout} s")
 
-    def end(self, reason: Exception) -> bool:
+    def end(self, reason: Failure | BaseException) -> bool:
         """The session is over: every request fails with C{reason}. Whether it had been established."""
         pending, self._pending = self._pending, {}
         for request in pending.values():

@@ -12,7 +12,8 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from lvsfeedback.agent.protocol import IHealthSource, SEFactory
+from lvsfeedback.agent.interfaces import IHealthSource
+from lvsfeedback.agent.protocol import SEFactory
 from lvsfeedback.director.events import IAgentEvents
 from lvsfeedback.director.factory import NEFactory
 from lvsfeedback.necp import session as necp_session

@@ -19,13 +19,13 @@ from lvsfeedback.agent.capacity import (
     AUTO,
     OFF,
     FixedCapacity,
-    ICapacitySource,
     MeasuredCapacity,
     allowed_cpus,
     capacity_source,
     parse_capacity,
 )
 from lvsfeedback.agent.config import AgentConfigError, AgentSettings, ServiceSettings, load_agent_config
+from lvsfeedback.agent.interfaces import ICapacitySource, IHealthSource
 from lvsfeedback.agent.metrics.environment import MetricEnvironment
 from lvsfeedback.agent.metrics.spec import MetricRegistry
 from lvsfeedback.agent.protocol import SEFactory
@@ -156,6 +156,9 @@ class MeasuredCapacityTests(SynchronousTestCase):
     def test_the_sources_provide_the_interface(self):
         verifyObject(ICapacitySource, FixedCapacity(1.0))
         verifyObject(ICapacitySource, MeasuredCapacity(self.sampler("loadavg")))
+
+    def test_the_sampler_is_the_health_source(self):
+        verifyObject(IHealthSource, self.sampler("loadavg"))
 
 
 class SettingTests(SynchronousTestCase):

@@ -29,6 +29,7 @@ from lvsfeedback.director.policy import LostAgentAction, Mode, PolicySettings
 from lvsfeedback.director.protocol import MAX_EXCEPTIONS_PER_AGENT
 from lvsfeedback.ipvs.model import DestKey, ServiceKey, VirtualService
 from lvsfeedback.necp.factory import MAX_QUEUED_OUTPUT
+from tests.helpers.config import ConfigFileTestCase
 
 SAMPLE = Path(__file__).parents[2] / "tap" / "director.toml"
 
@@ -46,22 +47,6 @@ name = "shop"
 protocol = "fwmark"
 fwmark = 7
 """
-
-
-class ConfigFileTestCase(SynchronousTestCase):
-    def write(self, text: str, name: str = "director.toml") -> Path:
-        folder = Path(self.mktemp())
-        folder.mkdir(parents=True)
-        path = folder / name
-        path.write_text(text)
-        return path
-
-    def load(self, text: str):
-        return load_config(self.write(text))
-
-    def assertProblems(self, text: str, expected: list[str]) -> None:
-        path = self.write(text)
-        self.assertEqual(check_config(path), [f"{path}: {problem}" for problem in expected])
 
 
 class SampleTests(SynchronousTestCase):

@@ -13,6 +13,7 @@ screenshot to docs/dashboard.png.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from html.parser import HTMLParser
 
@@ -215,3 +216,16 @@ class DashboardInBrowserTests(TestCase):
         if os.environ.get("LVSFEEDBACK_SAVE_SCREENSHOT") == "1":
             os.makedirs(os.path.join(PROJECT, "docs"), exist_ok=True)
             shutil.copyfile(screenshot, os.path.join(PROJECT, "docs", "dashboard.png"))
+
+    @inlineCallbacks
+    def test_a_pair_director_shows_its_vrrp_state(self):
+        path = self.director.config.path
+        path.write_text(path.read_text() + '\n[pair]\nvrrp_state_file = "vrrp-VI_LVS"\npeer = "http://192.0.2.2:9101"\n')
+        (path.parent / "vrrp-VI_LVS").write_text("MASTER 150\n")
+        self.assertTrue(self.director.reload())
+        yield self.advance()
+        out, err, code = yield self.chromium("--dump-dom")
+        self.assertEqual(code, 0, err.decode(errors="replace")[-3000:])
+        badge = re.search(r'<span id="vrrp" class="([^"]*)"[^>]*>([^<]*)</span>', out.decode())
+        self.assertIsNotNone(badge, out.decode()[:2000])
+        self.assertEqual(badge.groups(), ("badge vrrp-master", "VRRP MASTER"))

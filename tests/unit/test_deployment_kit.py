@@ -148,10 +148,10 @@ class DeploymentKitTests(SynchronousTestCase):
         self.assertAgentReportsAndDrains(director, agent)
 
 
-def unit_setting(name: str, key: str) -> str | None:
+def unit_setting(name: str, key: str, section: str = "Service") -> str | None:
     parser = configparser.ConfigParser(interpolation=None)
     parser.read(os.path.join(TAP, name))
-    return parser["Service"].get(key)
+    return parser[section].get(key)
 
 
 class UnitLimitTests(SynchronousTestCase):
@@ -165,6 +165,15 @@ class UnitLimitTests(SynchronousTestCase):
         limit = unit_setting("lvs-agent.service", "LimitNOFILE")
         self.assertIsNotNone(limit, "the agent unit sets no LimitNOFILE: 1,024 files")
         self.assertGreater(int(limit), 1024)
+
+
+class PairOrderingTests(SynchronousTestCase):
+    def test_the_director_starts_before_keepalived_can_bring_the_address(self):
+        before = unit_setting("lvs-director.service", "Before", section="Unit") or ""
+        self.assertIn("keepalived.service", before.split())
+        # Ordering, not a dependency: a lone director needs no keepalived.
+        for key in ("Requires", "Wants", "BindsTo"):
+            self.assertNotIn("keepalived", unit_setting("lvs-director.service", key, section="Unit") or "")
 
 
 class JSONLogTests(SynchronousTestCase):

@@ -118,6 +118,16 @@ class ListenBacklogTests(SynchronousTestCase):
         [backlog] = [backlog for port, _, backlog, _ in reactor.tcpServers if port == 3262]
         self.assertEqual(backlog, 1024)
 
+    def test_the_default_status_listen_backlog_is_above_twisteds_fifty_too(self):
+        # A thousand concurrent /status.json had SYNs dropped, retried for
+        # seconds, and the operator's own poll among them (#15's status flood).
+        reactor = MemoryReactorClock()
+        director = DirectorService(director_config(self, ""), reactor, table=MemoryIPVS())
+        director.startService()
+        self.addCleanup(director.stopService)
+        [backlog] = [backlog for port, _, backlog, _ in reactor.tcpServers if port == 9101]
+        self.assertEqual(backlog, 1024)
+
 
 class DescriptorLimitTests(SynchronousTestCase):
     def test_a_limit_below_max_agents_and_headroom_is_a_warning_naming_both(self):

@@ -11,6 +11,7 @@ from pathlib import Path
 from twisted.internet.task import Clock
 from twisted.plugin import IPlugin, getPlugins
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
 from lvsfeedback.agent.metrics.environment import MetricEnvironment
 from lvsfeedback.agent.metrics.interfaces import ILoadMetric, IMetricFactory, OnError
@@ -19,6 +20,19 @@ from lvsfeedback.agent.metrics.spec import MetricRegistry
 BUILTIN = {
     "cgroup", "command", "connections", "cpu", "http", "loadavg", "memory", "pressure", "probe"
 }
+# The least spec of each built-in, for building one of every kind.
+LEAST_SPECS = {
+    "cgroup": "cgroup:path=lab/rs1",
+    "command": "command:cmd=true",
+    "connections": "connections:port=8080,high=8",
+    "cpu": "cpu",
+    "http": "http:url=http://127.0.0.1:9/load",
+    "loadavg": "loadavg",
+    "memory": "memory",
+    "pressure": "pressure",
+    "probe": "probe:port=80",
+}
+CGROUP_FIXTURE = Path(__file__).parent / "fixtures" / "metrics" / "cgroup"
 
 # A site's metric as a third party would write it: no lvsfeedback helper
 # classes, only the two interfaces.
@@ -58,6 +72,15 @@ class BuiltinPluginTests(SynchronousTestCase):
         self.assertTrue(BUILTIN <= set(factories), sorted(factories))
         for factory in factories.values():
             self.assertTrue(IPlugin.providedBy(factory))
+
+    def test_every_builtin_provides_the_declared_interfaces(self) -> None:
+        registry = MetricRegistry.discover()
+        environment = MetricEnvironment(Clock(), cgroup_root=CGROUP_FIXTURE.absolute(), cpu_count=4)
+        self.assertEqual(set(LEAST_SPECS), BUILTIN)
+        for name, spec in sorted(LEAST_SPECS.items()):
+            with self.subTest(name):
+                self.assertTrue(verifyObject(IMetricFactory, registry.factory(name)))
+                self.assertTrue(verifyObject(ILoadMetric, registry.build(spec, environment).metric))
 
     def test_only_probe_counts_failures_as_zero(self) -> None:
         registry = MetricRegistry.discover()

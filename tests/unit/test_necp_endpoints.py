@@ -19,9 +19,9 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
+from lvsfeedback.agent.interfaces import IHealthSource
 from lvsfeedback.agent.protocol import (
     DirectorLinks,
-    IHealthSource,
     JitteredBackoff,
     SEFactory,
 )

@@ -253,10 +253,24 @@ function total(counts) {
   return Object.values(counts).reduce((sum, count) => sum + count, 0);
 }
 
+// A director of a VRRP pair: its state, and whether it follows the master.
+function renderPair(pair) {
+  const badge = document.getElementById("vrrp");
+  badge.hidden = !pair;
+  if (!pair) {
+    return;
+  }
+  badge.textContent = `VRRP ${pair.vrrp_state}` + (pair.following ? ": following the master" : "");
+  badge.className = `badge vrrp-${pair.vrrp_state.toLowerCase()}`;
+  const priority = pair.priority === null ? null : `priority ${pair.priority}`;
+  badge.title = [priority, `peer ${pair.peer}`, pair.last_error].filter((part) => part).join("; ");
+}
+
 function render(status) {
   const mode = document.getElementById("mode");
   mode.textContent = status.director.observe ? "OBSERVE: weights not written" : "LIVE";
   mode.className = status.director.observe ? "badge observe" : "badge live";
+  renderPair(status.pair);
   const summary = {
     agents: status.agents.length,
     passes: status.passes.total,

@@ -159,15 +159,16 @@ class ControlAccess:
     loopback_only: Callable[[], bool]
     token_file: Callable[[], Any]
 
-    def check(self, request) -> None:
+    def check(self, request, what: str = "control") -> None:
+        """Refuse `request` (a ControlError) unless it may use `what`: control, or the pair endpoint."""
         path = self.token_file()
         if path is not None:
-            self._check_token(request, path)
+            self._check_token(request, path, what)
             return
         if not self.loopback_only():
             raise ControlError(
                 403,
-                "control is refused: this status listener is reachable from the network and "
+                f"{what} is refused: this status listener is reachable from the network and "
                 "[status] token_file is not set; set a token file, or listen on loopback only",
             )
         # Without a token, only the listener's locality protects control. A
@@ -176,10 +177,10 @@ class ControlAccess:
         # that host, so only address literals and localhost are taken.
         host = (request.getHeader(b"host") or b"").decode("latin-1")
         if not _local_host_name(host):
-            raise ControlError(403, f"control without a token takes Host: localhost or an address, not {host!r}")
+            raise ControlError(403, f"{what} without a token takes Host: localhost or an address, not {host!r}")
 
     @staticmethod
-    def _check_token(request, path) -> None:
+    def _check_token(request, path, what: str) -> None:
         try:
             expected = path.read_bytes().strip()
         except OSError as error:
@@ -187,7 +188,7 @@ class ControlAccess:
         given = request.getHeader(b"authorization") or b""
         scheme, _, token = given.partition(b" ")
         if scheme.lower() != b"bearer" or not token.strip():
-            raise ControlError(401, "control needs a token: send Authorization: Bearer <token from [status] token_file>")
+            raise ControlError(401, f"{what} needs a token: send Authorization: Bearer <token from [status] token_file>")
         if not hmac.compare_digest(token.strip(), expected):
             raise ControlError(401, "wrong token")
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
 
+from lvsfeedback.director.pair import VRRPState
 from lvsfeedback.director.web.status import build_status
 
 
@@ -69,6 +70,24 @@ class DirectorCollector:
             duration.add_metric([], passes["last"]["duration"])
         yield from (agents, observe, health, age, kernel, desired, reason, panic, total, failed, writes, duration)
         yield from necp_metrics(status["necp"])
+        if status["pair"] is not None:
+            yield from pair_metrics(status["pair"])
+
+
+def pair_metrics(pair: dict[str, Any]):
+    """The VRRP state (one series per state, 1 for the current one) and the following."""
+    state = GaugeMetricFamily("lvsfeedback_vrrp_state", "1 for this director's VRRP state.", labels=["state"])
+    for name in VRRPState:
+        state.add_metric([str(name)], int(pair["vrrp_state"] == name))
+    following = GaugeMetricFamily(
+        "lvsfeedback_pair_following", "1 while this director (VRRP BACKUP) follows the master's weights."
+    )
+    following.add_metric([], int(pair["following"]))
+    failures = CounterMetricFamily(
+        "lvsfeedback_pair_peer_fetch_failures", "Fetches of the master's desired weights that failed."
+    )
+    failures.add_metric([], pair["fetch_failures"])
+    yield from (state, following, failures)
 
 
 def necp_metrics(necp: dict[str, Any]):

@@ -13,6 +13,7 @@ from twisted.web import static
 from twisted.web.resource import Resource
 
 from lvsfeedback.addresses import describe_address
+from lvsfeedback.director.pair import desired_document
 from lvsfeedback.director.web.control import ControlAccess, ControlError, ControlPanel
 from lvsfeedback.director.web.history import History
 from lvsfeedback.director.web.prometheus import metrics_registry
@@ -129,6 +130,29 @@ class ControlResource(JSONResource):
         return document
 
 
+class PairDesiredResource(JSONResource):
+    """
+    GET /pair/desired.json: the last pass's desired weights, for the other
+    director of a pair to follow while it is BACKUP; allowed as control is.
+    """
+
+    log = Logger()
+
+    def __init__(self, director, access: ControlAccess):
+        super().__init__()
+        self.director = director
+        self.access = access
+
+    def render_GET(self, request):
+        try:
+            self.access.check(request, "the pair endpoint")
+        except ControlError as error:
+            if error.code == 401:
+                request.setHeader(b"www-authenticate", BEARER_CHALLENGE)
+            return _json(request, error.code, {"error": error.message})
+        return _json(request, 200, desired_document(self.director.updater.last, self.director.pair.state))
+
+
 def _dashboard_file(name: str) -> bytes:
     return resources.files("lvsfeedback.director").joinpath("static", name).read_bytes()
 
@@ -153,4 +177,7 @@ def status_root(director, access: ControlAccess, history: History) -> Resource:
     root.putChild(b"history.json", HistoryResource(history))
     root.putChild(b"metrics", MetricsResource(metrics_registry(director)))
     root.putChild(b"control", ControlResource(ControlPanel(director), access))
+    pair = Resource()
+    pair.putChild(b"desired.json", PairDesiredResource(director, access))
+    root.putChild(b"pair", pair)
     return root

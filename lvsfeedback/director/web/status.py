@@ -118,6 +118,25 @@ def _necp_status(counters) -> dict[str, Any]:
     }
 
 
+def _pair_status(pair, now: float) -> dict[str, Any] | None:
+    """This director's VRRP state and what it follows (its L{PairFollower}); None without [pair]."""
+    settings = pair.settings
+    if settings is None:
+        return None
+    return {
+        "vrrp_state": str(pair.state),
+        "since": seconds(pair.since),
+        "for": seconds(None if pair.since is None else now - pair.since),
+        "priority": pair.priority,
+        "peer": settings.peer,
+        "following": pair.following,
+        "last_fetch": seconds(pair.last_fetch),
+        "fetch_failures": pair.fetch_failures,
+        # Why the state is unknown, or why a backup runs its own policy (a fetch that failed among them).
+        "last_error": pair.last_error or pair.fallback or pair.state_problem,
+    }
+
+
 def build_status(director, now: float) -> dict[str, Any]:
     """
     Everything the director knows and decided, as plain JSON-ready values:
@@ -152,5 +171,6 @@ def build_status(director, now: float) -> dict[str, Any]:
         },
         "agents": [_agent_status(session, now) for session in director.registry.sessions],
         "necp": _necp_status(director.factory.counters),
+        "pair": _pair_status(director.pair, now),
         "services": [] if last is None else [_service_status(service, now) for service in last.services.values()],
     }
