@@ -30,6 +30,9 @@ One cell = one scenario x scheduler x connection pattern x repeat:
    the machine's steal time is read at the load's start and end;
 4. read the director's status (its weight writes), stop what the cell started.
 
+A scenario behind a pair of directors (C{failover}) runs its cells in the
+pair's lab after the others, with L{lvsfeedback.lab.failover_cells}.
+
 Processes are forked from this one rather than started afresh: in the
 emulated VM each Python start reads hundreds of files over a slow 9p mount
 (importing asyncio alone takes tens of seconds there), while a fork of a
