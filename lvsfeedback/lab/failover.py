@@ -151,6 +151,21 @@ def checks(rows: list[dict]) -> list[dict]:
     return found
 
 
+def setup_line(cells: list[dict]) -> str | None:
+    """How the failover cells' lab differs from the others', for the report's setup; None without one."""
+    pairs = [cell["pair"] for cell in cells if cell["scenario"] == SCENARIO and cell.get("pair")]
+    if not pairs:
+        return None
+    advert = "/".join(sorted({f"{pair['advert_int']:g}" for pair in pairs}))
+    return (f"- `{SCENARIO}`: instead of the NAT director, two directors in DR on the clients' segment "
+            f"(`lvsfeedback/lab/pair.py`), keepalived VRRP moving the VIP (advert_int {advert} s, nopreempt) "
+            "with its IPVS sync daemon; `lvsfeedback-capacity` runs `lvs-director` with `[pair]` on both "
+            "(the backup follows the master's weights), each agent reporting to both; `wlc` is the same static "
+            "equal weights on both, no agents. The master dies (link down, keepalived and lvs-director "
+            f"SIGKILL) at half the measured time; across = {ACROSS_BEFORE:g} s before to {ACROSS_AFTER:g} s "
+            "after it; takeover = from the kill to the first new connection through the VIP.")
+
+
 def overview(rows: list[dict]) -> str:
     """The failover rows as a markdown table; "" when there is none."""
     held = [row for row in rows if row["scenario"] == SCENARIO and row.get("failover")]

@@ -804,6 +804,7 @@ def markdown(document: dict, rows: list[dict], checks: list[dict], plot_paths: l
         "scenario with fewer uses the first ones), each in "
         f"its own network namespace and cgroup v2 with a `cpu.max` quota (period {setup['quota_period_ms']:g} ms). "
         f"Each backend spends {setup['plan']['work_ms']:g} ms of CPU (SHA-256) per request, one request at a time.",
+        *([line] if (line := failover.setup_line(document["cells"])) else []),
         f"- Calibration: a request costs {setup['calibration']['cost'] * 1000:.1f} ms of CPU in the backend's cgroup "
         f"(measured over {setup['calibration']['requests']} requests); a server's capacity is quota / cost, halved "
         "while a one-worker hog shares its cgroup. The offered load is "

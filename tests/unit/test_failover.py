@@ -193,3 +193,13 @@ class FailoverTargetTests(SynchronousTestCase):
 def replace_scenario(row: dict) -> dict:
     return {**row, "scenario": "hog", "failover": None}
 
+
+
+class SetupLineTests(SynchronousTestCase):
+    def test_the_report_says_how_the_failover_lab_differs(self):
+        cells = [{"scenario": "failover", "pair": {"advert_int": 0.2, "sync": True}}, {"scenario": "hog"}]
+        line = failover.setup_line(cells)
+        assert line is not None
+        self.assertIn("advert_int 0.2 s", line)
+        self.assertIn("1 s before to 5 s after", line)
+        self.assertIsNone(failover.setup_line(cells[1:]))
