@@ -60,20 +60,25 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--mode", action="append", choices=[m.value for m in Mode])
     parser.add_argument("--life", type=float, action="append", help="connection life in seconds (0 and 33)")
+    parser.add_argument("--hysteresis", type=float, default=PolicySettings().hysteresis,
+                        help="[policy] hysteresis (default: shipped)")
+    parser.add_argument("--dead-band", type=float, default=PolicySettings().dead_band,
+                        help="[policy] dead_band (default: shipped)")
     args = parser.parse_args(argv)
     modes = [Mode(m) for m in args.mode or [m.value for m in Mode]]
     lives = args.life or [0.0, 33.0]
-    print(f"{args.clusters} clusters (seed {args.seed}), {DURATION:g} s each; passes every 2 s")
+    print(f"{args.clusters} clusters (seed {args.seed}), {DURATION:g} s each; passes every 2 s; "
+          f"hysteresis {args.hysteresis:g}, dead band {args.dead_band:g}")
     print(f"{'mode':<9} {'life s':>6}  {'settled (passes) median/p90/never':>34}  {'fixed-point error median/worst':>31}"
           f"  {'least share/wanted':>18}  {'peak util p90':>13}  {'writes/server/min':>17}")
     for mode in modes:
         for life in lives:
             rng = random.Random(args.seed)
+            settings = PolicySettings(mode=mode, hysteresis=args.hysteresis, dead_band=args.dead_band)
             rows = []
             for number in range(args.clusters):
                 servers, load = cluster(rng)
-                scenario = Scenario(servers, load, DURATION, PolicySettings(mode=mode), connection_life=life,
-                                    seed=number)
+                scenario = Scenario(servers, load, DURATION, settings, connection_life=life, seed=number)
                 rows.append(figures(run(scenario), servers, load))
             settled = sorted(r["settled"] for r in rows if r["settled"] is not None)
             never = sum(1 for r in rows if r["settled"] is None)

@@ -11,14 +11,14 @@ import os
 import resource
 import signal
 
-from twisted.application import strports
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from lvsfeedback.director.config import ConfigError, DirectorConfig, IReconfigurable, load_config
 from lvsfeedback.director.factory import NEFactory
+from lvsfeedback.director.listening import MovablePort
 from lvsfeedback.director.pair import PairFollower
 from lvsfeedback.director.protocol import NEProtocol, unmapped
 from lvsfeedback.director.registry import Registry
@@ -106,7 +106,7 @@ def necp_limits(config: DirectorConfig) -> dict:
 
 
 @implementer(IReconfigurable)
-class NECPListener(MultiService):
+class NECPListener(Service):
     """Where agents connect: [director] listen, with the NE factory's settings from the config."""
 
     log = Logger()
@@ -120,11 +120,29 @@ class NECPListener(MultiService):
             health_interval=config.director.health_interval, **timing,
             **necp_limits(config),
         )
-        strports.service(config.director.listen, self.factory, reactor=reactor).setServiceParent(self)
+        self.ports = MovablePort(reactor, self.factory, "the NECP listener")
+
+    def privilegedStartService(self):
+        # Before twistd drops privileges (a port below 1024).
+        super().privilegedStartService()
+        self._listen()
 
     def startService(self):
         self.check_descriptors()
         super().startService()
+        if self.ports.listen is None:  # started without privilegedStartService
+            self._listen()
+
+    def _listen(self) -> None:
+        """Listen on `[director] listen`, or raise why not: a director agents cannot reach is not worth starting."""
+        failed: list = []
+        self.ports.listen_on(self.config.director.listen).addErrback(failed.append)
+        if failed:
+            failed[0].raiseException()
+
+    def stopService(self):
+        super().stopService()
+        return self.ports.close()
 
     def check_descriptors(self) -> None:
         """Warn when the process's open-file limit is below what max_agents needs."""
@@ -133,11 +151,14 @@ class NECPListener(MultiService):
             self.log.warn("{shortage}", shortage=shortage)
 
     def reconfigure(self, config: DirectorConfig) -> None:
-        """New limits, networks, secret and question rhythm for the agents; a new address on restart."""
+        """
+        New limits, networks, secret and question rhythm for the agents; a
+        new `[director] listen` is listened on, then the old port closed
+        (sessions already up carry on).
+        """
         before, self.config = self.config.director, config
-        listen = config.director.listen
-        if listen != before.listen:
-            self.log.warn("[director] listen changed to {listen}: takes effect on restart", listen=listen)
+        if self.running and config.director.listen != self.ports.listen:
+            self.ports.move_to(config.director.listen)
         factory = self.factory
         factory.allow = config.director.allow
         factory.max_agents = config.director.max_agents

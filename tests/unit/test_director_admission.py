@@ -108,25 +108,24 @@ class MaxAgentsTests(SynchronousTestCase):
 
 
 class ListenBacklogTests(SynchronousTestCase):
-    def test_the_default_listen_backlog_is_above_twisteds_fifty(self):
-        # A thousand agents reconnecting at once after a restart must not
-        # have their SYNs dropped.
+    def backlog_of(self, listening_port: int) -> int:
+        """The listen backlog the director with the default config asks for on `listening_port`."""
         reactor = MemoryReactorClock()
         director = DirectorService(director_config(self, ""), reactor, table=MemoryIPVS())
         director.startService()
         self.addCleanup(director.stopService)
-        [backlog] = [backlog for port, _, backlog, _ in reactor.tcpServers if port == 3262]
-        self.assertEqual(backlog, 1024)
+        [backlog] = [backlog for port, _, backlog, _ in reactor.tcpServers if port == listening_port]
+        return backlog
+
+    def test_the_default_listen_backlog_is_above_twisteds_fifty(self):
+        # A thousand agents reconnecting at once after a restart must not
+        # have their SYNs dropped.
+        self.assertEqual(self.backlog_of(3262), 1024)
 
     def test_the_default_status_listen_backlog_is_above_twisteds_fifty_too(self):
         # A thousand concurrent /status.json had SYNs dropped, retried for
         # seconds, and the operator's own poll among them (#15's status flood).
-        reactor = MemoryReactorClock()
-        director = DirectorService(director_config(self, ""), reactor, table=MemoryIPVS())
-        director.startService()
-        self.addCleanup(director.stopService)
-        [backlog] = [backlog for port, _, backlog, _ in reactor.tcpServers if port == 9101]
-        self.assertEqual(backlog, 1024)
+        self.assertEqual(self.backlog_of(9101), 1024)
 
 
 class DescriptorLimitTests(SynchronousTestCase):

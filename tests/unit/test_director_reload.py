@@ -11,7 +11,7 @@ import textwrap
 from twisted.application.service import Service
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import CannotListenError
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -175,45 +175,90 @@ class ReloadTests(DirectorTestCase):
         self.assertIs(self.director.updater.config, before)
         self.assertEqual((self.director.factory.max_agents, self.director.updater.next_pass), (3, 2.0))
 
-    def test_a_new_listen_address_is_said_to_take_effect_on_restart(self):
-        self.write(director='max_agents = 3\nlisten = "tcp:3263"')
-        reloaded, logged = self.reload()
-        self.assertTrue(reloaded)
-        self.assertIn("[director] listen changed to tcp:3263: takes effect on restart", logged)
 
 
-class StatusListenerReloadTests(DirectorTestCase):
-    """A reload that names a new [status] listen moves the status listener there, if it can."""
+class MovingListenerTests:
+    """
+    A reload that names a new listen address moves that listener there,
+    if it can: the same for agents' `[director] listen` and `[status] listen`.
+    """
+
+    section: str  # the config table of its `listen`
+    child: str  # the director's attribute holding the listener
+    what: str  # its name in the log
+    FIRST, SECOND = 0, 0
+
+    def listen(self, port: int, **more: str) -> dict[str, str]:
+        sections = {self.section: f'listen = "tcp:{port}:interface=127.0.0.1"'}
+        for section, text in more.items():
+            sections[section] = sections.get(section, "") + "\n" + text
+        return sections
+
+    def listening_port(self):
+        return getattr(self.director, self.child).ports.port
 
     def setUp(self):
-        self.start(status='listen = "tcp:9101:interface=127.0.0.1"')
-        self.first = self.reactor.ports[9101]
+        self.start(**self.listen(self.FIRST))
+        self.first = self.reactor.ports[self.FIRST]
 
     def test_a_new_listen_address_is_listened_on_and_the_old_one_closed(self):
-        self.write(status='listen = "tcp:9102:interface=127.0.0.1"')
+        self.write(**self.listen(self.SECOND))
         reloaded, logged = self.reload()
         self.assertTrue(reloaded)
-        moved = self.reactor.ports[9102]
-        self.assertEqual((self.director.status.port, moved.listening, self.first.listening), (moved, True, False))
-        self.assertIn("status listener on IPv4Address(type='TCP', host='127.0.0.1', port=9102)", logged)
-        self.assertNotIn("takes effect on restart", logged)
+        moved = self.reactor.ports[self.SECOND]
+        self.assertEqual((self.listening_port(), moved.listening, self.first.listening), (moved, True, False))
+        self.assertIn(f"{self.what} on IPv4Address(type='TCP', host='127.0.0.1', port={self.SECOND})", logged)
 
     def test_the_same_listen_address_is_left_alone(self):
-        self.write(director="max_agents = 4", status='listen = "tcp:9101:interface=127.0.0.1"')
+        self.write(**self.listen(self.FIRST, necp="max_queued_output = 100000"))
         self.assertTrue(self.reload()[0])
-        self.assertIs(self.director.status.port, self.first)
+        self.assertIs(self.listening_port(), self.first)
         self.assertTrue(self.first.listening)
 
     def test_a_listen_address_that_cannot_be_had_leaves_the_old_one_with_one_line(self):
-        self.reactor.taken.add(9102)
-        self.write(status='listen = "tcp:9102:interface=127.0.0.1"')
+        self.reactor.taken.add(self.SECOND)
+        self.write(**self.listen(self.SECOND))
         reloaded, logged = self.reload()
         self.assertTrue(reloaded)
-        self.assertIs(self.director.status.port, self.first)
+        self.assertIs(self.listening_port(), self.first)
         self.assertTrue(self.first.listening)
-        [line] = [line for line in logged.splitlines() if "status listener" in line]
-        self.assertIn("the status listener cannot listen on tcp:9102:interface=127.0.0.1: ", line)
-        self.assertIn("; it stays on IPv4Address(type='TCP', host='127.0.0.1', port=9101)", line)
+        [line] = [line for line in logged.splitlines() if self.what in line]
+        self.assertIn(f"{self.what} cannot listen on tcp:{self.SECOND}:interface=127.0.0.1: ", line)
+        self.assertIn(f"; it stays on IPv4Address(type='TCP', host='127.0.0.1', port={self.FIRST})", line)
+
+
+class NECPListenerReloadTests(MovingListenerTests, DirectorTestCase):
+    section, child, what = "director", "listener", "the NECP listener"
+    FIRST, SECOND = 3262, 3263
+
+    def test_sessions_already_up_carry_on_when_the_listener_moves(self):
+        factory = self.director.factory
+        peer = IPv4Address("TCP", "10.0.0.1", 40000)
+        transport = StringTransport(peerAddress=peer)
+        factory.buildProtocol(peer).makeConnection(transport)
+        self.write(**self.listen(self.SECOND))
+        self.assertTrue(self.reload()[0])
+        self.assertFalse(transport.disconnecting)
+        [(port, listening_factory, *_)] = [server for server in self.reactor.tcpServers if server[0] == self.SECOND]
+        self.assertIs(listening_factory, factory, "the same factory: its sessions, counters and rounds")
+
+
+class NECPListenerStartTests(DirectorTestCase):
+    def test_a_director_agents_cannot_reach_does_not_start(self):
+        folder = self.mktemp()
+        os.makedirs(folder)
+        self.path = f"{folder}/director.toml"
+        self.write()
+        reactor = PortsReactor()
+        reactor.taken.add(3262)
+        director = DirectorService(load_config(self.path), reactor, table=MemoryIPVS())
+        error = self.assertRaises(CannotListenError, director.privilegedStartService)
+        self.assertIn("Address already in use", str(error))
+
+
+class StatusListenerReloadTests(MovingListenerTests, DirectorTestCase):
+    section, child, what = "status", "status", "the status listener"
+    FIRST, SECOND = 9101, 9102
 
     def test_a_reload_listens_again_where_the_start_could_not(self):
         self.director.stopService()

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 
 from twisted.application.service import Service
-from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.web import server
 from twisted.web.http import RESPONSES
 from zope.interface import implementer
 
 from lvsfeedback.director.config import IReconfigurable
+from lvsfeedback.director.listening import MovablePort
 from lvsfeedback.director.web.control import ControlAccess, ControlError, is_local
 from lvsfeedback.director.web.history import History
 from lvsfeedback.director.web.resources import BEARER_CHALLENGE, JSON_TYPE, peer_name, status_root
@@ -114,11 +114,15 @@ class StatusListener(Service):
     def __init__(self, director, reactor):
         self.director = director
         self.reactor = reactor
-        self.port = None
-        self.listen: str | None = None  # the endpoint description `port` listens on
         self.history = History()
         access = ControlAccess(lambda: self.loopback_only, lambda: self.director.config.status.token_file)
         self.site = StatusSite(status_root(director, access, self.history), access=access, reactor=reactor)
+        self.ports = MovablePort(reactor, self.site, "the status listener")
+
+    @property
+    def port(self):
+        """The listening port, or None while it listens nowhere."""
+        return self.ports.port
 
     @property
     def loopback_only(self) -> bool:
@@ -132,46 +136,24 @@ class StatusListener(Service):
         if self.director.updater.last is not None:
             self.history.record(self.director.updater.last)
         self.director.updater.pass_listeners.append(self.history.record)
-        self._listen_on(self.director.config.status.listen)
+        listen = self.director.config.status.listen
+        self.ports.listen_on(listen).addErrback(self._cannot_listen, listen)
 
     def reconfigure(self, config) -> None:
         """
         IReconfigurable: a new `[status] listen` is listened on, then the
         old port closed; the token file is read anew by each request.
         """
-        if self.running and config.status.listen != self.listen:
-            self._listen_on(config.status.listen)
-
-    def _listen_on(self, description: str) -> None:
-        listening = serverFromString(self.reactor, description).listen(self.site)
-        listening.addCallbacks(self._listening, self._cannot_listen, callbackArgs=(description,),
-                               errbackArgs=(description,))
-
-    def _listening(self, port, description: str) -> None:
-        if not self.running:
-            port.stopListening()
-            return
-        before, self.port, self.listen = self.port, port, description
-        self.log.info("status listener on {address}", address=str(port.getHost()))
-        if before is not None:
-            before.stopListening()
+        if self.running and config.status.listen != self.ports.listen:
+            self.ports.move_to(config.status.listen)
 
     def _cannot_listen(self, failure, description: str) -> None:
-        if self.port is None:
-            self.log.critical(
-                "the status listener cannot listen on {listen}: {reason}; the director runs without it",
-                listen=description, reason=failure.getErrorMessage(),
-            )
-        else:
-            self.log.error(
-                "the status listener cannot listen on {listen}: {reason}; it stays on {address}",
-                listen=description, reason=failure.getErrorMessage(), address=str(self.port.getHost()),
-            )
+        self.log.critical(
+            "the status listener cannot listen on {listen}: {reason}; the director runs without it",
+            listen=description, reason=failure.getErrorMessage(),
+        )
 
     def stopService(self):
         super().stopService()
         self.director.updater.pass_listeners.remove(self.history.record)
-        port, self.port, self.listen = self.port, None, None
-        if port is not None:
-            return port.stopListening()
-        return None
+        return self.ports.close()
