@@ -30,6 +30,9 @@ One cell = one scenario x scheduler x connection pattern x repeat:
    the machine's steal time is read at the load's start and end;
 4. read the director's status (its weight writes), stop what the cell started.
 
+A scenario behind a pair of directors (C{failover}) runs its cells in the
+pair's lab after the others, with L{lvsfeedback.lab.failover_cells}.
+
 Processes are forked from this one rather than started afresh: in the
 emulated VM each Python start reads hundreds of files over a slow 9p mount
 (importing asyncio alone takes tens of seconds there), while a fork of a
@@ -68,6 +71,7 @@ from lvsfeedback.lab.loadgen import LoadConfig, LoadRun, RequestRecord
 from lvsfeedback.lab.scenarios import (
     BACKEND_PORT,
     BASE_WEIGHT,
+    NAT_SITE,
     SCENARIOS,
     SCHEDULERS,
     SERVICE_PORT,
@@ -263,11 +267,11 @@ def twistd(arguments: list[str]) -> Callable[[], int | None]:
     return run
 
 
-def backend(name: str, work_ms: float) -> Callable[[], int]:
+def backend(name: str, work_ms: float, port: int = BACKEND_PORT) -> Callable[[], int]:
     def run() -> int:
         from lvsfeedback.lab.backend import main
 
-        return main(["--port", str(BACKEND_PORT), "--work-ms", str(work_ms), "--name", name])
+        return main(["--port", str(port), "--work-ms", str(work_ms), "--name", name])
 
     return run
 
@@ -422,7 +426,8 @@ class Plan:
             for pattern in self.patterns
             for repeat in range(self.repeats)
             for scheduler in self.schedulers
-            if SCHEDULERS[scheduler].repeats is None or repeat < SCHEDULERS[scheduler].repeats
+            if (SCHEDULERS[scheduler].repeats is None or repeat < SCHEDULERS[scheduler].repeats)
+            and SCENARIOS[scenario].compares(scheduler)
         ]
 
 
@@ -435,6 +440,9 @@ FULL = Plan(scenarios=tuple(SCENARIOS), schedulers=matrix_schedulers(), patterns
 
 class Lab:
     """The running cluster of one experiment: topology, backends, and what each cell adds."""
+
+    # How the director reaches the real servers: the NAT lab's.
+    site = NAT_SITE
 
     def __init__(self, topology: Topology, plan: Plan, out: Path, say: Callable[[str], None]):
         self.topology = topology
@@ -465,7 +473,7 @@ class Lab:
 
     def start_backend(self, index: int) -> ForkedProcess:
         server = self.topology.servers[index]
-        process = self.fork(f"backend-{server.name}", backend(server.name, self.plan.work_ms),
+        process = self.fork(f"backend-{server.name}", backend(server.name, self.plan.work_ms, self.site.port),
                             namespace=server.namespace, cgroup=server.cgroup)
         self.backends[server.name] = process
         return process
@@ -509,20 +517,25 @@ class Lab:
         """The real servers a scenario uses: the lab's first ones (it holds as many as the plan's largest scenario)."""
         return self.topology.servers[:scenario.servers]
 
-    @staticmethod
-    def addresses(servers: list) -> dict[str, str]:
-        return {server.name: f"{server.address}:{BACKEND_PORT}" for server in servers}
+    def addresses(self, servers: list) -> dict[str, str]:
+        return {server.name: f"{server.address}:{self.site.port}" for server in servers}
+
+    def sampled_director(self) -> str:
+        """The namespace of the director whose IPVS table the samples read."""
+        return self.topology.director
 
     def ipvs_table(self) -> dict[str, dict[str, int]]:
-        with network_namespace(self.topology.director):
+        with network_namespace(self.sampled_director()):
             with open("/proc/net/ip_vs") as table:
                 return parse_ip_vs(table.read())
 
     def restore_ipvs(self, text: str) -> None:
-        with network_namespace(self.topology.director):
-            result = subprocess.run(["ipvsadm", "-R"], input=text, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise ExperimentError(f"ipvsadm -R failed: {result.stderr.strip()}\ninput:\n{text}")
+        """The same table on every director (a pair has two)."""
+        for director in self.topology.plan.director_namespaces:
+            with network_namespace(director):
+                result = subprocess.run(["ipvsadm", "-R"], input=text, capture_output=True, text=True)
+            if result.returncode != 0:
+                raise ExperimentError(f"ipvsadm -R in {director} failed: {result.stderr.strip()}\ninput:\n{text}")
 
     def run_load(self, config: LoadConfig, start_at: float, result_path: Path) -> ForkedProcess:
         return self.fork("loadgen", load_run(config, start_at, result_path), namespace=self.topology.client)
@@ -535,7 +548,7 @@ class Lab:
         cost: the emulated VM charges every wake-up dearly.
         """
         servers = self.servers(scenario)
-        self.restore_ipvs(ipvsadm_restore(VIP, "rr", [BASE_WEIGHT] * len(servers)))
+        self.restore_ipvs(ipvsadm_restore(VIP, "rr", [BASE_WEIGHT] * len(servers), self.site))
         rate, duration = 4.0 * len(servers), 12.0
         config = LoadConfig(VIP, SERVICE_PORT, rate=rate, duration=duration, seed=self.plan.seed + 1000,
                             pattern="persistent", connections=2 * len(servers), timeout=self.plan.timeout)
@@ -574,7 +587,7 @@ class FeedbackDaemons:
         # cgroup: its CPU would otherwise count against the server's quota
         # and differ from the static cells, where no agent runs.
         server = self.lab.topology.servers[index]
-        arguments = agent_arguments(DIRECTOR_BACKEND_ADDRESS, str(server.cgroup.path))
+        arguments = agent_arguments([DIRECTOR_BACKEND_ADDRESS], str(server.cgroup.path))
         return self.lab.fork(f"lvs-agent-{server.name}", twistd(["lvs-agent", *arguments]),
                              namespace=server.namespace)
 
@@ -798,42 +811,34 @@ def cells_to_run(plan: Plan, document: dict) -> list[tuple[str, str, str, int]]:
     return [cell for cell in plan.cells() if cell not in held]
 
 
-def run_experiment(plan: Plan, out: Path, command: str, where: str, say: Callable[[str], None] = print,
-                   fresh: bool = False) -> dict:
-    """
-    The plan's cells that results.json in C{out} does not hold yet (every
-    cell when C{fresh}); results.json is rewritten after each cell, so a
-    broken run keeps what it measured and the next run goes on from there.
-    """
-    if os.geteuid() != 0 or not os.path.exists("/proc/net/ip_vs"):
-        raise ExperimentError("the experiment needs root on a kernel with IPVS (ip_vs loaded): see scripts/demo")
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
-    results = out / "results.json"
-    session = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-               "command": command, "machine": machine(where)}
-    document = open_result_set(results, plan, session, fresh)
-    experiment = document["experiment"]
-    cells = cells_to_run(plan, document)
-    if document["cells"]:
-        say(f"resuming {results}: {len(document['cells'])} cells measured already, {len(cells)} to go")
-    if not cells:
-        return document
-    if any(SCHEDULERS[name].feedback for name in plan.schedulers):
-        say("preparing: importing the daemons once, so that every process forks from this one")
-        preload_daemons()
-    with Topology(servers=max(SCENARIOS[name].servers for name in plan.scenarios)) as topology:
-        lab = Lab(topology, plan, out, say)
+@dataclass
+class Run:
+    """One run's result set and the cells it measures into it, lab by lab."""
+
+    plan: Plan
+    document: dict
+    results: Path
+    session: dict
+    say: Callable[[str], None]
+    started: float
+
+    def measure(self, lab: Lab, cells: list[tuple[str, str, str, int]],
+                run_cell: Callable[[Lab, Scenario, Scheduler, str, int, float], dict]) -> None:
+        """
+        Start the lab's backends, calibrate unless the result set has its
+        calibration, then measure the cells, results.json rewritten after each.
+        """
+        say, experiment, plan = self.say, self.document["experiment"], self.plan
         try:
-            lab.set_quotas(SCENARIOS[plan.scenarios[0]].quotas)
+            lab.set_quotas(SCENARIOS[cells[0][0]].quotas)
             lab.start_backends()
             if "calibration" in experiment:
                 # The same cost as the cells already measured: the same offered loads.
                 calibration = experiment["calibration"]
-                say(f"lab up in {time.monotonic() - started:.0f} s; the result set's calibration stands")
+                say(f"lab up in {time.monotonic() - self.started:.0f} s; the result set's calibration stands")
             else:
-                say(f"lab up in {time.monotonic() - started:.0f} s; calibrating the cost of a request")
-                calibration = lab.calibrate(SCENARIOS[plan.scenarios[0]])
+                say(f"lab up in {time.monotonic() - self.started:.0f} s; calibrating the cost of a request")
+                calibration = lab.calibrate(SCENARIOS[cells[0][0]])
                 experiment["calibration"] = calibration
             cost = calibration["cost"]
             experiment["scenarios"] = {**scenario_setup(plan, cost), **experiment.get("scenarios", {})}
@@ -843,7 +848,7 @@ def run_experiment(plan: Plan, out: Path, command: str, where: str, say: Callabl
                 scenario = SCENARIOS[scenario_name]
                 say(f"[{number}/{len(cells)}] {scenario_name} ({scenario.title}), {pattern}, {scheduler_name}, "
                     f"repeat {repeat + 1}: {experiment['scenarios'][scenario_name]['rate']:.1f} requests/s on average "
-                    f"({time.monotonic() - started:.0f} s so far)")
+                    f"({time.monotonic() - self.started:.0f} s so far)")
                 late_attempts = []
                 while True:
                     cell = run_cell(lab, scenario, SCHEDULERS[scheduler_name], pattern, repeat, cost)
@@ -862,12 +867,49 @@ def run_experiment(plan: Plan, out: Path, command: str, where: str, say: Callabl
                     late_attempts.append({"lateness_ms": cell["lateness_ms"], "p99": summary["p99"]})
                     say(f"    the generator ran late (p99 {late} ms > {plan.max_lateness:g} ms): running the cell again")
                 cell["late_attempts"] = late_attempts
-                document["cells"].append(cell)
-                document["cells"].sort(key=lambda held: report.plan_order(experiment["plan"], held))
-                session["machine"]["loadavg_end"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-                results.write_text(json.dumps(document))
+                self.document["cells"].append(cell)
+                self.document["cells"].sort(key=lambda held: report.plan_order(experiment["plan"], held))
+                self.session["machine"]["loadavg_end"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+                self.results.write_text(json.dumps(self.document))
         finally:
             lab.stop_all()
+
+
+def run_experiment(plan: Plan, out: Path, command: str, where: str, say: Callable[[str], None] = print,
+                   fresh: bool = False) -> dict:
+    """
+    The plan's cells that results.json in C{out} does not hold yet (every
+    cell when C{fresh}); results.json is rewritten after each cell, so a
+    broken run keeps what it measured and the next run goes on from there.
+    """
+    if os.geteuid() != 0 or not os.path.exists("/proc/net/ip_vs"):
+        raise ExperimentError("the experiment needs root on a kernel with IPVS (ip_vs loaded): see scripts/demo")
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    results = out / "results.json"
+    session = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+               "command": command, "machine": machine(where)}
+    document = open_result_set(results, plan, session, fresh)
+    cells = cells_to_run(plan, document)
+    if document["cells"]:
+        say(f"resuming {results}: {len(document['cells'])} cells measured already, {len(cells)} to go")
+    if not cells:
+        return document
+    if any(SCHEDULERS[name].feedback for name in plan.schedulers):
+        say("preparing: importing the daemons once, so that every process forks from this one")
+        preload_daemons()
+    run = Run(plan, document, results, session, say, started)
+    behind_one = [cell for cell in cells if not SCENARIOS[cell[0]].pair]
+    behind_pair = [cell for cell in cells if SCENARIOS[cell[0]].pair]
+    if behind_one:
+        with Topology(servers=max(SCENARIOS[cell[0]].servers for cell in behind_one)) as topology:
+            run.measure(Lab(topology, plan, out, say), behind_one, run_cell)
+    if behind_pair:
+        # Imported here: the pair's lab builds on this module's.
+        from lvsfeedback.lab.failover_cells import PairLab, run_pair_cell
+
+        with PairLab.build(plan, out, say) as lab:
+            run.measure(lab, behind_pair, run_pair_cell)
     say(f"all cells done in {time.monotonic() - started:.0f} s; writing the report")
     return document
 

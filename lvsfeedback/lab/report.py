@@ -37,6 +37,7 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
+from lvsfeedback.lab import failover
 from lvsfeedback.lab.loadgen import OK, RequestRecord, percentile, summarize
 from lvsfeedback.lab.scenarios import SCHEDULERS
 
@@ -386,6 +387,7 @@ def aggregate(cells: list[dict]) -> list[dict]:
         row["unsettled"] = sum(1 for entry in settles if entry["periods"] is None)
         row["failures_after"] = _spread([cell["failures"]["after"] for cell in group if cell["failures"]])
         row["sustained"] = _spread([cell.get("sustained") for cell in group])
+        row["failover"] = failover.aggregate([cell.get("failover") for cell in group])
         rows.append(row)
     return rows
 
@@ -608,6 +610,7 @@ def check_targets(rows: list[dict], max_lateness: float | None = DEFAULT_MAX_LAT
                     "met": after == 0,
                     "numbers": f"{int(after)} requests scheduled after the failure failed (worst repeat)",
                 })
+    checks += failover.checks(rows)
     for check in checks:
         scenario, pattern = check["target"].split(":")[0].split()
         involved = [_find(rows, scenario, pattern, name) for name in check.pop("schedulers")]
@@ -801,6 +804,7 @@ def markdown(document: dict, rows: list[dict], checks: list[dict], plot_paths: l
         "scenario with fewer uses the first ones), each in "
         f"its own network namespace and cgroup v2 with a `cpu.max` quota (period {setup['quota_period_ms']:g} ms). "
         f"Each backend spends {setup['plan']['work_ms']:g} ms of CPU (SHA-256) per request, one request at a time.",
+        *([line] if (line := failover.setup_line(document["cells"])) else []),
         f"- Calibration: a request costs {setup['calibration']['cost'] * 1000:.1f} ms of CPU in the backend's cgroup "
         f"(measured over {setup['calibration']['requests']} requests); a server's capacity is quota / cost, halved "
         "while a one-worker hog shares its cgroup. The offered load is "
@@ -846,6 +850,9 @@ def markdown(document: dict, rows: list[dict], checks: list[dict], plot_paths: l
         "",
         p99_overview(rows),
         "",
+        *([f"The master director killed (`{failover.SCENARIO}`; before, across and after the kill as defined "
+           f"in `lvsfeedback/lab/failover.py`; medians over repeats):", "", failover.overview(rows), ""]
+          if failover.overview(rows) else []),
         *([f"Highest load sustained on the ramps, as a share of the true capacity (the last step, from the "
            f"first on, with p99 under {SUSTAINED_P99_MS:g} ms and under {SUSTAINED_FAILED:.1%} failed; 0.0: not even "
            "the first; median [min-max] over repeats):", "", sustained_overview(rows), ""]
@@ -881,6 +888,8 @@ def write_report(document: dict, out: Path, with_plots: bool = True) -> tuple[st
     plot_paths = plots(document["cells"], out) if with_plots else []
     (out / "report.md").write_text(markdown(document, rows, checks, plot_paths))
     terminal = format_table(rows)
+    if failover.overview(rows):
+        terminal += "\n\nThe master director killed:\n" + failover.overview(rows)
     if sustained_overview(rows):
         terminal += "\n\nHighest load sustained on the ramps (share of the true capacity):\n" + sustained_overview(rows)
     return terminal, plot_paths

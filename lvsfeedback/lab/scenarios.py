@@ -15,6 +15,7 @@ the weight an all-knowing operator would give it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 
 from lvsfeedback.director.policy import PolicySettings
@@ -87,11 +88,30 @@ class Scenario:
     # A ramp: equal load steps of the plan's ramp_step seconds each, which
     # make the measured period; the report finds the highest one sustained.
     ramp: bool = False
+    # A pair of directors in DR (VRRP, connection sync) instead of the NAT
+    # director; its master is killed at this fraction of the measured period.
+    director_kill: float | None = None
+    # The only schedulers this scenario compares; None: every one the plan asks.
+    schedulers: tuple[str, ...] | None = None
 
     def __post_init__(self):
         moments = [step.at for step in self.load_steps]
         if moments and (moments[0] != 0 or moments != sorted(set(moments)) or moments[-1] >= 1):
             raise ValueError(f"{self.name}: load steps start at 0 and rise inside the measured period")
+        if self.director_kill is not None and not 0 < self.director_kill < 1:
+            raise ValueError(f"{self.name}: the master director is killed inside the measured period")
+
+    @property
+    def pair(self) -> bool:
+        """Whether it runs behind a pair of directors (the failover lab) rather than the NAT director."""
+        return self.director_kill is not None
+
+    @property
+    def site(self) -> Site:
+        return DR_SITE if self.pair else NAT_SITE
+
+    def compares(self, scheduler: str) -> bool:
+        return self.schedulers is None or scheduler in self.schedulers
 
     @property
     def servers(self) -> int:
@@ -171,6 +191,9 @@ class Scenario:
                              f"{names[server]}'s quota {quota:g} -> {self.resize.quota:g} CPU", self.resize.quota),
                        Event(at(self.resize.window.stop), "quota", server,
                              f"{names[server]}'s quota {self.resize.quota:g} -> {quota:g} CPU", quota)]
+        if self.director_kill is not None:
+            events.append(Event(at(self.director_kill), "director-kill", None,
+                                "the master director dies (keepalived and lvs-director SIGKILL)"))
         for step in [] if self.ramp else self.load_steps[1:]:
             events.append(Event(at(step.at), "load", None, f"offered load {step.load:.0%} of capacity", step.load))
         return sorted(events, key=lambda event: event.at)
@@ -216,6 +239,10 @@ SCENARIOS: dict[str, Scenario] = {
                  (0.3, 0.3, 0.3), hog_server=0, load_steps=RAMP, ramp=True),
         Scenario(11, "ramp-unequal", "scenario 3's cluster (1:2:4), load rising from 50% to 130% of capacity",
                  (0.15, 0.3, 0.6), load_steps=RAMP, ramp=True),
+        # Issue #17: a pair against a keepalived pair with the static weights an operator would write.
+        Scenario(12, "failover", "scenario 2's cluster (rs1 hogged) behind a director pair in DR (VRRP, "
+                 "connection sync), the master killed at half time", (0.3, 0.3, 0.3), hog_server=0,
+                 director_kill=0.5, schedulers=("wlc", "lvsfeedback-capacity")),
     )
 }
 
@@ -284,16 +311,37 @@ def static_weights(scheduler: Scheduler, scenario: Scenario, cost: float) -> lis
     raise ValueError(f"{scheduler.name} has no static weights: lvsfeedback sets them")
 
 
+@dataclass(frozen=True)
+class Site:
+    """How a lab's director reaches its real servers (see L{lvsfeedback.lab.topology})."""
+
+    forwarding: str  # nat, dr
+    network: str  # the real servers' /24, rs1 at .11
+    port: int  # where their backends listen: in DR the virtual service's own
+
+    def server_address(self, index: int) -> str:
+        return f"{self.network}.{11 + index}"
+
+    @property
+    def ipvsadm_flag(self) -> str:
+        return {"nat": "-m", "dr": "-g"}[self.forwarding]
+
+
+NAT_SITE = Site("nat", "10.201.0", BACKEND_PORT)
+# The pair's lab: everyone on the clients' segment.
+DR_SITE = Site("dr", "10.200.0", SERVICE_PORT)
+
+
 def server_address(index: int) -> str:
     """rs1 is 10.201.0.11, as in L{lvsfeedback.lab.topology}."""
-    return f"10.201.0.{11 + index}"
+    return NAT_SITE.server_address(index)
 
 
-def ipvsadm_restore(vip: str, scheduler: str, weights: list[int]) -> str:
-    """C{ipvsadm -R} input: clear the table, then one NAT service with these real servers and weights."""
+def ipvsadm_restore(vip: str, scheduler: str, weights: list[int], site: Site = NAT_SITE) -> str:
+    """C{ipvsadm -R} input: clear the table, then one service with these real servers and weights."""
     service = f"-t {vip}:{SERVICE_PORT}"
     lines = ["-C", f"-A {service} -s {scheduler}"]
-    lines += [f"-a {service} -r {server_address(index)}:{BACKEND_PORT} -m -w {weight}"
+    lines += [f"-a {service} -r {site.server_address(index)}:{site.port} {site.ipvsadm_flag} -w {weight}"
               for index, weight in enumerate(weights)]
     return "".join(line + "\n" for line in lines)
 
@@ -326,8 +374,16 @@ def _toml_value(value: object) -> str:
 
 
 def director_config(vip: str, director_address: str, scheduler: Scheduler, servers: int,
-                    settings: FeedbackSettings) -> str:
-    """The lvs-director configuration of a feedback cell: one NAT service, every real server at base weight."""
+                    settings: FeedbackSettings, site: Site = NAT_SITE, pair: dict[str, object] | None = None,
+                    token_file: str | None = None) -> str:
+    """
+    The lvs-director configuration of a feedback cell: one service, every
+    real server at base weight; with `pair`, its [pair] table, and the
+    status listener on every address (the peer fetches it) behind `token_file`.
+    """
+    status: dict[str, object] = {"listen": f"tcp:{STATUS_PORT}:interface=127.0.0.1"}
+    if pair is not None:
+        status = {"listen": f"tcp:{STATUS_PORT}", "token_file": token_file}
     sections = [
         ("director", {
             "listen": f"tcp:{DIRECTOR_NECP_PORT}:interface={director_address}",
@@ -335,8 +391,9 @@ def director_config(vip: str, director_address: str, scheduler: Scheduler, serve
             "update_interval": settings.update_interval,
             "health_interval": settings.health_interval,
         }),
-        ("status", {"listen": f"tcp:{STATUS_PORT}:interface=127.0.0.1"}),
+        ("status", status),
         ("policy", {"mode": scheduler.mode, **settings.policy}),
+        *([("pair", pair)] if pair is not None else []),
     ]
     text = []
     for name, values in sections:
@@ -350,24 +407,29 @@ def director_config(vip: str, director_address: str, scheduler: Scheduler, serve
         f"address = {_toml_value(vip)}",
         f"port = {SERVICE_PORT}",
         f"scheduler = {_toml_value(scheduler.ipvs_scheduler)}",
-        'forwarding = "nat"',
+        f"forwarding = {_toml_value(site.forwarding)}",
         "",
     ]
     for index in range(servers):
         text += [
             "[[service.real]]",
-            f"address = {_toml_value(server_address(index))}",
-            f"port = {BACKEND_PORT}",
+            f"address = {_toml_value(site.server_address(index))}",
+            f"port = {site.port}",
             f"weight = {BASE_WEIGHT}",
             "",
         ]
     return "\n".join(text)
 
 
-def agent_arguments(director_address: str, cgroup_path: str) -> list[str]:
-    """twistd lvs-agent's flags for one real server: report the backend's service and its cgroup's load."""
+def agent_arguments(director_addresses: Sequence[str], cgroup_path: str, site: Site = NAT_SITE) -> list[str]:
+    """
+    twistd lvs-agent's flags for one real server: report the backend's
+    service and its cgroup's load to every director (a pair: both).
+    """
+    directors = [flag for address in director_addresses
+                 for flag in ("--director", f"tcp:{address}:{DIRECTOR_NECP_PORT}")]
     return [
-        "--director", f"tcp:{director_address}:{DIRECTOR_NECP_PORT}",
-        "--service", f"tcp:{BACKEND_PORT}:nat",
+        *directors,
+        "--service", f"tcp:{site.port}:{site.forwarding}",
         "--metric", f"cgroup:path={cgroup_path}",
     ]

@@ -244,7 +244,7 @@ class GeneratedConfigurationTests(SynchronousTestCase):
         ))
 
     def test_an_agent_reports_its_servers_cgroup(self):
-        self.assertEqual(agent_arguments("10.201.0.1", "/sys/fs/cgroup/lab/rs2"), [
+        self.assertEqual(agent_arguments(["10.201.0.1"], "/sys/fs/cgroup/lab/rs2"), [
             "--director", "tcp:10.201.0.1:3262", "--service", "tcp:8080:nat",
             "--metric", "cgroup:path=/sys/fs/cgroup/lab/rs2",
         ])
