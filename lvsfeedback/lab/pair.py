@@ -117,23 +117,21 @@ def keepalived_command(config: Path, pid_file: Path, vrrp_pid_file: Path) -> lis
     ]
 
 
-def director_config(number: int, servers: list[LabServer], *, token_file: Path, policy: str = "") -> str:
+def director_config(number: int, servers: list[LabServer], *, token_file: Path, state_file: Path,
+                    policy: str = "") -> str:
     """
     lvs-director's config for director `number`: NECP and status on its
     segment address, the DR web service on the VIP with every real server,
     health mode (both directors see the same agents' reports, so both
-    compute the same weights; capacity mode learns from the packets that
-    cross a director, and the backup sees none).
+    compute the same weights), and `[pair]`: while BACKUP, by the notify
+    hook's `state_file`, it follows the other's desired weights, as a
+    capacity-mode backup must (it sees none of the packets).
     """
     address = DIRECTOR_SEGMENT_ADDRESSES[number - 1]
     reals = "".join(f'\n[[service.real]]\naddress = "{server.address}"\n' for server in servers)
-    # The one place the pair's director config is built. Once lvs-director
-    # has its [pair] table (branch h31-pair-director), add it here:
-    #   [pair]
-    #   vrrp_state_file = this director's PairDirector.state_file
-    #   peer = "http://{the other's DIRECTOR_SEGMENT_ADDRESSES entry}:{STATUS_PORT}"
-    #   peer_token_file = token_file
-    # The status listener is on the segment address, with a token, for that.
+    # While BACKUP it follows the other's desired weights ([pair]), read from
+    # the other's status listener on its segment address, behind the token.
+    peer = DIRECTOR_SEGMENT_ADDRESSES[2 - number]
     return f"""
 [director]
 listen = "tcp:{NECP_PORT}:interface={address}"
@@ -142,6 +140,10 @@ health_interval = 1.0
 [status]
 listen = "tcp:{STATUS_PORT}:interface={address}"
 token_file = "{token_file}"
+[pair]
+vrrp_state_file = "{state_file}"
+peer = "http://{peer}:{STATUS_PORT}"
+peer_token_file = "{token_file}"
 [policy]
 mode = "health"
 hysteresis = {HYSTERESIS}
@@ -273,7 +275,7 @@ class DirectorPair:
                 (director.folder / "keepalived.conf").write_text(keepalived_config(
                     shipped, number=number, notify=str(hook), advert_int=self.advert_int, sync=self.sync))
                 (director.folder / "director.toml").write_text(director_config(
-                    number, self.lab.servers, token_file=token, policy=self.policy))
+                    number, self.lab.servers, token_file=token, state_file=director.state_file, policy=self.policy))
                 self.directors.append(director)
         except BaseException:
             self.teardown()

@@ -6,9 +6,10 @@ lvs-director`; three real servers whose agents report to both; a client with
 persistent and short HTTP connections through the VIP. The master dies
 (SIGKILL to keepalived and lvs-director, its link down) under load.
 
-Both directors run health mode: they hear the same agents, so their weights
-agree within hysteresis without the peer-following lvs-director is gaining
-(capacity mode learns from packets, which only the master sees). Every wait
+Both directors run health mode, and each has a `[pair]` table: they hear
+the same agents, and while BACKUP a director follows the master's desired
+weights as well (what capacity mode needs, for it learns from packets only
+the master sees), so their kernels agree within hysteresis. Every wait
 polls kernel or keepalived state, which has no event to wait on, until a
 deadline; the takeover's figures are printed, not asserted against a time.
 """

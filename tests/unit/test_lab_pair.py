@@ -100,7 +100,7 @@ class DirectorConfigTests(SynchronousTestCase):
         token = folder / "status.token"
         token.write_text("secret\n")
         path = folder / "director.toml"
-        path.write_text(director_config(number, SERVERS, token_file=token))
+        path.write_text(director_config(number, SERVERS, token_file=token, state_file=folder / "run" / "vrrp-VI_LVS"))
         return str(path)
 
     def test_lvs_director_accepts_it(self):
@@ -116,6 +116,14 @@ class DirectorConfigTests(SynchronousTestCase):
             self.assertEqual([(real.dest_key.address, real.dest_key.port, real.forwarding) for real in service.reals],
                              [(server.address, 80, "dr") for server in SERVERS])
             self.assertEqual((service.policy.mode, service.policy.hysteresis), ("health", HYSTERESIS))
+
+    def test_each_director_follows_the_other_while_backup(self):
+        for number, peer in ((1, "10.200.0.4"), (2, "10.200.0.3")):
+            path = self.write(number)
+            pair = load_config(path).pair
+            self.assertEqual(pair.peer, f"http://{peer}:9101")
+            self.assertEqual(pair.vrrp_state_file, Path(path).parent / "run" / "vrrp-VI_LVS")
+            self.assertEqual(pair.peer_token, b"secret")
 
 
 class AgentCommandTests(SynchronousTestCase):
