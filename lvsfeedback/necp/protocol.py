@@ -288,9 +288,10 @@ class NECPProtocol(Protocol):
         """
         C{data} straight to the socket while the kernel takes all of it:
         Twisted's write costs a reactor turn and two epoll_ctl calls per
-        message, a fifth of the director's CPU with 1,000 agents. What the
-        kernel does not take, and everything after it, goes through the
-        transport, in order, under its flow control; so does an error.
+        message (with 1,000 connections, about 10 us a message more than a
+        send). What the kernel does not take, and everything after it, goes
+        through the transport, in order, under its flow control; so does an
+        error.
         """
         if self._socket is not None:
             try:
