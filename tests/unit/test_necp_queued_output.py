@@ -50,6 +50,18 @@ def reactor_turns_until(predicate) -> Deferred:
     return done
 
 
+def director_and_peer(test: TestCase, events: RecordingEvents, **settings) -> tuple[NEFactory, socket.socket]:
+    """A director listening in the real reactor, and a plain socket connected to it with a small receive window."""
+    director = NEFactory(events, clock=reactor, **settings)
+    port = reactor.listenTCP(0, director, interface="127.0.0.1")
+    test.addCleanup(port.stopListening)
+    peer = socket.socket()
+    test.addCleanup(peer.close)
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    peer.connect(("127.0.0.1", port.getHost().port))
+    return director, peer
+
+
 class SocketTransport(StringTransport):
     """An in-memory transport whose handle is a real (unconnected) TCP socket, as Twisted's TCP transport's is."""
 
@@ -92,14 +104,8 @@ class LoopbackQueuedOutputTests(TestCase):
         up, lost = Deferred(), Deferred()
         events.agentUp = up.callback
         events.agentLost = lambda agent, reason: lost.callback(reason)
-        director = NEFactory(events, clock=reactor, max_queued_output=limit, max_exceptions_per_agent=1000)
-        port = reactor.listenTCP(0, director, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        peer = socket.socket()
-        self.addCleanup(peer.close)
-        # A small receive window, never read: what the director sends stays on its side.
-        peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        peer.connect(("127.0.0.1", port.getHost().port))
+        # The peer never reads: what the director sends stays on its side.
+        director, peer = director_and_peer(self, events, max_queued_output=limit, max_exceptions_per_agent=1000)
         # 1,000 exceptions, then 400 queries: 400 answers of 32 KB, 12.8 MB in all.
         rules = tuple(ExceptionRule(port=number) for number in range(1, 1001))
         peer.sendall(
@@ -134,13 +140,7 @@ class LoopbackDirectWriteTests(TestCase):
         events = RecordingEvents()
         up = Deferred()
         events.agentUp = up.callback
-        director = NEFactory(events, clock=reactor, **settings)
-        port = reactor.listenTCP(0, director, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        peer = socket.socket()
-        self.addCleanup(peer.close)
-        peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        peer.connect(("127.0.0.1", port.getHost().port))
+        director, peer = director_and_peer(self, events, **settings)
         peer.sendall(encode(Init(request_id=1)))
         peer.setblocking(False)
 
