@@ -126,7 +126,7 @@ class WeightUpdater(Service):
         self._again = False
         self._soon: IDelayedCall | None = None
         self._last_start: float | None = None
-        self._last_end = self._last_length = 0.0  # when the last pass ended, and how long it took, on the clock
+        self._no_lost_pass_before = 0.0  # the last pass's end plus its length, on the clock
         self._loop = LoopingCall(self._tick)
         self._loop.clock = clock
         registry.lost_listeners.append(self.pass_soon)
@@ -215,7 +215,7 @@ class WeightUpdater(Service):
         the reactor at least half its time for their connections.
         """
         if self.running and self._soon is None:
-            rest = self._last_length - (self.clock.seconds() - self._last_end)
+            rest = self._no_lost_pass_before - self.clock.seconds()
             self._soon = self.clock.callLater(max(0.0, rest), self._pass_soon_due)
 
     def pass_early(self) -> None:
@@ -255,8 +255,8 @@ class WeightUpdater(Service):
 
     def _pass_over(self, result):
         self._running = None
-        started, self._last_end = self._last_start, self.clock.seconds()
-        self._last_length = self._last_end - started if started is not None else 0.0
+        ended = self.clock.seconds()
+        self._no_lost_pass_before = ended + (ended - self._last_start if self._last_start is not None else 0.0)
         if self._again:
             self._again = False
             self._one_pass()
