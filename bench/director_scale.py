@@ -330,6 +330,7 @@ def run_scale(args) -> dict:
 
     from lvsfeedback.director.config import load_config
     from lvsfeedback.director.service import DirectorService
+    from lvsfeedback.director.tap import tune_garbage_collection
     from lvsfeedback.ipvs.memory import MemoryIPVS
 
     file_limit = raise_file_limit()
@@ -355,6 +356,7 @@ def run_scale(args) -> dict:
     )
     config = load_config(config_path)
     timing = {"keepalive_interval": args.keepalive, "keepalive_jitter": args.jitter}
+    tune_garbage_collection()  # as twistd lvs-director's makeService does
     director = DirectorService(config, reactor, observe=True, table=MemoryIPVS(), **timing)
     refusals = count_refusals(director.factory)
     me = psutil.Process()
