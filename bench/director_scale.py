@@ -330,6 +330,7 @@ def run_scale(args) -> dict:
 
     from lvsfeedback.director.config import load_config
     from lvsfeedback.director.service import DirectorService
+    from lvsfeedback.director.tap import tune_garbage_collection
     from lvsfeedback.ipvs.memory import MemoryIPVS
 
     file_limit = raise_file_limit()
@@ -350,10 +351,12 @@ def run_scale(args) -> dict:
     config_path = workdir / "director.toml"
     config_path.write_text(
         director_toml(f"tcp:{port}:interface=127.0.0.1:backlog=1024", services, reals, observe=True,
-                      health_interval=args.health_interval, policy=policy)
+                      health_interval=args.health_interval, policy=policy,
+                      director=f"early_pass_change = {args.early_pass_change}")
     )
     config = load_config(config_path)
     timing = {"keepalive_interval": args.keepalive, "keepalive_jitter": args.jitter}
+    tune_garbage_collection()  # as twistd lvs-director's makeService does
     director = DirectorService(config, reactor, observe=True, table=MemoryIPVS(), **timing)
     refusals = count_refusals(director.factory)
     me = psutil.Process()
@@ -507,7 +510,8 @@ def print_scale(result: dict, args) -> None:
           f"other process(es), host, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the end ==")
     print(f"sessions up: {result['sessions']} (all connected in {result['connect_seconds']:.1f} s); "
           f"keepalive {args.keepalive:g} s + 0..{args.jitter:g} s; health asked every {args.health_interval:g} s "
-          f"(0: on keepalives); update interval {update:g} s; open files {result['file_limit']}, "
+          f"(0: on keepalives); update interval {update:g} s, early_pass_change {args.early_pass_change}; "
+          f"open files {result['file_limit']}, "
           f"max_agents {result['max_agents']}")
     print(f"window {result['window']:.1f} s, {result['passes']} passes, last pass {result['pass_seconds'] * 1000:.0f} ms")
     print(f"director CPU: {result['cpu_seconds']:.2f} s = {100 * result['cpu_share']:.1f} % of one core, "
@@ -979,6 +983,8 @@ def parse_args(argv):
     parser.add_argument("--jitter", type=float, default=1.0, help="scale part: keepalive jitter (s)")
     parser.add_argument("--health-interval", type=float, default=2.0,
                         help="scale part: [director] health_interval (s; 0: ask on keepalives only)")
+    parser.add_argument("--early-pass-change", type=int, default=20,
+                        help="scale part: [director] early_pass_change (the shipped 20; 0: no early passes)")
     parser.add_argument("--host-only", action="store_true",
                         help="only what runs on this host (scale; keepalived's native comparison): no VM")
     # Internal: the processes the parts start.

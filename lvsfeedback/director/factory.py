@@ -132,7 +132,6 @@ class NEFactory(NECPFactory):
             self._forget(older, f"replaced by session {session.agent} from the same host")
             older.close(f"replaced by session {session.agent}")
         self._sessions[session.agent] = self._hosts[session.agent.host] = session
-        self.log.info("agent {agent} up", agent=session.agent)
         self.events.agentUp(session.agent)
 
     def fresh_sequence(self) -> int:

@@ -115,7 +115,8 @@ class Registry(Service):
         # address was lost before (see IAgentEvents.agentUp).
         address = _address_of(agent)
         self._sessions[agent] = self._by_address[address] = AgentSession(agent, address, self._clock.seconds())
-        self.log.info("agent {address} up", address=address)
+        # The one line an agent coming up costs: thousands come up at once.
+        self.log.info("agent {address} up (session {agent})", address=address, agent=agent)
 
     def servicesStarted(self, agent, services) -> list:
         session = self._sessions.get(agent)

@@ -42,6 +42,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from lvsfeedback.director.config import IReconfigurable, ServiceConfig
+from lvsfeedback.director.pass_log import log_change, log_desired
 from lvsfeedback.director.policy import (
     Decision,
     Drained,
@@ -291,12 +292,12 @@ class WeightUpdater(Service):
         failed = {id(error.change) for error in refused}
         written: list[Change] = []
         if self.observing:
-            self._log_desired(plan)
+            log_desired(self.log, plan, self.last.services if self.last else {})
         else:
             written = [change for change in plan.changes if id(change) not in failed]
             for change in written:
                 self.writes += 1
-                self._log_change(change, plan)
+                log_change(self.log, change, plan)
         for error in refused:
             self.log.error("the kernel refused {change}: {reason}", change=str(error.change), reason=error.reason)
         result = replace(
@@ -438,43 +439,6 @@ class WeightUpdater(Service):
             elif not decision.panic and key in self._panic:
                 self.log.warn("{service} left panic mode", service=str(key))
         self._panic = {key for key, decision in decisions.items() if decision.panic}
-
-    def _log_desired(self, plan: PassResult) -> None:
-        """Observe mode writes nothing, so it says when the weight it wants moves."""
-        before = self.last.services if self.last else {}
-        for key, service_pass in plan.services.items():
-            if service_pass.decision is None:
-                continue
-            earlier = before.get(key)
-            decided_before = earlier.decision.servers if earlier is not None and earlier.decision is not None else {}
-            for dest, decision in service_pass.decision.servers.items():
-                previous = decided_before.get(dest)
-                if previous is None or previous.weight != decision.weight:
-                    self.log.info(
-                        "observe: {service} {dest}: desired weight {old} -> {new} ({reason}: {detail})",
-                        service=str(key), dest=str(dest), old="none" if previous is None else previous.weight,
-                        new=decision.weight, reason=decision.reason, detail=decision.detail,
-                    )
-
-    def _log_change(self, change: Change, plan: PassResult) -> None:
-        match change:
-            case EditDest(service, server) | AddDest(service, server):
-                service_pass = plan.services[service]
-                decision = service_pass.decision.servers.get(server.key)
-                old = service_pass.written.get(server.key)  # as read: the plan's
-                self.log.info(
-                    "{service} {dest}: weight {old} -> {new} ({reason}: {detail})",
-                    service=str(service), dest=str(server.key), old="none" if old is None else old,
-                    new=server.weight, reason=decision.reason if decision else "config",
-                    detail=decision.detail if decision else "",
-                )
-            case DeleteDest(service, dest):
-                self.log.info("{service} {dest}: removed", service=str(service), dest=str(dest))
-            case AddService(service) | EditService(service):
-                self.log.info("{service}: {scheduler}, persistence {persistence}",
-                              service=str(service.key), scheduler=service.scheduler, persistence=service.persistence)
-            case DeleteService(key):
-                self.log.info("{service}: removed", service=str(key))
 
 
 def _after_writes(services: Mapping[ServiceKey, ServicePass], written: list[Change]) -> dict[ServiceKey, ServicePass]:

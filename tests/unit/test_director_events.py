@@ -75,6 +75,17 @@ class RegistryTests(SynchronousTestCase):
         self.assertEqual(self.registry.sessions, [])
 
 
+    def test_an_agent_coming_up_is_logged_once_with_its_session(self):
+        director = NEFactory(self.registry, clock=self.clock, random=lambda: 0.0)
+        agents = SEFactory(OneHealth(), {HTTP}, clock=self.clock, random=lambda: 0.0)
+        with capturedLogs() as events:
+            Link(director, agents, self.clock, host="10.1.0.1", port=40000).flush()
+        up = [
+            formatEvent(event) for event in events
+            if event["log_namespace"].startswith("lvsfeedback.director") and " up" in formatEvent(event)
+        ]
+        self.assertEqual(up, ["agent 10.1.0.1 up (session 10.1.0.1:40000#1)"])
+
 class GuardedEventsTests(SynchronousTestCase):
     def test_guarded_events_provide_the_agent_events(self):
         self.assertTrue(verifyClass(IAgentEvents, GuardedEvents))

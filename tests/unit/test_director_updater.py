@@ -7,10 +7,12 @@ import dataclasses
 
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from lvsfeedback.director.config import load_config
 from lvsfeedback.director.events import Agent
+from lvsfeedback.director.pass_log import OBSERVED_LINES
 from lvsfeedback.director.policy import DRAINED, AgentState, HealthReport, Pinned, Reason
 from lvsfeedback.director.registry import START_GRACE, Registry
 from lvsfeedback.director.service import DirectorService
@@ -479,6 +481,28 @@ class ModeTests(UpdaterTestCase):
         self.tick()
         self.assertEqual(self.table.table(), {})
         self.assertEqual(self.updater.last.services[WEB].decision.servers[RS[0]].weight, 30)
+
+    def test_observe_logs_a_bounded_number_of_desired_weights_per_pass_and_counts_the_rest(self):
+        reals = [f"10.1.0.{n}" for n in range(1, OBSERVED_LINES + 6)]
+        self.start(write_config(self, reals=reals), observe=True)
+        for n in range(1, len(reals) + 1):
+            self.connect(n, health=30)
+        with capturedLogs() as events:
+            self.tick()
+        lines = [formatEvent(event) for event in events if event.get("log_namespace", "").endswith("WeightUpdater")]
+        moved = [line for line in lines if "desired weight" in line and "->" in line]
+        self.assertEqual(len(moved), OBSERVED_LINES)
+        self.assertIn("observe: 5 more desired weights moved in this pass", lines[-1])
+        # Every desired weight is in the pass's result.
+        decided = self.updater.last.services[WEB].decision.servers
+        self.assertEqual({decision.weight for decision in decided.values()}, {30})
+        self.assertEqual(len(decided), len(reals))
+        self.registry.healthReported(Agent("10.1.0.1", 40000, 1), HTTP, 60, self.clock.seconds())
+        with capturedLogs() as events:
+            self.tick()
+        lines = [formatEvent(event) for event in events if "observe" in formatEvent(event)]
+        self.assertEqual(len(lines), 1)
+        self.assertIn("10.1.0.1:80: desired weight 30 -> 60", lines[0])
 
     def test_weights_only_weights_kernel_servers_and_adds_or_removes_nothing(self):
         stranger = DestKey.of("10.1.0.77", 80)

@@ -3,6 +3,7 @@ The twistd taps build everything from the reactor they are given, and the
 .tac files go through them.
 """
 
+import gc
 import os
 import runpy
 import sys
@@ -79,6 +80,18 @@ class MakeServiceReactorTests(SynchronousTestCase):
         self.addCleanup(director.stopService)
         self.assertEqual(sorted(port for port, *_ in self.reactor.tcpServers), [3262, 9101])
         self.assertTrue(self.reactor.getDelayedCalls())
+
+    def test_the_director_process_collects_young_objects_less_often(self):
+        self.addCleanup(gc.set_threshold, *gc.get_threshold())
+        gc.set_threshold(700, 10, 10)
+        path = self.mktemp()
+        with open(path, "w") as file:
+            file.write(DIRECTOR_CONFIG)
+        options = director_tap.Options()
+        options.parseOptions(["--config", path])
+        director_tap.makeService(options, reactor=self.reactor)
+        self.assertEqual(gc.get_threshold(), director_tap.GC_THRESHOLDS)
+        self.assertGreater(director_tap.GC_THRESHOLDS[0], 700)
 
 
 class TacFileTests(SynchronousTestCase):
