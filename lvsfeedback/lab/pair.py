@@ -16,7 +16,9 @@ owns the address, and starts the kernel's connection sync daemon with the
 VRRP state (C{lvs_sync_daemon}: master on MASTER, backup on BACKUP). That is
 the engine an operator already runs and knows, so lvs-director does not
 start the sync daemon itself. keepalived's notify hook (tap/vrrp-notify)
-records each director's VRRP state in its own run directory.
+records each director's VRRP state in its own run directory, and its
+split-brain guard (C{lvsfeedback pair-check}, director/pair_guard.py) holds
+the director without the VIP in FAULT while the other has it.
 
 Everything here is driven from outside the namespaces, by a test or a
 bench, and bounded: the VRRP state and the kernel's tables have no event to
@@ -57,6 +59,9 @@ SHIPPED_KEEPALIVED_CONFIG = TAP / "keepalived-pair.conf"
 SHIPPED_NOTIFY_HOOK = TAP / "vrrp-notify"
 KEEPALIVED = "/usr/sbin/keepalived"
 TWISTD = str(Path(sys.executable).parent / "twistd")
+LVSFEEDBACK = str(Path(sys.executable).parent / "lvsfeedback")
+IPTABLES = "iptables-legacy"
+VRRP_PROTOCOL = "112"
 VRRP_INSTANCE = "VI_LVS"
 # The first director is the preferred master when both come up together; with
 # nopreempt, though, a director already master keeps the address against a
@@ -68,6 +73,8 @@ SERVICE_PORT = 80
 POLL_INTERVAL = 0.1
 # The directors' [policy] hysteresis: how far apart their weights may be.
 HYSTERESIS = 0.1
+# A director not holding the VIP, ready to take it: FAULT is the guard's standing by.
+STANDING_BY = ("BACKUP", "FAULT")
 # "pro expire state source virtual destination", one connection a line.
 _CONNECTION_LINE = re.compile(r"^(\w+)\s+\S+\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s*$")
 
@@ -81,15 +88,33 @@ def _set_line(text: str, pattern: str, replacement: str, what: str) -> str:
     return regex.sub(lambda match: match.group(1) + replacement, text)
 
 
+def _drop_block(text: str, header: str, what: str) -> str:
+    """text without the one block opening with the header line `header {` and closing at its `}` line."""
+    regex = re.compile(rf"^[ \t]*{header} \{{\n.*?^[ \t]*\}}\n", re.M | re.S)
+    if len(regex.findall(text)) != 1:
+        raise LabError(f"{SHIPPED_KEEPALIVED_CONFIG.name}: expected one {what} block to drop")
+    return regex.sub("", text)
+
+
+def pair_check_command(config: Path, vip: str = VIP) -> str:
+    """The split-brain guard's check for the director whose lvs-director reads `config`."""
+    return f"{LVSFEEDBACK} pair-check --config {config} --address {vip}"
+
+
 def keepalived_config(shipped: str, *, number: int, notify: str, advert_int: float, sync: bool,
-                      interface: str = NAMESPACE_LINK, vip: str = VIP) -> str:
+                      pair_check: str | None, interface: str = NAMESPACE_LINK, vip: str = VIP) -> str:
     """
     The shipped pair config for director `number` (1 or 2) of the lab: its
     router id and priority, the lab's interface and VIP, a short advert
-    interval, the notify hook at `notify`; without `sync`, no sync daemon
-    (the control of the failover test).
+    interval, the notify hook at `notify`, the split-brain guard running
+    the command `pair_check` (None: no guard, the control of the split-brain
+    test); without `sync`, no sync daemon (the control of the failover test).
     """
     text = shipped
+    if pair_check is None:
+        text = _drop_block(_drop_block(text, "vrrp_script pair_check", "vrrp_script"), "track_script", "track_script")
+    else:
+        text = _set_line(text, r'script "', f'script "{pair_check}"', "pair_check script")
     text = _set_line(text, r"router_id\b", f"router_id lvs-director-{number}", "router_id")
     text = _set_line(text, r"priority\b", f"priority {PRIORITIES[number - 1]}", "priority")
     text = _set_line(text, r"interface\b", f"interface {interface}", "interface")
@@ -222,6 +247,11 @@ class PairDirector:
         return self.run_directory / f"vrrp-{VRRP_INSTANCE}"
 
     @property
+    def config(self) -> Path:
+        """Its lvs-director's config, which the split-brain guard's check reads too."""
+        return self.folder / "director.toml"
+
+    @property
     def director_log(self) -> Path:
         return self.folder / "lvs-director.log"
 
@@ -241,13 +271,19 @@ class DirectorPair:
             master = pair.wait_for_master(60)
     """
 
-    def __init__(self, servers: int = 3, *, sync: bool = True, advert_int: float = 0.2,
+    def __init__(self, servers: int = 3, *, sync: bool = True, guard: bool = True, advert_int: float = 0.2,
                  cpus_per_server: float | None = None, policy: str = "", log_dir: Path | None = None):
         self.lab = Topology(servers, mode=DR, directors=2, cpus_per_server=cpus_per_server, log_dir=log_dir)
         self.sync = sync
+        self.guard = guard
         self.advert_int = advert_int
         self.policy = policy
         self.directors: list[PairDirector] = []
+
+    @property
+    def standby_state(self) -> str:
+        """The VRRP state of the director not holding the VIP once all is settled: the guard holds it in FAULT."""
+        return "FAULT" if self.guard else "BACKUP"
 
     def __enter__(self) -> DirectorPair:
         return self.build()
@@ -272,9 +308,11 @@ class DirectorPair:
                     zip(self.lab.plan.director_namespaces, DIRECTOR_SEGMENT_ADDRESSES), start=1):
                 director = PairDirector(number, namespace, address, self.lab.log_dir / f"director{number}")
                 director.run_directory.mkdir(parents=True)
+                check = pair_check_command(director.config) if self.guard else None
                 (director.folder / "keepalived.conf").write_text(keepalived_config(
-                    shipped, number=number, notify=str(hook), advert_int=self.advert_int, sync=self.sync))
-                (director.folder / "director.toml").write_text(director_config(
+                    shipped, number=number, notify=str(hook), advert_int=self.advert_int, sync=self.sync,
+                    pair_check=check))
+                director.config.write_text(director_config(
                     number, self.lab.servers, token_file=token, state_file=director.state_file, policy=self.policy))
                 self.directors.append(director)
         except BaseException:
@@ -309,7 +347,7 @@ class DirectorPair:
     def start_director(self, director: PairDirector) -> None:
         director.director = self.lab.spawn(director.namespace, [
             TWISTD, "-n", "--pidfile=", f"--logfile={director.director_log}",
-            "lvs-director", "--config", str(director.folder / "director.toml"),
+            "lvs-director", "--config", str(director.config),
         ])
 
     def start_keepalived(self, director: PairDirector) -> None:
@@ -331,7 +369,11 @@ class DirectorPair:
             time.sleep(POLL_INTERVAL)
 
     def vrrp_state(self, director: PairDirector) -> str | None:
-        """The state keepalived last told the notify hook (MASTER, BACKUP, FAULT, STOP), None before any."""
+        """
+        The state keepalived last told the notify hook (MASTER, BACKUP, FAULT,
+        STOP), None before any. With the split-brain guard a director standing
+        by is FAULT while the other holds the VIP, else BACKUP (STANDING_BY).
+        """
         try:
             return director.state_file.read_text().split()[0]
         except (FileNotFoundError, IndexError):
@@ -413,6 +455,22 @@ class DirectorPair:
         self._set_segment_port(director, "up")
         self.start_director(director)
         self.start_keepalived(director)
+
+    def block_vrrp(self) -> None:
+        """VRRP (IP protocol 112) dropped as it reaches either director: each hears nothing of the other's adverts."""
+        for director in self.directors:
+            self.lab.run(director.namespace, [IPTABLES, "-I", "INPUT", "-p", VRRP_PROTOCOL, "-j", "DROP"])
+
+    def heal_vrrp(self) -> None:
+        for director in self.directors:
+            self.lab.run(director.namespace, [IPTABLES, "-D", "INPUT", "-p", VRRP_PROTOCOL, "-j", "DROP"])
+
+    def cut_necp(self, director: PairDirector) -> None:
+        """The agents' NECP packets dropped as they reach this director (no reset: as a partition does)."""
+        self.lab.run(director.namespace, [IPTABLES, "-I", "INPUT", "-p", "tcp", "--dport", str(NECP_PORT), "-j", "DROP"])
+
+    def restore_necp(self, director: PairDirector) -> None:
+        self.lab.run(director.namespace, [IPTABLES, "-D", "INPUT", "-p", "tcp", "--dport", str(NECP_PORT), "-j", "DROP"])
 
     def _set_segment_port(self, director: PairDirector, state: str) -> None:
         run_command(Command(["ip", "-n", self.lab.plan.segment, "link", "set", director.segment_port, state]))

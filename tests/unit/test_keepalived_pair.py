@@ -31,12 +31,23 @@ class KeepalivedPairConfigTests(SynchronousTestCase):
         with open(CONFIG) as file:
             return file.read()
 
+    def installed(self):
+        """The shipped config as on a director: keepalived refuses a track script it cannot find."""
+        return self.shipped().replace("/usr/local/bin/lvsfeedback", shutil.which("true") or "/bin/true")
+
     def test_the_shipped_config_passes_keepalived_s_config_test(self):
-        result = self.config_test(self.shipped())
+        result = self.config_test(self.installed())
         self.assertEqual(result.returncode, 0, result.stderr + result.stdout)
 
+    def test_the_split_brain_guard_tracks_the_address_the_instance_moves(self):
+        text = self.shipped()
+        self.assertRegex(text, r"track_script \{\s*pair_check\s*\}")
+        [checked] = re.findall(r'script "/usr/local/bin/lvsfeedback pair-check --config \S+ --address (\S+)"', text)
+        [moved] = re.findall(r"^\s*(\S+)/32 dev eth0", text, re.M)
+        self.assertEqual(checked, moved)
+
     def test_the_config_test_refuses_a_broken_copy(self):
-        result = self.config_test(self.shipped().replace("advert_int 1", "advert_int x"))
+        result = self.config_test(self.installed().replace("advert_int 1", "advert_int x"))
         self.assertNotEqual(result.returncode, 0)
 
     def test_vrrp_only_with_the_sync_daemon_following_the_instance(self):

@@ -24,6 +24,7 @@ from lvsfeedback.lab.pair import (
     director_config,
     keepalived_command,
     keepalived_config,
+    pair_check_command,
     parse_connections,
     parse_scheduled_connections,
 )
@@ -33,8 +34,10 @@ SHIPPED = SHIPPED_KEEPALIVED_CONFIG.read_text()
 SERVERS = [LabServer(f"rs{n}", f"p-rs{n}", f"10.200.0.{10 + n}", Cgroup(Path(f"/cg/p/rs{n}"))) for n in (1, 2, 3)]
 
 
-def config(number: int = 1, sync: bool = True) -> str:
-    return keepalived_config(SHIPPED, number=number, notify="/run/lab/vrrp-notify", advert_int=0.2, sync=sync)
+def config(number: int = 1, sync: bool = True, guard: bool = True) -> str:
+    check = pair_check_command(Path(f"/lab/director{number}/director.toml")) if guard else None
+    return keepalived_config(SHIPPED, number=number, notify="/run/lab/vrrp-notify", advert_int=0.2, sync=sync,
+                             pair_check=check)
 
 
 def directive(text: str, name: str) -> list[str]:
@@ -71,16 +74,28 @@ class KeepalivedConfigTests(SynchronousTestCase):
     def test_a_shipped_file_missing_a_line_to_set_is_refused_by_name(self):
         broken = re.sub(r"^\s*advert_int.*$", "", SHIPPED, flags=re.M)
         error = self.assertRaises(LabError, keepalived_config, broken, number=1, notify="/x", advert_int=1,
-                                  sync=True)
+                                  sync=True, pair_check=None)
         self.assertIn("keepalived-pair.conf: expected one advert_int line to set, found 0", str(error))
+
+    def test_the_guard_checks_the_lab_s_vip_with_the_director_s_config(self):
+        text = config(2)
+        self.assertEqual(directive(text, "script"),
+                         [f'"{pair_check_command(Path("/lab/director2/director.toml"))}"'])
+        self.assertIn("--address 10.200.0.1", directive(text, "script")[0])
+        self.assertRegex(text, r"track_script \{\s*pair_check\s*\}")
+
+    def test_without_the_guard_there_is_no_check_and_nothing_tracks_it(self):
+        text = config(guard=False)
+        self.assertEqual((directive(text, "script"), directive(text, "track_script")), ([], []))
+        self.assertNotIn("pair_check", text.replace("# ", "").split("vrrp_instance")[1])
 
     def test_keepalived_accepts_both_directors_configs(self):
         keepalived = shutil.which("keepalived")
         if keepalived is None:
             raise SkipTest("keepalived is not installed (make deps installs it)")
-        for number, sync in ((1, True), (2, True), (1, False)):
+        for number, sync, guard in ((1, True, True), (2, True, True), (1, False, True), (1, True, False)):
             path = self.mktemp()
-            Path(path).write_text(config(number, sync))
+            Path(path).write_text(config(number, sync, guard))
             result = subprocess.run([keepalived, "--config-test", "--use-file", path, "--log-console"],
                                     capture_output=True, text=True, timeout=60)
             self.assertEqual(result.returncode, 0, result.stderr + result.stdout)

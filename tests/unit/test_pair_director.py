@@ -87,7 +87,10 @@ class PairDirectorCase(SynchronousTestCase):
         self.addCleanup(self.director.updater.stopService)
         self.addCleanup(self.director.pair.stopService)
         access = ControlAccess(lambda: self.loopback_only, lambda: self.director.config.status.token_file)
-        self.site = StatusSite(status_root(self.director, access, History()), access=access, reactor=self.clock)
+        # The host's addresses, as `ip -json address show` would give them.
+        self.held = frozenset({"10.0.0.1", "10.0.0.3"})
+        self.site = StatusSite(status_root(self.director, access, History(), held=lambda: self.held), access=access,
+                               reactor=self.clock)
 
     def vrrp(self, state: str) -> None:
         self.state_file.write_text(f"{state} 100\n")
@@ -224,6 +227,22 @@ class DesiredEndpointTests(PairDirectorCase):
 
     def test_it_cannot_be_posted_to(self):
         self.assertEqual(http(self.site, b"POST", b"/pair/desired.json").code, 405)
+
+
+class AddressesEndpointTests(PairDirectorCase):
+    def test_the_host_s_addresses_are_served_read_at_each_request_with_the_vrrp_state(self):
+        self.vrrp("MASTER")
+        self.clock.advance(2.0)
+        response = self.get(b"/pair/addresses.json")
+        self.assertEqual(response.code, 200, response.body)
+        self.assertEqual(response.json(), {"addresses": ["10.0.0.1", "10.0.0.3"], "vrrp_state": "MASTER",
+                                           "priority": 100})
+        self.held = frozenset({"10.0.0.3"})  # keepalived took the VIP away
+        self.assertEqual(self.get(b"/pair/addresses.json").json()["addresses"], ["10.0.0.3"])
+
+    def test_the_token_is_required(self):
+        for token, code in ((None, 401), ("wrong", 401), (TOKEN, 200)):
+            self.assertEqual(self.get(b"/pair/addresses.json", token=token).code, code, token)
 
 
 class NetworkListenerWithoutTokenTests(PairDirectorCase):

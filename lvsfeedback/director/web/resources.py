@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
@@ -14,6 +15,8 @@ from twisted.web.resource import Resource
 
 from lvsfeedback.addresses import describe_address
 from lvsfeedback.director.pair import desired_document
+from lvsfeedback.director.pair_guard import addresses_document, held_addresses
+from lvsfeedback.director.vrrp import VRRPReading
 from lvsfeedback.director.web.control import ControlAccess, ControlError, ControlPanel
 from lvsfeedback.director.web.history import History
 from lvsfeedback.director.web.prometheus import metrics_registry
@@ -130,13 +133,8 @@ class ControlResource(JSONResource):
         return document
 
 
-class PairDesiredResource(JSONResource):
-    """
-    GET /pair/desired.json: the last pass's desired weights, for the other
-    director of a pair to follow while it is BACKUP; allowed as control is.
-    """
-
-    log = Logger()
+class PairResource(JSONResource):
+    """A document of the pair endpoint, for the other director of a pair; allowed as control is."""
 
     def __init__(self, director, access: ControlAccess):
         super().__init__()
@@ -150,7 +148,33 @@ class PairDesiredResource(JSONResource):
             if error.code == 401:
                 request.setHeader(b"www-authenticate", BEARER_CHALLENGE)
             return _json(request, error.code, {"error": error.message})
-        return _json(request, 200, desired_document(self.director.updater.last, self.director.pair.state))
+        return _json(request, 200, self.document())
+
+    def document(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class PairDesiredResource(PairResource):
+    """GET /pair/desired.json: the last pass's desired weights, for the other director to follow while it stands by."""
+
+    def document(self) -> dict[str, Any]:
+        return desired_document(self.director.updater.last, self.director.pair.state)
+
+
+class PairAddressesResource(PairResource):
+    """
+    GET /pair/addresses.json: the addresses this host holds, read from the
+    system at each request (`held`), for the other director's split-brain
+    check (director/pair_guard.py).
+    """
+
+    def __init__(self, director, access: ControlAccess, held: Callable[[], frozenset[str]]):
+        super().__init__(director, access)
+        self.held = held
+
+    def document(self) -> dict[str, Any]:
+        pair = self.director.pair
+        return addresses_document(self.held(), VRRPReading(pair.state, pair.priority))
 
 
 def _dashboard_file(name: str) -> bytes:
@@ -168,8 +192,9 @@ class DashboardFile(static.Data):
         return super().render_GET(request)
 
 
-def status_root(director, access: ControlAccess, history: History) -> Resource:
-    """The resource tree of the status listener."""
+def status_root(director, access: ControlAccess, history: History,
+                held: Callable[[], frozenset[str]] = held_addresses) -> Resource:
+    """The resource tree of the status listener; `held` reads the host's addresses (pair_guard.held_addresses)."""
     root = Resource()
     for path, (name, kind) in DASHBOARD_FILES.items():
         root.putChild(path, DashboardFile(_dashboard_file(name), kind.decode()))
@@ -179,5 +204,6 @@ def status_root(director, access: ControlAccess, history: History) -> Resource:
     root.putChild(b"control", ControlResource(ControlPanel(director), access))
     pair = Resource()
     pair.putChild(b"desired.json", PairDesiredResource(director, access))
+    pair.putChild(b"addresses.json", PairAddressesResource(director, access, held))
     root.putChild(b"pair", pair)
     return root
