@@ -226,6 +226,64 @@ def parse_scheduled_connections(listing: str, service: str) -> int:
     raise LabError(f"no virtual service {service} in:\n{listing}")
 
 
+# ipvsadm -L --daemon: "master sync daemon (mcast=eth0, syncid=51, ...)", one a line.
+_SYNC_DAEMON_LINE = re.compile(r"^(master|backup) sync daemon\b", re.M)
+# IPVS reschedules a new connection from a client port an entry still holds
+# only over these states (net.ipv4.vs.conn_reuse_mode 1); any other sends it
+# to the entry's real server whatever the weights say.
+RESCHEDULED_OVER = frozenset({"TIME_WAIT", "CLOSE"})
+
+
+def parse_sync_daemons(listing: str) -> frozenset[str]:
+    """`ipvsadm -L --daemon` output → the sync daemons running: "master", "backup"."""
+    return frozenset(_SYNC_DAEMON_LINE.findall(listing))
+
+
+@dataclass(frozen=True)
+class DirectorView:
+    """What one director's system says, for judging whether the pair is sound (L{pair_problems})."""
+
+    namespace: str
+    vrrp_state: str | None
+    holds_vip: bool
+    sync_daemons: frozenset[str]
+    connections: tuple[Connection, ...]
+
+
+def pair_problems(views: list[DirectorView], *, sync: bool, service: str = f"{VIP}:{SERVICE_PORT}") -> list[str]:
+    """
+    Why the pair is not in a sound state to measure from, [] when it is:
+    one director holds the VIP and is MASTER, the other stands by; with
+    `sync`, the kernel's sync daemons as keepalived runs them (master on
+    the master, backup on the other: a SIGKILLed keepalived leaves its
+    daemons running, and a reboot would not); and no connection entry to
+    `service` left on the master that would send a new connection from a
+    reused client port to its old real server, past the weights. (A revived
+    director keeps the ESTABLISHED entries it died with for IPVS's 15
+    minutes: nothing short of a new namespace empties them, and it
+    schedules nothing until it is master again.)
+    """
+    problems = []
+    holders = [view for view in views if view.holds_vip]
+    if len(holders) != 1:
+        problems.append(f"{len(holders)} directors hold the VIP ({', '.join(v.namespace for v in holders) or 'none'})")
+    for view in views:
+        master = len(holders) == 1 and view is holders[0]
+        if master and view.vrrp_state != "MASTER":
+            problems.append(f"{view.namespace} holds the VIP but keepalived says {view.vrrp_state}")
+        if not view.holds_vip and view.vrrp_state not in STANDING_BY:
+            problems.append(f"{view.namespace} does not hold the VIP and is {view.vrrp_state}, not standing by")
+        expected = frozenset() if not sync else frozenset({"master" if master else "backup"})
+        if len(holders) == 1 and view.sync_daemons != expected:
+            problems.append(f"{view.namespace} runs sync daemons {sorted(view.sync_daemons)}, not {sorted(expected)}")
+        capturing = [entry for entry in view.connections
+                     if entry.virtual == service and entry.state not in RESCHEDULED_OVER]
+        if master and capturing:
+            states = ", ".join(sorted({entry.state for entry in capturing}))
+            problems.append(f"{view.namespace} still holds {len(capturing)} connections to {service} ({states})")
+    return problems
+
+
 @dataclass
 class PairDirector:
     """One director of the pair: its number, namespace, address, and its processes while they run."""
@@ -422,6 +480,22 @@ class DirectorPair:
         status: dict[str, Any] = json.loads(self.lab.run(director.namespace, ["curl", "-sf", "--max-time", "10", url]).stdout)
         return status
 
+    def view(self, director: PairDirector) -> DirectorView:
+        """What the director's system says now (L{pair_problems} judges it)."""
+        daemons = self.lab.run(director.namespace, ["ipvsadm", "-L", "--daemon"]).stdout
+        return DirectorView(director.namespace, self.vrrp_state(director), self.holds_vip(director),
+                            parse_sync_daemons(daemons), tuple(self.connections(director)))
+
+    def problems(self) -> list[str]:
+        """Why the pair is not sound to measure from now; [] when it is."""
+        return pair_problems([self.view(director) for director in self.directors], sync=self.sync)
+
+    def stop_sync_daemons(self, director: PairDirector) -> None:
+        """The kernel's sync daemons in the director's namespace stopped, as a reboot stops them."""
+        running = parse_sync_daemons(self.lab.run(director.namespace, ["ipvsadm", "-L", "--daemon"]).stdout)
+        for daemon in sorted(running):
+            self.lab.run(director.namespace, ["ipvsadm", "--stop-daemon", daemon])
+
     def kill(self, director: PairDirector) -> float:
         """
         The director dies: its segment link goes down, then keepalived and
@@ -445,11 +519,13 @@ class DirectorPair:
         A killed director comes back as after a reboot of the machine: the
         VIP its keepalived left is gone (else it would answer for it beside
         the master until its new keepalived dropped it) and so is the VRRP
-        state its hook recorded (/run is emptied), its link up, lvs-director
-        and keepalived started again. Its IPVS table is as the dead one left
-        it: lvs-director adopts it.
+        state its hook recorded (/run is emptied) and the kernel's sync
+        daemons its keepalived started (SIGKILL stopped none), its link up,
+        lvs-director and keepalived started again. Its IPVS table is as the
+        dead one left it: lvs-director adopts it.
         """
         director.state_file.unlink(missing_ok=True)
+        self.stop_sync_daemons(director)
         if self.holds_vip(director):
             run_command(Command(["ip", "-n", director.namespace, "addr", "del", f"{VIP}/32", "dev", NAMESPACE_LINK]))
         self._set_segment_port(director, "up")

@@ -20,13 +20,16 @@ from lvsfeedback.lab.pair import (
     HYSTERESIS,
     SHIPPED_KEEPALIVED_CONFIG,
     Connection,
+    DirectorView,
     agent_command,
     director_config,
     keepalived_command,
     keepalived_config,
     pair_check_command,
+    pair_problems,
     parse_connections,
     parse_scheduled_connections,
+    parse_sync_daemons,
 )
 from lvsfeedback.lab.topology import LabError, LabServer
 
@@ -173,3 +176,48 @@ class IpvsadmReaderTests(SynchronousTestCase):
         )
         self.assertEqual(parse_scheduled_connections(listing, "10.200.0.1:80"), 1234)
         self.assertRaises(LabError, parse_scheduled_connections, listing, "10.200.0.9:80")
+
+
+def view(number: int, state: str | None, holds: bool, daemons: set[str], *states: str) -> DirectorView:
+    """Director `number`'s view, with a connection to the VIP in each of `states`."""
+    connections = tuple(Connection("TCP", each, f"10.200.0.2:{40000 + n}", "10.200.0.1:80", "10.200.0.11:80")
+                        for n, each in enumerate(states))
+    return DirectorView(f"p-director{number}", state, holds, frozenset(daemons), connections)
+
+
+class SoundPairTests(SynchronousTestCase):
+    """The failover cells' check before measuring (lab/failover_cells.py, PairLab.steady)."""
+
+    def test_a_master_and_a_standby_with_their_sync_daemons_and_no_live_entries_is_sound(self):
+        for standby in ("BACKUP", "FAULT"):
+            views = [view(1, "MASTER", True, {"master"}, "TIME_WAIT", "CLOSE"),
+                     view(2, standby, False, {"backup"}, "ESTABLISHED")]
+            self.assertEqual(pair_problems(views, sync=True), [], standby)
+        self.assertEqual(pair_problems([view(1, "MASTER", True, set()), view(2, "BACKUP", False, set())],
+                                       sync=False), [])
+
+    def test_a_stale_master_sync_daemon_left_by_a_killed_keepalived_is_refused(self):
+        views = [view(1, "MASTER", True, {"master"}), view(2, "BACKUP", False, {"master", "backup"})]
+        self.assertEqual(pair_problems(views, sync=True),
+                         ["p-director2 runs sync daemons ['backup', 'master'], not ['backup']"])
+
+    def test_entries_on_the_master_that_would_carry_a_new_connection_past_the_weights_are_refused(self):
+        views = [view(1, "MASTER", True, {"master"}, "ESTABLISHED", "FIN_WAIT", "TIME_WAIT"),
+                 view(2, "BACKUP", False, {"backup"})]
+        self.assertEqual(pair_problems(views, sync=True),
+                         ["p-director1 still holds 2 connections to 10.200.0.1:80 (ESTABLISHED, FIN_WAIT)"])
+
+    def test_no_holder_two_holders_or_a_wrong_state_is_refused(self):
+        self.assertIn("0 directors hold the VIP (none)",
+                      pair_problems([view(1, "BACKUP", False, set()), view(2, "BACKUP", False, set())], sync=False))
+        self.assertIn("2 directors hold the VIP (p-director1, p-director2)",
+                      pair_problems([view(1, "MASTER", True, set()), view(2, "MASTER", True, set())], sync=False))
+        self.assertEqual(pair_problems([view(1, None, True, set()), view(2, "STOP", False, set())], sync=False),
+                         ["p-director1 holds the VIP but keepalived says None",
+                          "p-director2 does not hold the VIP and is STOP, not standing by"])
+
+    def test_the_sync_daemons_are_read_from_ipvsadm(self):
+        listing = ("master sync daemon (mcast=eth0, syncid=51, maxlen=1472, group=224.0.0.81, port=8848, ttl=1)\n"
+                   "backup sync daemon (mcast=eth0, syncid=51, maxlen=1472, group=224.0.0.81, port=8848, ttl=1)\n")
+        self.assertEqual(parse_sync_daemons(listing), {"master", "backup"})
+        self.assertEqual(parse_sync_daemons(""), frozenset())
