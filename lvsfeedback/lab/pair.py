@@ -112,9 +112,14 @@ def keepalived_config(shipped: str, *, number: int, notify: str, advert_int: flo
     """
     text = shipped
     if pair_check is None:
-        text = _drop_block(_drop_block(text, "vrrp_script pair_check", "vrrp_script"), "track_script", "track_script")
+        text = _drop_block(text, "vrrp_script pair_check", "vrrp_script")
     else:
         text = _set_line(text, r'script "', f'script "{pair_check}"', "pair_check script")
+        # Shipped commented out (opt-in): the lab turns it on.
+        tracking = re.compile(r"^([ \t]*)# track_script \{\n[ \t]*#     pair_check\n[ \t]*# \}$", re.M)
+        if len(tracking.findall(text)) != 1:
+            raise LabError(f"{SHIPPED_KEEPALIVED_CONFIG.name}: expected one commented track_script block to enable")
+        text = tracking.sub(lambda m: f"{m.group(1)}track_script {{\n{m.group(1)}    pair_check\n{m.group(1)}}}", text)
     text = _set_line(text, r"router_id\b", f"router_id lvs-director-{number}", "router_id")
     text = _set_line(text, r"priority\b", f"priority {PRIORITIES[number - 1]}", "priority")
     text = _set_line(text, r"interface\b", f"interface {interface}", "interface")
@@ -329,7 +334,7 @@ class DirectorPair:
             master = pair.wait_for_master(60)
     """
 
-    def __init__(self, servers: int = 3, *, sync: bool = True, guard: bool = True, advert_int: float = 0.2,
+    def __init__(self, servers: int = 3, *, sync: bool = True, guard: bool = False, advert_int: float = 0.2,
                  cpus_per_server: float | None = None, policy: str = "", log_dir: Path | None = None):
         self.lab = Topology(servers, mode=DR, directors=2, cpus_per_server=cpus_per_server, log_dir=log_dir)
         self.sync = sync
