@@ -126,6 +126,7 @@ class WeightUpdater(Service):
         self._again = False
         self._soon: IDelayedCall | None = None
         self._last_start: float | None = None
+        self._no_lost_pass_before = 0.0  # the last pass's end plus its length, on the clock
         self._loop = LoopingCall(self._tick)
         self._loop.clock = clock
         registry.lost_listeners.append(self.pass_soon)
@@ -209,10 +210,13 @@ class WeightUpdater(Service):
         """
         A pass out of the regular rhythm, in the next turn of the reactor (so
         that agents lost together make one pass), or right after the pass
-        running then.
+        running then; but no sooner after the last pass ended than it
+        lasted: agents lost one after another (thousands redialling) leave
+        the reactor at least half its time for their connections.
         """
         if self.running and self._soon is None:
-            self._soon = self.clock.callLater(0, self._pass_soon_due)
+            rest = self._no_lost_pass_before - self.clock.seconds()
+            self._soon = self.clock.callLater(max(0.0, rest), self._pass_soon_due)
 
     def pass_early(self) -> None:
         """
@@ -251,6 +255,8 @@ class WeightUpdater(Service):
 
     def _pass_over(self, result):
         self._running = None
+        ended = self.clock.seconds()
+        self._no_lost_pass_before = ended + (ended - self._last_start if self._last_start is not None else 0.0)
         if self._again:
             self._again = False
             self._one_pass()

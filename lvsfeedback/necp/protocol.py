@@ -37,6 +37,7 @@ import socket
 from typing import Protocol as Structural
 from typing import cast
 
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IDelayedCall, IPushProducer
@@ -86,6 +87,13 @@ def cap_send_buffer(transport: object, size: int) -> None:
     sock = handle() if handle is not None else None
     if isinstance(sock, socket.socket):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size // 2)
+
+
+def plain_tcp_socket(transport: object) -> socket.socket | None:
+    """C{transport}'s socket if it is Twisted's own TCP connection without TLS: bytes sent there go out as they are."""
+    if isinstance(transport, tcp.Connection) and not transport.TLS:
+        return transport.getHandle()
+    return None
 
 
 class _Link(Structural):
@@ -161,6 +169,8 @@ class NECPProtocol(Protocol):
         self._reading = True
         self._link.registerProducer(self, True)
         cap_send_buffer(self.transport, self.factory.max_queued_output)
+        # Written to directly until the kernel's buffer is once full (see _write).
+        self._socket = plain_tcp_socket(self.transport)
 
     @property
     def established(self) -> bool:
@@ -272,6 +282,26 @@ class NECPProtocol(Protocol):
                     refused=LIMIT,
                 )
                 return
+        self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        """
+        C{data} straight to the socket while the kernel takes all of it:
+        Twisted's write costs a reactor turn and two epoll_ctl calls per
+        message (with 1,000 connections, about 10 us a message more than a
+        send). What the kernel does not take, and everything after it, goes
+        through the transport, in order, under its flow control; so does an
+        error.
+        """
+        if self._socket is not None:
+            try:
+                sent = self._socket.send(data)
+            except OSError:
+                sent = 0
+            if sent == len(data):
+                return
+            self._socket = None
+            data = data[sent:]
         self._link.write(data)
 
     def send_request(self, message: Message, *, retryable: bool = True, timed: bool = True) -> Deferred[Message]:

@@ -52,7 +52,7 @@ class Pending:
     @ivar deadline: when it fails for want of a reply; None: when the session ends.
     """
 
-    __slots__ = ("message", "deferred", "attempts", "retryable", "deadline")
+    __slots__ = ("message", "deferred", "attempts", "retryable", "deadline", "keepalive_number")
 
     def __init__(self, message: Message, retryable: bool, deadline: float | None):
         self.message = message
@@ -60,6 +60,7 @@ class Pending:
         self.attempts = 1
         self.retryable = retryable
         self.deadline = deadline
+        self.keepalive_number = 0  # a KEEPALIVE's: 1 for the session's first, and so on
 
     @property
     def name(self) -> str:
@@ -120,6 +121,8 @@ class SessionState:
         self._pending: dict[int, Pending] = {}
         self._last_request_id = 0
         self._unanswered = 0
+        self._keepalives_sent = 0
+        self._last_keepalive_answered = 0  # its keepalive_number
         self._peer_kept_alive = False
         self._asked: tuple[Query, ...] = ()  # the queries of the last keepalive sent...
         self._asked_packed = b""  # ...and their bytes
@@ -166,6 +169,7 @@ class SessionState:
     def answered(self, pending: Pending, reply: Message) -> None:
         if type(pending.message) is Keepalive:
             self._unanswered = 0
+            self._last_keepalive_answered = max(self._last_keepalive_answered, pending.keepalive_number)
         self._finish(pending).callback(reply)
 
     def failed(self, pending: Pending, reason: str) -> None:
@@ -293,15 +297,23 @@ class SessionState:
         A KEEPALIVE carrying C{queries}, to be sent, waiting for its reply as
         long as the session lasts: unanswered keepalives end it (see
         L{peer_dead}). Those sent before the last one answered were skipped
-        (a peer reads and answers in order): they fail now.
+        (a peer reads and answers in order): they fail now. Those sent after
+        it still wait: a busy peer may answer a round late.
         """
-        waiting = [pending for pending in self._pending.values() if type(pending.message) is Keepalive]
-        for skipped in waiting[: len(waiting) - self._unanswered]:
-            self.failed(skipped, f"peer answered a later {skipped.name}")
+        last_answered = self._last_keepalive_answered
+        skipped = [
+            pending for pending in self._pending.values()
+            if type(pending.message) is Keepalive and pending.keepalive_number < last_answered
+        ]
+        for pending in skipped:
+            self.failed(pending, f"peer answered a later {pending.name}")
         self._unanswered += 1
+        self._keepalives_sent += 1
         if queries is not self._asked:
             # Most ends ask the same tuple every time: pack it once.
             self._asked, self._asked_packed = queries, b"".join([pack_unit(query) for query in queries])
         # Made with its request id: dataclasses.replace costs as much as the encoding.
         request_id = self._allocate_request_id()
-        return self._wait(Keepalive(request_id=request_id, queries=queries, packed=self._asked_packed), True, None)
+        pending = self._wait(Keepalive(request_id=request_id, queries=queries, packed=self._asked_packed), True, None)
+        pending.keepalive_number = self._keepalives_sent
+        return pending

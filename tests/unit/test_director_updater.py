@@ -317,6 +317,25 @@ class LostAgentTests(UpdaterTestCase):
         table.let_through()
         self.assertEqual(self.weights()[RS[2]], 0)
 
+    def test_a_loss_right_after_a_long_pass_waits_as_long_as_that_pass_lasted(self):
+        # Thousands of agents lost one after another must not leave the
+        # reactor nothing but passes (0.5 s each at 10,000 servers).
+        table = GatedTable(self.table)
+        self.start(write_config(self), table=table)
+        table.let_through()
+        agent = self.connect(3, health=80)
+        self.tick()
+        self.clock.advance(0.4)  # the pass waits 0.4 s for its read
+        table.let_through()
+        passes = self.updater.passes
+        self.registry.agentLost(agent, "connection lost")
+        self.clock.advance(0.39)
+        self.assertEqual((self.updater.passes, len(table.reads)), (passes, 0), "no pass yet")
+        self.clock.advance(0.01)
+        table.let_through()
+        self.assertEqual(self.updater.passes, passes + 1)
+        self.assertEqual(self.weights()[RS[2]], 0)
+
     def test_a_loss_while_stopped_runs_no_pass(self):
         self.start(write_config(self))
         agent = self.connect(3, health=80)

@@ -4,6 +4,8 @@ endpoint (#15): Twisted's buffer is bounded by the protocol's flow control,
 and the kernel's send buffer by the socket's size, which the protocol sets
 from C{max_queued_output}. Once over real TCP on 127.0.0.1, where Linux
 would otherwise grow that buffer to net.ipv4.tcp_wmem's maximum (4 MB).
+Messages go to a TCP socket at once while the kernel takes them, and
+through the transport, in order, once it does not.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from lvsfeedback.director.factory import NEFactory
-from lvsfeedback.necp.framing import encode
-from lvsfeedback.necp.messages import ExceptionAdd, ExceptionQuery, Init
-from lvsfeedback.necp.units import ExceptionRule
+from lvsfeedback.necp.framing import Decoder, encode
+from lvsfeedback.necp.messages import ExceptionAdd, ExceptionQuery, Init, Keepalive
+from lvsfeedback.necp.units import ExceptionRule, Query
 from tests.helpers.necp import RecordingEvents
 
 
@@ -46,6 +48,18 @@ def reactor_turns_until(predicate) -> Deferred:
 
     check()
     return done
+
+
+def director_and_peer(test: TestCase, events: RecordingEvents, **settings) -> tuple[NEFactory, socket.socket]:
+    """A director listening in the real reactor, and a plain socket connected to it with a small receive window."""
+    director = NEFactory(events, clock=reactor, **settings)
+    port = reactor.listenTCP(0, director, interface="127.0.0.1")
+    test.addCleanup(port.stopListening)
+    peer = socket.socket()
+    test.addCleanup(peer.close)
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    peer.connect(("127.0.0.1", port.getHost().port))
+    return director, peer
 
 
 class SocketTransport(StringTransport):
@@ -90,14 +104,8 @@ class LoopbackQueuedOutputTests(TestCase):
         up, lost = Deferred(), Deferred()
         events.agentUp = up.callback
         events.agentLost = lambda agent, reason: lost.callback(reason)
-        director = NEFactory(events, clock=reactor, max_queued_output=limit, max_exceptions_per_agent=1000)
-        port = reactor.listenTCP(0, director, interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        peer = socket.socket()
-        self.addCleanup(peer.close)
-        # A small receive window, never read: what the director sends stays on its side.
-        peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        peer.connect(("127.0.0.1", port.getHost().port))
+        # The peer never reads: what the director sends stays on its side.
+        director, peer = director_and_peer(self, events, max_queued_output=limit, max_exceptions_per_agent=1000)
         # 1,000 exceptions, then 400 queries: 400 answers of 32 KB, 12.8 MB in all.
         rules = tuple(ExceptionRule(port=number) for number in range(1, 1001))
         peer.sendall(
@@ -122,3 +130,67 @@ class LoopbackQueuedOutputTests(TestCase):
             return lost
 
         return up.addCallback(flooded).addCallback(check)
+
+
+class LoopbackDirectWriteTests(TestCase):
+    """A director's session in the real reactor, its peer a plain non-blocking socket."""
+
+    def session_and_peer(self, **settings) -> Deferred:
+        """Fires with the director's session and the peer's socket, the INIT_ACK read."""
+        events = RecordingEvents()
+        up = Deferred()
+        events.agentUp = up.callback
+        director, peer = director_and_peer(self, events, **settings)
+        peer.sendall(encode(Init(request_id=1)))
+        peer.setblocking(False)
+
+        def acknowledged(agent):
+            session = director.session(agent)
+            self.addCleanup(session.transport.abortConnection)
+            return reactor_turns_until(lambda: select.select([peer], [], [], 0)[0]).addCallback(
+                lambda _: (session, peer, peer.recv(65536))
+            )
+
+        return up.addCallback(acknowledged)
+
+    def test_a_message_is_in_the_peers_socket_before_the_reactor_turns(self):
+        def send(found):
+            session, peer, _ = found
+            session.send_message(Keepalive(request_id=7))
+            self.assertEqual(peer.recv(65536), encode(Keepalive(request_id=7)))
+
+        return self.session_and_peer().addCallback(send)
+
+    def test_what_the_kernel_does_not_take_follows_through_the_transport_in_order(self):
+        # 200 KEEPALIVEs of 60 queries, 390 KB: over the peer's small window
+        # and the director's 256 KB send buffer, under that again queued.
+        queries = tuple(Query.health(6, port) for port in range(1, 61))
+        sent = [Keepalive(request_id=number, queries=queries) for number in range(1, 201)]
+        expected = b"".join(encode(message) for message in sent)
+
+        def send(found):
+            session, peer, _ = found
+            for message in sent:
+                session.send_message(message)
+            self.assertGreater(len(session.transport.dataBuffer) + session.transport._tempDataLen, 0,
+                               "the transport holds what the kernel did not take")
+            received = bytearray()
+
+            def all_read():
+                try:
+                    received.extend(peer.recv(1 << 20))
+                except BlockingIOError:
+                    pass
+                return len(received) >= len(expected)
+
+            return reactor_turns_until(all_read).addCallback(lambda _: received)
+
+        def check(received):
+            decoder = Decoder()
+            decoder.feed(bytes(received))
+            read = []
+            while (message := decoder.next_message()) is not None:
+                read.append(message.request_id)
+            self.assertEqual(read, list(range(1, 201)))
+
+        return self.session_and_peer(max_queued_output=256 * 1024).addCallback(send).addCallback(check)

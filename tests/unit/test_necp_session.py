@@ -176,6 +176,16 @@ class KeepaliveTests(SynchronousTestCase):
         self.assertEqual(str(outcome(skipped)), "peer answered a later KEEPALIVE")
         self.assertEqual(self.session.requests_waiting, 1)
 
+    def test_keepalives_sent_after_the_last_one_answered_still_wait_for_their_answer(self):
+        # A peer busy for longer than a round answers each question late:
+        # the answer to the second arrives after the third is sent.
+        first, second = self.session.keepalive(HEALTH), self.session.keepalive(HEALTH)
+        self.answer(first)
+        self.session.keepalive(HEALTH)
+        self.assertIsNone(outcome(second), "still waiting")
+        self.assertEqual(self.session.reply(KeepaliveAck(request_id=second.message.request_id)), ())
+        self.assertEqual(outcome(second), KeepaliveAck(request_id=second.message.request_id))
+
     def test_keepalives_wait_for_their_reply_for_as_long_as_the_session_lasts(self):
         pending = self.session.keepalive(HEALTH)
         self.assertIsNone(pending.deadline)
