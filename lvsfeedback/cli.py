@@ -7,7 +7,6 @@ drain, undrain or pin a real server, and check a configuration file.
     lvsfeedback undrain SERVICE SERVER
     lvsfeedback pin SERVICE SERVER WEIGHT
     lvsfeedback check-config FILE
-    lvsfeedback pair-check [--config FILE] --address VIP    (keepalived's track_script)
     lvsfeedback version
     lvsfeedback experiment [--quick] [--scenario NAME] [--out DIR] ...
 
@@ -160,6 +159,9 @@ def _pair_line(pair: dict[str, Any] | None, now: float) -> str | None:
         line += f", last fetch {_duration(now - pair['last_fetch'])} ago"
     if pair["last_error"]:
         line += f"; {pair['last_error']}"
+    guard = pair.get("guard")
+    if guard is not None:
+        line += f"; split-brain guard: {guard['problem'] or guard['reason']}"
     return line
 
 
@@ -255,13 +257,6 @@ def command_check_config(options, out: TextIO, err: TextIO) -> int:
     return 0
 
 
-def command_pair_check(options, out: TextIO, err: TextIO) -> int:
-    # Imported here: only a pair's keepalived runs it.
-    from lvsfeedback.director.pair_guard import run_check
-
-    return run_check(options.config, options.address, out, err, timeout=options.timeout)
-
-
 def command_version(options, out: TextIO, err: TextIO) -> int:
     out.write(f"lvsfeedback {lvsfeedback.__version__}\n")
     return 0
@@ -324,15 +319,6 @@ def parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="report every problem in a director config file")
     check.add_argument("file")
     check.set_defaults(run=command_check_config)
-
-    pair_check = commands.add_parser(
-        "pair-check", help="keepalived's track_script: exit 1 while the other director of the pair holds the address")
-    pair_check.add_argument("--config", default="/etc/lvsfeedback/director.toml",
-                            help="this director's config, for its [pair] table (default /etc/lvsfeedback/director.toml)")
-    pair_check.add_argument("--address", required=True, help="the virtual address keepalived moves")
-    pair_check.add_argument("--timeout", type=float,
-                            help="seconds to wait for the other director (default 1; below keepalived's script timeout)")
-    pair_check.set_defaults(run=command_pair_check)
 
     experiment = commands.add_parser(
         "experiment", add_help=False, help="measure what feedback buys in a lab cluster (root, a kernel with IPVS)"

@@ -157,6 +157,32 @@ class _BoundedBody(Protocol):
             self.finished.errback(reason)
 
 
+def get_from_peer(http, clock, settings: PairSettings, path: str, limit: int) -> Deferred:
+    """
+    The body of the peer's `path` (its status listener, with the token),
+    read up to `limit` bytes within `[pair] peer_timeout`; fails on any
+    error, refusal, timeout or larger body. `http` is a twisted.web IAgent.
+    """
+    headers = Headers({b"user-agent": [b"lvsfeedback-director"]})
+    if settings.peer_token is not None:
+        headers.addRawHeader(b"authorization", b"Bearer " + settings.peer_token)
+    asking = http.request(b"GET", (settings.peer + path).encode("ascii"), headers, None)
+    asking.addCallback(_read_body, limit)
+    asking.addTimeout(settings.peer_timeout, clock)
+    return asking
+
+
+def _read_body(response, limit: int) -> Deferred:
+    reader: _BoundedBody
+    # Cancelled (the timeout): stop reading, drop the connection.
+    finished: Deferred = Deferred(lambda _: reader.transport.stopProducing())
+    reader = _BoundedBody(finished, limit)
+    response.deliverBody(reader)
+    if response.code != 200:
+        finished.addCallback(_refused, response.code)
+    return finished
+
+
 @implementer(IReconfigurable)
 class PairFollower(Service):
     """
@@ -247,25 +273,9 @@ class PairFollower(Service):
         """The peer's desired weights, checked (a `Desired`); fails on any error, timeout or oversized body."""
         settings = self.settings
         assert settings is not None
-        headers = Headers({b"user-agent": [b"lvsfeedback-director"]})
-        if settings.peer_token is not None:
-            headers.addRawHeader(b"authorization", b"Bearer " + settings.peer_token)
-        url = (settings.peer + DESIRED_PATH).encode("ascii")
-        asking = self.http.request(b"GET", url, headers, None)
-        asking.addCallback(self._read_body)
+        asking = get_from_peer(self.http, self.clock, settings, DESIRED_PATH, MAX_DESIRED_BODY)
         asking.addCallback(parse_desired)
-        asking.addTimeout(settings.peer_timeout, self.clock)
         return asking
-
-    def _read_body(self, response) -> Deferred:
-        reader: _BoundedBody
-        # Cancelled (the timeout): stop reading, drop the connection.
-        finished: Deferred = Deferred(lambda _: reader.transport.stopProducing())
-        reader = _BoundedBody(finished, MAX_DESIRED_BODY)
-        response.deliverBody(reader)
-        if response.code != 200:
-            finished.addCallback(_refused, response.code)
-        return finished
 
     def _fetched(self, result) -> None:
         self._fetching = None

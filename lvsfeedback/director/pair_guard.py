@@ -1,53 +1,63 @@
 """
-The pair's guard against split brain (#17): `lvsfeedback pair-check`, run by
-keepalived as a ``track_script`` (tap/keepalived-pair.conf) every second.
+The pair's guard against split brain (#17): lvs-director decides, every
+`[pair] guard_interval`, whether this director must stand down, and writes
+the verdict to `[pair] guard_file`, which keepalived tracks (a `track_file`
+with weight 0 in tap/keepalived-pair.conf: 1 holds the VRRP instance in
+FAULT, 0 or no file lets VRRP decide). keepalived reads the file when it
+changes (inotify); no process is forked in its path.
 
 With VRRP blocked between the two directors and nothing else, each stops
 hearing the other's adverts and both become MASTER: both hold the virtual
-address. keepalived cannot know the peer's state without VRRP, so the check
+address. keepalived cannot know the peer's state without VRRP, so the guard
 asks it another way: the peer's lvs-director, through its authenticated
 status listener (`/pair/addresses.json`, the same `[pair] peer` and token the
 follower uses), says which addresses its host really has configured on an
-interface that is up, read from the system by netlink, not keepalived's
-notify file: a keepalived that was killed leaves its file saying MASTER
-whether or not the address is still there. A director that does not hold
-the address stands down (the check fails: keepalived holds the instance in
-FAULT) while its peer does, before VRRP has a say, so a partition of VRRP
-alone changes nothing. Every way of not hearing the peer's lvs-director
-(host dead, link down, lvs-director dead, timeout, refusal, garbage, a
-broken config here) lets VRRP decide, as without the check: the guard may
-only ever stop a director taking an address another one really holds, so it
-never leaves the address unheld when a director can hold it.
+interface that is up (`ip -json address`, not keepalived's notify file: a
+keepalived that was killed leaves its file saying MASTER whether or not the
+address is still there). A director that does not hold the virtual
+addresses stands down while its peer holds them, before VRRP has a say, so
+a partition of VRRP alone changes nothing. Every way of not hearing the
+peer's lvs-director (host dead, link down, lvs-director dead, timeout,
+refusal, garbage) and every reading this director cannot make lets VRRP
+decide, as without the guard: it may only ever stop a director taking an
+address another one really holds, so it never leaves the address unheld
+when a director can hold it.
 
-`verdict` is the decision table, pure; README "Running a pair" has it too.
-The check runs every second on each director, so it imports neither
-Twisted nor the director's config module: it reads the three keys it needs
-of `[pair]` itself (`read_pair_table`), which lvs-director validates at its
-start and each reload.
+The guarded addresses are the virtual services' own (`[[service]]
+address`): keepalived moves them together. `verdict` is the decision table,
+pure; README "Running a pair" has it too, with what a stopped, killed or
+hung lvs-director leaves in the file.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
-import subprocess
-import tomllib
-import urllib.error
-import urllib.request
-from collections.abc import Callable
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Callable
 
-from lvsfeedback.director.vrrp import VRRPReading, read_vrrp_state
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, TimeoutError, gatherResults
+from twisted.internet.task import LoopingCall
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.logger import Logger
+from twisted.web.client import Agent
+from zope.interface import implementer
+
+from lvsfeedback.director.config import IReconfigurable, PairSettings
+from lvsfeedback.director.pair import get_from_peer
 
 ADDRESSES_PATH = "/pair/addresses.json"
 # A host's addresses, even thousands of them, fit well within this.
 MAX_ADDRESSES_BODY = 1024 * 1024
-# keepalived counts a check it has to stop (its script timeout) as failed:
-# the check gives up on the peer well before.
-DEFAULT_TIMEOUT = 1.0
 IP = "ip"
+# iproute2's usual homes; the child gets no other environment.
+IP_ENVIRONMENT = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+# What the guard file holds: keepalived's track_file with weight 0 reads
+# non-zero as a failure (FAULT) and zero as OK.
+STAND_DOWN, VRRP_DECIDES = "1\n", "0\n"
 
 
 @dataclass(frozen=True)
@@ -61,49 +71,53 @@ class PeerReport:
 
 @dataclass(frozen=True)
 class Verdict:
-    stand_down: bool  # True: the check fails, keepalived holds this director in FAULT
+    stand_down: bool  # True: keepalived holds this director's instance in FAULT
     reason: str
 
 
-def verdict(address: str, holds: bool, priority: int | None, peer: PeerReport | None, unheard: str | None) -> Verdict:
+def verdict(guarded: frozenset[str], held: frozenset[str], priority: int | None, peer: PeerReport | None,
+            unheard: str | None) -> Verdict:
     """
-    Whether this director, which `holds` the virtual `address` or not and has
-    VRRP `priority`, must stand down, given its `peer`'s report (None when the
-    peer was not heard, `unheard` saying why).
+    Whether this director, whose host `held` these addresses and whose
+    VRRP `priority` is as given, must stand down to keep the `guarded`
+    addresses on one director, given its `peer`'s report (None when the peer
+    was not heard, `unheard` saying why).
     """
+    shown = ", ".join(sorted(guarded))
+    if not guarded:
+        return Verdict(False, "no virtual address to guard: VRRP decides")
     if peer is None:
         return Verdict(False, f"the peer is not heard ({unheard}): VRRP decides")
-    peer_holds = address in peer.addresses
-    if not peer_holds:
-        return Verdict(False, f"the peer does not hold {address}: VRRP decides")
-    if not holds:
-        return Verdict(True, f"the peer holds {address}: standing by")
-    # Both hold it: VRRP was cut while neither held it. One must yield, the
-    # same one whichever of the two runs the check: the lower priority.
+    if not guarded & peer.addresses:
+        return Verdict(False, f"the peer does not hold {shown}: VRRP decides")
+    if not guarded & held:
+        return Verdict(True, f"the peer holds {shown}: standing by")
+    # Both hold them: VRRP was cut while neither held them. One must yield,
+    # the same one whichever of the two decides: the lower priority.
     if priority is None or peer.priority is None or priority == peer.priority:
-        return Verdict(False, f"both hold {address}, priorities unknown or equal ({priority}, {peer.priority}): "
-                              "keeping it")
+        return Verdict(False, f"both hold {shown}, priorities unknown or equal ({priority}, {peer.priority}): "
+                              "keeping them")
     if priority < peer.priority:
-        return Verdict(True, f"both hold {address}: the peer's priority {peer.priority} > {priority}, yielding")
-    return Verdict(False, f"both hold {address}: this priority {priority} > the peer's {peer.priority}, keeping it")
+        return Verdict(True, f"both hold {shown}: the peer's priority {peer.priority} > {priority}, yielding")
+    return Verdict(False, f"both hold {shown}: this priority {priority} > the peer's {peer.priority}, keeping them")
 
 
-# The peer's side ------------------------------------------------------------------
+def guarded_addresses(config) -> frozenset[str]:
+    """The virtual services' addresses (a fwmark service has none of its own)."""
+    return frozenset(service.key.address for service in config.services if service.key.address)
 
 
-def held_addresses(run: Callable[..., Any] = subprocess.run) -> frozenset[str]:
+# This host's addresses --------------------------------------------------------------
+
+
+def parse_ip_addresses(shown: bytes) -> frozenset[str]:
     """
-    The addresses configured on this host's interfaces that are up and have
-    a carrier, loopback aside, as iproute2's ``ip -json address`` shows
-    them; OSError when it cannot say.
+    `ip -json address show` → the addresses configured on interfaces that
+    are up and have a carrier, loopback aside; ValueError if it is not that.
     """
-    try:
-        shown = run([IP, "-json", "address", "show"], capture_output=True, text=True, timeout=5, check=True).stdout
-        links = json.loads(shown)
-    except subprocess.SubprocessError as error:
-        raise OSError(f"{IP} -json address show: {error}") from None
-    except ValueError as error:
-        raise OSError(f"{IP} -json address show: not JSON: {error}") from None
+    links = json.loads(shown)
+    if not isinstance(links, list):
+        raise ValueError("not a list of links")
     held = set()
     for link in links:
         flags = link.get("flags", [])
@@ -112,9 +126,26 @@ def held_addresses(run: Callable[..., Any] = subprocess.run) -> frozenset[str]:
     return frozenset(held)
 
 
-def addresses_document(held: frozenset[str], reading: VRRPReading) -> dict[str, Any]:
-    """/pair/addresses.json: the addresses this host holds, and the VRRP state and priority keepalived last told."""
-    return {"addresses": sorted(held), "vrrp_state": str(reading.state), "priority": reading.priority}
+def read_host_addresses(reactor) -> Deferred:
+    """This host's addresses (`parse_ip_addresses`), read by iproute2 without blocking the reactor; fails saying why."""
+    def parsed(result: tuple[bytes, bytes, int]) -> frozenset[str]:
+        out, err, code = result
+        if code != 0:
+            raise OSError(f"{IP} -json address show: exit {code}: {err.decode('utf-8', 'replace').strip()}")
+        try:
+            return parse_ip_addresses(out)
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise OSError(f"{IP} -json address show: unreadable: {error}") from None
+
+    running = getProcessOutputAndValue(IP, ["-json", "address", "show"], env=IP_ENVIRONMENT, reactor=reactor)
+    return running.addCallback(parsed)
+
+
+def addresses_document(held: frozenset[str] | None, vrrp_state: str, priority: int | None) -> dict[str, Any]:
+    """/pair/addresses.json: the addresses this host held at the guard's last reading, its VRRP state and priority."""
+    if held is None:
+        raise ValueError("this host's addresses have not been read yet")
+    return {"addresses": sorted(held), "vrrp_state": vrrp_state, "priority": priority}
 
 
 def parse_peer_report(body: bytes) -> PeerReport:
@@ -136,102 +167,148 @@ def parse_peer_report(body: bytes) -> PeerReport:
     return PeerReport(held, state, priority)
 
 
-# The check --------------------------------------------------------------------------
+# The file keepalived tracks ---------------------------------------------------------
 
 
-class PeerUnheard(Exception):
-    """Why the peer's report could not be had; the message says it in a line."""
-
-
-@dataclass(frozen=True)
-class CheckSettings:
-    """What the check needs of this director's [pair] table."""
-
-    peer: str
-    peer_token: str | None
-    vrrp_state_file: Path
-
-
-def read_pair_table(path: Path) -> CheckSettings | None:
+def write_guard_file(path: Path, content: str) -> bool:
     """
-    The check's keys of [pair] in the director's config at `path` (paths
-    relative to its folder, as lvs-director reads them); None without
-    [pair]; ValueError or OSError saying what is wrong.
-    """
-    with path.open("rb") as file:
-        table = tomllib.load(file).get("pair")
-    if table is None:
-        return None
-    peer, token_file, state_file = table.get("peer"), table.get("peer_token_file"), table.get("vrrp_state_file")
-    if not isinstance(peer, str) or not isinstance(state_file, str) or not isinstance(token_file, str | None):
-        raise ValueError("[pair] needs peer and vrrp_state_file, and peer_token_file if any, as strings")
-    token = None if token_file is None else (path.parent / token_file).read_text().strip()
-    return CheckSettings(peer.rstrip("/"), token, path.parent / state_file)
-
-
-def ask_peer(settings: CheckSettings, timeout: float, opener: Callable[..., Any] = urllib.request.urlopen) -> PeerReport:
-    """The peer's report within `timeout` seconds; PeerUnheard on any failure."""
-    where = settings.peer + ADDRESSES_PATH
-    request = urllib.request.Request(where, headers={"User-Agent": "lvsfeedback-pair-check"})
-    if settings.peer_token is not None:
-        request.add_header("Authorization", "Bearer " + settings.peer_token)
-    try:
-        with opener(request, timeout=timeout) as response:
-            body = response.read(MAX_ADDRESSES_BODY + 1)
-    except urllib.error.HTTPError as error:
-        raise PeerUnheard(f"{where}: HTTP {error.code}") from None
-    except (urllib.error.URLError, OSError) as error:
-        raise PeerUnheard(f"{where}: {getattr(error, 'reason', error)}") from None
-    if len(body) > MAX_ADDRESSES_BODY:
-        raise PeerUnheard(f"{where}: the answer is larger than {MAX_ADDRESSES_BODY} bytes")
-    try:
-        return parse_peer_report(body)
-    except ValueError as error:
-        raise PeerUnheard(f"{where}: {error}") from None
-
-
-def check(settings: CheckSettings, address: str, timeout: float, *,
-          held: Callable[[], frozenset[str]] = held_addresses,
-          ask: Callable[[CheckSettings, float], PeerReport] = ask_peer) -> Verdict:
-    """The verdict for this director now: its own addresses and priority, and its peer's report."""
-    try:
-        report, unheard = ask(settings, timeout), None
-    except PeerUnheard as error:
-        report, unheard = None, str(error)
-    return verdict(address, address in held(), read_vrrp_state(settings.vrrp_state_file).priority, report, unheard)
-
-
-STAND_DOWN = 1  # the exit status that makes keepalived's track_script fail
-
-
-def run_check(config_path: str, address: str, out: TextIO, err: TextIO, *, timeout: float | None = None,
-              held: Callable[[], frozenset[str]] = held_addresses,
-              ask: Callable[[CheckSettings, float], PeerReport] = ask_peer) -> int:
-    """
-    `lvsfeedback pair-check`: 0 (this director may hold `address`) or
-    STAND_DOWN, with the reason in a line on `out`; the peer is waited for
-    `timeout` seconds (None: DEFAULT_TIMEOUT). A check that cannot be
-    made (an address that is none, a config that cannot be read or has no
-    [pair], this host's addresses unreadable) says why on `err` and lets
-    VRRP decide: 0.
+    `content` into `path` unless it holds it already: written aside in the
+    same folder, then renamed over it, so that keepalived (woken by the
+    rename) never reads half a value. True when written; OSError on failure.
     """
     try:
-        address = str(ipaddress.ip_address(address))
-    except ValueError:
-        err.write(f"pair-check: {address!r} is not an address; VRRP decides\n")
-        return 0
-    try:
-        settings = read_pair_table(Path(config_path))
-    except (OSError, ValueError) as error:
-        err.write(f"pair-check: cannot read [pair] from {config_path}, VRRP decides: {error}\n")
-        return 0
-    if settings is None:
-        err.write(f"pair-check: {config_path} has no [pair] table: VRRP decides\n")
-        return 0
-    try:
-        found = check(settings, address, DEFAULT_TIMEOUT if timeout is None else timeout, held=held, ask=ask)
-    except OSError as error:
-        err.write(f"pair-check: cannot read this host's addresses, VRRP decides: {error}\n")
-        return 0
-    out.write(f"pair-check: {found.reason}\n")
-    return STAND_DOWN if found.stand_down else 0
+        if path.read_text() == content:
+            return False
+    except (FileNotFoundError, UnicodeDecodeError):
+        pass
+    aside = path.with_name(f".{path.name}.new")
+    aside.write_text(content)
+    os.replace(aside, path)
+    return True
+
+
+def release_guard_file(path: Path) -> None:
+    """No file: keepalived reads a removed track file as 0, VRRP decides as without the guard."""
+    path.unlink(missing_ok=True)
+
+
+# The guard in lvs-director ----------------------------------------------------------
+
+
+@implementer(IReconfigurable)
+class PairGuard(Service):
+    """
+    Every `[pair] guard_interval`: this host's addresses (`read_addresses`),
+    the peer's report (its /pair/addresses.json), this director's priority
+    (the follower's reading of the VRRP state file), the `verdict`, and the
+    guard file rewritten when the verdict's value changes. A round still
+    waiting for the peer delays the next. Stopped, it removes the
+    file (VRRP decides). Without `[pair]` it does nothing. `held` is this
+    host's addresses at the last reading, which /pair/addresses.json serves.
+    """
+
+    log = Logger()
+
+    def __init__(self, config, clock, follower, http=None,
+                 read_addresses: Callable[[], Deferred] | None = None):
+        self.clock = clock
+        self.follower = follower
+        self.http = http if http is not None else Agent(clock)
+        self.read_addresses = read_addresses if read_addresses is not None else lambda: read_host_addresses(clock)
+        self.held: frozenset[str] | None = None
+        self.verdict: Verdict | None = None
+        self.problem: str | None = None  # why the last round could not write the file
+        self._round: Deferred | None = None
+        self._loop: LoopingCall | None = None
+        self.reconfigure(config)
+
+    @property
+    def settings(self) -> PairSettings | None:
+        return self.config.pair
+
+    def reconfigure(self, config) -> None:
+        """IReconfigurable: the new [pair] table and services, from the next round; a new interval, at once."""
+        before = getattr(self, "config", None)
+        self.config = config
+        if self.running and (before is None or before.pair != config.pair):
+            if before is not None and before.pair is not None and (
+                    config.pair is None or before.pair.guard_file != config.pair.guard_file):
+                release_guard_file(before.pair.guard_file)
+            self._start_loop()
+
+    def startService(self):
+        super().startService()
+        self._start_loop()
+
+    def stopService(self):
+        super().stopService()
+        self._stop_loop()
+        if self._round is not None:
+            self._round.cancel()  # its verdict is written at once, then released below
+        settings = self.settings
+        if settings is not None:
+            try:
+                release_guard_file(settings.guard_file)
+            except OSError as error:
+                self.log.error("cannot remove the guard file {path}: {error}", path=str(settings.guard_file),
+                               error=error.strerror)
+            else:
+                self.log.info("stopping: the guard file {path} removed, VRRP decides", path=str(settings.guard_file))
+
+    def _start_loop(self) -> None:
+        self._stop_loop()
+        if self.settings is None:
+            return
+        self._loop = LoopingCall(self.tick)
+        self._loop.clock = self.clock
+        self._loop.start(self.settings.guard_interval, now=True)
+
+    def _stop_loop(self) -> None:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+
+    def tick(self) -> Deferred | None:
+        """One round; the loop waits for it before the next (LoopingCall does), so rounds never overlap."""
+        settings = self.settings
+        if settings is None:
+            return None
+        reading = self.read_addresses().addCallbacks(lambda held: (held, None), lambda failure: (None, failure))
+        asking = get_from_peer(self.http, self.clock, settings, ADDRESSES_PATH, MAX_ADDRESSES_BODY)
+        asking.addCallback(parse_peer_report)
+        asking.addCallbacks(lambda report: (report, None), lambda failure: (None, self._unheard(failure)))
+        self._round = gatherResults([reading, asking])
+        self._round.addCallback(self._decide, settings)
+        self._round.addErrback(lambda failure: None)  # cancelled by a stop
+        self._round.addBoth(self._done)
+        return self._round
+
+    def _unheard(self, failure) -> str:
+        if failure.check(TimeoutError):
+            return f"no answer within {self.settings.peer_timeout:g}s (peer_timeout)" if self.settings else "timeout"
+        return failure.getErrorMessage() or failure.type.__name__
+
+    def _done(self, _) -> None:
+        self._round = None
+
+    def _decide(self, results, settings: PairSettings) -> None:
+        (held, unreadable), (report, unheard) = results
+        if held is None:
+            found = Verdict(False, f"cannot read this host's addresses ({unreadable.getErrorMessage()}): VRRP decides")
+        else:
+            self.held = held
+            self.follower.refresh()
+            found = verdict(guarded_addresses(self.config), held, self.follower.priority, report, unheard)
+        if self.verdict is None or found.stand_down != self.verdict.stand_down:
+            self.log.info("split-brain guard: {action}: {reason}", reason=found.reason,
+                          action="standing down (keepalived FAULT)" if found.stand_down else "VRRP decides")
+        self.verdict = found
+        try:
+            write_guard_file(settings.guard_file, STAND_DOWN if found.stand_down else VRRP_DECIDES)
+        except OSError as error:
+            problem = f"cannot write the guard file {settings.guard_file}: {error.strerror or error}"
+            if problem != self.problem:
+                self.log.error("{problem}", problem=problem)
+            self.problem = problem
+        else:
+            self.problem = None

@@ -1,9 +1,8 @@
 """
 A director's VRRP state as keepalived's notify hook (tap/vrrp-notify) last
 recorded it: ``STATE PRIORITY`` in ``[pair] vrrp_state_file``, written aside
-and renamed. Read by the director (director/pair.py) and by the pair's
-split-brain check (director/pair_guard.py), which runs every second and so
-imports nothing heavy.
+and renamed. Read by the director's follower (director/pair.py), whose
+reading the split-brain guard (director/pair_guard.py) uses for the priority.
 """
 
 from __future__ import annotations

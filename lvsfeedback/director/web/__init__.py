@@ -10,7 +10,7 @@ Prometheus, and the few knobs an operator may turn.
     POST /control/undrain   {"service": ..., "server": ...}: back to feedback
     POST /control/pin       {"service": ..., "server": ..., "weight": N}: a fixed weight
     GET  /pair/desired.json the last pass's desired weights, for a VRRP backup to follow
-    GET  /pair/addresses.json the addresses this host holds, for the peer's split-brain check
+    GET  /pair/addresses.json the addresses this host holds, for the peer's split-brain guard
 
 What the director decided is read from one place: the updater's last
 L{PassResult} (members, the facts each decision used, desired and kernel

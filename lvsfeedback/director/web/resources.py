@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
@@ -15,8 +14,7 @@ from twisted.web.resource import Resource
 
 from lvsfeedback.addresses import describe_address
 from lvsfeedback.director.pair import desired_document
-from lvsfeedback.director.pair_guard import addresses_document, held_addresses
-from lvsfeedback.director.vrrp import VRRPReading
+from lvsfeedback.director.pair_guard import addresses_document
 from lvsfeedback.director.web.control import ControlAccess, ControlError, ControlPanel
 from lvsfeedback.director.web.history import History
 from lvsfeedback.director.web.prometheus import metrics_registry
@@ -148,7 +146,10 @@ class PairResource(JSONResource):
             if error.code == 401:
                 request.setHeader(b"www-authenticate", BEARER_CHALLENGE)
             return _json(request, error.code, {"error": error.message})
-        return _json(request, 200, self.document())
+        try:
+            return _json(request, 200, self.document())
+        except ControlError as error:
+            return _json(request, error.code, {"error": error.message})
 
     def document(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -163,18 +164,17 @@ class PairDesiredResource(PairResource):
 
 class PairAddressesResource(PairResource):
     """
-    GET /pair/addresses.json: the addresses this host holds, read from the
-    system at each request (`held`), for the other director's split-brain
-    check (director/pair_guard.py).
+    GET /pair/addresses.json: the addresses this host held at its guard's
+    last reading (at most [pair] guard_interval old), for the other
+    director's split-brain guard (director/pair_guard.py).
     """
-
-    def __init__(self, director, access: ControlAccess, held: Callable[[], frozenset[str]]):
-        super().__init__(director, access)
-        self.held = held
 
     def document(self) -> dict[str, Any]:
         pair = self.director.pair
-        return addresses_document(self.held(), VRRPReading(pair.state, pair.priority))
+        try:
+            return addresses_document(self.director.guard.held, str(pair.state), pair.priority)
+        except ValueError as error:
+            raise ControlError(503, str(error)) from None
 
 
 def _dashboard_file(name: str) -> bytes:
@@ -192,9 +192,8 @@ class DashboardFile(static.Data):
         return super().render_GET(request)
 
 
-def status_root(director, access: ControlAccess, history: History,
-                held: Callable[[], frozenset[str]] = held_addresses) -> Resource:
-    """The resource tree of the status listener; `held` reads the host's addresses (pair_guard.held_addresses)."""
+def status_root(director, access: ControlAccess, history: History) -> Resource:
+    """The resource tree of the status listener."""
     root = Resource()
     for path, (name, kind) in DASHBOARD_FILES.items():
         root.putChild(path, DashboardFile(_dashboard_file(name), kind.decode()))
@@ -204,6 +203,6 @@ def status_root(director, access: ControlAccess, history: History,
     root.putChild(b"control", ControlResource(ControlPanel(director), access))
     pair = Resource()
     pair.putChild(b"desired.json", PairDesiredResource(director, access))
-    pair.putChild(b"addresses.json", PairAddressesResource(director, access, held))
+    pair.putChild(b"addresses.json", PairAddressesResource(director, access))
     root.putChild(b"pair", pair)
     return root
