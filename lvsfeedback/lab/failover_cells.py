@@ -94,8 +94,8 @@ class PairLab(Lab):
         log_dir = Path(tempfile.mkdtemp(prefix="lvsfeedback-pair-"))
         try:
             # Without the split-brain guard, as the static pair runs and as the
-            # scenario was first measured: the guard's check slows a takeover
-            # (README "Running a pair").
+            # scenario was first measured: the guard delays a takeover by up
+            # to guard_interval + peer_timeout (README "Running a pair").
             with DirectorPair(servers, sync=True, guard=False, log_dir=log_dir) as pair:
                 for director in pair.directors:
                     pair.start_keepalived(director)

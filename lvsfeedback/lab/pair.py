@@ -16,9 +16,10 @@ owns the address, and starts the kernel's connection sync daemon with the
 VRRP state (C{lvs_sync_daemon}: master on MASTER, backup on BACKUP). That is
 the engine an operator already runs and knows, so lvs-director does not
 start the sync daemon itself. keepalived's notify hook (tap/vrrp-notify)
-records each director's VRRP state in its own run directory, and its
-split-brain guard (C{lvsfeedback pair-check}, director/pair_guard.py) holds
-the director without the VIP in FAULT while the other has it.
+records each director's VRRP state in its own run directory, and the
+split-brain guard (lvs-director's verdict in its run directory's guard
+file, keepalived's track_file; director/pair_guard.py) holds the director
+without the VIP in FAULT while the other has it.
 
 Everything here is driven from outside the namespaces, by a test or a
 bench, and bounded: the VRRP state and the kernel's tables have no event to
@@ -39,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from lvsfeedback.director.config import DEFAULT_GUARD_FILE
 from lvsfeedback.lab.topology import (
     DIRECTOR_SEGMENT_ADDRESSES,
     DR,
@@ -59,7 +61,6 @@ SHIPPED_KEEPALIVED_CONFIG = TAP / "keepalived-pair.conf"
 SHIPPED_NOTIFY_HOOK = TAP / "vrrp-notify"
 KEEPALIVED = "/usr/sbin/keepalived"
 TWISTD = str(Path(sys.executable).parent / "twistd")
-LVSFEEDBACK = str(Path(sys.executable).parent / "lvsfeedback")
 IPTABLES = "iptables-legacy"
 VRRP_PROTOCOL = "112"
 VRRP_INSTANCE = "VI_LVS"
@@ -71,6 +72,8 @@ NECP_PORT = 3262
 STATUS_PORT = 9101
 SERVICE_PORT = 80
 POLL_INTERVAL = 0.1
+# [pair] peer_timeout: how long the split-brain guard waits for the other director.
+PEER_TIMEOUT = 2.0
 # The directors' [policy] hysteresis: how far apart their weights may be.
 HYSTERESIS = 0.1
 # A director not holding the VIP, ready to take it: FAULT is the guard's standing by.
@@ -96,30 +99,21 @@ def _drop_block(text: str, header: str, what: str) -> str:
     return regex.sub("", text)
 
 
-def pair_check_command(config: Path, vip: str = VIP) -> str:
-    """The split-brain guard's check for the director whose lvs-director reads `config`."""
-    return f"{LVSFEEDBACK} pair-check --config {config} --address {vip}"
-
-
 def keepalived_config(shipped: str, *, number: int, notify: str, advert_int: float, sync: bool,
-                      pair_check: str | None, interface: str = NAMESPACE_LINK, vip: str = VIP) -> str:
+                      guard_file: Path | None, interface: str = NAMESPACE_LINK, vip: str = VIP) -> str:
     """
     The shipped pair config for director `number` (1 or 2) of the lab: its
     router id and priority, the lab's interface and VIP, a short advert
-    interval, the notify hook at `notify`, the split-brain guard running
-    the command `pair_check` (None: no guard, the control of the split-brain
+    interval, the notify hook at `notify`, the split-brain guard's verdict
+    tracked in `guard_file` (None: no guard, the control of the split-brain
     test); without `sync`, no sync daemon (the control of the failover test).
     """
     text = shipped
-    if pair_check is None:
-        text = _drop_block(text, "vrrp_script pair_check", "vrrp_script")
+    if guard_file is None:
+        text = _drop_block(text, "track_file pair_guard", "track_file")
+        text = _drop_block(text, "track_file", "instance's track_file")
     else:
-        text = _set_line(text, r'script "', f'script "{pair_check}"', "pair_check script")
-        # Shipped commented out (opt-in): the lab turns it on.
-        tracking = re.compile(r"^([ \t]*)# track_script \{\n[ \t]*#     pair_check\n[ \t]*# \}$", re.M)
-        if len(tracking.findall(text)) != 1:
-            raise LabError(f"{SHIPPED_KEEPALIVED_CONFIG.name}: expected one commented track_script block to enable")
-        text = tracking.sub(lambda m: f"{m.group(1)}track_script {{\n{m.group(1)}    pair_check\n{m.group(1)}}}", text)
+        text = _set_line(text, r'file "', f'file "{guard_file}"', "guard file")
     text = _set_line(text, r"router_id\b", f"router_id lvs-director-{number}", "router_id")
     text = _set_line(text, r"priority\b", f"priority {PRIORITIES[number - 1]}", "priority")
     text = _set_line(text, r"interface\b", f"interface {interface}", "interface")
@@ -174,6 +168,9 @@ token_file = "{token_file}"
 vrrp_state_file = "{state_file}"
 peer = "http://{peer}:{STATUS_PORT}"
 peer_token_file = "{token_file}"
+# The emulated VM answers slowly at times; a peer wrongly unheard with VRRP
+# blocked would let the standby's keepalived take the VIP beside the master.
+peer_timeout = {PEER_TIMEOUT:g}
 [policy]
 mode = "health"
 hysteresis = {HYSTERESIS}
@@ -310,8 +307,13 @@ class PairDirector:
         return self.run_directory / f"vrrp-{VRRP_INSTANCE}"
 
     @property
+    def guard_file(self) -> Path:
+        """Where its lvs-director writes the split-brain guard's verdict: [pair] guard_file's default."""
+        return self.run_directory / DEFAULT_GUARD_FILE
+
+    @property
     def config(self) -> Path:
-        """Its lvs-director's config, which the split-brain guard's check reads too."""
+        """Its lvs-director's config."""
         return self.folder / "director.toml"
 
     @property
@@ -334,7 +336,7 @@ class DirectorPair:
             master = pair.wait_for_master(60)
     """
 
-    def __init__(self, servers: int = 3, *, sync: bool = True, guard: bool = False, advert_int: float = 0.2,
+    def __init__(self, servers: int = 3, *, sync: bool = True, guard: bool = True, advert_int: float = 0.2,
                  cpus_per_server: float | None = None, policy: str = "", log_dir: Path | None = None):
         self.lab = Topology(servers, mode=DR, directors=2, cpus_per_server=cpus_per_server, log_dir=log_dir)
         self.sync = sync
@@ -371,10 +373,9 @@ class DirectorPair:
                     zip(self.lab.plan.director_namespaces, DIRECTOR_SEGMENT_ADDRESSES), start=1):
                 director = PairDirector(number, namespace, address, self.lab.log_dir / f"director{number}")
                 director.run_directory.mkdir(parents=True)
-                check = pair_check_command(director.config) if self.guard else None
                 (director.folder / "keepalived.conf").write_text(keepalived_config(
                     shipped, number=number, notify=str(hook), advert_int=self.advert_int, sync=self.sync,
-                    pair_check=check))
+                    guard_file=director.guard_file if self.guard else None))
                 director.config.write_text(director_config(
                     number, self.lab.servers, token_file=token, state_file=director.state_file, policy=self.policy))
                 self.directors.append(director)
@@ -530,6 +531,9 @@ class DirectorPair:
         dead one left it: lvs-director adopts it.
         """
         director.state_file.unlink(missing_ok=True)
+        # The guard's verdict too: as a SIGKILL leaves it, it would hold the
+        # revived director in FAULT until its lvs-director's first round.
+        director.guard_file.unlink(missing_ok=True)
         self.stop_sync_daemons(director)
         if self.holds_vip(director):
             run_command(Command(["ip", "-n", director.namespace, "addr", "del", f"{VIP}/32", "dev", NAMESPACE_LINK]))

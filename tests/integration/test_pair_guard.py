@@ -4,39 +4,36 @@ test_pair.py: two DR directors each with keepalived and lvs-director,
 three real servers whose agents report to both):
 
 - VRRP blocked between the directors, then healed: keepalived alone would
-  make both MASTER; the split-brain guard (`lvsfeedback pair-check`, the
-  shipped config's track_script) keeps the one without the VIP in FAULT
-  while the other holds it, so exactly one holds it throughout.
+  make both MASTER; the split-brain guard (lvs-director's verdict in the
+  file the shipped config tracks, director/pair_guard.py) keeps the one
+  without the VIP in FAULT while the other holds it, so exactly one holds
+  it throughout.
 - The master cut off from its agents (NECP dropped as it reaches it), its
   VRRP untouched: it applies the lost-agent rule and keeps the VIP; the
   other director, whose agents still report, follows the master's weights
   as it does whenever it stands by, and does not take over.
 
-Each builds its own pair, without the guard unless LVSFEEDBACK_PAIR_GUARD=1
-(the shipped config has it commented out, opt-in). Run 2026-11-28 03:34-03:56
-UTC in the VM: without the guard the split-brain test fails as it should
-(both MASTER, both holding the VIP); with it, the check's Python took over
-keepalived's 5 s script timeout to start, keepalived counted that as a
-failure, and neither director ever became MASTER, so the split-brain test
-is skipped until the check starts fast enough.
+Each builds its own pair, with the guard as shipped. (Run 2026-11-28
+03:34-03:56 UTC with the guard as keepalived's track_script, a forked
+`lvsfeedback pair-check`: in the emulated VM its Python took over the 5 s
+script timeout to start and no director became MASTER; without the guard
+the split-brain test fails as it should, both MASTER.)
 """
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from lvsfeedback.lab.pair import DirectorPair, PairDirector
 from lvsfeedback.lab.topology import LabError
 from tests.integration import require_ipvs
 
 ADVERT_INT = 0.2
-GUARD = os.environ.get("LVSFEEDBACK_PAIR_GUARD", "0") == "1"
 STARTUP = 300.0
-# keepalived runs the check every second; its first verdicts after an election.
+# The guard's rounds ([pair] guard_interval, 0.5 s): its first verdicts after an election.
 GUARD_SETTLES = 30.0
 SAMPLE_EVERY = 0.1
 # keepalived's master-down interval is 3 adverts and a skew: 25 adverts are
@@ -64,7 +61,7 @@ class PairPartialFailureTests(SynchronousTestCase):
         require_ipvs()
         log_dir = Path(self.mktemp()).resolve()
         log_dir.mkdir(parents=True)
-        pair = DirectorPair(guard=GUARD, advert_int=ADVERT_INT, cpus_per_server=1.0, policy=policy,
+        pair = DirectorPair(advert_int=ADVERT_INT, cpus_per_server=1.0, policy=policy,
                             log_dir=log_dir).build()
         self.addCleanup(pair.teardown)
         pair.start(STARTUP)
@@ -101,9 +98,6 @@ class PairPartialFailureTests(SynchronousTestCase):
         return samples
 
     def test_with_vrrp_blocked_between_the_directors_one_and_only_one_holds_the_vip(self):
-        if not GUARD:
-            raise SkipTest("needs the split-brain guard (LVSFEEDBACK_PAIR_GUARD=1), too slow to start in the "
-                           "emulated VM: keepalived timed its check out and elected no master")
         pair = self.build_pair()
         master, standby = self.settled(pair)
         pair.block_vrrp()

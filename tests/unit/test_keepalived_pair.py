@@ -39,13 +39,15 @@ class KeepalivedPairConfigTests(SynchronousTestCase):
         result = self.config_test(self.installed())
         self.assertEqual(result.returncode, 0, result.stderr + result.stdout)
 
-    def test_the_split_brain_guard_checks_the_address_the_instance_moves_and_is_opt_in(self):
+    def test_the_split_brain_guard_tracks_lvs_director_s_guard_file_with_weight_0(self):
         text = self.shipped()
-        # Opt-in: commented out, as the check must start well within keepalived's timeout.
-        self.assertRegex(text, r"# track_script \{\s*#\s*pair_check\s*# \}")
-        [checked] = re.findall(r'script "/usr/local/bin/lvsfeedback pair-check --config \S+ --address (\S+)"', text)
-        [moved] = re.findall(r"^\s*(\S+)/32 dev eth0", text, re.M)
-        self.assertEqual(checked, moved)
+        # Weight 0: any non-zero verdict is a FAULT, not a change of priority.
+        [tracked] = re.findall(r'^track_file pair_guard \{\s*file "(\S+)"\s*weight 0\s*\}', text, re.M)
+        [instance] = re.findall(r"^vrrp_instance VI_LVS \{\n.*?^\}", text, re.M | re.S)
+        self.assertRegex(instance, r"\n\s*track_file \{\s*pair_guard\s*\}")
+        # Where lvs-director writes it by default: beside the notify hook's state file.
+        self.assertEqual(tracked, "/run/lvsfeedback/pair-guard")
+        self.assertNotIn("track_script", text)
 
     def test_the_config_test_refuses_a_broken_copy(self):
         result = self.config_test(self.installed().replace("advert_int 1", "advert_int x"))

@@ -21,11 +21,11 @@ from lvsfeedback.lab.pair import (
     SHIPPED_KEEPALIVED_CONFIG,
     Connection,
     DirectorView,
+    PairDirector,
     agent_command,
     director_config,
     keepalived_command,
     keepalived_config,
-    pair_check_command,
     pair_problems,
     parse_connections,
     parse_scheduled_connections,
@@ -37,10 +37,13 @@ SHIPPED = SHIPPED_KEEPALIVED_CONFIG.read_text()
 SERVERS = [LabServer(f"rs{n}", f"p-rs{n}", f"10.200.0.{10 + n}", Cgroup(Path(f"/cg/p/rs{n}"))) for n in (1, 2, 3)]
 
 
+def guard_file(number: int) -> Path:
+    return Path(f"/lab/director{number}/run/pair-guard")
+
+
 def config(number: int = 1, sync: bool = True, guard: bool = True) -> str:
-    check = pair_check_command(Path(f"/lab/director{number}/director.toml")) if guard else None
     return keepalived_config(SHIPPED, number=number, notify="/run/lab/vrrp-notify", advert_int=0.2, sync=sync,
-                             pair_check=check)
+                             guard_file=guard_file(number) if guard else None)
 
 
 def directive(text: str, name: str) -> list[str]:
@@ -77,20 +80,29 @@ class KeepalivedConfigTests(SynchronousTestCase):
     def test_a_shipped_file_missing_a_line_to_set_is_refused_by_name(self):
         broken = re.sub(r"^\s*advert_int.*$", "", SHIPPED, flags=re.M)
         error = self.assertRaises(LabError, keepalived_config, broken, number=1, notify="/x", advert_int=1,
-                                  sync=True, pair_check=None)
+                                  sync=True, guard_file=None)
         self.assertIn("keepalived-pair.conf: expected one advert_int line to set, found 0", str(error))
 
-    def test_the_guard_checks_the_lab_s_vip_with_the_director_s_config(self):
+    def test_the_guard_tracks_the_file_the_director_s_lvs_director_writes(self):
         text = config(2)
-        self.assertEqual(directive(text, "script"),
-                         [f'"{pair_check_command(Path("/lab/director2/director.toml"))}"'])
-        self.assertIn("--address 10.200.0.1", directive(text, "script")[0])
-        self.assertRegex(text, r"track_script \{\s*pair_check\s*\}")
+        self.assertEqual(directive(text, "file"), [f'"{guard_file(2)}"'])
+        self.assertRegex(text, r"track_file pair_guard \{\s*file \S+\s*weight 0\s*\}")
+        self.assertRegex(text, r"track_file \{\s*pair_guard\s*\}")
 
-    def test_without_the_guard_there_is_no_check_and_nothing_tracks_it(self):
+    def test_the_guard_file_is_where_lvs_director_writes_it_by_default(self):
+        # [pair] guard_file's default: beside the notify hook's state file.
+        folder = Path(self.mktemp()).resolve()
+        director = PairDirector(1, "p-director", "10.200.0.3", folder)
+        director.run_directory.mkdir(parents=True)
+        (folder / "status.token").write_text("token\n")
+        director.config.write_text(director_config(1, SERVERS, token_file=folder / "status.token",
+                                                   state_file=director.state_file))
+        self.assertEqual(load_config(director.config).pair.guard_file, director.guard_file)
+
+    def test_without_the_guard_nothing_tracks_a_file(self):
         text = config(guard=False)
-        self.assertEqual((directive(text, "script"), directive(text, "track_script")), ([], []))
-        self.assertNotIn("vrrp_script", text)
+        self.assertEqual((directive(text, "file"), directive(text, "track_file")), ([], []))
+        self.assertNotIn("pair_guard", text)
 
     def test_keepalived_accepts_both_directors_configs(self):
         keepalived = shutil.which("keepalived")
