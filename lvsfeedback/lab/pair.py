@@ -34,6 +34,7 @@ import re
 import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -142,20 +143,22 @@ def keepalived_command(config: Path, pid_file: Path, vrrp_pid_file: Path) -> lis
 
 
 def director_config(number: int, servers: list[LabServer], *, token_file: Path, state_file: Path,
-                    policy: str = "") -> str:
+                    guard_file: Path | None = None, policy: str = "") -> str:
     """
     lvs-director's config for director `number`: NECP and status on its
     segment address, the DR web service on the VIP with every real server,
     health mode (both directors see the same agents' reports, so both
     compute the same weights), and `[pair]`: while BACKUP, by the notify
     hook's `state_file`, it follows the other's desired weights, as a
-    capacity-mode backup must (it sees none of the packets).
+    capacity-mode backup must (it sees none of the packets); its split-brain
+    guard writes `guard_file` (None: the default, beside `state_file`).
     """
     address = DIRECTOR_SEGMENT_ADDRESSES[number - 1]
     reals = "".join(f'\n[[service.real]]\naddress = "{server.address}"\n' for server in servers)
     # While BACKUP it follows the other's desired weights ([pair]), read from
     # the other's status listener on its segment address, behind the token.
     peer = DIRECTOR_SEGMENT_ADDRESSES[2 - number]
+    guard = "" if guard_file is None else f'\nguard_file = "{guard_file}"'
     return f"""
 [director]
 listen = "tcp:{NECP_PORT}:interface={address}"
@@ -167,7 +170,7 @@ token_file = "{token_file}"
 [pair]
 vrrp_state_file = "{state_file}"
 peer = "http://{peer}:{STATUS_PORT}"
-peer_token_file = "{token_file}"
+peer_token_file = "{token_file}"{guard}
 # The emulated VM answers slowly at times; a peer wrongly unheard with VRRP
 # blocked would let the standby's keepalived take the VIP beside the master.
 peer_timeout = {PEER_TIMEOUT:g}
@@ -296,6 +299,9 @@ class PairDirector:
     folder: Path
     keepalived: LabProcess | None = None
     director: LabProcess | None = None
+    # Where its guard file is, if not in its run directory: keepalived watches
+    # the file with inotify, which misses changes on the VM's shared folders.
+    guard_folder: Path | None = None
 
     @property
     def run_directory(self) -> Path:
@@ -308,8 +314,8 @@ class PairDirector:
 
     @property
     def guard_file(self) -> Path:
-        """Where its lvs-director writes the split-brain guard's verdict: [pair] guard_file's default."""
-        return self.run_directory / DEFAULT_GUARD_FILE
+        """Where its lvs-director writes the split-brain guard's verdict, and its keepalived reads it."""
+        return (self.guard_folder or self.run_directory) / DEFAULT_GUARD_FILE
 
     @property
     def config(self) -> Path:
@@ -344,6 +350,7 @@ class DirectorPair:
         self.advert_int = advert_int
         self.policy = policy
         self.directors: list[PairDirector] = []
+        self.guard_root: Path | None = None
 
     @property
     def standby_state(self) -> str:
@@ -361,6 +368,10 @@ class DirectorPair:
         self.lab.build()
         try:
             assert self.lab.log_dir is not None
+            # The guard files on the machine's own disk (the VM's /tmp), not in
+            # the log folder: that may be a folder the VM shares with its host,
+            # where keepalived's inotify hears nothing of lvs-director's writes.
+            self.guard_root = Path(tempfile.mkdtemp(prefix="lvsfeedback-pair-guard-"))
             # keepalived's script security refuses a hook that anyone but root may
             # change: the checkout's copy may be a user's, this one is root's.
             hook = self.lab.log_dir / "vrrp-notify"
@@ -371,13 +382,16 @@ class DirectorPair:
             shipped = SHIPPED_KEEPALIVED_CONFIG.read_text()
             for number, (namespace, address) in enumerate(
                     zip(self.lab.plan.director_namespaces, DIRECTOR_SEGMENT_ADDRESSES), start=1):
-                director = PairDirector(number, namespace, address, self.lab.log_dir / f"director{number}")
+                director = PairDirector(number, namespace, address, self.lab.log_dir / f"director{number}",
+                                        guard_folder=self.guard_root / f"director{number}")
                 director.run_directory.mkdir(parents=True)
+                director.guard_file.parent.mkdir()
                 (director.folder / "keepalived.conf").write_text(keepalived_config(
                     shipped, number=number, notify=str(hook), advert_int=self.advert_int, sync=self.sync,
                     guard_file=director.guard_file if self.guard else None))
                 director.config.write_text(director_config(
-                    number, self.lab.servers, token_file=token, state_file=director.state_file, policy=self.policy))
+                    number, self.lab.servers, token_file=token, state_file=director.state_file,
+                    guard_file=director.guard_file, policy=self.policy))
                 self.directors.append(director)
         except BaseException:
             self.teardown()
@@ -562,3 +576,5 @@ class DirectorPair:
 
     def teardown(self) -> None:
         self.lab.teardown()
+        if self.guard_root is not None:
+            shutil.rmtree(self.guard_root, ignore_errors=True)

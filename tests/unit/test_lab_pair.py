@@ -89,12 +89,19 @@ class KeepalivedConfigTests(SynchronousTestCase):
         self.assertRegex(text, r"track_file pair_guard \{\s*file \S+\s*weight 0\s*\}")
         self.assertRegex(text, r"track_file \{\s*pair_guard\s*\}")
 
-    def test_the_guard_file_is_where_lvs_director_writes_it_by_default(self):
-        # [pair] guard_file's default: beside the notify hook's state file.
+    def test_the_director_s_config_names_the_guard_file_its_keepalived_tracks(self):
         folder = Path(self.mktemp()).resolve()
-        director = PairDirector(1, "p-director", "10.200.0.3", folder)
+        director = PairDirector(1, "p-director", "10.200.0.3", folder, guard_folder=Path("/tmp/guard/director1"))
         director.run_directory.mkdir(parents=True)
         (folder / "status.token").write_text("token\n")
+        director.config.write_text(director_config(1, SERVERS, token_file=folder / "status.token",
+                                                   state_file=director.state_file, guard_file=director.guard_file))
+        tracked = keepalived_config(SHIPPED, number=1, notify="/x", advert_int=0.2, sync=True,
+                                    guard_file=director.guard_file)
+        self.assertEqual(load_config(director.config).pair.guard_file, Path("/tmp/guard/director1/pair-guard"))
+        self.assertEqual(directive(tracked, "file"), ['"/tmp/guard/director1/pair-guard"'])
+        # Without a folder of its own, its run directory: [pair] guard_file's default.
+        director = PairDirector(1, "p-director", "10.200.0.3", folder)
         director.config.write_text(director_config(1, SERVERS, token_file=folder / "status.token",
                                                    state_file=director.state_file))
         self.assertEqual(load_config(director.config).pair.guard_file, director.guard_file)
