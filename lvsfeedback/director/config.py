@@ -68,8 +68,9 @@ MAX_MAX_AGENTS = 1_000_000
 # The same for the status listener: a burst of a thousand requests (a
 # dashboard wall, a scraper fleet, a flood) with Twisted's 50 had SYNs
 # dropped and retried for seconds while the director was busy (#15).
-DEFAULT_GUARD_FILE = "pair-guard"
 DEFAULT_STATUS_LISTEN = "tcp:9101:interface=127.0.0.1:backlog=1024"
+# [pair] guard_file's name, beside the vrrp_state_file.
+DEFAULT_GUARD_FILE = "pair-guard"
 # Health mode multiplies the base weight by health/100, so a base of 100
 # gives weights in 1% steps; a base of 1 could only ever be 0 or 1.
 DEFAULT_WEIGHT = 100
