@@ -159,6 +159,9 @@ def _pair_line(pair: dict[str, Any] | None, now: float) -> str | None:
         line += f", last fetch {_duration(now - pair['last_fetch'])} ago"
     if pair["last_error"]:
         line += f"; {pair['last_error']}"
+    guard = pair.get("guard")
+    if guard is not None:
+        line += f"; split-brain guard: {guard['problem'] or guard['reason']}"
     return line
 
 

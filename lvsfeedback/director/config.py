@@ -69,6 +69,8 @@ MAX_MAX_AGENTS = 1_000_000
 # dashboard wall, a scraper fleet, a flood) with Twisted's 50 had SYNs
 # dropped and retried for seconds while the director was busy (#15).
 DEFAULT_STATUS_LISTEN = "tcp:9101:interface=127.0.0.1:backlog=1024"
+# [pair] guard_file's name, beside the vrrp_state_file.
+DEFAULT_GUARD_FILE = "pair-guard"
 # Health mode multiplies the base weight by health/100, so a base of 100
 # gives weights in 1% steps; a base of 1 could only ever be 0 or 1.
 DEFAULT_WEIGHT = 100
@@ -138,6 +140,8 @@ class PairSettings:
     peer_token_file: Path | None  # bearer token sent to the peer (its [status] token_file)
     peer_timeout: float  # seconds one fetch of the peer's desired weights may take
     follow_stale_after: float  # seconds without a new answer before the backup runs its own policy
+    guard_file: Path  # the split-brain guard's verdict, keepalived's track_file: "1" stand down, "0" VRRP decides
+    guard_interval: float  # seconds between the guard's rounds
     peer_token: bytes | None = field(default=None, repr=False)  # the peer_token_file's content
 
 
@@ -300,8 +304,15 @@ class _Reader:
             peer_token_file=table.take("peer_token_file", self._readable_file, None),
             peer_timeout=table.take("peer_timeout", _seconds(lambda n: 0 < n <= 60, "> 0 and <= 60"), 1.0),
             follow_stale_after=table.take("follow_stale_after", _seconds(lambda n: n > 0, "> 0"), stale_default),
+            guard_file=table.take("guard_file", self._path, None),
+            guard_interval=table.take("guard_interval", _seconds(lambda n: 0.1 <= n <= 60, ">= 0.1 and <= 60"), 0.5),
         )
         table.finish()
+        if settings.guard_file is None and settings.vrrp_state_file is not None:
+            # Beside the notify hook's file, in the folder keepalived reads from.
+            settings = replace(settings, guard_file=settings.vrrp_state_file.parent / DEFAULT_GUARD_FILE)
+        if settings.guard_file is not None and settings.guard_file == settings.vrrp_state_file:
+            self.problem("pair.guard_file", "must not be the vrrp_state_file: each has its own writer")
         if settings.peer_token_file is not None:
             settings = replace(settings, peer_token=self.contents[settings.peer_token_file])
         return settings

@@ -1,30 +1,31 @@
 """
-A director in a pair: its VRRP state, and while BACKUP, the master's desired
+A director in a pair: its VRRP state, and while it stands by, the master's desired
 weights to follow.
 
 keepalived moves the virtual address and calls tap/vrrp-notify on each
 change, which writes ``STATE PRIORITY`` to ``[pair] vrrp_state_file``
 (written aside, then renamed). Both directors run the policy and write their
 own kernel, so the backup's table is warm; but capacity mode learns from the
-kernel's packet counters, and the backup sees no packets. So while BACKUP a
-director follows the master: `PairFollower` fetches the master's
+kernel's packet counters, and the backup sees no packets. So while it
+stands by (BACKUP, or FAULT: the pair's guard against split brain,
+director/pair_guard.py, holds a director that does not have the address in
+FAULT while its peer has it) a director follows the master: `PairFollower`
+fetches the master's
 ``/pair/desired.json`` (`desired_document`) once per update interval, just
 ahead of the pass, and the updater hands each weight to the policy as
 `ServerInput.followed`. The policy remembers it as capacity mode's target,
 so the first pass after a takeover starts from the weights the old master
-last wanted. Any other state (MASTER, FAULT, STOP, or no readable file:
-unknown) runs the director's own policy, as does a backup whose peer's
-answers fail, go stale, or come from a peer that is BACKUP too (two
+last wanted. Any other state (MASTER, STOP, or no readable file: unknown)
+runs the director's own policy, as does a director standing by whose peer's
+answers fail, go stale, or come from a peer that stands by too (two
 backups following each other would freeze the weights).
 """
 
 from __future__ import annotations
 
-import enum
 import ipaddress
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping
 
 from twisted.application.service import Service
@@ -38,51 +39,12 @@ from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from lvsfeedback.director.config import IReconfigurable, PairSettings
+from lvsfeedback.director.vrrp import STANDING_BY, VRRPReading, VRRPState, read_vrrp_state
 from lvsfeedback.ipvs.model import MAX_WEIGHT, DestKey
 
 DESIRED_PATH = "/pair/desired.json"
 # A thousand services of ten thousand servers take about 1 MiB of JSON.
 MAX_DESIRED_BODY = 4 * 1024 * 1024
-# The notify hook writes one short line.
-MAX_STATE_FILE = 256
-
-
-class VRRPState(enum.StrEnum):
-    MASTER = "MASTER"
-    BACKUP = "BACKUP"
-    FAULT = "FAULT"
-    STOP = "STOP"
-    UNKNOWN = "unknown"  # no file, or one that cannot be read
-
-
-@dataclass(frozen=True)
-class VRRPReading:
-    state: VRRPState
-    priority: int | None = None
-    problem: str | None = None  # why the file gave no state; None when it is absent or fine
-
-
-def read_vrrp_state(path: Path) -> VRRPReading:
-    """The state tap/vrrp-notify wrote to `path`: ``STATE PRIORITY`` (the priority may be missing)."""
-    try:
-        with path.open("rb") as file:
-            content = file.read(MAX_STATE_FILE + 1)
-    except FileNotFoundError:
-        return VRRPReading(VRRPState.UNKNOWN)
-    except OSError as error:
-        return VRRPReading(VRRPState.UNKNOWN, problem=f"cannot read {path}: {error.strerror}")
-    words = content.decode("ascii", "replace").split() if len(content) <= MAX_STATE_FILE else []
-    states = tuple(state for state in VRRPState if state is not VRRPState.UNKNOWN)
-    if not 1 <= len(words) <= 2 or words[0] not in states or (len(words) == 2 and not _priority(words[1])):
-        shown = content[:40].decode("ascii", "replace")
-        return VRRPReading(
-            VRRPState.UNKNOWN, problem=f"{path} does not hold 'STATE PRIORITY' (STATE one of {', '.join(states)}): {shown!r}"
-        )
-    return VRRPReading(VRRPState(words[0]), int(words[1]) if len(words) == 2 else None)
-
-
-def _priority(word: str) -> bool:
-    return word.isdigit() and int(word) <= 255
 
 
 # The peer endpoint's document ---------------------------------------------------
@@ -195,11 +157,37 @@ class _BoundedBody(Protocol):
             self.finished.errback(reason)
 
 
+def get_from_peer(http, clock, settings: PairSettings, path: str, limit: int) -> Deferred:
+    """
+    The body of the peer's `path` (its status listener, with the token),
+    read up to `limit` bytes within `[pair] peer_timeout`; fails on any
+    error, refusal, timeout or larger body. `http` is a twisted.web IAgent.
+    """
+    headers = Headers({b"user-agent": [b"lvsfeedback-director"]})
+    if settings.peer_token is not None:
+        headers.addRawHeader(b"authorization", b"Bearer " + settings.peer_token)
+    asking = http.request(b"GET", (settings.peer + path).encode("ascii"), headers, None)
+    asking.addCallback(_read_body, limit)
+    asking.addTimeout(settings.peer_timeout, clock)
+    return asking
+
+
+def _read_body(response, limit: int) -> Deferred:
+    reader: _BoundedBody
+    # Cancelled (the timeout): stop reading, drop the connection.
+    finished: Deferred = Deferred(lambda _: reader.transport.stopProducing())
+    reader = _BoundedBody(finished, limit)
+    response.deliverBody(reader)
+    if response.code != 200:
+        finished.addCallback(_refused, response.code)
+    return finished
+
+
 @implementer(IReconfigurable)
 class PairFollower(Service):
     """
     This director's VRRP state, read from `[pair] vrrp_state_file`, and while
-    it is BACKUP the master's desired weights, fetched from `[pair] peer` once
+    it stands by the master's desired weights, fetched from `[pair] peer` once
     per update interval (`start_fetching` sets the rhythm ahead of the
     passes). `followed` is what the updater asks at each pass. Without
     `[pair]` it reads and fetches nothing and `followed` is always empty.
@@ -240,7 +228,7 @@ class PairFollower(Service):
             self.answer = self.answered_at = None
 
     def start_fetching(self, first: float) -> None:
-        """Read the state and, as a backup, fetch `first` seconds from now, then every update interval."""
+        """Read the state and, standing by, fetch `first` seconds from now, then every update interval."""
         self.stop_fetching()
         self._loop = LoopingCall(self.tick)
         self._loop.clock = self.clock
@@ -258,9 +246,9 @@ class PairFollower(Service):
         self.stop_fetching()
 
     def tick(self) -> Deferred | None:
-        """One read of the state; as a backup, one fetch of the master's weights (none while one runs)."""
+        """One read of the state; standing by, one fetch of the master's weights (none while one runs)."""
         self.refresh()
-        if self.state is not VRRPState.BACKUP or self._fetching is not None:
+        if self.state not in STANDING_BY or self._fetching is not None:
             return None
         fetching = self._fetching = self.fetch()
         fetching.addBoth(self._fetched)
@@ -285,25 +273,9 @@ class PairFollower(Service):
         """The peer's desired weights, checked (a `Desired`); fails on any error, timeout or oversized body."""
         settings = self.settings
         assert settings is not None
-        headers = Headers({b"user-agent": [b"lvsfeedback-director"]})
-        if settings.peer_token is not None:
-            headers.addRawHeader(b"authorization", b"Bearer " + settings.peer_token)
-        url = (settings.peer + DESIRED_PATH).encode("ascii")
-        asking = self.http.request(b"GET", url, headers, None)
-        asking.addCallback(self._read_body)
+        asking = get_from_peer(self.http, self.clock, settings, DESIRED_PATH, MAX_DESIRED_BODY)
         asking.addCallback(parse_desired)
-        asking.addTimeout(settings.peer_timeout, self.clock)
         return asking
-
-    def _read_body(self, response) -> Deferred:
-        reader: _BoundedBody
-        # Cancelled (the timeout): stop reading, drop the connection.
-        finished: Deferred = Deferred(lambda _: reader.transport.stopProducing())
-        reader = _BoundedBody(finished, MAX_DESIRED_BODY)
-        response.deliverBody(reader)
-        if response.code != 200:
-            finished.addCallback(_refused, response.code)
-        return finished
 
     def _fetched(self, result) -> None:
         self._fetching = None
@@ -332,19 +304,20 @@ class PairFollower(Service):
     def followed(self, now: float) -> Mapping[tuple[str, DestKey], int]:
         """
         For the pass at `now`: the master's desired weights by (service name,
-        server) while this director is BACKUP and the master's answer is
+        server) while this director stands by and the master's answer is
         fresh; empty otherwise (its own policy). Falling back, and following
         again, are logged once.
         """
         settings = self.settings
         fallback = None
-        if settings is not None and self.refresh() is VRRPState.BACKUP:
+        if settings is not None and self.refresh() in STANDING_BY:
             fallback = self._why_not_follow(now, settings)
-        following = settings is not None and self.state is VRRPState.BACKUP and fallback is None
+        following = settings is not None and self.state in STANDING_BY and fallback is None
         if fallback is not None and fallback != self.fallback:
-            self.log.warn("VRRP BACKUP, running its own policy: {why}", why=fallback)
+            self.log.warn("VRRP {state}, running its own policy: {why}", state=str(self.state), why=fallback)
         if following and not self.following:
-            self.log.info("VRRP BACKUP: following the master's weights from {peer}", peer=self._peer())
+            self.log.info("VRRP {state}: following the master's weights from {peer}", state=str(self.state),
+                          peer=self._peer())
         self.fallback, self.following = fallback, following
         return self.answer.weights if following and self.answer is not None else {}
 
@@ -354,8 +327,8 @@ class PairFollower(Service):
         if now - self.answered_at > settings.follow_stale_after:
             return (f"no new pass from the master for {now - self.answered_at:.1f}s "
                     f"(follow_stale_after {settings.follow_stale_after:g}s)")
-        if self.answer.vrrp_state == VRRPState.BACKUP:
-            return "the peer is BACKUP too"
+        if self.answer.vrrp_state in STANDING_BY:
+            return f"the peer is {self.answer.vrrp_state} too"
         return None
 
 

@@ -20,6 +20,7 @@ from lvsfeedback.director.config import ConfigError, DirectorConfig, IReconfigur
 from lvsfeedback.director.factory import NEFactory
 from lvsfeedback.director.listening import MovablePort
 from lvsfeedback.director.pair import PairFollower
+from lvsfeedback.director.pair_guard import PairGuard
 from lvsfeedback.director.protocol import NEProtocol, unmapped
 from lvsfeedback.director.registry import Registry
 from lvsfeedback.director.updater import WeightUpdater
@@ -207,6 +208,9 @@ class DirectorService(MultiService):
         self.pair = PairFollower(config, reactor, http)
         self.pair.setServiceParent(self)
         self.updater.followed = self.pair.followed
+        # The split-brain guard's verdict, in the file keepalived tracks.
+        self.guard = PairGuard(config, reactor, self.pair, http)
+        self.guard.setServiceParent(self)
         self.listener = NECPListener(config, reactor, self.registry, **timing)
         self.listener.setServiceParent(self)
         self.factory = self.listener.factory

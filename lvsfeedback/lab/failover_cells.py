@@ -70,6 +70,8 @@ from lvsfeedback.lab.topology import DIRECTOR_SEGMENT_ADDRESSES, NAMESPACE_LINK,
 
 # How long the probe tries new connections after the kill before it says "never".
 TAKEOVER_TIMEOUT = 30.0
+# Leftover connection entries leave by their timeouts: IPVS's FIN_WAIT is 120 s.
+SOUND_TIMEOUT = 150.0
 
 
 class PairLab(Lab):
@@ -91,7 +93,10 @@ class PairLab(Lab):
         # keepalived runs the notify hook only from a file only root may change.
         log_dir = Path(tempfile.mkdtemp(prefix="lvsfeedback-pair-"))
         try:
-            with DirectorPair(servers, sync=True, log_dir=log_dir) as pair:
+            # Without the split-brain guard, as the static pair runs and as the
+            # scenario was first measured: the guard delays a takeover by up
+            # to guard_interval + peer_timeout (README "Running a pair").
+            with DirectorPair(servers, sync=True, guard=False, log_dir=log_dir) as pair:
                 for director in pair.directors:
                     pair.start_keepalived(director)
                 lab = cls(pair, plan, out, say)
@@ -106,11 +111,20 @@ class PairLab(Lab):
         return self.master.namespace
 
     def steady(self) -> PairDirector:
-        """The master, once the other director is BACKUP: a pair ready for a cell."""
+        """
+        The master, once the pair is sound to measure from (L{pair_problems}:
+        one master, the other standing by, the sync daemons as keepalived
+        runs them, no connection entry left that would carry a new connection
+        past the weights on the master); ExperimentError saying why when it is not so in
+        SOUND_TIMEOUT: a cell measured from an unsound pair measures the
+        leftovers of the last one.
+        """
         self.master = self.pair.wait_for_master(STARTUP_TIMEOUT)
-        backup = self.pair.other(self.master)
-        self.pair.poll(lambda: self.pair.vrrp_state(backup) == "BACKUP", time.monotonic() + STARTUP_TIMEOUT,
-                       f"{backup.namespace} BACKUP")
+        deadline = time.monotonic() + SOUND_TIMEOUT
+        while problems := self.pair.problems():
+            if time.monotonic() > deadline:
+                raise ExperimentError("the pair is not sound to measure from, refusing: " + "; ".join(problems))
+            time.sleep(1.0)
         return self.master
 
     def kill_master(self, daemons: PairDaemons | None) -> float:
@@ -142,11 +156,12 @@ class PairLab(Lab):
     def revive(self, dead: PairDirector) -> None:
         """
         The dead director back as after a reboot (the VIP its keepalived left
-        gone, its link up), keepalived only: each cell starts its own
-        lvs-director. Waits until it is BACKUP.
+        gone, and its kernel's sync daemons, its link up), keepalived only:
+        each cell starts its own lvs-director. Waits until the pair is sound.
         """
         if self.pair.holds_vip(dead):
             run_command(Command(["ip", "-n", dead.namespace, "addr", "del", f"{VIP}/32", "dev", NAMESPACE_LINK]))
+        self.pair.stop_sync_daemons(dead)
         run_command(Command(["ip", "-n", self.pair.lab.plan.segment, "link", "set", dead.segment_port, "up"]))
         self.pair.start_keepalived(dead)
         self.steady()

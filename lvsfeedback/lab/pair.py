@@ -16,7 +16,10 @@ owns the address, and starts the kernel's connection sync daemon with the
 VRRP state (C{lvs_sync_daemon}: master on MASTER, backup on BACKUP). That is
 the engine an operator already runs and knows, so lvs-director does not
 start the sync daemon itself. keepalived's notify hook (tap/vrrp-notify)
-records each director's VRRP state in its own run directory.
+records each director's VRRP state in its own run directory, and the
+split-brain guard (lvs-director's verdict in its run directory's guard
+file, keepalived's track_file; director/pair_guard.py) holds the director
+without the VIP in FAULT while the other has it.
 
 Everything here is driven from outside the namespaces, by a test or a
 bench, and bounded: the VRRP state and the kernel's tables have no event to
@@ -31,12 +34,14 @@ import re
 import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from lvsfeedback.director.config import DEFAULT_GUARD_FILE
 from lvsfeedback.lab.topology import (
     DIRECTOR_SEGMENT_ADDRESSES,
     DR,
@@ -57,6 +62,8 @@ SHIPPED_KEEPALIVED_CONFIG = TAP / "keepalived-pair.conf"
 SHIPPED_NOTIFY_HOOK = TAP / "vrrp-notify"
 KEEPALIVED = "/usr/sbin/keepalived"
 TWISTD = str(Path(sys.executable).parent / "twistd")
+IPTABLES = "iptables-legacy"
+VRRP_PROTOCOL = "112"
 VRRP_INSTANCE = "VI_LVS"
 # The first director is the preferred master when both come up together; with
 # nopreempt, though, a director already master keeps the address against a
@@ -66,8 +73,12 @@ NECP_PORT = 3262
 STATUS_PORT = 9101
 SERVICE_PORT = 80
 POLL_INTERVAL = 0.1
+# [pair] peer_timeout: how long the split-brain guard waits for the other director.
+PEER_TIMEOUT = 2.0
 # The directors' [policy] hysteresis: how far apart their weights may be.
 HYSTERESIS = 0.1
+# A director not holding the VIP, ready to take it: FAULT is the guard's standing by.
+STANDING_BY = ("BACKUP", "FAULT")
 # "pro expire state source virtual destination", one connection a line.
 _CONNECTION_LINE = re.compile(r"^(\w+)\s+\S+\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s*$")
 
@@ -81,15 +92,29 @@ def _set_line(text: str, pattern: str, replacement: str, what: str) -> str:
     return regex.sub(lambda match: match.group(1) + replacement, text)
 
 
+def _drop_block(text: str, header: str, what: str) -> str:
+    """text without the one block opening with the header line `header {` and closing at its `}` line."""
+    regex = re.compile(rf"^[ \t]*{header} \{{\n.*?^[ \t]*\}}\n", re.M | re.S)
+    if len(regex.findall(text)) != 1:
+        raise LabError(f"{SHIPPED_KEEPALIVED_CONFIG.name}: expected one {what} block to drop")
+    return regex.sub("", text)
+
+
 def keepalived_config(shipped: str, *, number: int, notify: str, advert_int: float, sync: bool,
-                      interface: str = NAMESPACE_LINK, vip: str = VIP) -> str:
+                      guard_file: Path | None, interface: str = NAMESPACE_LINK, vip: str = VIP) -> str:
     """
     The shipped pair config for director `number` (1 or 2) of the lab: its
     router id and priority, the lab's interface and VIP, a short advert
-    interval, the notify hook at `notify`; without `sync`, no sync daemon
-    (the control of the failover test).
+    interval, the notify hook at `notify`, the split-brain guard's verdict
+    tracked in `guard_file` (None: no guard, the control of the split-brain
+    test); without `sync`, no sync daemon (the control of the failover test).
     """
     text = shipped
+    if guard_file is None:
+        text = _drop_block(text, "track_file pair_guard", "track_file")
+        text = _drop_block(text, "track_file", "instance's track_file")
+    else:
+        text = _set_line(text, r'file "', f'file "{guard_file}"', "guard file")
     text = _set_line(text, r"router_id\b", f"router_id lvs-director-{number}", "router_id")
     text = _set_line(text, r"priority\b", f"priority {PRIORITIES[number - 1]}", "priority")
     text = _set_line(text, r"interface\b", f"interface {interface}", "interface")
@@ -118,20 +143,22 @@ def keepalived_command(config: Path, pid_file: Path, vrrp_pid_file: Path) -> lis
 
 
 def director_config(number: int, servers: list[LabServer], *, token_file: Path, state_file: Path,
-                    policy: str = "") -> str:
+                    guard_file: Path | None = None, policy: str = "") -> str:
     """
     lvs-director's config for director `number`: NECP and status on its
     segment address, the DR web service on the VIP with every real server,
     health mode (both directors see the same agents' reports, so both
     compute the same weights), and `[pair]`: while BACKUP, by the notify
     hook's `state_file`, it follows the other's desired weights, as a
-    capacity-mode backup must (it sees none of the packets).
+    capacity-mode backup must (it sees none of the packets); its split-brain
+    guard writes `guard_file` (None: the default, beside `state_file`).
     """
     address = DIRECTOR_SEGMENT_ADDRESSES[number - 1]
     reals = "".join(f'\n[[service.real]]\naddress = "{server.address}"\n' for server in servers)
     # While BACKUP it follows the other's desired weights ([pair]), read from
     # the other's status listener on its segment address, behind the token.
     peer = DIRECTOR_SEGMENT_ADDRESSES[2 - number]
+    guard = "" if guard_file is None else f'\nguard_file = "{guard_file}"'
     return f"""
 [director]
 listen = "tcp:{NECP_PORT}:interface={address}"
@@ -143,7 +170,10 @@ token_file = "{token_file}"
 [pair]
 vrrp_state_file = "{state_file}"
 peer = "http://{peer}:{STATUS_PORT}"
-peer_token_file = "{token_file}"
+peer_token_file = "{token_file}"{guard}
+# The emulated VM answers slowly at times; a peer wrongly unheard with VRRP
+# blocked would let the standby's keepalived take the VIP beside the master.
+peer_timeout = {PEER_TIMEOUT:g}
 [policy]
 mode = "health"
 hysteresis = {HYSTERESIS}
@@ -201,6 +231,64 @@ def parse_scheduled_connections(listing: str, service: str) -> int:
     raise LabError(f"no virtual service {service} in:\n{listing}")
 
 
+# ipvsadm -L --daemon: "master sync daemon (mcast=eth0, syncid=51, ...)", one a line.
+_SYNC_DAEMON_LINE = re.compile(r"^(master|backup) sync daemon\b", re.M)
+# IPVS reschedules a new connection from a client port an entry still holds
+# only over these states (net.ipv4.vs.conn_reuse_mode 1); any other sends it
+# to the entry's real server whatever the weights say.
+RESCHEDULED_OVER = frozenset({"TIME_WAIT", "CLOSE"})
+
+
+def parse_sync_daemons(listing: str) -> frozenset[str]:
+    """`ipvsadm -L --daemon` output → the sync daemons running: "master", "backup"."""
+    return frozenset(_SYNC_DAEMON_LINE.findall(listing))
+
+
+@dataclass(frozen=True)
+class DirectorView:
+    """What one director's system says, for judging whether the pair is sound (L{pair_problems})."""
+
+    namespace: str
+    vrrp_state: str | None
+    holds_vip: bool
+    sync_daemons: frozenset[str]
+    connections: tuple[Connection, ...]
+
+
+def pair_problems(views: list[DirectorView], *, sync: bool, service: str = f"{VIP}:{SERVICE_PORT}") -> list[str]:
+    """
+    Why the pair is not in a sound state to measure from, [] when it is:
+    one director holds the VIP and is MASTER, the other stands by; with
+    `sync`, the kernel's sync daemons as keepalived runs them (master on
+    the master, backup on the other: a SIGKILLed keepalived leaves its
+    daemons running, and a reboot would not); and no connection entry to
+    `service` left on the master that would send a new connection from a
+    reused client port to its old real server, past the weights. (A revived
+    director keeps the ESTABLISHED entries it died with for IPVS's 15
+    minutes: nothing short of a new namespace empties them, and it
+    schedules nothing until it is master again.)
+    """
+    problems = []
+    holders = [view for view in views if view.holds_vip]
+    if len(holders) != 1:
+        problems.append(f"{len(holders)} directors hold the VIP ({', '.join(v.namespace for v in holders) or 'none'})")
+    for view in views:
+        master = len(holders) == 1 and view is holders[0]
+        if master and view.vrrp_state != "MASTER":
+            problems.append(f"{view.namespace} holds the VIP but keepalived says {view.vrrp_state}")
+        if not view.holds_vip and view.vrrp_state not in STANDING_BY:
+            problems.append(f"{view.namespace} does not hold the VIP and is {view.vrrp_state}, not standing by")
+        expected = frozenset() if not sync else frozenset({"master" if master else "backup"})
+        if len(holders) == 1 and view.sync_daemons != expected:
+            problems.append(f"{view.namespace} runs sync daemons {sorted(view.sync_daemons)}, not {sorted(expected)}")
+        capturing = [entry for entry in view.connections
+                     if entry.virtual == service and entry.state not in RESCHEDULED_OVER]
+        if master and capturing:
+            states = ", ".join(sorted({entry.state for entry in capturing}))
+            problems.append(f"{view.namespace} still holds {len(capturing)} connections to {service} ({states})")
+    return problems
+
+
 @dataclass
 class PairDirector:
     """One director of the pair: its number, namespace, address, and its processes while they run."""
@@ -211,6 +299,9 @@ class PairDirector:
     folder: Path
     keepalived: LabProcess | None = None
     director: LabProcess | None = None
+    # Where its guard file is, if not in its run directory: keepalived watches
+    # the file with inotify, which misses changes on the VM's shared folders.
+    guard_folder: Path | None = None
 
     @property
     def run_directory(self) -> Path:
@@ -220,6 +311,16 @@ class PairDirector:
     @property
     def state_file(self) -> Path:
         return self.run_directory / f"vrrp-{VRRP_INSTANCE}"
+
+    @property
+    def guard_file(self) -> Path:
+        """Where its lvs-director writes the split-brain guard's verdict, and its keepalived reads it."""
+        return (self.guard_folder or self.run_directory) / DEFAULT_GUARD_FILE
+
+    @property
+    def config(self) -> Path:
+        """Its lvs-director's config."""
+        return self.folder / "director.toml"
 
     @property
     def director_log(self) -> Path:
@@ -241,13 +342,20 @@ class DirectorPair:
             master = pair.wait_for_master(60)
     """
 
-    def __init__(self, servers: int = 3, *, sync: bool = True, advert_int: float = 0.2,
+    def __init__(self, servers: int = 3, *, sync: bool = True, guard: bool = True, advert_int: float = 0.2,
                  cpus_per_server: float | None = None, policy: str = "", log_dir: Path | None = None):
         self.lab = Topology(servers, mode=DR, directors=2, cpus_per_server=cpus_per_server, log_dir=log_dir)
         self.sync = sync
+        self.guard = guard
         self.advert_int = advert_int
         self.policy = policy
         self.directors: list[PairDirector] = []
+        self.guard_root: Path | None = None
+
+    @property
+    def standby_state(self) -> str:
+        """The VRRP state of the director not holding the VIP once all is settled: the guard holds it in FAULT."""
+        return "FAULT" if self.guard else "BACKUP"
 
     def __enter__(self) -> DirectorPair:
         return self.build()
@@ -260,6 +368,10 @@ class DirectorPair:
         self.lab.build()
         try:
             assert self.lab.log_dir is not None
+            # The guard files on the machine's own disk (the VM's /tmp), not in
+            # the log folder: that may be a folder the VM shares with its host,
+            # where keepalived's inotify hears nothing of lvs-director's writes.
+            self.guard_root = Path(tempfile.mkdtemp(prefix="lvsfeedback-pair-guard-"))
             # keepalived's script security refuses a hook that anyone but root may
             # change: the checkout's copy may be a user's, this one is root's.
             hook = self.lab.log_dir / "vrrp-notify"
@@ -270,12 +382,16 @@ class DirectorPair:
             shipped = SHIPPED_KEEPALIVED_CONFIG.read_text()
             for number, (namespace, address) in enumerate(
                     zip(self.lab.plan.director_namespaces, DIRECTOR_SEGMENT_ADDRESSES), start=1):
-                director = PairDirector(number, namespace, address, self.lab.log_dir / f"director{number}")
+                director = PairDirector(number, namespace, address, self.lab.log_dir / f"director{number}",
+                                        guard_folder=self.guard_root / f"director{number}")
                 director.run_directory.mkdir(parents=True)
+                director.guard_file.parent.mkdir()
                 (director.folder / "keepalived.conf").write_text(keepalived_config(
-                    shipped, number=number, notify=str(hook), advert_int=self.advert_int, sync=self.sync))
-                (director.folder / "director.toml").write_text(director_config(
-                    number, self.lab.servers, token_file=token, state_file=director.state_file, policy=self.policy))
+                    shipped, number=number, notify=str(hook), advert_int=self.advert_int, sync=self.sync,
+                    guard_file=director.guard_file if self.guard else None))
+                director.config.write_text(director_config(
+                    number, self.lab.servers, token_file=token, state_file=director.state_file,
+                    guard_file=director.guard_file, policy=self.policy))
                 self.directors.append(director)
         except BaseException:
             self.teardown()
@@ -309,7 +425,7 @@ class DirectorPair:
     def start_director(self, director: PairDirector) -> None:
         director.director = self.lab.spawn(director.namespace, [
             TWISTD, "-n", "--pidfile=", f"--logfile={director.director_log}",
-            "lvs-director", "--config", str(director.folder / "director.toml"),
+            "lvs-director", "--config", str(director.config),
         ])
 
     def start_keepalived(self, director: PairDirector) -> None:
@@ -331,7 +447,11 @@ class DirectorPair:
             time.sleep(POLL_INTERVAL)
 
     def vrrp_state(self, director: PairDirector) -> str | None:
-        """The state keepalived last told the notify hook (MASTER, BACKUP, FAULT, STOP), None before any."""
+        """
+        The state keepalived last told the notify hook (MASTER, BACKUP, FAULT,
+        STOP), None before any. With the split-brain guard a director standing
+        by is FAULT while the other holds the VIP, else BACKUP (STANDING_BY).
+        """
         try:
             return director.state_file.read_text().split()[0]
         except (FileNotFoundError, IndexError):
@@ -380,6 +500,22 @@ class DirectorPair:
         status: dict[str, Any] = json.loads(self.lab.run(director.namespace, ["curl", "-sf", "--max-time", "10", url]).stdout)
         return status
 
+    def view(self, director: PairDirector) -> DirectorView:
+        """What the director's system says now (L{pair_problems} judges it)."""
+        daemons = self.lab.run(director.namespace, ["ipvsadm", "-L", "--daemon"]).stdout
+        return DirectorView(director.namespace, self.vrrp_state(director), self.holds_vip(director),
+                            parse_sync_daemons(daemons), tuple(self.connections(director)))
+
+    def problems(self) -> list[str]:
+        """Why the pair is not sound to measure from now; [] when it is."""
+        return pair_problems([self.view(director) for director in self.directors], sync=self.sync)
+
+    def stop_sync_daemons(self, director: PairDirector) -> None:
+        """The kernel's sync daemons in the director's namespace stopped, as a reboot stops them."""
+        running = parse_sync_daemons(self.lab.run(director.namespace, ["ipvsadm", "-L", "--daemon"]).stdout)
+        for daemon in sorted(running):
+            self.lab.run(director.namespace, ["ipvsadm", "--stop-daemon", daemon])
+
     def kill(self, director: PairDirector) -> float:
         """
         The director dies: its segment link goes down, then keepalived and
@@ -403,19 +539,42 @@ class DirectorPair:
         A killed director comes back as after a reboot of the machine: the
         VIP its keepalived left is gone (else it would answer for it beside
         the master until its new keepalived dropped it) and so is the VRRP
-        state its hook recorded (/run is emptied), its link up, lvs-director
-        and keepalived started again. Its IPVS table is as the dead one left
-        it: lvs-director adopts it.
+        state its hook recorded (/run is emptied) and the kernel's sync
+        daemons its keepalived started (SIGKILL stopped none), its link up,
+        lvs-director and keepalived started again. Its IPVS table is as the
+        dead one left it: lvs-director adopts it.
         """
         director.state_file.unlink(missing_ok=True)
+        # The guard's verdict too: as a SIGKILL leaves it, it would hold the
+        # revived director in FAULT until its lvs-director's first round.
+        director.guard_file.unlink(missing_ok=True)
+        self.stop_sync_daemons(director)
         if self.holds_vip(director):
             run_command(Command(["ip", "-n", director.namespace, "addr", "del", f"{VIP}/32", "dev", NAMESPACE_LINK]))
         self._set_segment_port(director, "up")
         self.start_director(director)
         self.start_keepalived(director)
 
+    def block_vrrp(self) -> None:
+        """VRRP (IP protocol 112) dropped as it reaches either director: each hears nothing of the other's adverts."""
+        for director in self.directors:
+            self.lab.run(director.namespace, [IPTABLES, "-I", "INPUT", "-p", VRRP_PROTOCOL, "-j", "DROP"])
+
+    def heal_vrrp(self) -> None:
+        for director in self.directors:
+            self.lab.run(director.namespace, [IPTABLES, "-D", "INPUT", "-p", VRRP_PROTOCOL, "-j", "DROP"])
+
+    def cut_necp(self, director: PairDirector) -> None:
+        """The agents' NECP packets dropped as they reach this director (no reset: as a partition does)."""
+        self.lab.run(director.namespace, [IPTABLES, "-I", "INPUT", "-p", "tcp", "--dport", str(NECP_PORT), "-j", "DROP"])
+
+    def restore_necp(self, director: PairDirector) -> None:
+        self.lab.run(director.namespace, [IPTABLES, "-D", "INPUT", "-p", "tcp", "--dport", str(NECP_PORT), "-j", "DROP"])
+
     def _set_segment_port(self, director: PairDirector, state: str) -> None:
         run_command(Command(["ip", "-n", self.lab.plan.segment, "link", "set", director.segment_port, state]))
 
     def teardown(self) -> None:
         self.lab.teardown()
+        if self.guard_root is not None:
+            shutil.rmtree(self.guard_root, ignore_errors=True)

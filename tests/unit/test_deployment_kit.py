@@ -7,6 +7,7 @@ nothing else is changed.
 
 import configparser
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -174,6 +175,16 @@ class PairOrderingTests(SynchronousTestCase):
         # Ordering, not a dependency: a lone director needs no keepalived.
         for key in ("Requires", "Wants", "BindsTo"):
             self.assertNotIn("keepalived", unit_setting("lvs-director.service", key, section="Unit") or "")
+
+
+    def test_after_any_exit_the_unit_removes_the_guard_file_keepalived_tracks(self):
+        # A crashed lvs-director must not leave "stand down" behind (README "Running a pair").
+        removed = shlex.split(unit_setting("lvs-director.service", "ExecStopPost") or "")
+        with open(os.path.join(TAP, "keepalived-pair.conf")) as file:
+            [tracked] = re.findall(r'^track_file pair_guard \{\s*file "(\S+)"', file.read(), re.M)
+        self.assertEqual(removed, ["/bin/rm", "-f", tracked])
+        self.assertEqual(unit_setting("lvs-director.service", "RuntimeDirectory"), os.path.basename(os.path.dirname(tracked)))
+        self.assertEqual(unit_setting("lvs-director.service", "RuntimeDirectoryPreserve"), "yes")
 
 
 class JSONLogTests(SynchronousTestCase):

@@ -14,14 +14,8 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from lvsfeedback.director.pair import (
-    MAX_DESIRED_BODY,
-    PairFollower,
-    VRRPReading,
-    VRRPState,
-    parse_desired,
-    read_vrrp_state,
-)
+from lvsfeedback.director.pair import MAX_DESIRED_BODY, PairFollower, parse_desired
+from lvsfeedback.director.vrrp import VRRPReading, VRRPState, read_vrrp_state
 from lvsfeedback.ipvs.model import DestKey
 from tests.helpers.director import RS, TOKEN, write_config
 from tests.helpers.pair import FakeHTTP, FakeResponse, desired
@@ -211,6 +205,22 @@ class FollowerTests(FollowerCase):
         self.follower.tick()
         self.assertEqual(self.follower.followed(self.clock.seconds()), {})
         self.assertEqual(self.follower.fallback, "the peer is BACKUP too")
+
+    def test_a_director_held_in_fault_by_the_guard_follows_the_master_too(self):
+        # The split-brain guard keeps the director without the address in FAULT.
+        self.vrrp("FAULT")
+        self.answer()
+        self.follower.tick()
+        self.assertEqual(len(self.http.requests), 1)
+        self.assertEqual(dict(self.follower.followed(self.clock.seconds())),
+                         {("web", RS[0]): 60, ("web", RS[1]): 30, ("web", RS[2]): 10})
+
+    def test_a_peer_in_fault_too_is_not_followed(self):
+        self.vrrp("FAULT")
+        self.answer(state="FAULT")
+        self.follower.tick()
+        self.assertEqual(self.follower.followed(self.clock.seconds()), {})
+        self.assertEqual(self.follower.fallback, "the peer is FAULT too")
 
     def test_garbage_changes_no_weight_and_is_logged_once_per_change(self):
         self.vrrp("BACKUP")

@@ -113,7 +113,8 @@ class ReloadTests(DirectorTestCase):
 
     def test_the_directors_own_children_reconfigure_themselves(self):
         director = self.director
-        for child in (director.registry, director.updater, director.pair, director.listener, director.status):
+        for child in (director.registry, director.updater, director.pair, director.guard, director.listener,
+                      director.status):
             self.assertIn(child, list(director))
             self.assertTrue(verifyObject(IReconfigurable, child))
 
@@ -124,7 +125,7 @@ class ReloadTests(DirectorTestCase):
                 self.patch(child, "reconfigure", lambda config, child=child: reconfigured.append(child))
         self.assertTrue(self.reload()[0])
         self.assertIs(reconfigured[0], self.director.registry)
-        self.assertEqual(len(reconfigured), 5)
+        self.assertEqual(len(reconfigured), 6)
 
     def test_the_registry_takes_the_new_real_servers(self):
         agent, http = Agent("10.0.0.2", 40000, 1), units.Service(forwarding=units.FORWARD_LAYER3, protocol=6, port=80)

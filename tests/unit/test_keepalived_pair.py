@@ -31,12 +31,26 @@ class KeepalivedPairConfigTests(SynchronousTestCase):
         with open(CONFIG) as file:
             return file.read()
 
+    def installed(self):
+        """The shipped config as on a director: keepalived refuses a track script it cannot find."""
+        return self.shipped().replace("/usr/local/bin/lvsfeedback", shutil.which("true") or "/bin/true")
+
     def test_the_shipped_config_passes_keepalived_s_config_test(self):
-        result = self.config_test(self.shipped())
+        result = self.config_test(self.installed())
         self.assertEqual(result.returncode, 0, result.stderr + result.stdout)
 
+    def test_the_split_brain_guard_tracks_lvs_director_s_guard_file_with_weight_0(self):
+        text = self.shipped()
+        # Weight 0: any non-zero verdict is a FAULT, not a change of priority.
+        [tracked] = re.findall(r'^track_file pair_guard \{\s*file "(\S+)"\s*weight 0\s*\}', text, re.M)
+        [instance] = re.findall(r"^vrrp_instance VI_LVS \{\n.*?^\}", text, re.M | re.S)
+        self.assertRegex(instance, r"\n\s*track_file \{\s*pair_guard\s*\}")
+        # Where lvs-director writes it by default: beside the notify hook's state file.
+        self.assertEqual(tracked, "/run/lvsfeedback/pair-guard")
+        self.assertNotIn("track_script", text)
+
     def test_the_config_test_refuses_a_broken_copy(self):
-        result = self.config_test(self.shipped().replace("advert_int 1", "advert_int x"))
+        result = self.config_test(self.installed().replace("advert_int 1", "advert_int x"))
         self.assertNotEqual(result.returncode, 0)
 
     def test_vrrp_only_with_the_sync_daemon_following_the_instance(self):

@@ -20,12 +20,16 @@ from lvsfeedback.lab.pair import (
     HYSTERESIS,
     SHIPPED_KEEPALIVED_CONFIG,
     Connection,
+    DirectorView,
+    PairDirector,
     agent_command,
     director_config,
     keepalived_command,
     keepalived_config,
+    pair_problems,
     parse_connections,
     parse_scheduled_connections,
+    parse_sync_daemons,
 )
 from lvsfeedback.lab.topology import LabError, LabServer
 
@@ -33,8 +37,13 @@ SHIPPED = SHIPPED_KEEPALIVED_CONFIG.read_text()
 SERVERS = [LabServer(f"rs{n}", f"p-rs{n}", f"10.200.0.{10 + n}", Cgroup(Path(f"/cg/p/rs{n}"))) for n in (1, 2, 3)]
 
 
-def config(number: int = 1, sync: bool = True) -> str:
-    return keepalived_config(SHIPPED, number=number, notify="/run/lab/vrrp-notify", advert_int=0.2, sync=sync)
+def guard_file(number: int) -> Path:
+    return Path(f"/lab/director{number}/run/pair-guard")
+
+
+def config(number: int = 1, sync: bool = True, guard: bool = True) -> str:
+    return keepalived_config(SHIPPED, number=number, notify="/run/lab/vrrp-notify", advert_int=0.2, sync=sync,
+                             guard_file=guard_file(number) if guard else None)
 
 
 def directive(text: str, name: str) -> list[str]:
@@ -71,16 +80,44 @@ class KeepalivedConfigTests(SynchronousTestCase):
     def test_a_shipped_file_missing_a_line_to_set_is_refused_by_name(self):
         broken = re.sub(r"^\s*advert_int.*$", "", SHIPPED, flags=re.M)
         error = self.assertRaises(LabError, keepalived_config, broken, number=1, notify="/x", advert_int=1,
-                                  sync=True)
+                                  sync=True, guard_file=None)
         self.assertIn("keepalived-pair.conf: expected one advert_int line to set, found 0", str(error))
+
+    def test_the_guard_tracks_the_file_the_director_s_lvs_director_writes(self):
+        text = config(2)
+        self.assertEqual(directive(text, "file"), [f'"{guard_file(2)}"'])
+        self.assertRegex(text, r"track_file pair_guard \{\s*file \S+\s*weight 0\s*\}")
+        self.assertRegex(text, r"track_file \{\s*pair_guard\s*\}")
+
+    def test_the_director_s_config_names_the_guard_file_its_keepalived_tracks(self):
+        folder = Path(self.mktemp()).resolve()
+        director = PairDirector(1, "p-director", "10.200.0.3", folder, guard_folder=Path("/tmp/guard/director1"))
+        director.run_directory.mkdir(parents=True)
+        (folder / "status.token").write_text("token\n")
+        director.config.write_text(director_config(1, SERVERS, token_file=folder / "status.token",
+                                                   state_file=director.state_file, guard_file=director.guard_file))
+        tracked = keepalived_config(SHIPPED, number=1, notify="/x", advert_int=0.2, sync=True,
+                                    guard_file=director.guard_file)
+        self.assertEqual(load_config(director.config).pair.guard_file, Path("/tmp/guard/director1/pair-guard"))
+        self.assertEqual(directive(tracked, "file"), ['"/tmp/guard/director1/pair-guard"'])
+        # Without a folder of its own, its run directory: [pair] guard_file's default.
+        director = PairDirector(1, "p-director", "10.200.0.3", folder)
+        director.config.write_text(director_config(1, SERVERS, token_file=folder / "status.token",
+                                                   state_file=director.state_file))
+        self.assertEqual(load_config(director.config).pair.guard_file, director.guard_file)
+
+    def test_without_the_guard_nothing_tracks_a_file(self):
+        text = config(guard=False)
+        self.assertEqual((directive(text, "file"), directive(text, "track_file")), ([], []))
+        self.assertNotIn("pair_guard", text)
 
     def test_keepalived_accepts_both_directors_configs(self):
         keepalived = shutil.which("keepalived")
         if keepalived is None:
             raise SkipTest("keepalived is not installed (make deps installs it)")
-        for number, sync in ((1, True), (2, True), (1, False)):
+        for number, sync, guard in ((1, True, True), (2, True, True), (1, False, True), (1, True, False)):
             path = self.mktemp()
-            Path(path).write_text(config(number, sync))
+            Path(path).write_text(config(number, sync, guard))
             result = subprocess.run([keepalived, "--config-test", "--use-file", path, "--log-console"],
                                     capture_output=True, text=True, timeout=60)
             self.assertEqual(result.returncode, 0, result.stderr + result.stdout)
@@ -158,3 +195,48 @@ class IpvsadmReaderTests(SynchronousTestCase):
         )
         self.assertEqual(parse_scheduled_connections(listing, "10.200.0.1:80"), 1234)
         self.assertRaises(LabError, parse_scheduled_connections, listing, "10.200.0.9:80")
+
+
+def view(number: int, state: str | None, holds: bool, daemons: set[str], *states: str) -> DirectorView:
+    """Director `number`'s view, with a connection to the VIP in each of `states`."""
+    connections = tuple(Connection("TCP", each, f"10.200.0.2:{40000 + n}", "10.200.0.1:80", "10.200.0.11:80")
+                        for n, each in enumerate(states))
+    return DirectorView(f"p-director{number}", state, holds, frozenset(daemons), connections)
+
+
+class SoundPairTests(SynchronousTestCase):
+    """The failover cells' check before measuring (lab/failover_cells.py, PairLab.steady)."""
+
+    def test_a_master_and_a_standby_with_their_sync_daemons_and_no_live_entries_is_sound(self):
+        for standby in ("BACKUP", "FAULT"):
+            views = [view(1, "MASTER", True, {"master"}, "TIME_WAIT", "CLOSE"),
+                     view(2, standby, False, {"backup"}, "ESTABLISHED")]
+            self.assertEqual(pair_problems(views, sync=True), [], standby)
+        self.assertEqual(pair_problems([view(1, "MASTER", True, set()), view(2, "BACKUP", False, set())],
+                                       sync=False), [])
+
+    def test_a_stale_master_sync_daemon_left_by_a_killed_keepalived_is_refused(self):
+        views = [view(1, "MASTER", True, {"master"}), view(2, "BACKUP", False, {"master", "backup"})]
+        self.assertEqual(pair_problems(views, sync=True),
+                         ["p-director2 runs sync daemons ['backup', 'master'], not ['backup']"])
+
+    def test_entries_on_the_master_that_would_carry_a_new_connection_past_the_weights_are_refused(self):
+        views = [view(1, "MASTER", True, {"master"}, "ESTABLISHED", "FIN_WAIT", "TIME_WAIT"),
+                 view(2, "BACKUP", False, {"backup"})]
+        self.assertEqual(pair_problems(views, sync=True),
+                         ["p-director1 still holds 2 connections to 10.200.0.1:80 (ESTABLISHED, FIN_WAIT)"])
+
+    def test_no_holder_two_holders_or_a_wrong_state_is_refused(self):
+        self.assertIn("0 directors hold the VIP (none)",
+                      pair_problems([view(1, "BACKUP", False, set()), view(2, "BACKUP", False, set())], sync=False))
+        self.assertIn("2 directors hold the VIP (p-director1, p-director2)",
+                      pair_problems([view(1, "MASTER", True, set()), view(2, "MASTER", True, set())], sync=False))
+        self.assertEqual(pair_problems([view(1, None, True, set()), view(2, "STOP", False, set())], sync=False),
+                         ["p-director1 holds the VIP but keepalived says None",
+                          "p-director2 does not hold the VIP and is STOP, not standing by"])
+
+    def test_the_sync_daemons_are_read_from_ipvsadm(self):
+        listing = ("master sync daemon (mcast=eth0, syncid=51, maxlen=1472, group=224.0.0.81, port=8848, ttl=1)\n"
+                   "backup sync daemon (mcast=eth0, syncid=51, maxlen=1472, group=224.0.0.81, port=8848, ttl=1)\n")
+        self.assertEqual(parse_sync_daemons(listing), {"master", "backup"})
+        self.assertEqual(parse_sync_daemons(""), frozenset())

@@ -80,6 +80,20 @@ class PairConfigTests(ConfigFileTestCase):
             f"{path}: pair.follow_stale_after: must be a number of seconds > 0, got -1",
         ])
 
+    def test_the_guard_file_is_beside_the_state_file_unless_set_and_rounds_every_half_second(self):
+        path = self.write(PAIR)
+        pair = load_config(path).pair
+        self.assertEqual((pair.guard_file, pair.guard_interval), (path.parent / "run" / "pair-guard", 0.5))
+        pair = self.load(PAIR + 'guard_file = "/run/keepalived/guard"\nguard_interval = 2\n').pair
+        self.assertEqual((pair.guard_file, pair.guard_interval), (Path("/run/keepalived/guard"), 2.0))
+
+    def test_a_guard_file_that_is_the_state_file_or_a_bad_interval_is_refused(self):
+        self.assertProblems(PAIR + 'guard_file = "run/vrrp-VI_1"\n',
+                            ["pair.guard_file: must not be the vrrp_state_file: each has its own writer"])
+        for interval in ("0.05", "61", '"1"'):
+            [problem] = check_config(self.write(PAIR + f"guard_interval = {interval}\n"))
+            self.assertIn("pair.guard_interval: must be a number of seconds >= 0.1 and <= 60", problem)
+
     def test_an_empty_state_file_name_is_refused(self):
         self.assertProblems(
             PAIR.replace('"run/vrrp-VI_1"', '""'), ['pair.vrrp_state_file: must be a non-empty string, got ""']
@@ -104,3 +118,5 @@ class SamplePairTests(ConfigFileTestCase):
         pair = load_config(path).pair
         self.assertEqual(pair.peer, "http://10.0.0.2:9101")
         self.assertEqual(pair.vrrp_state_file, Path("/run/lvsfeedback/vrrp-VI_LVS"))
+        # Where tap/keepalived-pair.conf's track_file reads the split-brain guard's verdict.
+        self.assertEqual(pair.guard_file, Path("/run/lvsfeedback/pair-guard"))

@@ -9,6 +9,7 @@ takeover its first pass moves none by more than hysteresis; status.json,
 from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
@@ -87,6 +88,9 @@ class PairDirectorCase(SynchronousTestCase):
         self.addCleanup(self.director.updater.stopService)
         self.addCleanup(self.director.pair.stopService)
         access = ControlAccess(lambda: self.loopback_only, lambda: self.director.config.status.token_file)
+        # The host's addresses, as `ip -json address show` would give them to the guard.
+        self.held = frozenset({"10.0.0.1", "10.0.0.3"})
+        self.director.guard.read_addresses = lambda: succeed(self.held)
         self.site = StatusSite(status_root(self.director, access, History()), access=access, reactor=self.clock)
 
     def vrrp(self, state: str) -> None:
@@ -194,6 +198,18 @@ class PairStatusTests(PairDirectorCase):
                                "last fetch 0.5s ago")
 
 
+    def test_status_and_the_cli_show_the_split_brain_guard_s_verdict(self):
+        self.vrrp("BACKUP")
+        self.director.guard.tick()  # the fake peer answers with a document that is not /pair/addresses.json
+        guard = self.get(b"/status.json").json()["pair"]["guard"]
+        self.assertEqual((guard["stand_down"], guard["problem"]), (False, None))
+        self.assertIn("the peer is not heard", guard["reason"])
+        text = format_status(self.get(b"/status.json").json(), "http://127.0.0.1:9101")
+        [line] = [line for line in text.splitlines() if line.startswith("pair:")]
+        self.assertIn("; split-brain guard: the peer is not heard (", line)
+        self.assertTrue(line.endswith("VRRP decides"), line)
+
+
 class DesiredEndpointTests(PairDirectorCase):
     def test_the_last_passs_desired_weights_are_served_with_the_vrrp_state(self):
         self.vrrp("MASTER")
@@ -224,6 +240,31 @@ class DesiredEndpointTests(PairDirectorCase):
 
     def test_it_cannot_be_posted_to(self):
         self.assertEqual(http(self.site, b"POST", b"/pair/desired.json").code, 405)
+
+
+class AddressesEndpointTests(PairDirectorCase):
+    def test_the_host_s_addresses_are_served_as_the_guard_last_read_them_with_the_vrrp_state(self):
+        self.vrrp("MASTER")
+        self.clock.advance(2.0)
+        self.director.guard.tick()
+        response = self.get(b"/pair/addresses.json")
+        self.assertEqual(response.code, 200, response.body)
+        self.assertEqual(response.json(), {"addresses": ["10.0.0.1", "10.0.0.3"], "vrrp_state": "MASTER",
+                                           "priority": 100})
+        self.held = frozenset({"10.0.0.3"})  # keepalived took the VIP away: served from the next round
+        self.assertEqual(self.get(b"/pair/addresses.json").json()["addresses"], ["10.0.0.1", "10.0.0.3"])
+        self.director.guard.tick()
+        self.assertEqual(self.get(b"/pair/addresses.json").json()["addresses"], ["10.0.0.3"])
+
+    def test_before_the_guard_s_first_reading_the_peer_is_told_to_come_back(self):
+        response = self.get(b"/pair/addresses.json")
+        self.assertEqual((response.code, response.json()),
+                         (503, {"error": "this host's addresses have not been read yet"}))
+
+    def test_the_token_is_required(self):
+        self.director.guard.tick()
+        for token, code in ((None, 401), ("wrong", 401), (TOKEN, 200)):
+            self.assertEqual(self.get(b"/pair/addresses.json", token=token).code, code, token)
 
 
 class NetworkListenerWithoutTokenTests(PairDirectorCase):

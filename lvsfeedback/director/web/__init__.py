@@ -10,6 +10,7 @@ Prometheus, and the few knobs an operator may turn.
     POST /control/undrain   {"service": ..., "server": ...}: back to feedback
     POST /control/pin       {"service": ..., "server": ..., "weight": N}: a fixed weight
     GET  /pair/desired.json the last pass's desired weights, for a VRRP backup to follow
+    GET  /pair/addresses.json the addresses this host holds, for the peer's split-brain guard
 
 What the director decided is read from one place: the updater's last
 L{PassResult} (members, the facts each decision used, desired and kernel
@@ -24,7 +25,7 @@ requests on their headers and runs as the director's child service.
 Control is allowed without a token only on a listener bound to loopback;
 with `[status] token_file` set, every control request needs its bearer token.
 A listener reachable from the network without a token file is read-only.
-/pair/desired.json is allowed as control is (the same ControlAccess).
+The /pair/ documents are allowed as control is (the same ControlAccess).
 A request body is judged on its headers before it is read (L{StatusRequest}):
 only a sender allowed control may send one, of at most MAX_BODY bytes.
 """

@@ -6,7 +6,7 @@ from typing import Any
 
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
 
-from lvsfeedback.director.pair import VRRPState
+from lvsfeedback.director.vrrp import VRRPState
 from lvsfeedback.director.web.status import build_status
 
 
@@ -80,7 +80,7 @@ def pair_metrics(pair: dict[str, Any]):
     for name in VRRPState:
         state.add_metric([str(name)], int(pair["vrrp_state"] == name))
     following = GaugeMetricFamily(
-        "lvsfeedback_pair_following", "1 while this director (VRRP BACKUP) follows the master's weights."
+        "lvsfeedback_pair_following", "1 while this director (VRRP BACKUP or FAULT) follows the master's weights."
     )
     following.add_metric([], int(pair["following"]))
     failures = CounterMetricFamily(

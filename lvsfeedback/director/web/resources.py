@@ -14,6 +14,7 @@ from twisted.web.resource import Resource
 
 from lvsfeedback.addresses import describe_address
 from lvsfeedback.director.pair import desired_document
+from lvsfeedback.director.pair_guard import addresses_document
 from lvsfeedback.director.web.control import ControlAccess, ControlError, ControlPanel
 from lvsfeedback.director.web.history import History
 from lvsfeedback.director.web.prometheus import metrics_registry
@@ -130,13 +131,8 @@ class ControlResource(JSONResource):
         return document
 
 
-class PairDesiredResource(JSONResource):
-    """
-    GET /pair/desired.json: the last pass's desired weights, for the other
-    director of a pair to follow while it is BACKUP; allowed as control is.
-    """
-
-    log = Logger()
+class PairResource(JSONResource):
+    """A document of the pair endpoint, for the other director of a pair; allowed as control is."""
 
     def __init__(self, director, access: ControlAccess):
         super().__init__()
@@ -150,7 +146,35 @@ class PairDesiredResource(JSONResource):
             if error.code == 401:
                 request.setHeader(b"www-authenticate", BEARER_CHALLENGE)
             return _json(request, error.code, {"error": error.message})
-        return _json(request, 200, desired_document(self.director.updater.last, self.director.pair.state))
+        try:
+            return _json(request, 200, self.document())
+        except ControlError as error:
+            return _json(request, error.code, {"error": error.message})
+
+    def document(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class PairDesiredResource(PairResource):
+    """GET /pair/desired.json: the last pass's desired weights, for the other director to follow while it stands by."""
+
+    def document(self) -> dict[str, Any]:
+        return desired_document(self.director.updater.last, self.director.pair.state)
+
+
+class PairAddressesResource(PairResource):
+    """
+    GET /pair/addresses.json: the addresses this host held at its guard's
+    last reading (at most [pair] guard_interval old), for the other
+    director's split-brain guard (director/pair_guard.py).
+    """
+
+    def document(self) -> dict[str, Any]:
+        pair = self.director.pair
+        try:
+            return addresses_document(self.director.guard.held, str(pair.state), pair.priority)
+        except ValueError as error:
+            raise ControlError(503, str(error)) from None
 
 
 def _dashboard_file(name: str) -> bytes:
@@ -179,5 +203,6 @@ def status_root(director, access: ControlAccess, history: History) -> Resource:
     root.putChild(b"control", ControlResource(ControlPanel(director), access))
     pair = Resource()
     pair.putChild(b"desired.json", PairDesiredResource(director, access))
+    pair.putChild(b"addresses.json", PairAddressesResource(director, access))
     root.putChild(b"pair", pair)
     return root

@@ -118,8 +118,11 @@ def _necp_status(counters) -> dict[str, Any]:
     }
 
 
-def _pair_status(pair, now: float) -> dict[str, Any] | None:
-    """This director's VRRP state and what it follows (its L{PairFollower}); None without [pair]."""
+def _pair_status(pair, guard, now: float) -> dict[str, Any] | None:
+    """
+    This director's VRRP state and what it follows (its L{PairFollower}),
+    and its split-brain guard's last verdict (L{PairGuard}); None without [pair].
+    """
     settings = pair.settings
     if settings is None:
         return None
@@ -134,6 +137,8 @@ def _pair_status(pair, now: float) -> dict[str, Any] | None:
         "fetch_failures": pair.fetch_failures,
         # Why the state is unknown, or why a backup runs its own policy (a fetch that failed among them).
         "last_error": pair.last_error or pair.fallback or pair.state_problem,
+        "guard": None if guard.verdict is None else {
+            "stand_down": guard.verdict.stand_down, "reason": guard.verdict.reason, "problem": guard.problem},
     }
 
 
@@ -171,6 +176,6 @@ def build_status(director, now: float) -> dict[str, Any]:
         },
         "agents": [_agent_status(session, now) for session in director.registry.sessions],
         "necp": _necp_status(director.factory.counters),
-        "pair": _pair_status(director.pair, now),
+        "pair": _pair_status(director.pair, director.guard, now),
         "services": [] if last is None else [_service_status(service, now) for service in last.services.values()],
     }

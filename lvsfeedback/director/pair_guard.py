@@ -1,0 +1,314 @@
+"""
+The pair's guard against split brain (#17): lvs-director decides, every
+`[pair] guard_interval`, whether this director must stand down, and writes
+the verdict to `[pair] guard_file`, which keepalived tracks (a `track_file`
+with weight 0 in tap/keepalived-pair.conf: 1 holds the VRRP instance in
+FAULT, 0 or no file lets VRRP decide). keepalived reads the file when it
+changes (inotify); no process is forked in its path.
+
+With VRRP blocked between the two directors and nothing else, each stops
+hearing the other's adverts and both become MASTER: both hold the virtual
+address. keepalived cannot know the peer's state without VRRP, so the guard
+asks it another way: the peer's lvs-director, through its authenticated
+status listener (`/pair/addresses.json`, the same `[pair] peer` and token the
+follower uses), says which addresses its host really has configured on an
+interface that is up (`ip -json address`, not keepalived's notify file: a
+keepalived that was killed leaves its file saying MASTER whether or not the
+address is still there). A director that does not hold the virtual
+addresses stands down while its peer holds them, before VRRP has a say, so
+a partition of VRRP alone changes nothing. Every way of not hearing the
+peer's lvs-director (host dead, link down, lvs-director dead, timeout,
+refusal, garbage) and every reading this director cannot make lets VRRP
+decide, as without the guard: it may only ever stop a director taking an
+address another one really holds, so it never leaves the address unheld
+when a director can hold it.
+
+The guarded addresses are the virtual services' own (`[[service]]
+address`): keepalived moves them together. `verdict` is the decision table,
+pure; README "Running a pair" has it too, with what a stopped, killed or
+hung lvs-director leaves in the file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, TimeoutError, gatherResults
+from twisted.internet.task import LoopingCall
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.logger import Logger
+from twisted.web.client import Agent
+from zope.interface import implementer
+
+from lvsfeedback.director.config import IReconfigurable, PairSettings
+from lvsfeedback.director.pair import get_from_peer
+
+ADDRESSES_PATH = "/pair/addresses.json"
+# A host's addresses, even thousands of them, fit well within this.
+MAX_ADDRESSES_BODY = 1024 * 1024
+IP = "ip"
+# iproute2's usual homes; the child gets no other environment.
+IP_ENVIRONMENT = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+# What the guard file holds: keepalived's track_file with weight 0 reads
+# non-zero as a failure (FAULT) and zero as OK.
+STAND_DOWN, VRRP_DECIDES = "1\n", "0\n"
+
+
+@dataclass(frozen=True)
+class PeerReport:
+    """What the peer's lvs-director says of its host: the addresses it holds, its VRRP state and priority."""
+
+    addresses: frozenset[str]
+    vrrp_state: str
+    priority: int | None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    stand_down: bool  # True: keepalived holds this director's instance in FAULT
+    reason: str
+
+
+def verdict(guarded: frozenset[str], held: frozenset[str], priority: int | None, peer: PeerReport | None,
+            unheard: str | None) -> Verdict:
+    """
+    Whether this director, whose host `held` these addresses and whose
+    VRRP `priority` is as given, must stand down to keep the `guarded`
+    addresses on one director, given its `peer`'s report (None when the peer
+    was not heard, `unheard` saying why).
+    """
+    shown = ", ".join(sorted(guarded))
+    if not guarded:
+        return Verdict(False, "no virtual address to guard: VRRP decides")
+    if peer is None:
+        return Verdict(False, f"the peer is not heard ({unheard}): VRRP decides")
+    if not guarded & peer.addresses:
+        return Verdict(False, f"the peer does not hold {shown}: VRRP decides")
+    if not guarded & held:
+        return Verdict(True, f"the peer holds {shown}: standing by")
+    # Both hold them: VRRP was cut while neither held them. One must yield,
+    # the same one whichever of the two decides: the lower priority.
+    if priority is None or peer.priority is None or priority == peer.priority:
+        return Verdict(False, f"both hold {shown}, priorities unknown or equal ({priority}, {peer.priority}): "
+                              "keeping them")
+    if priority < peer.priority:
+        return Verdict(True, f"both hold {shown}: the peer's priority {peer.priority} > {priority}, yielding")
+    return Verdict(False, f"both hold {shown}: this priority {priority} > the peer's {peer.priority}, keeping them")
+
+
+def guarded_addresses(config) -> frozenset[str]:
+    """The virtual services' addresses (a fwmark service has none of its own)."""
+    return frozenset(service.key.address for service in config.services if service.key.address)
+
+
+# This host's addresses --------------------------------------------------------------
+
+
+def parse_ip_addresses(shown: bytes) -> frozenset[str]:
+    """
+    `ip -json address show` → the addresses configured on interfaces that
+    are up and have a carrier, loopback aside; ValueError if it is not that.
+    """
+    links = json.loads(shown)
+    if not isinstance(links, list):
+        raise ValueError("not a list of links")
+    held = set()
+    for link in links:
+        flags = link.get("flags", [])
+        if "UP" in flags and "LOWER_UP" in flags and "LOOPBACK" not in flags:
+            held.update(str(ipaddress.ip_address(entry["local"])) for entry in link.get("addr_info", []))
+    return frozenset(held)
+
+
+def read_host_addresses(reactor) -> Deferred:
+    """This host's addresses (`parse_ip_addresses`), read by iproute2 without blocking the reactor; fails saying why."""
+    def parsed(result: tuple[bytes, bytes, int]) -> frozenset[str]:
+        out, err, code = result
+        if code != 0:
+            raise OSError(f"{IP} -json address show: exit {code}: {err.decode('utf-8', 'replace').strip()}")
+        try:
+            return parse_ip_addresses(out)
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise OSError(f"{IP} -json address show: unreadable: {error}") from None
+
+    running = getProcessOutputAndValue(IP, ["-json", "address", "show"], env=IP_ENVIRONMENT, reactor=reactor)
+    return running.addCallback(parsed)
+
+
+def addresses_document(held: frozenset[str] | None, vrrp_state: str, priority: int | None) -> dict[str, Any]:
+    """/pair/addresses.json: the addresses this host held at the guard's last reading, its VRRP state and priority."""
+    if held is None:
+        raise ValueError("this host's addresses have not been read yet")
+    return {"addresses": sorted(held), "vrrp_state": vrrp_state, "priority": priority}
+
+
+def parse_peer_report(body: bytes) -> PeerReport:
+    """The peer's /pair/addresses.json, checked; ValueError naming the first wrong value."""
+    document = json.loads(body)
+    if not isinstance(document, dict):
+        raise ValueError("the document is not a JSON object")
+    addresses, state, priority = document.get("addresses"), document.get("vrrp_state"), document.get("priority")
+    if not isinstance(addresses, list) or not all(isinstance(each, str) for each in addresses):
+        raise ValueError('"addresses" is not a list of strings')
+    if not isinstance(state, str):
+        raise ValueError('"vrrp_state" is not a string')
+    if priority is not None and (not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= 255):
+        raise ValueError(f'"priority" {priority!r} is not 0..255')
+    try:
+        held = frozenset(str(ipaddress.ip_address(each)) for each in addresses)
+    except ValueError as error:
+        raise ValueError(f'"addresses": {error}') from None
+    return PeerReport(held, state, priority)
+
+
+# The file keepalived tracks ---------------------------------------------------------
+
+
+def write_guard_file(path: Path, content: str) -> bool:
+    """
+    `content` into `path` unless it holds it already: written aside in the
+    same folder, then renamed over it, so that keepalived (woken by the
+    rename) never reads half a value. True when written; OSError on failure.
+    """
+    try:
+        if path.read_text() == content:
+            return False
+    except (FileNotFoundError, UnicodeDecodeError):
+        pass
+    aside = path.with_name(f".{path.name}.new")
+    aside.write_text(content)
+    os.replace(aside, path)
+    return True
+
+
+def release_guard_file(path: Path) -> None:
+    """No file: keepalived reads a removed track file as 0, VRRP decides as without the guard."""
+    path.unlink(missing_ok=True)
+
+
+# The guard in lvs-director ----------------------------------------------------------
+
+
+@implementer(IReconfigurable)
+class PairGuard(Service):
+    """
+    Every `[pair] guard_interval`: this host's addresses (`read_addresses`),
+    the peer's report (its /pair/addresses.json), this director's priority
+    (the follower's reading of the VRRP state file), the `verdict`, and the
+    guard file rewritten when the verdict's value changes. A round still
+    waiting for the peer delays the next. Stopped, it removes the
+    file (VRRP decides). Without `[pair]` it does nothing. `held` is this
+    host's addresses at the last reading, which /pair/addresses.json serves.
+    """
+
+    log = Logger()
+
+    def __init__(self, config, clock, follower, http=None,
+                 read_addresses: Callable[[], Deferred] | None = None):
+        self.clock = clock
+        self.follower = follower
+        self.http = http if http is not None else Agent(clock)
+        self.read_addresses = read_addresses if read_addresses is not None else lambda: read_host_addresses(clock)
+        self.held: frozenset[str] | None = None
+        self.verdict: Verdict | None = None
+        self.problem: str | None = None  # why the last round could not write the file
+        self._round: Deferred | None = None
+        self._loop: LoopingCall | None = None
+        self.reconfigure(config)
+
+    @property
+    def settings(self) -> PairSettings | None:
+        return self.config.pair
+
+    def reconfigure(self, config) -> None:
+        """IReconfigurable: the new [pair] table and services, from the next round; a new interval, at once."""
+        before = getattr(self, "config", None)
+        self.config = config
+        if self.running and (before is None or before.pair != config.pair):
+            if before is not None and before.pair is not None and (
+                    config.pair is None or before.pair.guard_file != config.pair.guard_file):
+                release_guard_file(before.pair.guard_file)
+            self._start_loop()
+
+    def startService(self):
+        super().startService()
+        self._start_loop()
+
+    def stopService(self):
+        super().stopService()
+        self._stop_loop()
+        if self._round is not None:
+            self._round.cancel()  # its verdict is written at once, then released below
+        settings = self.settings
+        if settings is not None:
+            try:
+                release_guard_file(settings.guard_file)
+            except OSError as error:
+                self.log.error("cannot remove the guard file {path}: {error}", path=str(settings.guard_file),
+                               error=error.strerror)
+            else:
+                self.log.info("stopping: the guard file {path} removed, VRRP decides", path=str(settings.guard_file))
+
+    def _start_loop(self) -> None:
+        self._stop_loop()
+        if self.settings is None:
+            return
+        self._loop = LoopingCall(self.tick)
+        self._loop.clock = self.clock
+        self._loop.start(self.settings.guard_interval, now=True)
+
+    def _stop_loop(self) -> None:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+
+    def tick(self) -> Deferred | None:
+        """One round; the loop waits for it before the next (LoopingCall does), so rounds never overlap."""
+        settings = self.settings
+        if settings is None:
+            return None
+        reading = self.read_addresses().addCallbacks(lambda held: (held, None), lambda failure: (None, failure))
+        asking = get_from_peer(self.http, self.clock, settings, ADDRESSES_PATH, MAX_ADDRESSES_BODY)
+        asking.addCallback(parse_peer_report)
+        asking.addCallbacks(lambda report: (report, None), lambda failure: (None, self._unheard(failure)))
+        self._round = gatherResults([reading, asking])
+        self._round.addCallback(self._decide, settings)
+        self._round.addErrback(lambda failure: None)  # cancelled by a stop
+        self._round.addBoth(self._done)
+        return self._round
+
+    def _unheard(self, failure) -> str:
+        if failure.check(TimeoutError):
+            return f"no answer within {self.settings.peer_timeout:g}s (peer_timeout)" if self.settings else "timeout"
+        return failure.getErrorMessage() or failure.type.__name__
+
+    def _done(self, _) -> None:
+        self._round = None
+
+    def _decide(self, results, settings: PairSettings) -> None:
+        (held, unreadable), (report, unheard) = results
+        if held is None:
+            found = Verdict(False, f"cannot read this host's addresses ({unreadable.getErrorMessage()}): VRRP decides")
+        else:
+            self.held = held
+            self.follower.refresh()
+            found = verdict(guarded_addresses(self.config), held, self.follower.priority, report, unheard)
+        if self.verdict is None or found.stand_down != self.verdict.stand_down:
+            self.log.info("split-brain guard: {action}: {reason}", reason=found.reason,
+                          action="standing down (keepalived FAULT)" if found.stand_down else "VRRP decides")
+        self.verdict = found
+        try:
+            write_guard_file(settings.guard_file, STAND_DOWN if found.stand_down else VRRP_DECIDES)
+        except OSError as error:
+            problem = f"cannot write the guard file {settings.guard_file}: {error.strerror or error}"
+            if problem != self.problem:
+                self.log.error("{problem}", problem=problem)
+            self.problem = problem
+        else:
+            self.problem = None
