@@ -82,6 +82,9 @@ class NEFactory(NECPFactory):
         self._sequence_floor = 0
         self._asking: LoopingCall | None = None
         self._first_round: IDelayedCall | None = None
+        self._unanswered: set[NEProtocol] = set()  # the sessions the latest round asked that have not answered
+        # Called with no arguments once every session the latest round asked has answered or gone.
+        self.answered_listeners: list[Callable[[], object]] = []
 
     def start_asking(self, first: float) -> None:
         """
@@ -112,12 +115,28 @@ class NEFactory(NECPFactory):
 
     def ask_everyone(self) -> None:
         """One round of health questions; a session that fails to ask is logged and skipped."""
+        unanswered = self._unanswered = set()
         for session in list(self._sessions.values()):
             if session.services:
                 try:
                     session.ask_health()
                 except Exception:
                     self.log.failure("asking {agent} for its health failed", agent=session.agent)
+                else:
+                    unanswered.add(session)
+
+    def answers_pending(self) -> bool:
+        """Whether a session the latest round asked has neither answered nor gone."""
+        return bool(self._unanswered)
+
+    def question_answered(self, session: NEProtocol) -> None:
+        """C{session} answered a question (or went): once all the round asked have, tell the listeners."""
+        unanswered = self._unanswered
+        if session in unanswered:
+            unanswered.discard(session)
+            if not unanswered:
+                for listener in self.answered_listeners:
+                    listener()
 
     def agents(self) -> dict[Agent, tuple[Service, ...]]:
         """The agents with a session now, and the services each has started."""
@@ -161,6 +180,7 @@ class NEFactory(NECPFactory):
     def _forget(self, session: NEProtocol, reason: str) -> None:
         session.forgotten = True
         del self._sessions[session.agent], self._hosts[session.agent.host]
+        self.question_answered(session)  # it will not
         self.exceptions.reset(session.agent)
         self.log.info("agent {agent} lost: {reason}", agent=session.agent, reason=reason)
         self.events.agentLost(session.agent, reason)

@@ -344,6 +344,12 @@ class NEProtocol(NECPProtocol):
         return super().keepalive_needed() or bool(self.services)
 
     def keepalive_answered(self, reply: KeepaliveAck | ErrorReply) -> None:
+        try:
+            self._answered(reply)
+        finally:
+            self.factory.question_answered(self)
+
+    def _answered(self, reply: KeepaliveAck | ErrorReply) -> None:
         if type(reply) is ErrorReply:
             if self.answers_capacity and reply.units and all(unit.type == CAPACITY_QUERY for unit in reply.units):
                 self._capacity_refused()

@@ -214,6 +214,9 @@ class DirectorService(MultiService):
         self.listener = NECPListener(config, reactor, self.registry, **timing)
         self.listener.setServiceParent(self)
         self.factory = self.listener.factory
+        # A regular pass waits (bounded) for its round's answers.
+        self.updater.answers_pending = self.factory.answers_pending
+        self.factory.answered_listeners.append(self.updater.answered)
         self.status = StatusListener(self, reactor)
         self.status.setServiceParent(self)
 

@@ -425,6 +425,35 @@ class EarlyPassTests(UpdaterTestCase):
         self.assertEqual(self.updater.passes, passes + 1)
 
 
+class AnswerWaitTests(UpdaterTestCase):
+    """A regular pass whose round of questions is being answered waits for it, bounded."""
+
+    def test_no_pass_is_brought_forward_while_a_regular_one_waits_for_answers(self):
+        updater = self.start(write_config(self))
+        agent = self.connect(3, health=80)
+        self.tick()
+        passes = updater.passes
+        updater.answers_pending = lambda: True
+        self.tick()
+        self.registry.healthReported(agent, HTTP, 30, self.clock.seconds())
+        self.clock.advance(0.2)
+        self.assertEqual(updater.passes, passes, "the waiting pass is the next one")
+        updater.answered()
+        self.assertEqual((updater.passes, self.weights()[RS[2]]), (passes + 1, 30))
+        self.clock.advance(1.7)
+        self.assertEqual(updater.passes, passes + 1, "and it was the only one")
+
+    def test_stopping_cancels_a_pass_waiting_for_answers(self):
+        updater = self.start(write_config(self))
+        updater.answers_pending = lambda: True
+        self.tick()
+        passes = updater.passes
+        updater.stopService()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        updater.answered()
+        self.assertEqual(updater.passes, passes)
+
+
 class StartGraceTests(UpdaterTestCase):
     """Between an agent's INIT and its START, what was known of its server stands."""
 
