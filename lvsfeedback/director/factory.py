@@ -46,7 +46,9 @@ class NEFactory(NECPFactory):
     seconds, all in one round from one timer (see L{start_asking}), each
     question standing for that session's next keepalive (while the rounds
     come at least as often as keepalives, a session with services holds no
-    keepalive timer of its own); and always on every keepalive.
+    keepalive timer of its own); and always on every keepalive. Until
+    every session a round asked has answered or gone, L{answers_pending}
+    says so (a pass waits for them); then C{answered_listeners} are called.
 
     @ivar events: the events provider, each call guarded (L{GuardedEvents}).
     @ivar exceptions: the L{ExceptionTable} of all agents.

@@ -183,7 +183,8 @@ def kernel_table(reactor, observe: bool) -> IIPVSTable:
 
 
 # Health questions go out this long before each pass (at most half the update
-# interval): time enough for a thousand agents' answers to be in when it reads.
+# interval): time enough for a thousand agents' answers to be in when it reads;
+# with more, the pass waits for the rest (updater.ANSWER_WAIT).
 ASK_AHEAD = 0.5
 
 
