@@ -376,6 +376,7 @@ class WeightUpdater(Service):
                 if self._marks_set.pop(key, None) is not None:
                     changes.append(DeleteMarkRule(key.fwmark, key.family))
         decisions, self.state = decide(inputs, self.state, now)
+        adopting = now < self._adopt_until
         services: dict[ServiceKey, ServicePass] = {}
         for service in self.config.services:
             key = service.key
@@ -389,8 +390,11 @@ class WeightUpdater(Service):
             held = []
             for dest, decision in service_decision.servers.items():
                 current = read.get(dest)
-                if self._hold(decision, current, now):
-                    held.append(dest)
+                if adopting and current is not None and decision.reason is Reason.STATIC:
+                    held.append(dest)  # during adoption, a server nobody has spoken for keeps its kernel weight
+                    continue
+                # The usual case, per server and pass: in the kernel, to keep its weight.
+                if current is not None and not decision.remove and (decision.weight == current or not decision.write):
                     continue
                 change = self._change_for(key, members[dest], decision, current, weights_only)
                 if change is not None:
@@ -435,10 +439,6 @@ class WeightUpdater(Service):
         # config; the weight the kernel had when first seen stands for it.
         first = self._first_seen_weight.setdefault((key, dest), kernel_dest.server.weight if kernel_dest else 1)
         return max(first, 1)
-
-    def _hold(self, decision: Decision, current: int | None, now: float) -> bool:
-        """During adoption, a server nobody has spoken for keeps its kernel weight."""
-        return now < self._adopt_until and current is not None and decision.reason is Reason.STATIC
 
     @staticmethod
     def _change_for(key: ServiceKey, member: RealServer, decision: Decision, current: int | None, weights_only: bool):

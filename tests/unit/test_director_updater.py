@@ -140,6 +140,18 @@ class ReconcileTests(UpdaterTestCase):
         self.assertEqual(self.weights()[RS[0]], 50)
         self.assertEqual(self.weights()[RS[1]], 37)
 
+    def test_the_pass_result_names_the_servers_held_in_adoption_whatever_their_weight(self):
+        weights = {RS[0]: 37, RS[1]: 100, RS[2]: 100}  # 100: what the static decision would give anyway
+        servers = [AddDest(WEB, RealServer(dest, weight, "nat")) for dest, weight in weights.items()]
+        self.table.apply([AddService(VirtualService(WEB, "wlc")), *servers])
+        updater = self.start(write_config(self, director="adoption_grace = 15"))
+        self.assertEqual(updater.last.services[WEB].held, frozenset(RS))
+        self.connect(1, health=50)
+        self.tick()
+        self.assertEqual(updater.last.services[WEB].held, frozenset(RS[1:]))
+        self.tick(16)
+        self.assertEqual(updater.last.services[WEB].held, frozenset())
+
     def test_real_servers_and_services_leave_the_kernel_when_they_leave_the_config(self):
         updater = self.start(write_config(self))
         updater.reconfigure(write_config(self, reals=("10.1.0.1", "10.1.0.2")))
