@@ -52,6 +52,8 @@ class NEFactory(NECPFactory):
 
     @ivar events: the events provider, each call guarded (L{GuardedEvents}).
     @ivar exceptions: the L{ExceptionTable} of all agents.
+    @ivar unanswered: the sessions the latest round asked that have neither
+        answered nor gone; read it, L{question_answered} changes it.
     @ivar max_exceptions_per_agent: rules one agent may install; more are
         refused (copies in the error EXCEPTION_ADD_ACK).
     """
@@ -84,7 +86,7 @@ class NEFactory(NECPFactory):
         self._sequence_floor = 0
         self._asking: LoopingCall | None = None
         self._first_round: IDelayedCall | None = None
-        self._unanswered: set[NEProtocol] = set()  # the sessions the latest round asked that have not answered
+        self.unanswered: set[NEProtocol] = set()  # the sessions the latest round asked that have not answered
         # Called with no arguments once every session the latest round asked has answered or gone.
         self.answered_listeners: list[Callable[[], object]] = []
 
@@ -117,7 +119,7 @@ class NEFactory(NECPFactory):
 
     def ask_everyone(self) -> None:
         """One round of health questions; a session that fails to ask is logged and skipped."""
-        unanswered = self._unanswered = set()
+        unanswered = self.unanswered = set()
         for session in list(self._sessions.values()):
             if session.services:
                 try:
@@ -129,11 +131,11 @@ class NEFactory(NECPFactory):
 
     def answers_pending(self) -> bool:
         """Whether a session the latest round asked has neither answered nor gone."""
-        return bool(self._unanswered)
+        return bool(self.unanswered)
 
     def question_answered(self, session: NEProtocol) -> None:
         """C{session} answered a question (or went): once all the round asked have, tell the listeners."""
-        unanswered = self._unanswered
+        unanswered = self.unanswered
         if session in unanswered:
             unanswered.discard(session)
             if not unanswered:
