@@ -211,11 +211,14 @@ class WeightUpdater(Service):
 
     @property
     def next_pass(self) -> float | None:
-        """When the next regular pass is due on the clock; None when stopped."""
+        """When the next regular pass is due on the clock (maybe past: a busy reactor); None when stopped."""
         loop = self._loop
         if not loop.running:
             return None
-        # The loop keeps its phase from its start (a pass never delays a tick).
+        if loop.call is not None:
+            # Its tick, even overdue: reports read before it fires must not bring another pass.
+            return loop.call.getTime()
+        # Within the tick: the loop keeps its phase from its start (a pass never delays a tick).
         ticks = (self.clock.seconds() - loop.starttime) // loop.interval + 1
         return loop.starttime + ticks * loop.interval
 

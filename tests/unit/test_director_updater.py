@@ -422,6 +422,18 @@ class EarlyPassTests(UpdaterTestCase):
         self.assertLessEqual(self.updater.passes - passes, 2 * 10)
         self.assertGreater(self.updater.passes - passes, 10, "yet passes did come early")
 
+    def test_reports_read_while_the_regular_pass_is_overdue_bring_no_other_pass(self):
+        self.start(write_config(self))
+        agent = self.connect(3, health=80)
+        self.tick()
+        passes = self.updater.passes
+        # Read by a busy reactor after the pass was due, before its tick fired (Clock runs calls at the new time).
+        self.clock.callLater(1.9, self.report, agent, 30)
+        self.clock.advance(2.05)
+        self.assertEqual((self.updater.passes, self.weights()[RS[2]]), (passes + 1, 30))
+        self.clock.advance(1.9)
+        self.assertEqual(self.updater.passes, passes + 1)
+
     def test_no_early_pass_when_the_regular_one_is_due_first(self):
         self.start(write_config(self))
         agent = self.connect(3, health=80)
