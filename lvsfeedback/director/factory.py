@@ -46,10 +46,14 @@ class NEFactory(NECPFactory):
     seconds, all in one round from one timer (see L{start_asking}), each
     question standing for that session's next keepalive (while the rounds
     come at least as often as keepalives, a session with services holds no
-    keepalive timer of its own); and always on every keepalive.
+    keepalive timer of its own); and always on every keepalive. Until
+    every session a round asked has answered or gone, L{answers_pending}
+    says so (a pass waits for them); then C{answered_listeners} are called.
 
     @ivar events: the events provider, each call guarded (L{GuardedEvents}).
     @ivar exceptions: the L{ExceptionTable} of all agents.
+    @ivar unanswered: the sessions the latest round asked that have neither
+        answered nor gone; read it, L{question_answered} changes it.
     @ivar max_exceptions_per_agent: rules one agent may install; more are
         refused (copies in the error EXCEPTION_ADD_ACK).
     """
@@ -82,6 +86,9 @@ class NEFactory(NECPFactory):
         self._sequence_floor = 0
         self._asking: LoopingCall | None = None
         self._first_round: IDelayedCall | None = None
+        self.unanswered: set[NEProtocol] = set()  # the sessions the latest round asked that have not answered
+        # Called with no arguments once every session the latest round asked has answered or gone.
+        self.answered_listeners: list[Callable[[], object]] = []
 
     def start_asking(self, first: float) -> None:
         """
@@ -112,12 +119,28 @@ class NEFactory(NECPFactory):
 
     def ask_everyone(self) -> None:
         """One round of health questions; a session that fails to ask is logged and skipped."""
+        unanswered = self.unanswered = set()
         for session in list(self._sessions.values()):
             if session.services:
                 try:
                     session.ask_health()
                 except Exception:
                     self.log.failure("asking {agent} for its health failed", agent=session.agent)
+                else:
+                    unanswered.add(session)
+
+    def answers_pending(self) -> bool:
+        """Whether a session the latest round asked has neither answered nor gone."""
+        return bool(self.unanswered)
+
+    def question_answered(self, session: NEProtocol) -> None:
+        """C{session} answered a question (or went): once all the round asked have, tell the listeners."""
+        unanswered = self.unanswered
+        if session in unanswered:
+            unanswered.discard(session)
+            if not unanswered:
+                for listener in self.answered_listeners:
+                    listener()
 
     def agents(self) -> dict[Agent, tuple[Service, ...]]:
         """The agents with a session now, and the services each has started."""
@@ -161,6 +184,7 @@ class NEFactory(NECPFactory):
     def _forget(self, session: NEProtocol, reason: str) -> None:
         session.forgotten = True
         del self._sessions[session.agent], self._hosts[session.agent.host]
+        self.question_answered(session)  # it will not
         self.exceptions.reset(session.agent)
         self.log.info("agent {agent} lost: {reason}", agent=session.agent, reason=reason)
         self.events.agentLost(session.agent, reason)

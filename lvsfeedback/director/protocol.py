@@ -344,19 +344,25 @@ class NEProtocol(NECPProtocol):
         return super().keepalive_needed() or bool(self.services)
 
     def keepalive_answered(self, reply: KeepaliveAck | ErrorReply) -> None:
+        factory = self.factory
         if type(reply) is ErrorReply:
-            if self.answers_capacity and reply.units and all(unit.type == CAPACITY_QUERY for unit in reply.units):
-                self._capacity_refused()
-                return
-            self.log.warn(
-                "agent {agent} could not answer {queries}",
-                agent=self.agent,
-                queries=reply.units,
-            )
+            self._not_answered(reply)
+        else:
+            when = factory.clock.seconds()
+            for answer in reply.answers:
+                self._report(answer, when)
+        if self in factory.unanswered:  # after the reports: a pass may be waiting for them
+            factory.question_answered(self)
+
+    def _not_answered(self, reply: ErrorReply) -> None:
+        if self.answers_capacity and reply.units and all(unit.type == CAPACITY_QUERY for unit in reply.units):
+            self._capacity_refused()
             return
-        when = self.factory.clock.seconds()
-        for answer in reply.answers:
-            self._report(answer, when)
+        self.log.warn(
+            "agent {agent} could not answer {queries}",
+            agent=self.agent,
+            queries=reply.units,
+        )
 
     def _capacity_refused(self) -> None:
         """

@@ -183,7 +183,8 @@ def kernel_table(reactor, observe: bool) -> IIPVSTable:
 
 
 # Health questions go out this long before each pass (at most half the update
-# interval): time enough for a thousand agents' answers to be in when it reads.
+# interval): time enough for a thousand agents' answers to be in when it reads;
+# with more, the pass waits for the rest (updater.ANSWER_WAIT).
 ASK_AHEAD = 0.5
 
 
@@ -214,6 +215,9 @@ class DirectorService(MultiService):
         self.listener = NECPListener(config, reactor, self.registry, **timing)
         self.listener.setServiceParent(self)
         self.factory = self.listener.factory
+        # A regular pass waits (bounded) for its round's answers.
+        self.updater.answers_pending = self.factory.answers_pending
+        self.factory.answered_listeners.append(self.updater.answered)
         self.status = StatusListener(self, reactor)
         self.status.setServiceParent(self)
 

@@ -7,6 +7,9 @@ writes only the differences. A lost agent brings a pass forward, so the
 scheduler stops sending new connections to its server at once; so does a
 significant change of health, but never sooner than half an interval after
 the last pass began, so that a noisy signal cannot make passes continuous.
+A regular pass whose round of questions is still being answered waits for
+the answers, a bounded while (L{ANSWER_WAIT}), so that it acts on all of
+them at once rather than leaving the late ones to another pass.
 Two passes never overlap: one asked for while another runs (a tick of the
 clock included) follows it. The ticks never wait on a pass, so a reload
 that changes the interval, or a stop, takes effect at once and leaves one
@@ -72,6 +75,11 @@ from lvsfeedback.ipvs.model import (
     SetMarkRule,
 )
 
+# A regular pass waits at most this long (and a quarter of the update interval)
+# for the answers to its round of questions: at 10,000 agents the round takes
+# longer than the half second by which it leads the pass.
+ANSWER_WAIT = 0.5
+
 
 @dataclass(frozen=True)
 class ServicePass:
@@ -126,6 +134,7 @@ class WeightUpdater(Service):
         self._running: Deferred | None = None
         self._again = False
         self._soon: IDelayedCall | None = None
+        self._waiting: IDelayedCall | None = None  # a regular pass waiting for its round's answers
         self._last_start: float | None = None
         self._no_lost_pass_before = 0.0  # the last pass's end plus its length, on the clock
         self._loop = LoopingCall(self._tick)
@@ -137,6 +146,8 @@ class WeightUpdater(Service):
         # A VRRP backup's source of the master's weights by (service name, server), asked once per pass.
         self.followed: Callable[[float], Mapping[tuple[str, DestKey], int]] = lambda now: {}
         self._following: Mapping[tuple[str, DestKey], int] = {}
+        # Whether questions of the latest round are unanswered; answered() says when none are.
+        self.answers_pending: Callable[[], bool] = lambda: False
         self.reconfigure(config)
 
     def reconfigure(self, config) -> None:
@@ -182,9 +193,10 @@ class WeightUpdater(Service):
         super().stopService()
         if self._loop.running:
             self._loop.stop()
-        if self._soon is not None and self._soon.active():
-            self._soon.cancel()
-        self._soon = None
+        for call in (self._soon, self._waiting):
+            if call is not None and call.active():
+                call.cancel()
+        self._soon = self._waiting = None
         self._again = False
         if self._running is None:
             return None
@@ -199,11 +211,14 @@ class WeightUpdater(Service):
 
     @property
     def next_pass(self) -> float | None:
-        """When the next regular pass is due on the clock; None when stopped."""
+        """When the next regular pass is due on the clock (maybe past: a busy reactor); None when stopped."""
         loop = self._loop
         if not loop.running:
             return None
-        # The loop keeps its phase from its start (a pass never delays a tick).
+        if loop.call is not None:
+            # Its tick, even overdue: reports read before it fires must not bring another pass.
+            return loop.call.getTime()
+        # Within the tick: the loop keeps its phase from its start (a pass never delays a tick).
         ticks = (self.clock.seconds() - loop.starttime) // loop.interval + 1
         return loop.starttime + ticks * loop.interval
 
@@ -226,7 +241,7 @@ class WeightUpdater(Service):
         when the regular pass follows within half an interval, or one is
         already on its way. Passes stay at least half an interval apart.
         """
-        if not self.running or self._soon is not None or self._running is not None:
+        if not self.running or self._soon is not None or self._running is not None or self._waiting is not None:
             return
         now = self.clock.seconds()
         gap = self.config.director.update_interval / 2
@@ -243,7 +258,19 @@ class WeightUpdater(Service):
     def _tick(self) -> None:
         # Not the pass's Deferred: a LoopingCall waiting on it would neither
         # stop nor restart at a new interval until the pass ends.
+        if self._waiting is None and self.answers_pending():
+            wait = min(ANSWER_WAIT, self.config.director.update_interval / 4)
+            self._waiting = self.clock.callLater(wait, self.answered)
+            return
         self._one_pass()
+
+    def answered(self) -> None:
+        """The latest round's questions are all answered: a regular pass waiting for them runs now."""
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            if waiting.active():
+                waiting.cancel()
+            self._one_pass()
 
     def _one_pass(self) -> Deferred:
         """A pass now, or, if one is running, right after it: one at a time."""
@@ -352,6 +379,7 @@ class WeightUpdater(Service):
                 if self._marks_set.pop(key, None) is not None:
                     changes.append(DeleteMarkRule(key.fwmark, key.family))
         decisions, self.state = decide(inputs, self.state, now)
+        adopting = now < self._adopt_until
         services: dict[ServiceKey, ServicePass] = {}
         for service in self.config.services:
             key = service.key
@@ -365,8 +393,11 @@ class WeightUpdater(Service):
             held = []
             for dest, decision in service_decision.servers.items():
                 current = read.get(dest)
-                if self._hold(decision, current, now):
-                    held.append(dest)
+                if adopting and current is not None and decision.reason is Reason.STATIC:
+                    held.append(dest)  # during adoption, a server nobody has spoken for keeps its kernel weight
+                    continue
+                # The usual case, per server and pass: in the kernel, to keep its weight.
+                if current is not None and not decision.remove and (decision.weight == current or not decision.write):
                     continue
                 change = self._change_for(key, members[dest], decision, current, weights_only)
                 if change is not None:
@@ -411,10 +442,6 @@ class WeightUpdater(Service):
         # config; the weight the kernel had when first seen stands for it.
         first = self._first_seen_weight.setdefault((key, dest), kernel_dest.server.weight if kernel_dest else 1)
         return max(first, 1)
-
-    def _hold(self, decision: Decision, current: int | None, now: float) -> bool:
-        """During adoption, a server nobody has spoken for keeps its kernel weight."""
-        return now < self._adopt_until and current is not None and decision.reason is Reason.STATIC
 
     @staticmethod
     def _change_for(key: ServiceKey, member: RealServer, decision: Decision, current: int | None, weights_only: bool):

@@ -140,6 +140,18 @@ class ReconcileTests(UpdaterTestCase):
         self.assertEqual(self.weights()[RS[0]], 50)
         self.assertEqual(self.weights()[RS[1]], 37)
 
+    def test_the_pass_result_names_the_servers_held_in_adoption_whatever_their_weight(self):
+        weights = {RS[0]: 37, RS[1]: 100, RS[2]: 100}  # 100: what the static decision would give anyway
+        servers = [AddDest(WEB, RealServer(dest, weight, "nat")) for dest, weight in weights.items()]
+        self.table.apply([AddService(VirtualService(WEB, "wlc")), *servers])
+        updater = self.start(write_config(self, director="adoption_grace = 15"))
+        self.assertEqual(updater.last.services[WEB].held, frozenset(RS))
+        self.connect(1, health=50)
+        self.tick()
+        self.assertEqual(updater.last.services[WEB].held, frozenset(RS[1:]))
+        self.tick(16)
+        self.assertEqual(updater.last.services[WEB].held, frozenset())
+
     def test_real_servers_and_services_leave_the_kernel_when_they_leave_the_config(self):
         updater = self.start(write_config(self))
         updater.reconfigure(write_config(self, reals=("10.1.0.1", "10.1.0.2")))
@@ -410,6 +422,18 @@ class EarlyPassTests(UpdaterTestCase):
         self.assertLessEqual(self.updater.passes - passes, 2 * 10)
         self.assertGreater(self.updater.passes - passes, 10, "yet passes did come early")
 
+    def test_reports_read_while_the_regular_pass_is_overdue_bring_no_other_pass(self):
+        self.start(write_config(self))
+        agent = self.connect(3, health=80)
+        self.tick()
+        passes = self.updater.passes
+        # Read by a busy reactor after the pass was due, before its tick fired (Clock runs calls at the new time).
+        self.clock.callLater(1.9, self.report, agent, 30)
+        self.clock.advance(2.05)
+        self.assertEqual((self.updater.passes, self.weights()[RS[2]]), (passes + 1, 30))
+        self.clock.advance(1.9)
+        self.assertEqual(self.updater.passes, passes + 1)
+
     def test_no_early_pass_when_the_regular_one_is_due_first(self):
         self.start(write_config(self))
         agent = self.connect(3, health=80)
@@ -423,6 +447,35 @@ class EarlyPassTests(UpdaterTestCase):
         self.assertEqual(self.updater.passes, passes + 1, "the regular pass, once")
         self.clock.advance(1.0)
         self.assertEqual(self.updater.passes, passes + 1)
+
+
+class AnswerWaitTests(UpdaterTestCase):
+    """A regular pass whose round of questions is being answered waits for it, bounded."""
+
+    def test_no_pass_is_brought_forward_while_a_regular_one_waits_for_answers(self):
+        updater = self.start(write_config(self))
+        agent = self.connect(3, health=80)
+        self.tick()
+        passes = updater.passes
+        updater.answers_pending = lambda: True
+        self.tick()
+        self.registry.healthReported(agent, HTTP, 30, self.clock.seconds())
+        self.clock.advance(0.2)
+        self.assertEqual(updater.passes, passes, "the waiting pass is the next one")
+        updater.answered()
+        self.assertEqual((updater.passes, self.weights()[RS[2]]), (passes + 1, 30))
+        self.clock.advance(1.7)
+        self.assertEqual(updater.passes, passes + 1, "and it was the only one")
+
+    def test_stopping_cancels_a_pass_waiting_for_answers(self):
+        updater = self.start(write_config(self))
+        updater.answers_pending = lambda: True
+        self.tick()
+        passes = updater.passes
+        updater.stopService()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        updater.answered()
+        self.assertEqual(updater.passes, passes)
 
 
 class StartGraceTests(UpdaterTestCase):

@@ -152,6 +152,37 @@ class FeedbackLoopTests(SynchronousTestCase):
         self.elapse(2)
         self.assertEqual(self.weights()["10.1.0.2"], 30)
 
+    def test_a_pass_waits_for_its_rounds_late_answers_and_acts_on_them_at_once(self):
+        self.director.ask_ahead_of_passes()
+        self.elapse(4)
+        late = self.links[1]
+        self.agents["10.1.0.2"][1].value = 30
+        passes = self.director.updater.passes
+        for moment in (1.5, 0.5):  # the round at 5.5 s, the pass due at 6 s; 10.1.0.2 not answered yet
+            self.clock.advance(moment)
+            for link in self.links:
+                if link is not late:
+                    link.flush()
+        self.assertEqual((self.director.updater.passes, self.weights()["10.1.0.2"]), (passes, 100), "the pass waits")
+        self.clock.advance(0.25)
+        late.flush()
+        self.assertEqual((self.director.updater.passes, self.weights()["10.1.0.2"]), (passes + 1, 30))
+        self.elapse(1.5)
+        self.assertEqual(self.director.updater.passes, passes + 1, "no other pass before the next regular one")
+
+    def test_a_pass_waits_for_late_answers_half_a_second_at_most(self):
+        self.director.ask_ahead_of_passes()
+        self.elapse(4)
+        passes = self.director.updater.passes
+        self.links[1].cut = True
+        self.clock.advance(1.5)
+        self.elapse(0.5)
+        self.assertEqual(self.director.updater.passes, passes, "the pass due at 6 s waits")
+        self.clock.advance(0.49)
+        self.assertEqual(self.director.updater.passes, passes)
+        self.clock.advance(0.01)
+        self.assertEqual(self.director.updater.passes, passes + 1)
+
     def test_a_reload_with_a_new_health_interval_asks_at_the_new_rhythm(self):
         self.director.ask_ahead_of_passes()
         self.elapse(4)

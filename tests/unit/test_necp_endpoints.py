@@ -113,6 +113,21 @@ class SessionTests(EndpointTestCase):
         self.flush()
         self.assertEqual(self.clock.getDelayedCalls(), [], "no timer outlives the sessions and the rounds")
 
+    def test_a_round_is_pending_until_every_session_it_asked_answers_or_goes(self):
+        director = self.director(health_interval=2.0)
+        first = self.connect(director, self.agent_factory(services=(WEB,)))
+        second = self.connect(director, self.agent_factory(services=(WEB,)), host="10.0.0.3")
+        answered = []
+        director.answered_listeners.append(lambda: answered.append(self.clock.seconds()))
+        self.assertFalse(director.answers_pending(), "no round yet")
+        director.ask_everyone()
+        self.assertTrue(director.answers_pending())
+        first.flush()
+        self.assertEqual((director.answers_pending(), answered), (True, []))
+        second.director.transport.loseConnection()
+        second.flush()
+        self.assertEqual((director.answers_pending(), answered), (False, [0.0]), "answered or gone: once")
+
     def test_a_health_question_stands_for_the_directors_next_keepalive(self):
         director = self.director(health_interval=2.0)
         self.connect(director, self.agent_factory(services=(WEB,)))
