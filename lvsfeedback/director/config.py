@@ -142,6 +142,7 @@ class PairSettings:
     follow_stale_after: float  # seconds without a new answer before the backup runs its own policy
     guard_file: Path  # the split-brain guard's verdict, keepalived's track_file: "1" stand down, "0" VRRP decides
     guard_interval: float  # seconds between the guard's rounds
+    guard_timeout: float  # seconds the guard's fetch of the peer's addresses may take
     peer_token: bytes | None = field(default=None, repr=False)  # the peer_token_file's content
 
 
@@ -306,8 +307,13 @@ class _Reader:
             follow_stale_after=table.take("follow_stale_after", _seconds(lambda n: n > 0, "> 0"), stale_default),
             guard_file=table.take("guard_file", self._path, None),
             guard_interval=table.take("guard_interval", _seconds(lambda n: 0.1 <= n <= 60, ">= 0.1 and <= 60"), 0.5),
+            guard_timeout=table.take("guard_timeout", _seconds(lambda n: 0 < n <= 60, "> 0 and <= 60"), None),
         )
         table.finish()
+        if settings.guard_timeout is None and settings.guard_interval is not None:
+            # A dead peer is found within two rounds' time; a false "unheard"
+            # only lets VRRP decide, which holds while VRRP's adverts pass.
+            settings = replace(settings, guard_timeout=settings.guard_interval)
         if settings.guard_file is None and settings.vrrp_state_file is not None:
             # Beside the notify hook's file, in the folder keepalived reads from.
             settings = replace(settings, guard_file=settings.vrrp_state_file.parent / DEFAULT_GUARD_FILE)

@@ -157,10 +157,10 @@ class _BoundedBody(Protocol):
             self.finished.errback(reason)
 
 
-def get_from_peer(http, clock, settings: PairSettings, path: str, limit: int) -> Deferred:
+def get_from_peer(http, clock, settings: PairSettings, path: str, limit: int, timeout: float) -> Deferred:
     """
     The body of the peer's `path` (its status listener, with the token),
-    read up to `limit` bytes within `[pair] peer_timeout`; fails on any
+    read up to `limit` bytes within `timeout` seconds; fails on any
     error, refusal, timeout or larger body. `http` is a twisted.web IAgent.
     """
     headers = Headers({b"user-agent": [b"lvsfeedback-director"]})
@@ -168,7 +168,7 @@ def get_from_peer(http, clock, settings: PairSettings, path: str, limit: int) ->
         headers.addRawHeader(b"authorization", b"Bearer " + settings.peer_token)
     asking = http.request(b"GET", (settings.peer + path).encode("ascii"), headers, None)
     asking.addCallback(_read_body, limit)
-    asking.addTimeout(settings.peer_timeout, clock)
+    asking.addTimeout(timeout, clock)
     return asking
 
 
@@ -273,7 +273,7 @@ class PairFollower(Service):
         """The peer's desired weights, checked (a `Desired`); fails on any error, timeout or oversized body."""
         settings = self.settings
         assert settings is not None
-        asking = get_from_peer(self.http, self.clock, settings, DESIRED_PATH, MAX_DESIRED_BODY)
+        asking = get_from_peer(self.http, self.clock, settings, DESIRED_PATH, MAX_DESIRED_BODY, settings.peer_timeout)
         asking.addCallback(parse_desired)
         return asking
 

@@ -17,9 +17,9 @@ keepalived that was killed leaves its file saying MASTER whether or not the
 address is still there). A director that does not hold the virtual
 addresses stands down while its peer holds them, before VRRP has a say, so
 a partition of VRRP alone changes nothing. Every way of not hearing the
-peer's lvs-director (host dead, link down, lvs-director dead, timeout,
-refusal, garbage) and every reading this director cannot make lets VRRP
-decide, as without the guard: it may only ever stop a director taking an
+peer's lvs-director (host dead, link down, lvs-director dead, no answer
+within `[pair] guard_timeout`, refusal, garbage) and every reading this
+director cannot make lets VRRP decide, as without the guard: it may only ever stop a director taking an
 address another one really holds, so it never leaves the address unheld
 when a director can hold it.
 
@@ -274,7 +274,8 @@ class PairGuard(Service):
         if settings is None:
             return None
         reading = self.read_addresses().addCallbacks(lambda held: (held, None), lambda failure: (None, failure))
-        asking = get_from_peer(self.http, self.clock, settings, ADDRESSES_PATH, MAX_ADDRESSES_BODY)
+        asking = get_from_peer(self.http, self.clock, settings, ADDRESSES_PATH, MAX_ADDRESSES_BODY,
+                               settings.guard_timeout)
         asking.addCallback(parse_peer_report)
         asking.addCallbacks(lambda report: (report, None), lambda failure: (None, self._unheard(failure)))
         self._round = gatherResults([reading, asking])
@@ -285,7 +286,7 @@ class PairGuard(Service):
 
     def _unheard(self, failure) -> str:
         if failure.check(TimeoutError):
-            return f"no answer within {self.settings.peer_timeout:g}s (peer_timeout)" if self.settings else "timeout"
+            return f"no answer within {self.settings.guard_timeout:g}s (guard_timeout)" if self.settings else "timeout"
         return failure.getErrorMessage() or failure.type.__name__
 
     def _done(self, _) -> None:

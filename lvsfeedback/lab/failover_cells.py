@@ -95,7 +95,7 @@ class PairLab(Lab):
         try:
             # Without the split-brain guard, as the static pair runs and as the
             # scenario was first measured: the guard delays a takeover by up
-            # to guard_interval + peer_timeout (README "Running a pair").
+            # to guard_interval + guard_timeout (README "Running a pair").
             with DirectorPair(servers, sync=True, guard=False, log_dir=log_dir) as pair:
                 for director in pair.directors:
                     pair.start_keepalived(director)

@@ -73,7 +73,9 @@ NECP_PORT = 3262
 STATUS_PORT = 9101
 SERVICE_PORT = 80
 POLL_INTERVAL = 0.1
-# [pair] peer_timeout: how long the split-brain guard waits for the other director.
+# [pair] peer_timeout: how long the follower waits for the other director's
+# weights. The split-brain guard has its own bound, guard_timeout, left at its
+# default (guard_interval) as shipped.
 PEER_TIMEOUT = 2.0
 # The directors' [policy] hysteresis: how far apart their weights may be.
 HYSTERESIS = 0.1
@@ -171,8 +173,7 @@ token_file = "{token_file}"
 vrrp_state_file = "{state_file}"
 peer = "http://{peer}:{STATUS_PORT}"
 peer_token_file = "{token_file}"{guard}
-# The emulated VM answers slowly at times; a peer wrongly unheard with VRRP
-# blocked would let the standby's keepalived take the VIP beside the master.
+# The emulated VM answers slowly at times.
 peer_timeout = {PEER_TIMEOUT:g}
 [policy]
 mode = "health"

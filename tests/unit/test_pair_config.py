@@ -87,6 +87,13 @@ class PairConfigTests(ConfigFileTestCase):
         pair = self.load(PAIR + 'guard_file = "/run/keepalived/guard"\nguard_interval = 2\n').pair
         self.assertEqual((pair.guard_file, pair.guard_interval), (Path("/run/keepalived/guard"), 2.0))
 
+    def test_the_guard_s_fetch_is_bounded_by_guard_interval_unless_guard_timeout_is_set(self):
+        self.assertEqual(self.load(PAIR + "guard_interval = 0.3\n").pair.guard_timeout, 0.3)
+        self.assertEqual(self.load(PAIR + "guard_timeout = 0.2\n").pair.guard_timeout, 0.2)
+        for timeout in ("0", "61", '"1"'):
+            [problem] = check_config(self.write(PAIR + f"guard_timeout = {timeout}\n"))
+            self.assertIn("pair.guard_timeout: must be a number of seconds > 0 and <= 60", problem)
+
     def test_a_guard_file_that_is_the_state_file_or_a_bad_interval_is_refused(self):
         self.assertProblems(PAIR + 'guard_file = "run/vrrp-VI_1"\n',
                             ["pair.guard_file: must not be the vrrp_state_file: each has its own writer"])

@@ -241,6 +241,13 @@ class PairGuardTests(SynchronousTestCase):
         body = json.dumps({"addresses": list(addresses), "vrrp_state": "MASTER", "priority": priority}).encode()
         self.http.answer = lambda: FakeResponse(200, body)
 
+    def guard_with(self, pair_lines: str) -> None:
+        """A guard whose [pair] table has these lines more."""
+        config = director_config(self, SERVICES + PAIR + pair_lines)
+        (config.path.parent / "run").mkdir()
+        self.path = config.pair.guard_file
+        self.guard = PairGuard(config, self.clock, self.follower, self.http, read_addresses=self.read)
+
     def start(self) -> None:
         self.guard.startService()
         self.addCleanup(lambda: self.guard.running and self.guard.stopService())
@@ -255,18 +262,37 @@ class PairGuardTests(SynchronousTestCase):
         [(method, url, headers)] = self.http.requests
         self.assertEqual((method, url), (b"GET", b"http://10.0.0.2:9101/pair/addresses.json"))
 
-    def test_a_peer_that_stops_answering_is_unheard_after_peer_timeout_and_vrrp_decides(self):
+    def test_a_peer_that_stops_answering_is_unheard_after_guard_timeout_not_peer_timeout(self):
+        # guard_timeout defaults to guard_interval (0.5 s), shorter than peer_timeout (1 s):
+        # a dead master is noticed within two rounds.
         self.start()
         self.http.answer = None  # its link went down: no answer, no refusal
         self.clock.advance(0.5)
         self.assertEqual(self.value(), STAND_DOWN)  # still waiting for it
+        self.clock.advance(0.5)  # guard_timeout after the question
+        self.assertEqual(self.value(), VRRP_DECIDES)
+        self.assertIn("no answer within 0.5s (guard_timeout)", self.guard.verdict.reason)
+
+    def test_a_guard_timeout_set_bounds_the_guard_s_fetch(self):
+        self.guard_with("guard_timeout = 0.2\n")
+        self.start()
+        self.http.answer = None
         self.clock.advance(0.5)
         self.assertEqual(self.value(), STAND_DOWN)
-        self.clock.advance(0.5)  # peer_timeout (1 s) after the question
+        self.clock.advance(0.2)
         self.assertEqual(self.value(), VRRP_DECIDES)
-        self.assertIn("no answer within 1s (peer_timeout)", self.guard.verdict.reason)
+        self.assertIn("no answer within 0.2s (guard_timeout)", self.guard.verdict.reason)
+
+    def test_a_refused_connection_is_acted_on_in_the_same_round(self):
+        # The peer's host is up, its lvs-director dead: the kernel refuses at once.
+        self.start()
+        self.http.request = lambda *_: fail(ConnectionRefusedError())
+        self.clock.advance(0.5)  # the next round: no timeout waited for
+        self.assertEqual(self.value(), VRRP_DECIDES)
+        self.assertIn("ConnectionRefusedError", self.guard.verdict.reason)
 
     def test_a_round_still_waiting_is_not_doubled(self):
+        self.guard_with("guard_timeout = 1.0\n")
         self.start()
         self.http.answer = None
         for _ in range(3):
