@@ -32,7 +32,7 @@ still serves its capacity); the lab's persistent pattern
 and waiting in their connection's queue, so an overloaded server's
 connections live longer, and its packets count only the requests it
 answers); and a director pair (a TAKEOVER event: the backup follows the
-master's desired weights with its own memory and kernel, counts no packets,
+master's weights (its kernel's) with its own memory and kernel, counts no packets,
 and holds the synced connections, `stale_synced` of them more than the
 master's).
 
@@ -95,7 +95,7 @@ class EventKind(enum.StrEnum):
     RECOVER = "recover"  # it comes back, agent and all
     CAPACITY = "capacity"  # its capacity becomes `value`
     LOAD = "load"  # the offered load becomes `value` (a share of the initial total capacity)
-    # The master director dies; the backup, which followed its desired weights
+    # The master director dies; the backup, which followed its weights
     # until now, goes on from its own memory, its own kernel's packet totals
     # (it carried nothing while backup) and the connections synced to it.
     TAKEOVER = "takeover"
@@ -399,8 +399,8 @@ def _one_pass(cluster: _Cluster, settings: PolicySettings, state: PolicyState, n
     service = decisions[SERVICE]
     writes = _write(service.servers, cluster.kernel, cluster.packets)
     if cluster.standby is not None:
-        # The backup, asked for the master's desired weights ahead of its own pass.
-        followed = {key: 0 if d.remove else d.weight for key, d in service.servers.items()}
+        # The backup, asked for the master's weights (its kernel's) ahead of its own pass.
+        followed = {dest(i): weight or 0 for i, weight in enumerate(cluster.kernel)}
         inputs = cluster.standby_inputs(followed)
         standby, cluster.standby = decide({SERVICE: ServiceInput(settings, inputs)}, cluster.standby, now)
         _write(standby[SERVICE].servers, cluster.standby_kernel, cluster.standby_packets)
