@@ -1,5 +1,5 @@
 """
-A director in a pair: its VRRP state, and while it stands by, the master's desired
+A director in a pair: its VRRP state, and while it stands by, the master's
 weights to follow.
 
 keepalived moves the virtual address and calls tap/vrrp-notify on each
@@ -13,9 +13,13 @@ FAULT while its peer has it) a director follows the master: `PairFollower`
 fetches the master's
 ``/pair/desired.json`` (`desired_document`) once per update interval, just
 ahead of the pass, and the updater hands each weight to the policy as
-`ServerInput.followed`. The policy remembers it as capacity mode's target,
-so the first pass after a takeover starts from the weights the old master
-last wanted. Any other state (MASTER, STOP, or no readable file: unknown)
+`ServerInput.followed`. The weights are those the master's kernel holds,
+not those its policy wanted: hysteresis keeps the two apart by up to a
+tenth, and a backup whose table held the wanted ones would move the traffic
+at the takeover (in the simulator, two equal servers' weights then swung
+apart by 12 % at the median, #17). The policy remembers each as capacity
+mode's target, so the first pass after a takeover starts from the old
+master's table. Any other state (MASTER, STOP, or no readable file: unknown)
 runs the director's own policy, as does a director standing by whose peer's
 answers fail, go stale, or come from a peer that stands by too (two
 backups following each other would freeze the weights).
@@ -52,8 +56,11 @@ MAX_DESIRED_BODY = 4 * 1024 * 1024
 
 def desired_document(last, vrrp_state: VRRPState) -> dict[str, Any]:
     """
-    /pair/desired.json: the desired weight of every real server the last pass
-    (a `PassResult`, or None) decided, by service name, for a backup to follow.
+    /pair/desired.json: the weight every real server the last pass (a
+    `PassResult`, or None) decided on has in this director's kernel after
+    that pass's writes (the one it decided when the kernel does not have
+    the server: a refused write; 0 when removed), with the reason, by service
+    name, for a backup to follow.
     """
     services: dict[str, Any] = {}
     if last is not None:
@@ -66,7 +73,7 @@ def desired_document(last, vrrp_state: VRRPState) -> dict[str, Any]:
                     {
                         "address": dest.address,
                         "port": dest.port,
-                        "weight": 0 if decision.remove else decision.weight,
+                        "weight": 0 if decision.remove else service_pass.written.get(dest, decision.weight),
                         "reason": str(decision.reason),
                     }
                     for dest, decision in service_pass.decision.servers.items()
@@ -187,7 +194,7 @@ def _read_body(response, limit: int) -> Deferred:
 class PairFollower(Service):
     """
     This director's VRRP state, read from `[pair] vrrp_state_file`, and while
-    it stands by the master's desired weights, fetched from `[pair] peer` once
+    it stands by the master's weights, fetched from `[pair] peer` once
     per update interval (`start_fetching` sets the rhythm ahead of the
     passes). `followed` is what the updater asks at each pass. Without
     `[pair]` it reads and fetches nothing and `followed` is always empty.
@@ -270,7 +277,7 @@ class PairFollower(Service):
         return self.state
 
     def fetch(self) -> Deferred:
-        """The peer's desired weights, checked (a `Desired`); fails on any error, timeout or oversized body."""
+        """The peer's weights, checked (a `Desired`); fails on any error, timeout or oversized body."""
         settings = self.settings
         assert settings is not None
         asking = get_from_peer(self.http, self.clock, settings, DESIRED_PATH, MAX_DESIRED_BODY, settings.peer_timeout)

@@ -11,7 +11,7 @@ give the same outputs; the updater owns the loop and the kernel.
 One pass, per virtual service:
 
 1. Each real server is assessed alone: operator override, then on a VRRP
-   backup the master's desired weight (`ServerInput.followed`; capacity mode
+   backup the master's weight (`ServerInput.followed`; capacity mode
    remembers it as its target, so a takeover starts from it), then agent
    state and report freshness, then its health (see `Reason` for the outcomes).
 2. Servers with live feedback get a weight from the service's mode: ``health``

@@ -48,14 +48,14 @@ class Reason(enum.StrEnum):
     STALE = "stale"  # the agent is connected but its report is too old; same action
     STATIC = "static"  # no feedback yet: the configured base weight
     STOPPED = "stopped"  # the agent is up but has not started (or has stopped) the service
-    FOLLOWING = "following"  # a VRRP backup: the master's desired weight
+    FOLLOWING = "following"  # a VRRP backup: the master's weight (its kernel's)
 
 
 # Weights that follow feedback move a little on every report; hysteresis keeps
 # those small moves out of the kernel. Every other reason is a deliberate state
 # change and is written as soon as it differs.
 # A backup's followed weights are written as they are: its kernel holds the
-# master's desired weights, which its first pass of its own starts from.
+# master's weights, which its first pass of its own starts from.
 FEEDBACK_REASONS = frozenset({Reason.HEALTH, Reason.CAPACITY, Reason.SLOW_START})
 
 
@@ -126,7 +126,7 @@ class ServerInput:
     current_weight: int | None = None  # the kernel's weight now; None: not in the table
     override: Override = None
     capacity: float | None = None  # CPUs, as its agent reports them; None: unknown
-    # A VRRP backup: the master's desired weight, which overrides feedback
+    # A VRRP backup: the master's weight as its kernel holds it, which overrides feedback
     # (not the operator); None: decide from this director's own facts.
     followed: int | None = None
 

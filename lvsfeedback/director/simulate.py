@@ -25,6 +25,17 @@ beyond what a server can take are its excess. The kernel's packet total of
 each server advances by a Poisson draw of ``packets_per_request`` packets a
 request, so low rates count in whole, noisy packets as they do in IPVS.
 
+The lab's conditions, where a scenario asks for them: a hogged server
+(`Server.busy`: its agent reports it busy whatever its traffic, its backend
+still serves its capacity); the lab's persistent pattern
+(`queued_connections`: a pool of connections, requests dealt to them alike
+and waiting in their connection's queue, so an overloaded server's
+connections live longer, and its packets count only the requests it
+answers); and a director pair (a TAKEOVER event: the backup follows the
+master's weights (its kernel's) with its own memory and kernel, counts no packets,
+and holds the synced connections, `stale_synced` of them more than the
+master's).
+
 Time, as the director runs it: every agent reports its health
 (``round(100 x (1 - utilisation))``, at least 1 as the agent's scale gives a
 saturated server, 0 only for a failed one) every `health_interval` seconds,
@@ -41,12 +52,13 @@ import enum
 import math
 import random
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from lvsfeedback.agent.metrics.scale import HEALTH_MAX, HEALTH_SATURATED
 from lvsfeedback.director.policy import (
     Agent,
     AgentState,
+    Decision,
     HealthReport,
     Mode,
     PolicySettings,
@@ -56,6 +68,7 @@ from lvsfeedback.director.policy import (
     ServiceInput,
     decide,
 )
+from lvsfeedback.director.simulate_draws import binomial, poisson
 from lvsfeedback.ipvs.model import DestCounters, DestKey, ServiceKey
 
 SERVICE = ServiceKey.for_address("tcp", "192.0.2.1", 80)
@@ -70,6 +83,10 @@ class Server:
     noise: float = 0.0  # standard deviation of the utilisation its agent reports
     base_weight: int = 100
     present: bool = True  # False: it joins later, by an Event
+    # Utilisation its agent reports at least, whatever its traffic: a hog in
+    # its cgroup takes what the backend leaves (the lab's scenario 2), while
+    # the backend still serves `capacity`.
+    busy: float = 0.0
 
 
 class EventKind(enum.StrEnum):
@@ -78,6 +95,10 @@ class EventKind(enum.StrEnum):
     RECOVER = "recover"  # it comes back, agent and all
     CAPACITY = "capacity"  # its capacity becomes `value`
     LOAD = "load"  # the offered load becomes `value` (a share of the initial total capacity)
+    # The master director dies; the backup, which followed its weights
+    # until now, goes on from its own memory, its own kernel's packet totals
+    # (it carried nothing while backup) and the connections synced to it.
+    TAKEOVER = "takeover"
 
 
 @dataclass(frozen=True)
@@ -100,6 +121,17 @@ class Scenario:
     health_interval: float = 1.0
     # Seconds a client connection lives; 0: every request is placed afresh.
     connection_life: float = 0.0
+    # As the lab's persistent pattern: requests are dealt to connections
+    # alike and wait in their connection's queue, so an overloaded server
+    # serves its connections' requests late and they live longer (life x
+    # offered / servable): its share of the connections, and of the requests,
+    # stays above its share of the weights.
+    queued_connections: bool = False
+    connection_pool: int = 0  # with queued_connections, the clients' connections (the lab's: 32); 0: rate x life
+    # With a TAKEOVER: active connections per server that the backup's
+    # synced table holds beyond the master's (ended on the master, not in
+    # the backup's table; they outlive the run on IPVS's 15-minute timer).
+    stale_synced: Sequence[int] = ()
     seed: int = 0
 
 
@@ -162,6 +194,16 @@ class _Cluster:
         self.agents = [Agent(AgentState.CONNECTED, 0.0) if p else Agent() for p in self.present]
         self.traffic: list[float] = [0.0] * len(self.servers)  # each server's share of the requests
         self.connections = [0] * len(self.servers)  # the kernel's active connections of each server
+        # A director pair: the backup's memory, kernel weights and packet
+        # totals, until a TAKEOVER; then the new master's stale synced entries.
+        self.standby: PolicyState | None = (
+            PolicyState() if any(e.kind is EventKind.TAKEOVER for e in scenario.events) else None
+        )
+        self.standby_kernel: list[int | None] = [None] * len(self.servers)
+        self.standby_packets = [0] * len(self.servers)
+        stale = list(scenario.stale_synced)
+        self.stale = stale + [0] * (len(self.servers) - len(stale))
+        self.ghosts = [0] * len(self.servers)  # stale entries in the kernel that passes read
 
     def weight_shares(self) -> list[float]:
         weights = [w or 0 for w in self.kernel]
@@ -178,15 +220,45 @@ class _Cluster:
         if not life or not any(self.traffic):
             self.traffic = target
             if life:  # connections as if the weights had always been these
-                self.connections = [_poisson(self.random, share * self.rate * life) for share in target]
+                held = self.scenario.connection_pool if self.scenario.queued_connections else 0
+                self.connections = [poisson(self.random, share * (held or self.rate * life)) for share in target]
+            return
+        if self.scenario.queued_connections:
+            self._advance_queued(seconds, target)
             return
         kept = math.exp(-seconds / life)
         self.traffic = [want + (now - want) * kept for want, now in zip(target, self.traffic)]
         self.connections = [
-            _binomial(self.random, count, kept) + _poisson(self.random, share * self.rate * life * (1 - kept))
+            binomial(self.random, count, kept) + poisson(self.random, share * self.rate * life * (1 - kept))
             if alive else 0
             for count, share, alive in zip(self.connections, target, self.alive)
         ]
+
+    def lives(self) -> list[float]:
+        """Each server's connection life: longer where requests wait on an overloaded server."""
+        life = self.scenario.connection_life
+        if not self.scenario.queued_connections:
+            return [life] * len(self.servers)
+        return [
+            life * max(1.0, self.rate * share / max(server.capacity * (1 - server.floor), 1e-9))
+            for server, share in zip(self.servers, self.traffic)
+        ]
+
+    def _advance_queued(self, seconds: float, target: Sequence[float]) -> None:
+        """Connections end at their server's pace; every one ended reconnects, placed by the weights."""
+        steps = max(1, math.ceil(seconds / 0.25))
+        for _ in range(steps):
+            ending = [share / life for share, life in zip(self.traffic, self.lives())]
+            renewed = sum(ending)
+            self.traffic = [
+                share + seconds / steps * (want * renewed - end) for share, want, end in zip(self.traffic, target, ending)
+            ]
+        kept = [
+            binomial(self.random, count, math.exp(-seconds / life)) if alive else 0
+            for count, life, alive in zip(self.connections, self.lives(), self.alive)
+        ]
+        ended = sum(self.connections) - sum(kept)
+        self.connections = [count + poisson(self.random, share * ended) for count, share in zip(kept, target)]
 
     def placed_afresh(self) -> None:
         """After a pass: without persistent connections, requests follow the new weights at once."""
@@ -195,7 +267,7 @@ class _Cluster:
 
     def utilisations(self, shares: Sequence[float]) -> list[float]:
         return [
-            min(1.0, server.floor + self.rate * share / server.capacity) if alive else 0.0
+            min(1.0, max(server.busy, server.floor + self.rate * share / server.capacity)) if alive else 0.0
             for server, share, alive in zip(self.servers, shares, self.alive)
         ]
 
@@ -242,49 +314,50 @@ class _Cluster:
             self.reports[i] = HealthReport(int(health), now)
 
     def carry(self, seconds: float) -> None:
-        """The packets each server receives over `seconds` at the current shares."""
+        """The packets each server receives over `seconds` at the current shares (the backup's: none)."""
         for i, share in enumerate(self.shares()):
             if self.kernel[i] is not None:
-                expected = self.rate * share * self.scenario.packets_per_request * seconds
-                self.packets[i] += _poisson(self.random, expected)
+                offered = self.rate * share
+                if self.scenario.queued_connections:  # a connection sends its next request once answered
+                    offered = min(offered, self.servers[i].capacity * (1 - self.servers[i].floor))
+                expected = offered * self.scenario.packets_per_request * seconds
+                self.packets[i] += poisson(self.random, expected)
 
     def inputs(self) -> dict[DestKey, ServerInput]:
+        return self._inputs(self.kernel, self.packets, self.ghosts, None)
+
+    def standby_inputs(self, followed: dict[DestKey, int]) -> dict[DestKey, ServerInput]:
+        """The backup's: the same agents, its own kernel, the synced connections, the master's weights."""
+        return self._inputs(self.standby_kernel, self.standby_packets, self.stale, followed)
+
+    def _inputs(
+        self, kernel: Sequence[int | None], packets: Sequence[int], ghosts: Sequence[int],
+        followed: dict[DestKey, int] | None,
+    ) -> dict[DestKey, ServerInput]:
         return {
             dest(i): ServerInput(
                 base_weight=server.base_weight,
                 agent=self.agents[i],
                 report=self.reports[i],
                 counters=(
-                    DestCounters(active_connections=self.connections[i], packets=self.packets[i])
-                    if self.kernel[i] is not None
+                    DestCounters(active_connections=self.connections[i] + ghosts[i], packets=packets[i])
+                    if kernel[i] is not None
                     else None
                 ),
-                current_weight=self.kernel[i],
+                current_weight=kernel[i],
+                followed=None if followed is None else followed.get(dest(i)),
             )
             for i, server in enumerate(self.servers)
             if self.present[i]
         }
 
-
-def _poisson(rng: random.Random, mean: float) -> int:
-    if mean <= 0:
-        return 0
-    if mean > 50:
-        return max(0, round(rng.gauss(mean, math.sqrt(mean))))
-    # Knuth: multiply uniforms until the product falls below e^-mean.
-    limit, count, product = math.exp(-mean), 0, rng.random()
-    while product > limit:
-        count += 1
-        product *= rng.random()
-    return count
-
-
-def _binomial(rng: random.Random, count: int, chance: float) -> int:
-    """How many of `count` independent trials succeed, each with `chance`."""
-    if count * min(chance, 1 - chance) > 25:
-        spread = math.sqrt(count * chance * (1 - chance))
-        return min(count, max(0, round(rng.gauss(count * chance, spread))))
-    return sum(1 for _ in range(count) if rng.random() < chance)
+    def take_over(self) -> PolicyState:
+        """The backup becomes the master: its kernel, packet totals and memory from now on."""
+        assert self.standby is not None, "a TAKEOVER needs a backup that followed"
+        state, self.standby = self.standby, None
+        self.kernel, self.packets, self.ghosts = self.standby_kernel, self.standby_packets, self.stale
+        self.placed_afresh()
+        return state
 
 
 def run(scenario: Scenario) -> list[Pass]:
@@ -309,7 +382,9 @@ def run(scenario: Scenario) -> list[Pass]:
         cluster.carry(now - clock)
         cluster.advance(now - clock)
         clock = now
-        if isinstance(what, Event):
+        if isinstance(what, Event) and what.kind is EventKind.TAKEOVER:
+            state = cluster.take_over()
+        elif isinstance(what, Event):
             cluster.apply(what, now)
         elif what == "report":
             cluster.report(now)
@@ -322,28 +397,19 @@ def run(scenario: Scenario) -> list[Pass]:
 def _one_pass(cluster: _Cluster, settings: PolicySettings, state: PolicyState, now: float):
     decisions, state = decide({SERVICE: ServiceInput(settings, cluster.inputs())}, state, now)
     service = decisions[SERVICE]
-    writes = 0
+    writes = _write(service.servers, cluster.kernel, cluster.packets)
+    if cluster.standby is not None:
+        # The backup, asked for the master's weights (its kernel's) ahead of its own pass.
+        followed = {dest(i): weight or 0 for i, weight in enumerate(cluster.kernel)}
+        inputs = cluster.standby_inputs(followed)
+        standby, cluster.standby = decide({SERVICE: ServiceInput(settings, inputs)}, cluster.standby, now)
+        _write(standby[SERVICE].servers, cluster.standby_kernel, cluster.standby_packets)
     reasons: list[Reason | None] = []
     details: list[str] = []
     for i in range(len(cluster.servers)):
         decision = service.servers.get(dest(i))
         reasons.append(decision.reason if decision else None)
         details.append(decision.detail if decision else "")
-        if decision is None:
-            continue
-        current = cluster.kernel[i]
-        # As WeightUpdater._change_for: add when absent, edit when written, delete when removed.
-        if decision.remove:
-            if current is not None:
-                cluster.kernel[i] = None
-                cluster.packets[i] = 0  # a new dest starts a new total
-                writes += 1
-        elif current is None:
-            cluster.kernel[i] = decision.weight
-            writes += 1
-        elif decision.weight != current and decision.write:
-            cluster.kernel[i] = decision.weight
-            writes += 1
     cluster.placed_afresh()
     shares = cluster.shares()
     record = Pass(
@@ -357,6 +423,25 @@ def _one_pass(cluster: _Cluster, settings: PolicySettings, state: PolicyState, n
         writes=writes,
     )
     return state, record
+
+
+def _write(decisions: Mapping[DestKey, Decision], kernel: list[int | None], packets: list[int]) -> int:
+    """As WeightUpdater._change_for: add when absent, edit when written, delete when removed; the writes."""
+    writes = 0
+    for i in range(len(kernel)):
+        decision = decisions.get(dest(i))
+        if decision is None:
+            continue
+        current = kernel[i]
+        if decision.remove:
+            if current is not None:
+                kernel[i] = None
+                packets[i] = 0  # a new dest starts a new total
+                writes += 1
+        elif current is None or (decision.weight != current and decision.write):
+            kernel[i] = decision.weight
+            writes += 1
+    return writes
 
 
 def table(history: Sequence[Pass], every: int = 1) -> str:

@@ -238,6 +238,14 @@ _SYNC_DAEMON_LINE = re.compile(r"^(master|backup) sync daemon\b", re.M)
 # only over these states (net.ipv4.vs.conn_reuse_mode 1); any other sends it
 # to the entry's real server whatever the weights say.
 RESCHEDULED_OVER = frozenset({"TIME_WAIT", "CLOSE"})
+# IPVS's TCP timeouts on the lab's directors (ipvsadm --set: established,
+# FIN_WAIT, UDP), in seconds. A backup's synced table keeps the entries of
+# connections whose end the master never synced, ESTABLISHED, for IPVS's 15
+# minutes (900 s): after a takeover the new master held them, and the next
+# cell found the pair unsound for as long. A minute outlives any pause of the
+# lab's persistent connections (a request every two seconds or so), so the
+# cells stay independent.
+LAB_TCP_TIMEOUTS = (60, 120, 300)
 
 
 def parse_sync_daemons(listing: str) -> frozenset[str]:
@@ -265,9 +273,10 @@ def pair_problems(views: list[DirectorView], *, sync: bool, service: str = f"{VI
     daemons running, and a reboot would not); and no connection entry to
     `service` left on the master that would send a new connection from a
     reused client port to its old real server, past the weights. (A revived
-    director keeps the ESTABLISHED entries it died with for IPVS's 15
-    minutes: nothing short of a new namespace empties them, and it
-    schedules nothing until it is master again.)
+    director keeps the ESTABLISHED entries it died with, and a new master
+    the synced entries of connections that ended on the old one, until
+    IPVS's timeout, `LAB_TCP_TIMEOUTS` in the lab: nothing short of a new
+    namespace empties them.)
     """
     problems = []
     holders = [view for view in views if view.holds_vip]
@@ -369,6 +378,8 @@ class DirectorPair:
         self.lab.build()
         try:
             assert self.lab.log_dir is not None
+            for namespace in self.lab.plan.director_namespaces:
+                self.lab.run(namespace, ["ipvsadm", "--set", *map(str, LAB_TCP_TIMEOUTS)])
             # The guard files on the machine's own disk (the VM's /tmp), not in
             # the log folder: that may be a folder the VM shares with its host,
             # where keepalived's inotify hears nothing of lvs-director's writes.

@@ -21,7 +21,7 @@ from lvsfeedback.director.web.history import History
 from lvsfeedback.director.web.listener import StatusSite
 from lvsfeedback.director.web.resources import status_root
 from lvsfeedback.ipvs.memory import MemoryIPVS
-from lvsfeedback.ipvs.model import EditDest
+from lvsfeedback.ipvs.model import EditDest, RealServer
 from tests.helpers.director import RS, TOKEN, WEB, connect, director_config, http
 from tests.helpers.pair import FakeHTTP, FakeResponse, desired
 
@@ -226,6 +226,23 @@ class DesiredEndpointTests(PairDirectorCase):
             "servers": [{"address": dest.address, "port": 80, "weight": decided[dest].weight,
                          "reason": str(decided[dest].reason)} for dest in RS],
         })
+
+    def test_a_weight_hysteresis_held_back_is_served_as_the_kernel_holds_it(self):
+        self.vrrp("MASTER")
+        for n in (1, 2, 3):
+            connect(self.director, n, health=50)
+        self.clock.advance(2.0)
+        wanted = self.director.updater.last.services[WEB].decision.servers[RS[0]].weight
+        # The table a few percent off what the policy wants: within hysteresis, not rewritten.
+        held = round(wanted * 0.95)
+        self.table.apply([EditDest(WEB, RealServer(RS[0], held))])
+        self.clock.advance(2.0)
+        decision = self.director.updater.last.services[WEB].decision.servers[RS[0]]
+        self.assertFalse(decision.write)
+        self.assertNotEqual(decision.weight, held)
+        served = {(s["address"], s["weight"]) for s in self.get(b"/pair/desired.json").json()["services"]["web"]["servers"]}
+        self.assertIn((RS[0].address, held), served)
+        self.assertEqual(served, {(dest.address, weight) for dest, weight in self.weights().items()})
 
     def test_before_the_first_pass_there_is_nothing_to_follow(self):
         self.director.updater.last = None

@@ -1,6 +1,6 @@
 """
 The policy of a VRRP backup (lvsfeedback.director.policy with
-ServerInput.followed): it follows the master's desired weights, operators
+ServerInput.followed): it follows the master's weights, operators
 still win, and its first pass of its own after a takeover starts from them.
 """
 
@@ -40,7 +40,7 @@ class FollowingTests(SynchronousTestCase):
         self.assertEqual(decision.servers[A].weight, 37)
         self.assertEqual(decision.servers[A].reason, Reason.FOLLOWING)
         self.assertEqual(decision.servers[A].detail, "following the master")
-        # Written even within hysteresis: the backup's kernel holds the master's desired weight.
+        # Written even within hysteresis: the backup's kernel holds the master's weight.
         self.assertTrue(decision.servers[A].write)
 
     def test_operator_overrides_win_over_following(self):
