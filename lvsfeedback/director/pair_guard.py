@@ -12,7 +12,8 @@ address. keepalived cannot know the peer's state without VRRP, so the guard
 asks it another way: the peer's lvs-director, through its authenticated
 status listener (`/pair/addresses.json`, the same `[pair] peer` and token the
 follower uses), says which addresses its host really has configured on an
-interface that is up (`ip -json address`, not keepalived's notify file: a
+interface that is up (read over rtnetlink, director/host_addresses.py, and
+again only when the kernel announces a change; not keepalived's notify file: a
 keepalived that was killed leaves its file saying MASTER whether or not the
 address is still there). A director that does not hold the virtual
 addresses stands down while its peer holds them, before VRRP has a say, so
@@ -36,25 +37,22 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, TimeoutError, gatherResults
+from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.task import LoopingCall
-from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import Logger
 from twisted.web.client import Agent
 from zope.interface import implementer
 
 from lvsfeedback.director.config import IReconfigurable, PairSettings
+from lvsfeedback.director.host_addresses import HostAddresses
 from lvsfeedback.director.pair import get_from_peer
 
 ADDRESSES_PATH = "/pair/addresses.json"
 # A host's addresses, even thousands of them, fit well within this.
 MAX_ADDRESSES_BODY = 1024 * 1024
-IP = "ip"
-# iproute2's usual homes; the child gets no other environment.
-IP_ENVIRONMENT = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 # What the guard file holds: keepalived's track_file with weight 0 reads
 # non-zero as a failure (FAULT) and zero as OK.
 STAND_DOWN, VRRP_DECIDES = "1\n", "0\n"
@@ -107,38 +105,7 @@ def guarded_addresses(config) -> frozenset[str]:
     return frozenset(service.key.address for service in config.services if service.key.address)
 
 
-# This host's addresses --------------------------------------------------------------
-
-
-def parse_ip_addresses(shown: bytes) -> frozenset[str]:
-    """
-    `ip -json address show` → the addresses configured on interfaces that
-    are up and have a carrier, loopback aside; ValueError if it is not that.
-    """
-    links = json.loads(shown)
-    if not isinstance(links, list):
-        raise ValueError("not a list of links")
-    held = set()
-    for link in links:
-        flags = link.get("flags", [])
-        if "UP" in flags and "LOWER_UP" in flags and "LOOPBACK" not in flags:
-            held.update(str(ipaddress.ip_address(entry["local"])) for entry in link.get("addr_info", []))
-    return frozenset(held)
-
-
-def read_host_addresses(reactor) -> Deferred:
-    """This host's addresses (`parse_ip_addresses`), read by iproute2 without blocking the reactor; fails saying why."""
-    def parsed(result: tuple[bytes, bytes, int]) -> frozenset[str]:
-        out, err, code = result
-        if code != 0:
-            raise OSError(f"{IP} -json address show: exit {code}: {err.decode('utf-8', 'replace').strip()}")
-        try:
-            return parse_ip_addresses(out)
-        except (ValueError, KeyError, TypeError, AttributeError) as error:
-            raise OSError(f"{IP} -json address show: unreadable: {error}") from None
-
-    running = getProcessOutputAndValue(IP, ["-json", "address", "show"], env=IP_ENVIRONMENT, reactor=reactor)
-    return running.addCallback(parsed)
+# The peer's report ----------------------------------------------------------------
 
 
 def addresses_document(held: frozenset[str] | None, vrrp_state: str, priority: int | None) -> dict[str, Any]:
@@ -198,7 +165,8 @@ def release_guard_file(path: Path) -> None:
 @implementer(IReconfigurable)
 class PairGuard(Service):
     """
-    Every `[pair] guard_interval`: this host's addresses (`read_addresses`),
+    Every `[pair] guard_interval`: this host's addresses (`addresses`, read
+    again only after the kernel announced a change),
     the peer's report (its /pair/addresses.json), this director's priority
     (the follower's reading of the VRRP state file), the `verdict`, and the
     guard file rewritten when the verdict's value changes. A round still
@@ -209,12 +177,11 @@ class PairGuard(Service):
 
     log = Logger()
 
-    def __init__(self, config, clock, follower, http=None,
-                 read_addresses: Callable[[], Deferred] | None = None):
+    def __init__(self, config, clock, follower, http=None, addresses: HostAddresses | None = None):
         self.clock = clock
         self.follower = follower
         self.http = http if http is not None else Agent(clock)
-        self.read_addresses = read_addresses if read_addresses is not None else lambda: read_host_addresses(clock)
+        self.addresses = addresses if addresses is not None else HostAddresses(clock)
         self.held: frozenset[str] | None = None
         self.verdict: Verdict | None = None
         self.problem: str | None = None  # why the last round could not write the file
@@ -243,6 +210,7 @@ class PairGuard(Service):
     def stopService(self):
         super().stopService()
         self._stop_loop()
+        self.addresses.stop()
         if self._round is not None:
             self._round.cancel()  # its verdict is written at once, then released below
         settings = self.settings
@@ -258,7 +226,9 @@ class PairGuard(Service):
     def _start_loop(self) -> None:
         self._stop_loop()
         if self.settings is None:
+            self.addresses.stop()
             return
+        self.addresses.start()
         self._loop = LoopingCall(self.tick)
         self._loop.clock = self.clock
         self._loop.start(self.settings.guard_interval, now=True)
@@ -273,13 +243,16 @@ class PairGuard(Service):
         settings = self.settings
         if settings is None:
             return None
-        reading = self.read_addresses().addCallbacks(lambda held: (held, None), lambda failure: (None, failure))
+        try:
+            held, unreadable = self.addresses.current(), None
+        except OSError as error:
+            held, unreadable = None, str(error)
         asking = get_from_peer(self.http, self.clock, settings, ADDRESSES_PATH, MAX_ADDRESSES_BODY,
                                settings.guard_timeout)
         asking.addCallback(parse_peer_report)
         asking.addCallbacks(lambda report: (report, None), lambda failure: (None, self._unheard(failure)))
-        self._round = gatherResults([reading, asking])
-        self._round.addCallback(self._decide, settings)
+        self._round = asking
+        self._round.addCallback(self._decide, held, unreadable, settings)
         self._round.addErrback(lambda failure: None)  # cancelled by a stop
         self._round.addBoth(self._done)
         return self._round
@@ -292,10 +265,10 @@ class PairGuard(Service):
     def _done(self, _) -> None:
         self._round = None
 
-    def _decide(self, results, settings: PairSettings) -> None:
-        (held, unreadable), (report, unheard) = results
+    def _decide(self, answer, held: frozenset[str] | None, unreadable: str | None, settings: PairSettings) -> None:
+        report, unheard = answer
         if held is None:
-            found = Verdict(False, f"cannot read this host's addresses ({unreadable.getErrorMessage()}): VRRP decides")
+            found = Verdict(False, f"cannot read this host's addresses ({unreadable}): VRRP decides")
         else:
             self.held = held
             self.follower.refresh()

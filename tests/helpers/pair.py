@@ -62,3 +62,29 @@ class FakeHTTP:
         answered: Deferred = Deferred()
         answered.callback(response)
         return answered
+
+
+class FakeAnnouncements:
+    """
+    The guard's subscribed rtnetlink socket (director/host_addresses.py):
+    `recv` gives what `pending` holds (bytes, or an OSError to raise), then
+    would block, as the non-blocking socket does.
+    """
+
+    def __init__(self):
+        self.pending: list[bytes | OSError] = []
+        self.closed = False
+
+    def fileno(self) -> int:
+        return -1 if self.closed else 42
+
+    def recv(self, size: int) -> bytes:
+        if not self.pending:
+            raise BlockingIOError()
+        found = self.pending.pop(0)
+        if isinstance(found, OSError):
+            raise found
+        return found
+
+    def close(self) -> None:
+        self.closed = True

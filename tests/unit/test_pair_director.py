@@ -9,7 +9,6 @@ takeover its first pass moves none by more than hysteresis; status.json,
 from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
@@ -88,9 +87,9 @@ class PairDirectorCase(SynchronousTestCase):
         self.addCleanup(self.director.updater.stopService)
         self.addCleanup(self.director.pair.stopService)
         access = ControlAccess(lambda: self.loopback_only, lambda: self.director.config.status.token_file)
-        # The host's addresses, as `ip -json address show` would give them to the guard.
+        # The host's addresses, as the guard's rtnetlink dump would give them (read every round: not watched).
         self.held = frozenset({"10.0.0.1", "10.0.0.3"})
-        self.director.guard.read_addresses = lambda: succeed(self.held)
+        self.director.guard.addresses.dump = lambda: self.held
         self.site = StatusSite(status_root(self.director, access, History()), access=access, reactor=self.clock)
 
     def vrrp(self, state: str) -> None:

@@ -3,7 +3,9 @@ The pair's split-brain guard (#17, director/pair_guard.py): the decision
 table over every failure of the pair, the peer's report read as hostile
 input, the host's addresses, the file keepalived tracks (written aside and
 renamed, only on a change, removed at a stop), and the guard's rounds in
-lvs-director on a task.Clock. The guard against keepalived and the kernel:
+lvs-director on a MemoryReactorClock, this host's addresses read again only
+when the kernel announces a change (how they are read and kept:
+test_pair_guard_addresses.py). The guard against keepalived and the kernel:
 tests/integration/test_pair_guard.py.
 """
 
@@ -13,11 +15,12 @@ import json
 import os
 from pathlib import Path
 
-from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.task import Clock
+from twisted.internet.defer import fail
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
+from lvsfeedback.director.host_addresses import HostAddresses
 from lvsfeedback.director.pair import PairFollower
 from lvsfeedback.director.pair_guard import (
     MAX_ADDRESSES_BODY,
@@ -28,14 +31,13 @@ from lvsfeedback.director.pair_guard import (
     Verdict,
     addresses_document,
     guarded_addresses,
-    parse_ip_addresses,
     parse_peer_report,
     release_guard_file,
     verdict,
     write_guard_file,
 )
 from tests.helpers.director import director_config
-from tests.helpers.pair import FakeHTTP, FakeResponse
+from tests.helpers.pair import FakeAnnouncements, FakeHTTP, FakeResponse
 
 VIP = "192.0.2.10"
 OTHER = "192.0.2.3"
@@ -123,21 +125,7 @@ class PeerReportTests(SynchronousTestCase):
             self.assertIn(problem, str(error), body)
 
 
-class HostAddressesTests(SynchronousTestCase):
-    def test_only_addresses_of_interfaces_up_with_a_carrier_count_loopback_aside(self):
-        links = [
-            {"ifname": "lo", "flags": ["LOOPBACK", "UP", "LOWER_UP"], "addr_info": [{"local": "127.0.0.1"}]},
-            {"ifname": "eth0", "flags": ["BROADCAST", "UP", "LOWER_UP"],
-             "addr_info": [{"local": "10.0.0.2"}, {"local": VIP}, {"local": "fe80::1"}]},
-            {"ifname": "eth1", "flags": ["BROADCAST", "NO-CARRIER", "UP"], "addr_info": [{"local": "10.9.0.1"}]},
-            {"ifname": "eth2", "flags": ["BROADCAST"], "addr_info": [{"local": "10.8.0.1"}]},
-        ]
-        self.assertEqual(parse_ip_addresses(json.dumps(links).encode()), frozenset({"10.0.0.2", VIP, "fe80::1"}))
-
-    def test_output_that_is_not_ip_s_json_is_refused(self):
-        for shown in (b"", b"{}", b"not json"):
-            self.assertRaises(ValueError, parse_ip_addresses, shown)
-
+class GuardedAddressesTests(SynchronousTestCase):
     def test_the_guarded_addresses_are_the_services_own(self):
         config = director_config(self, SERVICES + '[[service]]\nname = "marked"\nprotocol = "fwmark"\nfwmark = 5\n')
         self.assertEqual(guarded_addresses(config), frozenset({VIP, "192.0.2.11"}))
@@ -219,7 +207,7 @@ class PairGuardTests(SynchronousTestCase):
     """The guard in lvs-director: a peer faked by FakeHTTP, this host's addresses by `held`."""
 
     def setUp(self):
-        self.clock = Clock()
+        self.clock = MemoryReactorClock()
         self.clock.advance(1000)
         self.http = FakeHTTP()
         self.peer_holds(VIP)
@@ -231,11 +219,23 @@ class PairGuardTests(SynchronousTestCase):
         self.state_file.write_text("BACKUP 100\n")
         self.path = self.config.pair.guard_file
         self.follower = PairFollower(self.config, self.clock, self.http)
-        self.guard = PairGuard(self.config, self.clock, self.follower, self.http, read_addresses=self.read)
+        self.announcements = FakeAnnouncements()
+        self.guard = PairGuard(self.config, self.clock, self.follower, self.http, addresses=self.host())
 
-    def read(self) -> Deferred:
+    def host(self) -> HostAddresses:
+        """This host's addresses, read by `read` and announced on `announcements`."""
+        return HostAddresses(self.clock, dump=self.read, subscribe=lambda: self.announcements)
+
+    def read(self) -> frozenset[str]:
         self.readings += 1
-        return fail(self.held) if isinstance(self.held, Exception) else succeed(self.held)
+        if isinstance(self.held, Exception):
+            raise self.held
+        return self.held
+
+    def announce(self, message: bytes = b"an RTM_NEWADDR") -> None:
+        self.announcements.pending.append(message)
+        for reader in list(self.clock.readers):
+            reader.doRead()
 
     def peer_holds(self, *addresses: str, priority: int = 150) -> None:
         body = json.dumps({"addresses": list(addresses), "vrrp_state": "MASTER", "priority": priority}).encode()
@@ -246,7 +246,7 @@ class PairGuardTests(SynchronousTestCase):
         config = director_config(self, SERVICES + PAIR + pair_lines)
         (config.path.parent / "run").mkdir()
         self.path = config.pair.guard_file
-        self.guard = PairGuard(config, self.clock, self.follower, self.http, read_addresses=self.read)
+        self.guard = PairGuard(config, self.clock, self.follower, self.http, addresses=self.host())
 
     def start(self) -> None:
         self.guard.startService()
@@ -297,7 +297,7 @@ class PairGuardTests(SynchronousTestCase):
         self.http.answer = None
         for _ in range(3):
             self.clock.advance(0.5)  # two rounds fall due while one waits for the peer
-        self.assertEqual((len(self.http.requests), self.readings), (2, 2))
+        self.assertEqual((len(self.http.requests), self.readings), (2, 1))
         self.assertIsNone(self.guard._round)
 
     def test_the_file_is_written_only_when_the_verdict_changes(self):
@@ -329,13 +329,44 @@ class PairGuardTests(SynchronousTestCase):
         self.clock.advance(5)
         self.assertIsNone(self.value())
 
-    def test_unreadable_host_addresses_let_vrrp_decide(self):
-        self.held = OSError("ip -json address show: exit 1: no netlink")
-        self.start()
+    def test_unreadable_host_addresses_let_vrrp_decide_logged_once(self):
+        self.held = OSError(13, "Permission denied")
+        with capturedLogs() as events:
+            self.start()
+            self.clock.pump([0.5] * 3)
         self.assertEqual(self.value(), VRRP_DECIDES)
-        self.assertIn("cannot read this host's addresses (ip -json address show: exit 1: no netlink)",
-                      self.guard.verdict.reason)
+        self.assertEqual(self.guard.verdict.reason, "cannot read this host's addresses (Permission denied): VRRP decides")
         self.assertIsNone(self.guard.held)
+        self.assertEqual(self.readings, 4)  # retried each round
+        errors = [event for event in events if event["log_level"].name == "error"]
+        self.assertEqual([event["problem"] for event in errors], ["Permission denied"])
+
+    def test_the_host_s_addresses_are_read_at_the_start_and_not_again_while_nothing_is_announced(self):
+        self.start()
+        self.clock.pump([0.5] * 20)
+        self.assertEqual((len(self.http.requests), self.readings), (21, 1))
+
+    def test_an_announced_change_is_read_at_the_next_round(self):
+        self.start()
+        self.clock.pump([0.5] * 2)
+        self.held = frozenset({VIP, OTHER})  # keepalived added the VIP
+        self.announce()
+        self.announce()
+        self.assertEqual(self.value(), STAND_DOWN)  # not before the round
+        self.clock.advance(0.5)
+        self.assertEqual((self.readings, self.guard.held), (2, frozenset({VIP, OTHER})))
+        self.assertIn("yielding", self.guard.verdict.reason)
+
+    def test_a_stop_or_a_reload_without_pair_stops_watching_the_host_s_addresses(self):
+        self.start()
+        self.assertEqual(self.clock.readers, {self.guard.addresses})
+        self.guard.stopService()
+        self.assertEqual((self.clock.readers, self.announcements.closed), (set(), True))
+        self.announcements = FakeAnnouncements()
+        self.guard.startService()
+        self.assertEqual(self.clock.readers, {self.guard.addresses})
+        self.guard.reconfigure(director_config(self, SERVICES))
+        self.assertEqual((self.clock.readers, self.announcements.closed), (set(), True))
 
     def test_both_holding_the_vip_its_own_priority_from_the_state_file_decides(self):
         self.held = frozenset({VIP, OTHER})
@@ -379,11 +410,11 @@ class PairGuardTests(SynchronousTestCase):
     def test_without_a_pair_table_it_does_nothing(self):
         alone = director_config(self, SERVICES)
         guard = PairGuard(alone, self.clock, PairFollower(alone, self.clock, self.http), self.http,
-                          read_addresses=self.read)
+                          addresses=self.host())
         guard.startService()
         self.clock.advance(5)
         guard.stopService()
-        self.assertEqual((self.http.requests, self.readings, guard.verdict), ([], 0, None))
+        self.assertEqual((self.http.requests, self.readings, guard.verdict, self.clock.readers), ([], 0, None, set()))
 
     def test_an_oversized_answer_is_the_peer_unheard(self):
         self.http.answer = lambda: FakeResponse(200, b" " * (MAX_ADDRESSES_BODY + 1), chunk=65536)
