@@ -7,8 +7,8 @@ The guard used to fork `ip -json address show` every round (twice a second):
 ~1.5 ms of child CPU natively plus the fork of a large Python process, ~35 ms
 in the emulated test VM, where two directors doing it starved the lab's real
 servers (docs/experiment.md, run M). Here a dump (RTM_GETLINK, then
-RTM_GETADDR, on a raw NETLINK_ROUTE socket, parsed with `struct` as
-lvsfeedback/ipvs/batch.py does for IPVS) is taken once at the start, and a
+RTM_GETADDR, on a raw NETLINK_ROUTE socket, framed by
+lvsfeedback/netlink_framing.py as the IPVS socket is) is taken once at the start, and a
 second socket, bound to the link and address multicast groups and watched by
 the reactor, marks the reading stale when anything changes; the guard's next
 round reads again, so a storm of announcements costs one dump a round. A lost
@@ -28,7 +28,7 @@ from twisted.internet.interfaces import IReadDescriptor
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from lvsfeedback.ipvs.batch import NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, attributes, errno_name
+from lvsfeedback.netlink_framing import attributes, dump
 
 # linux/rtnetlink.h, linux/if_addr.h, linux/if.h
 NETLINK_ROUTE = 0
@@ -51,31 +51,9 @@ DUMP_TIMEOUT = 2.0
 # Announcements read in one go; more wait for the reactor's next turn.
 MAX_DRAINED = 256
 
-_NLMSGHDR = struct.Struct("=IHHII")  # length, type, flags, sequence, port id
 _IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
 _IFADDRMSG = struct.Struct("=BBBBI")  # family, prefix length, flags, scope, index
 _ADDRESS_SIZE = {socket.AF_INET: 4, socket.AF_INET6: 16}
-
-
-def dump_bodies(route, kind: int, request: bytes, sequence: int) -> list[bytes]:
-    """The bodies of every message the kernel answers a dump request with, in order; OSError naming a refusal."""
-    route.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(request), kind, NLM_F_REQUEST | NLM_F_DUMP, sequence, 0) + request)
-    bodies: list[bytes] = []
-    while True:
-        datagram = route.recv(65536)
-        offset = 0
-        while offset + _NLMSGHDR.size <= len(datagram):
-            length, reply, _, reply_sequence, _ = _NLMSGHDR.unpack_from(datagram, offset)
-            if length < _NLMSGHDR.size:
-                break
-            if reply_sequence == sequence:
-                if reply in (NLMSG_DONE, NLMSG_ERROR):
-                    (code,) = struct.unpack_from("=i", datagram, offset + _NLMSGHDR.size)
-                    if code:
-                        raise OSError(-code, f"the kernel refused the dump: {errno_name(-code)}")
-                    return bodies
-                bodies.append(datagram[offset + _NLMSGHDR.size : offset + length])
-            offset += (length + 3) & ~3
 
 
 def links_up(bodies: list[bytes]) -> set[int]:
@@ -109,8 +87,9 @@ def read_addresses(route) -> frozenset[str]:
     socket); OSError saying why not (a message cut short is one too).
     """
     try:
-        links = links_up(dump_bodies(route, RTM_GETLINK, _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0), 1))
-        return addresses_on(dump_bodies(route, RTM_GETADDR, _IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0), 2), links)
+        links = links_up([body for _, body in dump(route, RTM_GETLINK, _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0), 1)])
+        addresses = [body for _, body in dump(route, RTM_GETADDR, _IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0), 2)]
+        return addresses_on(addresses, links)
     except struct.error as error:
         raise OSError(f"an rtnetlink message cut short: {error}") from None
 

@@ -48,15 +48,22 @@ from lvsfeedback.ipvs.model import (
     ServiceKey,
     VirtualService,
 )
+from lvsfeedback.netlink_framing import (
+    NLA,
+    NLM_F_ACK,
+    NLM_F_REQUEST,
+    NLMSG_ERROR,
+    RECEIVE_SIZE,
+    attributes,
+    dump,
+    errno_name,
+    error_code,
+    messages,
+    request,
+)
 
 # linux/netlink.h
 NETLINK_GENERIC = 16
-NLM_F_REQUEST = 0x1
-NLM_F_ACK = 0x4
-NLM_F_DUMP = 0x300
-NLMSG_ERROR = 0x2
-NLMSG_DONE = 0x3
-NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
 SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10  # refusals echo only the request's header, not its body
 SO_RCVBUFFORCE = 33  # asm-generic/socket.h; Python's socket module does not name it
@@ -114,15 +121,12 @@ IP_VS_CONN_F_FWD_MASK = 0x7
 # for IPv4, a prefix length for IPv6.
 _FULL_NETMASK: dict[int, int] = {socket.AF_INET: 0xFFFFFFFF, socket.AF_INET6: 128}
 
-_NLMSGHDR = struct.Struct("=IHHII")  # length, type, flags, sequence, port id
 _GENLMSGHDR = struct.Struct("=BBH")  # command, version, reserved
-_NLA = struct.Struct("=HH")  # length, type
 _NLA_U8 = struct.Struct("=HHB3x")
 _NLA_U16 = struct.Struct("=HHH2x")
 _NLA_U32 = struct.Struct("=HHI")
 _FLAGS = struct.Struct("=II")  # struct ip_vs_flags: flags, mask
 _NLA_FLAGS = struct.Struct("=HHII")
-_ERROR_CODE = struct.Struct("=i")
 _U16 = struct.Struct("=H")
 _BE16 = struct.Struct("!H")
 _U32 = struct.Struct("=I")
@@ -148,8 +152,8 @@ TIMED_OUT = "ETIMEDOUT"
 
 
 def _attr(kind: int, payload: bytes) -> bytes:
-    length = _NLA.size + len(payload)
-    return _NLA.pack(length, kind) + payload + b"\0" * (-length % 4)
+    length = NLA.size + len(payload)
+    return NLA.pack(length, kind) + payload + b"\0" * (-length % 4)
 
 
 def _u8(kind: int, value: int) -> bytes:
@@ -170,7 +174,7 @@ def _u32(kind: int, value: int) -> bytes:
 
 def _nest(kind: int, *attrs: bytes) -> bytes:
     body = b"".join(attrs)
-    return _NLA.pack(_NLA.size + len(body), kind) + body
+    return NLA.pack(NLA.size + len(body), kind) + body
 
 
 @functools.lru_cache(maxsize=4096)
@@ -246,40 +250,17 @@ def encode(change: Change, family_id: int, sequence: int) -> bytes:
     """One IPVS generic netlink request for `change`, asking for an acknowledgement."""
     command, attrs = _command_and_attrs(change)
     body = _GENLMSGHDR.pack(command, IPVS_GENL_VERSION, 0) + attrs
-    return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), family_id, NLM_F_REQUEST | NLM_F_ACK, sequence, 0) + body
+    return request(family_id, NLM_F_REQUEST | NLM_F_ACK, sequence, body)
 
 
 def acknowledgements(datagram: bytes) -> Iterator[tuple[int, int]]:
     """(sequence, errno) for each NLMSG_ERROR message in a datagram; errno 0 is success."""
-    offset = 0
-    while offset + _NLMSGHDR.size <= len(datagram):
-        length, kind, _, sequence, _ = _NLMSGHDR.unpack_from(datagram, offset)
-        if length < _NLMSGHDR.size:
-            break
+    for kind, sequence, body in messages(datagram):
         if kind == NLMSG_ERROR:
-            (code,) = _ERROR_CODE.unpack_from(datagram, offset + _NLMSGHDR.size)
-            yield sequence, -code
-        offset += (length + 3) & ~3
-
-
-def errno_name(code: int) -> str:
-    return errno.errorcode.get(code, str(code))
+            yield sequence, error_code(body)
 
 
 # Reading dumps.
-
-
-def attributes(data: bytes) -> dict[int, bytes]:
-    """The netlink attributes laid end to end in `data`, by type: {type: payload}."""
-    found = {}
-    offset = 0
-    while offset + _NLA.size <= len(data):
-        length, kind = _NLA.unpack_from(data, offset)
-        if length < _NLA.size:
-            break
-        found[kind & NLA_TYPE_MASK] = data[offset + _NLA.size : offset + length]
-        offset += (length + 3) & ~3
-    return found
 
 
 def _address(family: int, payload: bytes) -> str:
@@ -385,57 +366,40 @@ class IPVSSocket:
         """The id the kernel gave a generic netlink family (CTRL_CMD_GETFAMILY)."""
         sequence = self._next_sequence()
         body = _GENLMSGHDR.pack(CTRL_CMD_GETFAMILY, 1, 0) + _attr(CTRL_ATTR_FAMILY_NAME, name.encode() + b"\0")
-        self._socket.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), GENL_ID_CTRL, NLM_F_REQUEST, sequence, 0) + body)
+        self._socket.send(request(GENL_ID_CTRL, NLM_F_REQUEST, sequence, body))
         while True:
-            reply = self._socket.recv(65536)
-            length, kind, _, reply_sequence, _ = _NLMSGHDR.unpack_from(reply)
-            if reply_sequence != sequence:
-                continue
-            if kind == NLMSG_ERROR:
-                (code,) = _ERROR_CODE.unpack_from(reply, _NLMSGHDR.size)
-                raise IPVSError(
-                    "open", f"the kernel has no IPVS (generic netlink family {name}: {errno_name(-code)}): modprobe ip_vs"
-                )
-            offset = _NLMSGHDR.size + _GENLMSGHDR.size
-            while offset + _NLA.size <= length:
-                attr_length, attr_type = _NLA.unpack_from(reply, offset)
-                if attr_type & NLA_TYPE_MASK == CTRL_ATTR_FAMILY_ID:
-                    return int(_U16.unpack_from(reply, offset + _NLA.size)[0])
-                offset += (attr_length + 3) & ~3
-            raise IPVSError("open", f"the kernel's answer for generic netlink family {name} has no id")
+            for kind, reply_sequence, reply in messages(self._socket.recv(RECEIVE_SIZE)):
+                if reply_sequence != sequence:
+                    continue
+                if kind == NLMSG_ERROR:
+                    raise IPVSError(
+                        "open",
+                        f"the kernel has no IPVS (generic netlink family {name}: {errno_name(error_code(reply))}):"
+                        " modprobe ip_vs",
+                    )
+                family_id = attributes(reply[_GENLMSGHDR.size :]).get(CTRL_ATTR_FAMILY_ID)
+                if family_id is None:
+                    raise IPVSError("open", f"the kernel's answer for generic netlink family {name} has no id")
+                return int(_U16.unpack_from(family_id)[0])
 
     def services(self) -> list[VirtualService]:
         return [read_service(attrs[IPVS_CMD_ATTR_SERVICE]) for attrs in self._dump(IPVS_CMD_GET_SERVICE)]
 
     def dests(self, key: ServiceKey) -> list[Dest]:
         """The real servers of a service; none when there is no such service."""
-        request = _nest(IPVS_CMD_ATTR_SERVICE, _service_key(key))
-        return [read_dest(attrs[IPVS_CMD_ATTR_DEST], key.family) for attrs in self._dump(IPVS_CMD_GET_DEST, request)]
+        service = _nest(IPVS_CMD_ATTR_SERVICE, _service_key(key))
+        return [read_dest(attrs[IPVS_CMD_ATTR_DEST], key.family) for attrs in self._dump(IPVS_CMD_GET_DEST, service)]
 
-    def _dump(self, command: int, request: bytes = b"") -> list[dict[int, bytes]]:
+    def _dump(self, command: int, selector: bytes = b"") -> list[dict[int, bytes]]:
         """The top-level attributes of every message of a dump, in order."""
-        sequence = self._next_sequence()
-        body = _GENLMSGHDR.pack(command, IPVS_GENL_VERSION, 0) + request
-        header = _NLMSGHDR.pack(_NLMSGHDR.size + len(body), self.family_id, NLM_F_REQUEST | NLM_F_DUMP, sequence, 0)
-        self._socket.send(header + body)
-        replies: list[dict[int, bytes]] = []
-        while True:
-            datagram = self._socket.recv(65536)
-            offset = 0
-            while offset + _NLMSGHDR.size <= len(datagram):
-                length, kind, _, reply_sequence, _ = _NLMSGHDR.unpack_from(datagram, offset)
-                if length < _NLMSGHDR.size:
-                    break
-                if reply_sequence == sequence:
-                    if kind in (NLMSG_DONE, NLMSG_ERROR):
-                        # Both carry an error code; DONE's is 0 when the dump is complete.
-                        (code,) = _ERROR_CODE.unpack_from(datagram, offset + _NLMSGHDR.size)
-                        if code:
-                            raise IPVSError("dump", errno_name(-code))
-                        return replies
-                    start = offset + _NLMSGHDR.size + _GENLMSGHDR.size
-                    replies.append(attributes(datagram[start : offset + length]))
-                offset += (length + 3) & ~3
+        body = _GENLMSGHDR.pack(command, IPVS_GENL_VERSION, 0) + selector
+        try:
+            return [attributes(reply[_GENLMSGHDR.size :])
+                    for _, reply in dump(self._socket, self.family_id, body, self._next_sequence())]
+        except OSError as error:
+            if error.errno is None or isinstance(error, TimeoutError):
+                raise
+            raise IPVSError("dump", errno_name(error.errno)) from None
 
     def apply(self, changes: Sequence[Change]) -> list[str | None]:
         """
@@ -472,7 +436,7 @@ class IPVSSocket:
         try:
             while missing:
                 try:
-                    datagram = self._socket.recv(65536)
+                    datagram = self._socket.recv(RECEIVE_SIZE)
                 except BlockingIOError:
                     break
                 except TimeoutError:

@@ -20,11 +20,8 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from lvsfeedback.ipvs import batch
 from lvsfeedback.ipvs.batch import (
-    NLM_F_ACK,
-    NLM_F_REQUEST,
     IPVSSocket,
     acknowledgements,
-    attributes,
     encode,
     read_dest,
     read_service,
@@ -47,6 +44,7 @@ from lvsfeedback.ipvs.model import (
     ServiceKey,
     VirtualService,
 )
+from lvsfeedback.netlink_framing import NLM_F_ACK, NLM_F_REQUEST, NLMSG_ERROR, attributes
 
 FAMILY_ID = 0x2A
 
@@ -212,7 +210,7 @@ class EncodeTests(SynchronousTestCase):
 def nlmsgerr(sequence: int, code: int) -> bytes:
     """An acknowledgement as the kernel sends it with NETLINK_CAP_ACK: error, then the request's header."""
     request_header = struct.pack("=IHHII", 140, FAMILY_ID, NLM_F_REQUEST | NLM_F_ACK, sequence, 0)
-    return struct.pack("=IHHII", 36, batch.NLMSG_ERROR, 0x100, sequence, 4242) + struct.pack("=i", code) + request_header
+    return struct.pack("=IHHII", 36, NLMSG_ERROR, 0x100, sequence, 4242) + struct.pack("=i", code) + request_header
 
 
 class AcknowledgementTests(SynchronousTestCase):
@@ -224,10 +222,6 @@ class AcknowledgementTests(SynchronousTestCase):
         done = struct.pack("=IHHII", 20, 3, 0, 9, 0) + b"\0" * 4
         datagram = done + nlmsgerr(10, -2) + b"\x24\x00"
         self.assertEqual(list(acknowledgements(datagram)), [(10, 2)])
-
-    def test_errno_names(self):
-        self.assertEqual([batch.errno_name(code) for code in (2, 3, 17)], ["ENOENT", "ESRCH", "EEXIST"])
-        self.assertEqual(batch.errno_name(99999), "99999")
 
 
 class WriterOpenTests(SynchronousTestCase):

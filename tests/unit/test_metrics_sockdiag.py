@@ -2,47 +2,15 @@
 
 from __future__ import annotations
 
-import errno
 import socket
 import struct
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from lvsfeedback.agent.metrics.sockdiag import (
-    NLMSG_DONE,
-    NLMSG_ERROR,
-    NLMSG_HEADER,
-    SOCK_DIAG_BY_FAMILY,
-    EstablishedCounter,
-    count_messages,
-    port_filter,
-)
+from lvsfeedback.agent.metrics.sockdiag import EstablishedCounter, port_filter
 
 
-def message(kind: int, sequence: int, body: bytes = b"") -> bytes:
-    padded = body + b"\0" * (-len(body) % 4)
-    return NLMSG_HEADER.pack(NLMSG_HEADER.size + len(body), kind, 0, sequence, 0) + padded
-
-
-class ReplyParsingTests(SynchronousTestCase):
-    def test_each_socket_message_counts_until_done(self) -> None:
-        reply = b"".join(message(SOCK_DIAG_BY_FAMILY, 7, b"\1" * 70) for _ in range(3))
-        self.assertEqual(count_messages(reply, 7), (3, False))
-        self.assertEqual(count_messages(reply + message(NLMSG_DONE, 7, b"\0" * 4), 7), (3, True))
-
-    def test_messages_of_another_request_do_not_count(self) -> None:
-        self.assertEqual(count_messages(message(SOCK_DIAG_BY_FAMILY, 6, b"\1" * 72), 7), (0, False))
-
-    def test_a_refusal_raises_the_kernels_errno(self) -> None:
-        refusal = message(NLMSG_ERROR, 7, struct.pack("=i", -errno.EINVAL) + b"\0" * 16)
-        error = self.assertRaises(OSError, count_messages, refusal, 7)
-        self.assertEqual(error.errno, errno.EINVAL)
-
-    def test_a_header_shorter_than_itself_is_refused_not_looped_on(self) -> None:
-        broken = NLMSG_HEADER.pack(4, SOCK_DIAG_BY_FAMILY, 0, 7, 0)
-        error = self.assertRaises(OSError, count_messages, broken, 7)
-        self.assertEqual(error.errno, errno.EPROTO)
-
+class RequestTests(SynchronousTestCase):
     def test_port_filter_compares_the_local_port_from_both_sides(self) -> None:
         # S_GE (2), then S_LE (3), each followed by the port in its "no" field.
         self.assertEqual(struct.unpack("=" + "BBH" * 4, port_filter(8080)),

@@ -12,18 +12,13 @@ returns one short message per matching socket, which is only counted.
 
 from __future__ import annotations
 
-import errno
-import os
 import socket
 import struct
 
+from lvsfeedback.netlink_framing import NLA, dump
+
 # linux/netlink.h
 NETLINK_SOCK_DIAG = 4
-NLM_F_REQUEST = 0x1
-NLM_F_DUMP = 0x300
-NLMSG_ERROR = 0x2
-NLMSG_DONE = 0x3
-NLMSG_HEADER = struct.Struct("=IHHII")  # length, type, flags, sequence, port id
 
 # linux/sock_diag.h, linux/inet_diag.h
 SOCK_DIAG_BY_FAMILY = 20
@@ -35,10 +30,6 @@ TCP_ESTABLISHED = 1
 # source and destination ports and addresses, interface, cookie (all zero).
 INET_DIAG_REQ_V2 = struct.Struct("=BBBxI48x")
 BC_OP = struct.Struct("=BBH")  # code, bytes to skip when true, when false
-NLA_HEADER = struct.Struct("=HH")
-
-RECEIVE_BUFFER = 65536
-
 
 def port_filter(port: int) -> bytes:
     """
@@ -54,35 +45,11 @@ def port_filter(port: int) -> bytes:
     ])
 
 
-def dump_request(family: int, port: int, sequence: int) -> bytes:
-    """One C{SOCK_DIAG_BY_FAMILY} dump request: established TCP sockets of C{family} on local C{port}."""
+def dump_request(family: int, port: int) -> bytes:
+    """The body of a C{SOCK_DIAG_BY_FAMILY} dump request: established TCP sockets of C{family} on local C{port}."""
     bytecode = port_filter(port)
     body = INET_DIAG_REQ_V2.pack(family, socket.IPPROTO_TCP, 0, 1 << TCP_ESTABLISHED)
-    body += NLA_HEADER.pack(NLA_HEADER.size + len(bytecode), INET_DIAG_REQ_BYTECODE) + bytecode
-    return NLMSG_HEADER.pack(NLMSG_HEADER.size + len(body), SOCK_DIAG_BY_FAMILY,
-                             NLM_F_REQUEST | NLM_F_DUMP, sequence, 0) + body
-
-
-def count_messages(datagram: bytes, sequence: int) -> tuple[int, bool]:
-    """
-    How many sockets one datagram of a dump reply reports, and whether the
-    dump ends with it. A refusal raises L{OSError} with the kernel's errno.
-    """
-    count, offset = 0, 0
-    while offset + NLMSG_HEADER.size <= len(datagram):
-        length, kind, _, seq, _ = NLMSG_HEADER.unpack_from(datagram, offset)
-        if length < NLMSG_HEADER.size:
-            raise OSError(errno.EPROTO, "sock_diag: malformed netlink reply")
-        if seq == sequence:
-            if kind == NLMSG_DONE:
-                return count, True
-            if kind == NLMSG_ERROR:
-                (code,) = struct.unpack_from("=i", datagram, offset + NLMSG_HEADER.size)
-                raise OSError(-code, f"sock_diag refused the dump: {os.strerror(-code)}")
-            if kind == SOCK_DIAG_BY_FAMILY:
-                count += 1
-        offset += (length + 3) & ~3
-    return count, False
+    return body + NLA.pack(NLA.size + len(bytecode), INET_DIAG_REQ_BYTECODE) + bytecode
 
 
 class EstablishedCounter:
@@ -108,12 +75,8 @@ class EstablishedCounter:
 
     def _dump(self, family: int, port: int) -> int:
         self._sequence = (self._sequence + 1) & 0xFFFFFFFF
-        self._socket.send(dump_request(family, port, self._sequence))
-        total, done = 0, False
-        while not done:
-            count, done = count_messages(self._socket.recv(RECEIVE_BUFFER), self._sequence)
-            total += count
-        return total
+        replies = dump(self._socket, SOCK_DIAG_BY_FAMILY, dump_request(family, port), self._sequence)
+        return sum(1 for kind, _ in replies if kind == SOCK_DIAG_BY_FAMILY)
 
     def close(self) -> None:
         self._socket.close()
