@@ -471,10 +471,16 @@ class NECPProtocol(Protocol):
         if state.peer_dead:
             self.close(f"peer dead: {state.keepalives_unanswered} keepalives in a row unanswered", abort=True)
             return
-        pending = state.keepalive(queries)
+        pending = state.keepalive(queries, self._keepalive_replied)
         self.send_message(pending.message)
-        pending.deferred.addCallbacks(self.keepalive_answered, self.request_abandoned)
         self._schedule_keepalive()
+
+    def _keepalive_replied(self, reply: Message) -> None:
+        # What the subclass raises is logged; the session goes on.
+        try:
+            self.keepalive_answered(cast("KeepaliveAck | ErrorReply", reply))
+        except Exception:
+            self.log.failure("handling {peer}'s answer to a keepalive failed", peer=self.peer)
 
     def resume_keepalives(self) -> None:
         """Keepalives on this end's own timer again, if the session has none."""

@@ -17,6 +17,7 @@ or a simulator can drive one with no transport.
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
@@ -43,28 +44,76 @@ class RequestFailed(Exception):
     """A request got no usable reply: none in time, or none that could be verified."""
 
 
-class Pending:
+class Waiting:
+    """
+    A request waiting for its reply: the message, its attempts and its
+    deadline (None: it waits as long as the session lasts). Subclasses say
+    who learns the outcome.
+    """
+
+    __slots__ = ("message", "attempts", "retryable", "deadline")
+
+    def __init__(self, message: Message, retryable: bool, deadline: float | None):
+        self.message = message
+        self.attempts = 1
+        self.retryable = retryable
+        self.deadline = deadline
+
+    @property
+    def name(self) -> str:
+        return opcode_name(self.message.opcode)
+
+    def succeed(self, reply: Message) -> None:
+        raise NotImplementedError
+
+    def fail(self, reason: Failure | BaseException) -> None:
+        raise NotImplementedError
+
+
+class Pending(Waiting):
     """
     A request waiting for its reply.
 
     @ivar deferred: fires with the reply (which may be an L{ErrorReply}), or
         fails with L{RequestFailed} or the reason the session ended.
-    @ivar deadline: when it fails for want of a reply; None: when the session ends.
     """
 
-    __slots__ = ("message", "deferred", "attempts", "retryable", "deadline", "keepalive_number")
+    __slots__ = ("deferred",)
 
     def __init__(self, message: Message, retryable: bool, deadline: float | None):
-        self.message = message
+        super().__init__(message, retryable, deadline)
         self.deferred: Deferred[Message] = Deferred()
-        self.attempts = 1
-        self.retryable = retryable
-        self.deadline = deadline
-        self.keepalive_number = 0  # a KEEPALIVE's: 1 for the session's first, and so on
 
-    @property
-    def name(self) -> str:
-        return opcode_name(self.message.opcode)
+    def succeed(self, reply: Message) -> None:
+        self.deferred.callback(reply)
+
+    def fail(self, reason: Failure | BaseException) -> None:
+        self.deferred.errback(reason)
+
+
+class KeepalivePending(Waiting):
+    """
+    A KEEPALIVE waiting for its reply, which goes to C{on_reply}; its
+    failure (skipped by a later answer, or the session's end) to no one:
+    silence counts as keepalives unanswered (L{SessionState.peer_dead}).
+    No Deferred: one per session per round, thousands a round on the
+    director, cost as much as the rest of asking.
+
+    @ivar number: 1 for the session's first keepalive, and so on.
+    """
+
+    __slots__ = ("number", "on_reply")
+
+    def __init__(self, message: Keepalive, number: int, on_reply: Callable[[Message], object]):
+        super().__init__(message, True, None)
+        self.number = number
+        self.on_reply = on_reply
+
+    def succeed(self, reply: Message) -> None:
+        self.on_reply(reply)
+
+    def fail(self, reason: Failure | BaseException) -> None:
+        pass
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -86,7 +135,7 @@ class Send:
 class SendAgain:
     """Send C{pending}'s request again (its attempts already counted), for C{reason}."""
 
-    pending: Pending
+    pending: Waiting
     reason: str
 
 
@@ -118,11 +167,11 @@ class SessionState:
         self.handshake_deadline = now + handshake_timeout
         self.request_timeout = request_timeout
         self.max_unanswered = max_unanswered
-        self._pending: dict[int, Pending] = {}
+        self._pending: dict[int, Waiting] = {}
         self._last_request_id = 0
         self._unanswered = 0
         self._keepalives_sent = 0
-        self._last_keepalive_answered = 0  # its keepalive_number
+        self._last_keepalive_answered = 0  # its number
         self._peer_kept_alive = False
         self._asked: tuple[Query, ...] = ()  # the queries of the last keepalive sent...
         self._asked_packed = b""  # ...and their bytes
@@ -143,10 +192,9 @@ class SessionState:
         unless C{timed}, for as long as the session lasts.
         """
         message = dataclasses.replace(message, request_id=self._allocate_request_id())
-        return self._wait(message, retryable, now + self.request_timeout if timed else None)
-
-    def _wait(self, message: Message, retryable: bool, deadline: float | None) -> Pending:
-        pending = self._pending[message.request_id] = Pending(message, retryable, deadline)
+        pending = self._pending[message.request_id] = Pending(
+            message, retryable, now + self.request_timeout if timed else None
+        )
         return pending
 
     def _allocate_request_id(self) -> int:
@@ -158,7 +206,7 @@ class SessionState:
                 return candidate
         raise NECPError("every request id is waiting for a reply")
 
-    def waiting(self, request_id: int) -> Pending | None:
+    def waiting(self, request_id: int) -> Waiting | None:
         """The request C{request_id} answers, if one waits."""
         return self._pending.get(request_id)
 
@@ -166,20 +214,18 @@ class SessionState:
     def requests_waiting(self) -> int:
         return len(self._pending)
 
-    def answered(self, pending: Pending, reply: Message) -> None:
-        if type(pending.message) is Keepalive:
+    def answered(self, pending: Waiting, reply: Message) -> None:
+        if type(pending) is KeepalivePending:
             self._unanswered = 0
-            self._last_keepalive_answered = max(self._last_keepalive_answered, pending.keepalive_number)
-        self._finish(pending).callback(reply)
-
-    def failed(self, pending: Pending, reason: str) -> None:
-        self._finish(pending).errback(RequestFailed(reason))
-
-    def _finish(self, pending: Pending) -> Deferred[Message]:
+            self._last_keepalive_answered = max(self._last_keepalive_answered, pending.number)
         del self._pending[pending.message.request_id]
-        return pending.deferred
+        pending.succeed(reply)
 
-    def retry(self, pending: Pending) -> bool:
+    def failed(self, pending: Waiting, reason: str) -> None:
+        del self._pending[pending.message.request_id]
+        pending.fail(RequestFailed(reason))
+
+    def retry(self, pending: Waiting) -> bool:
         """Whether C{pending} may be sent again (counted), up to L{MAX_ATTEMPTS} times in all."""
         if pending.attempts >= MAX_ATTEMPTS:
             return False
@@ -243,7 +289,7 @@ class SessionState:
             self._again(pending, f"cannot verify the reply: {reason}"),
         )
 
-    def _again(self, pending: Pending, reason: str) -> SendAgain | Close:
+    def _again(self, pending: Waiting, reason: str) -> SendAgain | Close:
         """C{pending} sent again for C{reason}, if L{retry} allows; otherwise it fails, and so does the session."""
         if not self.retry(pending):
             why = f"gave up on {pending.name} after {pending.attempts} attempts: {reason}"
@@ -267,7 +313,7 @@ class SessionState:
         """The session is over: every request fails with C{reason}. Whether it had been established."""
         pending, self._pending = self._pending, {}
         for request in pending.values():
-            request.deferred.errback(reason)
+            request.fail(reason)
         was_established, self.established = self.established, False
         return was_established
 
@@ -292,18 +338,19 @@ class SessionState:
         heard, self._peer_kept_alive = self._peer_kept_alive, False
         return heard
 
-    def keepalive(self, queries: tuple[Query, ...]) -> Pending:
+    def keepalive(self, queries: tuple[Query, ...], on_reply: Callable[[Message], object]) -> KeepalivePending:
         """
         A KEEPALIVE carrying C{queries}, to be sent, waiting for its reply as
-        long as the session lasts: unanswered keepalives end it (see
-        L{peer_dead}). Those sent before the last one answered were skipped
-        (a peer reads and answers in order): they fail now. Those sent after
-        it still wait: a busy peer may answer a round late.
+        long as the session lasts, which goes to C{on_reply}: unanswered
+        keepalives end it (see L{peer_dead}). Those sent before the last one
+        answered were skipped (a peer reads and answers in order): they are
+        given up now. Those sent after it still wait: a busy peer may answer
+        a round late.
         """
         last_answered = self._last_keepalive_answered
         skipped = [
             pending for pending in self._pending.values()
-            if type(pending.message) is Keepalive and pending.keepalive_number < last_answered
+            if type(pending) is KeepalivePending and pending.number < last_answered
         ]
         for pending in skipped:
             self.failed(pending, f"peer answered a later {pending.name}")
@@ -314,6 +361,6 @@ class SessionState:
             self._asked, self._asked_packed = queries, b"".join([pack_unit(query) for query in queries])
         # Made with its request id: dataclasses.replace costs as much as the encoding.
         request_id = self._allocate_request_id()
-        pending = self._wait(Keepalive(request_id=request_id, queries=queries, packed=self._asked_packed), True, None)
-        pending.keepalive_number = self._keepalives_sent
+        message = Keepalive(request_id=request_id, queries=queries, packed=self._asked_packed)
+        pending = self._pending[request_id] = KeepalivePending(message, self._keepalives_sent, on_reply)
         return pending

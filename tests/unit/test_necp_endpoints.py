@@ -847,6 +847,20 @@ class RobustnessTests(EndpointTestCase):
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         self.assertFalse(link.closed)
 
+    def test_a_failing_keepalive_answer_handler_is_logged_and_the_session_goes_on(self):
+        link = self.connect(self.director(), self.agent_factory())
+
+        def broken(reply):
+            raise RuntimeError("handler bug")
+
+        link.director.keepalive_answered = broken
+        self.elapse(5)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(link.director.state.keepalives_unanswered, 0, "the answer still counts")
+        self.elapse(6)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1, "and the next one's")
+        self.assertFalse(link.closed)
+
     def test_request_without_reply_fails_after_the_request_timeout(self):
         link = self.connect(self.director(), self.agent_factory())
         failures = []

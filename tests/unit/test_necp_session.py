@@ -139,10 +139,13 @@ class RequestTests(SynchronousTestCase):
     def test_the_end_fails_every_request_and_says_whether_it_was_established(self):
         session = state()
         session.establish()
-        requests = [session.request(Start(), now=100.0), session.keepalive(HEALTH)]
+        replies = []
+        request = session.request(Start(), now=100.0)
+        session.keepalive(HEALTH, replies.append)
         lost = ConnectionLost("gone")
         self.assertTrue(session.end(lost))
-        self.assertEqual([outcome(pending) for pending in requests], [lost, lost])
+        self.assertIs(outcome(request), lost)
+        self.assertEqual((session.requests_waiting, replies), (0, []), "the keepalive is given up, unanswered")
         self.assertFalse(session.established)
         self.assertFalse(state().end(lost))
 
@@ -151,6 +154,10 @@ class KeepaliveTests(SynchronousTestCase):
     def setUp(self):
         self.session = state()
         self.session.establish()
+        self.replies = []
+
+    def keepalive(self):
+        return self.session.keepalive(HEALTH, self.replies.append)
 
     def answer(self, pending):
         self.session.answered(pending, KeepaliveAck(request_id=pending.message.request_id))
@@ -158,45 +165,47 @@ class KeepaliveTests(SynchronousTestCase):
     def test_the_peer_is_dead_after_max_unanswered_keepalives_in_a_row(self):
         for _ in range(3):
             self.assertFalse(self.session.peer_dead)
-            self.session.keepalive(HEALTH)
+            self.keepalive()
         self.assertTrue(self.session.peer_dead)
         self.assertEqual(self.session.keepalives_unanswered, 3)
 
     def test_one_answer_resets_the_count(self):
-        first = self.session.keepalive(HEALTH)
-        self.session.keepalive(HEALTH)
+        first = self.keepalive()
+        self.keepalive()
         self.answer(first)
         self.assertEqual(self.session.keepalives_unanswered, 0)
-        self.assertEqual(outcome(first), KeepaliveAck(request_id=first.message.request_id))
+        self.assertEqual(self.replies, [KeepaliveAck(request_id=first.message.request_id)])
 
     def test_keepalives_sent_before_the_last_one_answered_fail_with_the_next(self):
-        skipped, answered_later = self.session.keepalive(HEALTH), self.session.keepalive(HEALTH)
+        skipped, answered_later = self.keepalive(), self.keepalive()
         self.answer(answered_later)
-        self.session.keepalive(HEALTH)
-        self.assertEqual(str(outcome(skipped)), "peer answered a later KEEPALIVE")
+        self.keepalive()
+        self.assertIsNone(self.session.waiting(skipped.message.request_id))
         self.assertEqual(self.session.requests_waiting, 1)
+        self.assertEqual(self.session.reply(KeepaliveAck(request_id=skipped.message.request_id))[0].reason, UNEXPECTED)
+        self.assertEqual(len(self.replies), 1, "only the later one's answer")
 
     def test_keepalives_sent_after_the_last_one_answered_still_wait_for_their_answer(self):
         # A peer busy for longer than a round answers each question late:
         # the answer to the second arrives after the third is sent.
-        first, second = self.session.keepalive(HEALTH), self.session.keepalive(HEALTH)
+        first, second = self.keepalive(), self.keepalive()
         self.answer(first)
-        self.session.keepalive(HEALTH)
-        self.assertIsNone(outcome(second), "still waiting")
+        self.keepalive()
+        self.assertIs(self.session.waiting(second.message.request_id), second, "still waiting")
         self.assertEqual(self.session.reply(KeepaliveAck(request_id=second.message.request_id)), ())
-        self.assertEqual(outcome(second), KeepaliveAck(request_id=second.message.request_id))
+        self.assertEqual(self.replies[-1], KeepaliveAck(request_id=second.message.request_id))
 
     def test_keepalives_wait_for_their_reply_for_as_long_as_the_session_lasts(self):
-        pending = self.session.keepalive(HEALTH)
+        pending = self.keepalive()
         self.assertIsNone(pending.deadline)
         self.session.expire(1e9)
-        self.assertIsNone(outcome(pending))
+        self.assertIs(self.session.waiting(pending.message.request_id), pending)
 
     def test_the_same_queries_are_packed_once(self):
         packed = []
         pack_unit = necp_session.pack_unit
         self.patch(necp_session, "pack_unit", lambda unit: packed.append(unit) or pack_unit(unit))
-        first, second = self.session.keepalive(HEALTH), self.session.keepalive(HEALTH)
+        first, second = self.keepalive(), self.keepalive()
         self.assertEqual(packed, list(HEALTH))
         self.assertEqual(first.message.payload(), second.message.payload())
         self.assertEqual((first.message.queries, second.message.request_id), (HEALTH, 2))
