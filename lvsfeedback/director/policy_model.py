@@ -1,7 +1,7 @@
 """
 The weight policy's values: what `lvsfeedback.director.policy.decide` takes
 (settings, per-server facts, the memory of the last pass) and returns
-(decisions), all frozen; and the few pieces the policy and its capacity-mode
+(decisions), all immutable; and the few pieces the policy and its capacity-mode
 controller (lvsfeedback.director.capacity_policy) both build on.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
 from lvsfeedback.ipvs.model import MAX_WEIGHT, DestCounters, DestKey, ServiceKey
 
@@ -86,8 +86,11 @@ class PolicySettings:
     dead_band: float = 0.02
 
 
-@dataclass(frozen=True, slots=True)
-class HealthReport:
+# The values built for every report, and for every server in every pass
+# (10,000 of them at scale), are named tuples: as immutable as a frozen
+# dataclass, and built three to four times as fast (a frozen dataclass sets
+# each field through object.__setattr__).
+class HealthReport(NamedTuple):
     value: int  # 0..100; 0 means "send me nothing new"
     time: float  # when the director received it
 
@@ -115,8 +118,7 @@ DRAINED = Drained()
 Override = Drained | Pinned | None
 
 
-@dataclass(frozen=True, slots=True)
-class ServerInput:
+class ServerInput(NamedTuple):
     """What the policy knows about one real server of one virtual service."""
 
     base_weight: int  # configured, >= 1
@@ -137,8 +139,7 @@ class ServiceInput:
     servers: Mapping[DestKey, ServerInput]
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     weight: int  # 0..MAX_WEIGHT; 0 when removed
     reason: Reason
     write: bool  # the kernel differs enough to be worth a write (or a delete)
@@ -155,8 +156,7 @@ class ServiceDecision:
     servers: Mapping[DestKey, Decision]
 
 
-@dataclass(frozen=True, slots=True)
-class ServerMemory:
+class ServerMemory(NamedTuple):
     smoothed_health: float | None = None
     smoothed_at: float | None = None  # time of the latest report folded into it
     up: bool = False  # had a non-zero weight (panic aside) at the last pass

@@ -76,13 +76,13 @@ class FollowingTests(SynchronousTestCase):
         # would move them far apart; the master's weights stand instead.
         servers = {A: reporting(90, followed=300), B: reporting(20, followed=50)}
         _, state = decide_once(servers, CAPACITY)
-        own = {dest: replace(server, followed=None, current_weight=server.followed) for dest, server in servers.items()}
+        own = {dest: server._replace(followed=None, current_weight=server.followed) for dest, server in servers.items()}
         decision, state = decide_once(own, CAPACITY, now=NOW + 2, state=state)
         self.assertEqual({dest: d.weight for dest, d in decision.servers.items()}, {A: 300, B: 50})
         self.assertEqual(decision.servers[A].detail, "from the master's weight it followed")
         self.assertFalse(state.services[SERVICE][A].followed)
         # The pass after that is the controller's own again.
-        again = {dest: replace(server, current_weight=decision.servers[dest].weight) for dest, server in own.items()}
+        again = {dest: server._replace(current_weight=decision.servers[dest].weight) for dest, server in own.items()}
         later, _ = decide_once(again, CAPACITY, now=NOW + 4, state=state)
         self.assertNotEqual(later.servers[A].detail, "from the master's weight it followed")
 
@@ -167,7 +167,7 @@ class TakeoverPropertyTests(SynchronousTestCase):
             followed = {dest: 0 if d.remove else d.weight for dest, d in decisions[SERVICE].servers.items()}
             # The backup: the same agents, no packets, its own kernel, the master's weights.
             backup_inputs = {
-                dest: replace(server, counters=DestCounters(), current_weight=backup_kernel.get(dest),
+                dest: server._replace(counters=DestCounters(), current_weight=backup_kernel.get(dest),
                               followed=followed[dest])
                 for dest, server in inputs.items()
             }
@@ -176,7 +176,7 @@ class TakeoverPropertyTests(SynchronousTestCase):
             _written(backup_kernel, decisions[SERVICE])
             self.assertEqual(backup_kernel, {dest: weight for dest, weight in followed.items() if dest in backup_kernel})
         # The takeover: the same facts, an update interval later, nothing followed.
-        own = {dest: replace(server, followed=None, current_weight=backup_kernel.get(dest))
+        own = {dest: server._replace(followed=None, current_weight=backup_kernel.get(dest))
                for dest, server in backup_inputs.items()}
         decisions, _ = decide({SERVICE: ServiceInput(settings, own)}, backup, now + 2.0)
         assume(decisions[SERVICE].panic == master_panic)

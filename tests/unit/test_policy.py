@@ -57,6 +57,7 @@ server_inputs = st.builds(
     current_weight=st.none() | st.integers(0, MAX_WEIGHT),
     override=st.sampled_from([None, None, None, DRAINED]) | st.builds(Pinned, st.integers(0, MAX_WEIGHT)),
     capacity=st.none() | st.floats(0.001, 10_000),
+    followed=st.none(),  # following the master: test_pair_policy's
 )
 dests = st.builds(DestKey.of, st.ip_addresses(v=4).map(str), st.integers(1, 65535))
 server_maps = st.dictionaries(dests, server_inputs, min_size=1, max_size=6)
