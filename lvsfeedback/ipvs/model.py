@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
 from lvsfeedback.addresses import host_port
 from lvsfeedback.necp.units import FORWARD_GRE, FORWARD_LAYER2, FORWARD_LAYER3
@@ -70,24 +70,17 @@ class ServiceKey:
         return f"{self.protocol.upper()} {host_port(self.address, self.port)}"
 
 
-@dataclass(frozen=True, order=True)
-class DestKey:
-    """What identifies a real server within a virtual service."""
+class DestKey(NamedTuple):
+    """
+    What identifies a real server within a virtual service.
+
+    A named tuple: a pass looks every real server up some twenty times by
+    this key (the policy's and the updater's dicts), and a tuple's hash, of a
+    string whose hash is cached and an int, costs no Python call.
+    """
 
     address: str
     port: int
-
-    def __post_init__(self) -> None:
-        # A pass looks every real server up some thirty times by this key
-        # (the policy's and the updater's dicts): hashed once, not each time.
-        object.__setattr__(self, "_hash", hash((self.address, self.port)))
-
-    def __hash__(self) -> int:
-        return self._hash  # type: ignore[attr-defined, no-any-return]  # set in __post_init__, not a field
-
-    def __reduce__(self) -> tuple[type[DestKey], tuple[str, int]]:
-        # Rebuilt from its fields: a string's hash differs between processes.
-        return (type(self), (self.address, self.port))
 
     @classmethod
     def of(cls, address: str, port: int) -> DestKey:
