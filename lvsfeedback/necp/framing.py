@@ -126,6 +126,8 @@ class Decoder:
         """The next whole message, or None until more bytes arrive."""
         if self._failure is not None:
             raise NECPError(f"no more input accepted after: {self._failure}")
+        if len(self._buffer) - self._offset < HEADER_SIZE:
+            return None  # how every read ends: checked here, without a call
         try:
             return self._next()
         except MessageRefused:
