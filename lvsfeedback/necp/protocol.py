@@ -3,7 +3,8 @@ What both NECP endpoints share: framing, requests and replies, keepalives.
 
 L{NECPProtocol} reads messages through the codec's L{Decoder}, answers
 requests, carries out what its L{SessionState} decides about replies and
-refused messages (each request gets a L{Deferred}), sends a KEEPALIVE
+refused messages (each request gets a L{Deferred}, each keepalive's answer
+goes to L{keepalive_answered}), sends a KEEPALIVE
 every interval plus a random jitter once the session is up (unless the
 peer's own keepalives or questions arrive meanwhile), and closes the
 connection when the peer leaves too many keepalives in a row unanswered,

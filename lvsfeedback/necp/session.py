@@ -6,7 +6,8 @@ retries), and the keepalives the peer has left unanswered.
 
 L{SessionState} does no I/O and holds no timer: the caller passes the time, sends
 what it is handed, and asks when the next deadline is. Each request's
-L{Deferred} fires from here, with its reply or its failure. What to do about
+L{Deferred} fires from here, with its reply or its failure; a keepalive's
+reply goes to the callable it was sent with. What to do about
 a reply (match it to its request, refuse it, send the request again, give
 up on it) is decided here too, and handed back as actions (L{Refuse},
 L{SendAgain}, L{Close}) for the caller to carry out in order.
