@@ -38,13 +38,14 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.web.client import Agent, ResponseDone
+from twisted.web.client import ResponseDone
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from lvsfeedback.director.config import IReconfigurable, PairSettings
 from lvsfeedback.director.vrrp import STANDING_BY, VRRPReading, VRRPState, read_vrrp_state
 from lvsfeedback.ipvs.model import MAX_WEIGHT, DestKey
+from lvsfeedback.quiet_http import quiet_agent
 
 DESIRED_PATH = "/pair/desired.json"
 # A thousand services of ten thousand servers take about 1 MiB of JSON.
@@ -205,7 +206,7 @@ class PairFollower(Service):
 
     def __init__(self, config, clock, http=None):
         self.clock = clock
-        self.http = http if http is not None else Agent(clock)
+        self.http = http if http is not None else quiet_agent(clock)
         self.state = VRRPState.UNKNOWN
         self.priority: int | None = None
         self.since: float | None = None  # when the state was first read as it is

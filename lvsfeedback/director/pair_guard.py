@@ -43,12 +43,12 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.web.client import Agent
 from zope.interface import implementer
 
 from lvsfeedback.director.config import IReconfigurable, PairSettings
 from lvsfeedback.director.host_addresses import HostAddresses
 from lvsfeedback.director.pair import get_from_peer
+from lvsfeedback.quiet_http import quiet_agent
 
 ADDRESSES_PATH = "/pair/addresses.json"
 # A host's addresses, even thousands of them, fit well within this.
@@ -180,7 +180,7 @@ class PairGuard(Service):
     def __init__(self, config, clock, follower, http=None, addresses: HostAddresses | None = None):
         self.clock = clock
         self.follower = follower
-        self.http = http if http is not None else Agent(clock)
+        self.http = http if http is not None else quiet_agent(clock)
         self.addresses = addresses if addresses is not None else HostAddresses(clock)
         self.held: frozenset[str] | None = None
         self.verdict: Verdict | None = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -316,3 +317,27 @@ class AloneTests(PairDirectorCase):
             connect(self.director, n, health=50)
         self.clock.advance(2.0)
         self.assertEqual(self.weights(), {RS[0]: 60, RS[1]: 30, RS[2]: 10})
+
+
+class PeerRequestLogTests(SynchronousTestCase):
+    def test_asking_the_peer_adds_no_line_per_connection_to_the_log(self):
+        """
+        The follower and the guard each open a connection to the peer every
+        round (twice a second between them): Twisted's own "Starting factory"
+        and "Stopping factory" lines for each would bury the director's log
+        (four lines a second in run O).
+        """
+        reactor = MemoryReactorClock()
+        config = director_config(self, CONFIG.format(token="", pair=PAIR), {"status.token": TOKEN + "\n"})
+        director = DirectorService(config, reactor, table=MemoryIPVS())
+        director.guard.addresses.dump = lambda: frozenset({"10.0.0.1"})
+        with capturedLogs() as events:
+            director.pair.fetch()
+            director.guard.tick()
+            for _, _, factory, _, _ in reactor.tcpClients:
+                # What a real connector does around one connection.
+                factory.doStart()
+                factory.buildProtocol(None).makeConnection(StringTransport())
+                factory.doStop()
+        self.assertEqual([port for _, port, *_ in reactor.tcpClients], [9101, 9101])
+        self.assertEqual([formatEvent(event) for event in events if "factory" in formatEvent(event)], [])

@@ -11,35 +11,16 @@ from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
-from twisted.web.client import (
-    Agent,
-    HTTPConnectionPool,
-    ResponseFailed,
-    _HTTP11ClientFactory,
-    readBody,
-)
+from twisted.web.client import ResponseFailed, readBody
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from lvsfeedback.agent.metrics.errors import MetricReadError
 from lvsfeedback.agent.metrics.interfaces import ILoadMetric
 from lvsfeedback.agent.metrics.scale import HealthScale
+from lvsfeedback.quiet_http import quiet_agent
 
 _HEADERS = Headers({b"User-Agent": [b"lvsfeedback-agent"]})
-
-
-class _QuietClientFactory(_HTTP11ClientFactory):
-    # The stock factory logs two lines per connection: one GET a second.
-    noisy = False
-
-
-class _QuietConnectionPool(HTTPConnectionPool):
-    """A non-persistent pool whose connections do not log their lives."""
-
-    _factory = _QuietClientFactory
-
-    def __init__(self, reactor):
-        super().__init__(reactor, persistent=False)
 
 
 def field_value(document: object, field: str) -> object:
@@ -66,9 +47,7 @@ class HTTPMetric:
 
     def __init__(self, reactor, url: str, field: str | None, timeout: float, scale: HealthScale):
         self._reactor = reactor
-        self._agent = Agent(
-            reactor, connectTimeout=timeout, pool=_QuietConnectionPool(reactor)
-        )
+        self._agent = quiet_agent(reactor, connectTimeout=timeout)
         self.url = url
         self.field = field
         self.timeout = timeout
