@@ -38,6 +38,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
@@ -165,19 +166,32 @@ class _BoundedBody(Protocol):
             self.finished.errback(reason)
 
 
-def get_from_peer(http, clock, settings: PairSettings, path: str, limit: int, timeout: float) -> Deferred:
+def get_from_peer(http, clock, settings: PairSettings, path: str, limit: int, timeout: float, setting: str) -> Deferred:
     """
     The body of the peer's `path` (its status listener, with the token),
-    read up to `limit` bytes within `timeout` seconds; fails on any
-    error, refusal, timeout or larger body. `http` is a twisted.web IAgent.
+    read up to `limit` bytes within `timeout` seconds (the setting named
+    `setting`); fails on any error, refusal, timeout or larger body (see
+    `peer_error` for what to say of it). `http` is a twisted.web IAgent.
     """
     headers = Headers({b"user-agent": [b"lvsfeedback-director"]})
     if settings.peer_token is not None:
         headers.addRawHeader(b"authorization", b"Bearer " + settings.peer_token)
     asking = http.request(b"GET", (settings.peer + path).encode("ascii"), headers, None)
     asking.addCallback(_read_body, limit)
-    asking.addTimeout(timeout, clock)
+    # Cancelled by the timeout, twisted.web fails with whatever it was doing
+    # (a connection attempt cancelled, a response never received): all of
+    # them are this timeout, and the operator reads it as one.
+    asking.addTimeout(timeout, clock, onTimeoutCancel=lambda result, after: Failure(
+        TimeoutError(f"no answer within {after:g}s ({setting})")))
     return asking
+
+
+def peer_error(failure: Failure) -> str:
+    """What a failed `get_from_peer` says to an operator, in one line."""
+    reasons = getattr(failure.value, "reasons", None)  # ResponseFailed and its kin: a list of Failures
+    if isinstance(reasons, list) and reasons:
+        return "; ".join(reason.getErrorMessage() or reason.type.__name__ for reason in reasons)
+    return failure.getErrorMessage() or failure.type.__name__
 
 
 def _read_body(response, limit: int) -> Deferred:
@@ -281,7 +295,8 @@ class PairFollower(Service):
         """The peer's weights, checked (a `Desired`); fails on any error, timeout or oversized body."""
         settings = self.settings
         assert settings is not None
-        asking = get_from_peer(self.http, self.clock, settings, DESIRED_PATH, MAX_DESIRED_BODY, settings.peer_timeout)
+        asking = get_from_peer(self.http, self.clock, settings, DESIRED_PATH, MAX_DESIRED_BODY, settings.peer_timeout,
+                               "peer_timeout")
         asking.addCallback(parse_desired)
         return asking
 
@@ -297,11 +312,7 @@ class PairFollower(Service):
             self.last_error = None
             return
         self.fetch_failures += 1
-        if result.check(TimeoutError):
-            error = f"no answer within {self.settings.peer_timeout:g}s (peer_timeout)" if self.settings else "timeout"
-        else:
-            error = result.getErrorMessage() or result.type.__name__
-        problem = f"fetching {self._peer()}{DESIRED_PATH} failed: {error}"
+        problem = f"fetching {self._peer()}{DESIRED_PATH} failed: {peer_error(result)}"
         if problem != self.last_error:
             self.log.warn("{problem}", problem=problem)
         self.last_error = problem

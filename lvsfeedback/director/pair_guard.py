@@ -40,14 +40,14 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from lvsfeedback.director.config import IReconfigurable, PairSettings
 from lvsfeedback.director.host_addresses import HostAddresses
-from lvsfeedback.director.pair import get_from_peer
+from lvsfeedback.director.pair import get_from_peer, peer_error
 from lvsfeedback.quiet_http import quiet_agent
 
 ADDRESSES_PATH = "/pair/addresses.json"
@@ -248,19 +248,14 @@ class PairGuard(Service):
         except OSError as error:
             held, unreadable = None, str(error)
         asking = get_from_peer(self.http, self.clock, settings, ADDRESSES_PATH, MAX_ADDRESSES_BODY,
-                               settings.guard_timeout)
+                               settings.guard_timeout, "guard_timeout")
         asking.addCallback(parse_peer_report)
-        asking.addCallbacks(lambda report: (report, None), lambda failure: (None, self._unheard(failure)))
+        asking.addCallbacks(lambda report: (report, None), lambda failure: (None, peer_error(failure)))
         self._round = asking
         self._round.addCallback(self._decide, held, unreadable, settings)
         self._round.addErrback(lambda failure: None)  # cancelled by a stop
         self._round.addBoth(self._done)
         return self._round
-
-    def _unheard(self, failure) -> str:
-        if failure.check(TimeoutError):
-            return f"no answer within {self.settings.guard_timeout:g}s (guard_timeout)" if self.settings else "timeout"
-        return failure.getErrorMessage() or failure.type.__name__
 
     def _done(self, _) -> None:
         self._round = None

@@ -10,8 +10,11 @@ import json
 import os
 from pathlib import Path
 
+from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs, formatEvent
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from lvsfeedback.director.pair import MAX_DESIRED_BODY, PairFollower, parse_desired
@@ -138,6 +141,42 @@ class FollowerCase(SynchronousTestCase):
         with capturedLogs() as events:
             run()
         return "\n".join(formatEvent(event) for event in events)
+
+
+class PeerErrorTests(SynchronousTestCase):
+    """What the follower logs of a failed fetch, through twisted.web's own Agent on a memory reactor."""
+
+    def setUp(self):
+        self.reactor = MemoryReactorClock()
+        self.reactor.advance(1000)
+        config = write_config(self, director=PAIR, token=True)
+        (config.path.parent / "vrrp-VI_LVS").write_text("BACKUP 100\n")
+        self.follower = PairFollower(config, self.reactor)
+
+    def test_a_peer_that_never_accepts_the_connection_is_a_timeout(self):
+        # The connection attempt is what the timeout cancels: twisted.web
+        # fails with the address it was connecting to.
+        self.follower.tick()
+        self.reactor.advance(1.0)
+        self.assertEqual(self.follower.last_error, "fetching http://10.0.0.2:9101/pair/desired.json failed: "
+                                                   "no answer within 1s (peer_timeout)")
+
+    def test_a_peer_that_accepts_and_never_answers_is_a_timeout(self):
+        self.follower.tick()
+        connection = self.reactor.tcpClients[0][2].buildProtocol(None)
+        connection.makeConnection(StringTransport())
+        self.reactor.advance(1.0)
+        self.assertEqual(self.follower.last_error, "fetching http://10.0.0.2:9101/pair/desired.json failed: "
+                                                   "no answer within 1s (peer_timeout)")
+
+    def test_a_connection_lost_before_the_answer_says_so(self):
+        self.follower.tick()
+        connection = self.reactor.tcpClients[0][2].buildProtocol(None)
+        connection.makeConnection(StringTransport())
+        connection.connectionLost(Failure(ConnectionLost("reset by the peer")))
+        self.assertEqual(self.follower.last_error, "fetching http://10.0.0.2:9101/pair/desired.json failed: "
+                                                   "Connection to the other side was lost in a non-clean fashion: "
+                                                   "reset by the peer.")
 
 
 class FollowerTests(FollowerCase):
