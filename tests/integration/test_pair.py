@@ -26,13 +26,15 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from lvsfeedback.lab.loadgen import OK, LoadConfig, RequestRecord, parse_output, parse_start, read_records
-from lvsfeedback.lab.pair import HYSTERESIS, STANDING_BY, DirectorPair, PairDirector
+from lvsfeedback.lab.pair import HYSTERESIS, PEER_TIMEOUT, STANDING_BY, DirectorPair, PairDirector
 from lvsfeedback.lab.topology import CLIENT_ADDRESS, VIP, LabError
 from tests.integration import require_ipvs
 
 # VRRPv3's sub-second adverts: the backup takes over after about 3 of them.
 # LVSFEEDBACK_PAIR_ADVERT_INT=1 measures the takeover with keepalived's default.
 ADVERT_INT = float(os.environ.get("LVSFEEDBACK_PAIR_ADVERT_INT", "0.2"))
+# LVSFEEDBACK_PAIR_GUARD_TIMEOUT=0.5 measures it with the shipped guard_timeout (the lab's is 2 s).
+GUARD_TIMEOUT = float(os.environ.get("LVSFEEDBACK_PAIR_GUARD_TIMEOUT", str(PEER_TIMEOUT)))
 # Python starts slowly in the emulated VM, five twistd at once slower still.
 STARTUP = 300.0
 TAKEOVER = 30.0
@@ -92,7 +94,8 @@ class PairFailoverTests(SynchronousTestCase):
         # The processes' logs and the configs stay in the test's folder, to read after a failure.
         log_dir = Path(self.mktemp()).resolve()
         log_dir.mkdir(parents=True)
-        pair = DirectorPair(sync=sync, advert_int=ADVERT_INT, cpus_per_server=1.0, log_dir=log_dir).build()
+        pair = DirectorPair(sync=sync, advert_int=ADVERT_INT, guard_timeout=GUARD_TIMEOUT, cpus_per_server=1.0,
+                            log_dir=log_dir).build()
         self.addCleanup(pair.teardown)
         pair.start(STARTUP)
         return pair
@@ -187,6 +190,7 @@ class PairFailoverTests(SynchronousTestCase):
         figures = {
             "test": label,
             "advert_int": ADVERT_INT,
+            "guard_timeout": GUARD_TIMEOUT,
             "vip_moved_after": round(failover.vip_moved_at - killed_at, 3),
             "first_new_connection_answered_after": None if first_answer is None else round(first_answer - killed_at, 3),
         }
