@@ -148,7 +148,8 @@ def keepalived_command(config: Path, pid_file: Path, vrrp_pid_file: Path) -> lis
 
 
 def director_config(number: int, servers: list[LabServer], *, token_file: Path, state_file: Path,
-                    guard_file: Path | None = None, guard_timeout: float = PEER_TIMEOUT, policy: str = "") -> str:
+                    guard_file: Path | None = None, guard_timeout: float = PEER_TIMEOUT,
+                    guard_interval: float | None = None, policy: str = "") -> str:
     """
     lvs-director's config for director `number`: NECP and status on its
     segment address, the DR web service on the VIP with every real server,
@@ -164,6 +165,7 @@ def director_config(number: int, servers: list[LabServer], *, token_file: Path, 
     # the other's status listener on its segment address, behind the token.
     peer = DIRECTOR_SEGMENT_ADDRESSES[2 - number]
     guard = "" if guard_file is None else f'\nguard_file = "{guard_file}"'
+    interval = "" if guard_interval is None else f"\nguard_interval = {guard_interval:g}"
     return f"""
 [director]
 listen = "tcp:{NECP_PORT}:interface={address}"
@@ -177,7 +179,7 @@ vrrp_state_file = "{state_file}"
 peer = "http://{peer}:{STATUS_PORT}"
 peer_token_file = "{token_file}"{guard}
 peer_timeout = {PEER_TIMEOUT:g}
-guard_timeout = {guard_timeout:g}
+guard_timeout = {guard_timeout:g}{interval}
 [policy]
 mode = "health"
 hysteresis = {HYSTERESIS}
@@ -356,13 +358,15 @@ class DirectorPair:
     """
 
     def __init__(self, servers: int = 3, *, sync: bool = True, guard: bool = True, advert_int: float = 0.2,
-                 guard_timeout: float = PEER_TIMEOUT, cpus_per_server: float | None = None, policy: str = "",
+                 guard_timeout: float = PEER_TIMEOUT, guard_interval: float | None = None,
+                 cpus_per_server: float | None = None, policy: str = "",
                  log_dir: Path | None = None):
         self.lab = Topology(servers, mode=DR, directors=2, cpus_per_server=cpus_per_server, log_dir=log_dir)
         self.sync = sync
         self.guard = guard
         self.advert_int = advert_int
         self.guard_timeout = guard_timeout
+        self.guard_interval = guard_interval
         self.policy = policy
         self.directors: list[PairDirector] = []
         self.guard_root: Path | None = None
@@ -408,7 +412,8 @@ class DirectorPair:
                     guard_file=director.guard_file if self.guard else None))
                 director.config.write_text(director_config(
                     number, self.lab.servers, token_file=token, state_file=director.state_file,
-                    guard_file=director.guard_file, guard_timeout=self.guard_timeout, policy=self.policy))
+                    guard_file=director.guard_file, guard_timeout=self.guard_timeout,
+                    guard_interval=self.guard_interval, policy=self.policy))
                 self.directors.append(director)
         except BaseException:
             self.teardown()

@@ -35,6 +35,8 @@ from tests.integration import require_ipvs
 ADVERT_INT = float(os.environ.get("LVSFEEDBACK_PAIR_ADVERT_INT", "0.2"))
 # LVSFEEDBACK_PAIR_GUARD_TIMEOUT=0.5 measures it with the shipped guard_timeout (the lab's is 2 s).
 GUARD_TIMEOUT = float(os.environ.get("LVSFEEDBACK_PAIR_GUARD_TIMEOUT", str(PEER_TIMEOUT)))
+# LVSFEEDBACK_PAIR_GUARD_INTERVAL: another guard_interval than the shipped one.
+GUARD_INTERVAL = float(os.environ["LVSFEEDBACK_PAIR_GUARD_INTERVAL"]) if "LVSFEEDBACK_PAIR_GUARD_INTERVAL" in os.environ else None
 # Python starts slowly in the emulated VM, five twistd at once slower still.
 STARTUP = 300.0
 TAKEOVER = 30.0
@@ -94,7 +96,8 @@ class PairFailoverTests(SynchronousTestCase):
         # The processes' logs and the configs stay in the test's folder, to read after a failure.
         log_dir = Path(self.mktemp()).resolve()
         log_dir.mkdir(parents=True)
-        pair = DirectorPair(sync=sync, advert_int=ADVERT_INT, guard_timeout=GUARD_TIMEOUT, cpus_per_server=1.0,
+        pair = DirectorPair(sync=sync, advert_int=ADVERT_INT, guard_timeout=GUARD_TIMEOUT,
+                            guard_interval=GUARD_INTERVAL, cpus_per_server=1.0,
                             log_dir=log_dir).build()
         self.addCleanup(pair.teardown)
         pair.start(STARTUP)
@@ -191,6 +194,7 @@ class PairFailoverTests(SynchronousTestCase):
             "test": label,
             "advert_int": ADVERT_INT,
             "guard_timeout": GUARD_TIMEOUT,
+            "guard_interval": GUARD_INTERVAL,
             "vip_moved_after": round(failover.vip_moved_at - killed_at, 3),
             "first_new_connection_answered_after": None if first_answer is None else round(first_answer - killed_at, 3),
         }
