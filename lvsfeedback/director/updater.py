@@ -105,6 +105,8 @@ class PassResult:
     time: float
     kernel: Mapping[ServiceKey, ServiceEntry]  # the table as the pass read it
     services: Mapping[ServiceKey, ServicePass]  # every configured service, in the config's order
+    # The writes the pass planned; in observe mode none per real server (it
+    # writes nothing: the desired weights are in the decisions).
     changes: tuple[Change, ...]
     refused: tuple = ()
     duration: float = 0.0
@@ -380,6 +382,10 @@ class WeightUpdater(Service):
                     changes.append(DeleteMarkRule(key.fwmark, key.family))
         decisions, self.state = decide(inputs, self.state, now)
         adopting = now < self._adopt_until
+        # Observe mode sends nothing: a change per real server whose desired
+        # weight differs from the kernel's (all of them on an empty table)
+        # would be built every pass to be thrown away.
+        writing = not self.observing
         services: dict[ServiceKey, ServicePass] = {}
         for service in self.config.services:
             key = service.key
@@ -397,7 +403,9 @@ class WeightUpdater(Service):
                     held.append(dest)  # during adoption, a server nobody has spoken for keeps its kernel weight
                     continue
                 # The usual case, per server and pass: in the kernel, to keep its weight.
-                if current is not None and not decision.remove and (decision.weight == current or not decision.write):
+                if not writing or (
+                    current is not None and not decision.remove and (decision.weight == current or not decision.write)
+                ):
                     continue
                 change = self._change_for(key, members[dest], decision, current, weights_only)
                 if change is not None:

@@ -9,7 +9,8 @@ carry on; any other L{NECPError} means the stream cannot be trusted and the
 connection must be closed.
 
 Writing: L{encode} turns a message into bytes; L{Authenticator.encode} does
-the same with a sequence number and a credential.
+the same with a sequence number and a credential; L{RequestTemplate}, the
+unsigned bytes of one message under any request id.
 """
 
 from __future__ import annotations
@@ -90,6 +91,33 @@ def encode(message: Message, *, sequence: int = 0, secret: bytes | None = None) 
         return header + payload
     signed = header + payload
     return signed + hmac.digest(secret, signed, "sha1")
+
+
+# Where the request id lies in a header: after the protocol id, flags, version and opcode.
+_REQUEST_ID_AT = 6
+
+
+class RequestTemplate:
+    """
+    The unsigned bytes of one message with any request id: a sender that
+    asks the same questions round after round (a keepalive's queries) packs
+    the header once and patches in each request id. C{encode(request_id)}
+    equals L{encode} of the message with that request id.
+    """
+
+    __slots__ = ("_head", "_tail")
+
+    def __init__(self, message: Message):
+        whole = encode(message)
+        self._head = whole[:_REQUEST_ID_AT]
+        self._tail = whole[_REQUEST_ID_AT + 2 :]
+
+    def encode(self, request_id: int) -> bytes:
+        try:
+            return self._head + request_id.to_bytes(2, "big") + self._tail
+        except OverflowError:
+            _check_request_id(request_id)
+            raise
 
 
 class Decoder:

@@ -273,6 +273,10 @@ class NECPProtocol(Protocol):
             data = self.authenticator.encode(message, self.factory.clock.seconds())
         else:
             data = encode(message)
+        self._send_bytes(data)
+
+    def _send_bytes(self, data: bytes) -> None:
+        """One encoded message, unless the peer has stopped reading too long."""
         if self._output_paused:
             self._queued_while_paused += len(data)
             if self._queued_while_paused > self.factory.max_queued_output:
@@ -473,7 +477,11 @@ class NECPProtocol(Protocol):
             self.close(f"peer dead: {state.keepalives_unanswered} keepalives in a row unanswered", abort=True)
             return
         pending = state.keepalive(queries, self._keepalive_replied)
-        self.send_message(pending.message)
+        if self.signing and self.authenticator is not None:
+            self.send_message(pending.message)
+        else:
+            # Thousands a round on the director, the same but for the request id.
+            self._send_bytes(state.unsigned_keepalive(pending.message))
         self._schedule_keepalive()
 
     def _keepalive_replied(self, reply: Message) -> None:

@@ -24,6 +24,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from lvsfeedback.necp.counters import UNEXPECTED, refusal_reason
+from lvsfeedback.necp.framing import RequestTemplate
 from lvsfeedback.necp.messages import ErrorReply, Keepalive, Message
 from lvsfeedback.necp.units import Query, pack_unit
 from lvsfeedback.necp.wire import (
@@ -175,7 +176,8 @@ class SessionState:
         self._last_keepalive_answered = 0  # its number
         self._peer_kept_alive = False
         self._asked: tuple[Query, ...] = ()  # the queries of the last keepalive sent...
-        self._asked_packed = b""  # ...and their bytes
+        self._asked_packed = b""  # ...their bytes...
+        self._asked_unsigned: RequestTemplate | None = None  # ...and the whole message's, unsigned, made when first asked
 
     # The handshake.
 
@@ -339,6 +341,15 @@ class SessionState:
         heard, self._peer_kept_alive = self._peer_kept_alive, False
         return heard
 
+    def unsigned_keepalive(self, message: Message) -> bytes:
+        """
+        The unsigned bytes of C{message}, the last keepalive L{keepalive}
+        made: the same as L{encode}'s, from a template of its queries.
+        """
+        if self._asked_unsigned is None:
+            self._asked_unsigned = RequestTemplate(message)
+        return self._asked_unsigned.encode(message.request_id)
+
     def keepalive(self, queries: tuple[Query, ...], on_reply: Callable[[Message], object]) -> KeepalivePending:
         """
         A KEEPALIVE carrying C{queries}, to be sent, waiting for its reply as
@@ -360,6 +371,7 @@ class SessionState:
         if queries is not self._asked:
             # Most ends ask the same tuple every time: pack it once.
             self._asked, self._asked_packed = queries, b"".join([pack_unit(query) for query in queries])
+            self._asked_unsigned = None
         # Made with its request id: dataclasses.replace costs as much as the encoding.
         request_id = self._allocate_request_id()
         message = Keepalive(request_id=request_id, queries=queries, packed=self._asked_packed)

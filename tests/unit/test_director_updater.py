@@ -557,6 +557,18 @@ class ModeTests(UpdaterTestCase):
         self.assertEqual(len(lines), 1)
         self.assertIn("10.1.0.1:80: desired weight 30 -> 60", lines[0])
 
+    def test_observe_plans_no_change_per_real_server_on_an_empty_table_or_a_full_one(self):
+        self.start(write_config(self), observe=True)
+        self.connect(1, health=30)
+        self.tick()
+        self.assertEqual([change for change in self.updater.last.changes if isinstance(change, (AddDest, EditDest))], [])
+        self.table.apply([AddService(VirtualService(WEB, "wlc"))] + [AddDest(WEB, RealServer(d, 37, "nat")) for d in RS])
+        self.tick()
+        last = self.updater.last
+        self.assertEqual([change for change in last.changes if isinstance(change, (AddDest, EditDest))], [])
+        # What it would have written is still there to see: desired weights beside the kernel's.
+        self.assertEqual((last.services[WEB].decision.servers[RS[0]].weight, last.services[WEB].written[RS[0]]), (30, 37))
+
     def test_weights_only_weights_kernel_servers_and_adds_or_removes_nothing(self):
         stranger = DestKey.of("10.1.0.77", 80)
         self.table.apply([AddService(VirtualService(WEB, "wlc")), AddDest(WEB, RealServer(RS[0], 10, "dr")),

@@ -5,6 +5,7 @@ and auth modules): the NECP wire format, byte for byte.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import struct
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from lvsfeedback.necp.auth import Authenticator
-from lvsfeedback.necp.framing import Decoder, decode, encode
+from lvsfeedback.necp.framing import Decoder, RequestTemplate, decode, encode
 from lvsfeedback.necp.messages import (
     ErrorReply,
     ExceptionAdd,
@@ -277,6 +278,20 @@ class RoundTripTests(SynchronousTestCase):
         sender.start_sending(first)
         receiver.start_receiving(first)
         self.assertEqual(decode(sender.encode(message, now), receiver), message)
+
+    @settings(max_examples=EXAMPLES, deadline=None)
+    @given(messages, request_ids)
+    def test_a_template_gives_the_encoders_bytes_under_any_request_id(self, message, request_id):
+        expected = encode(dataclasses.replace(message, request_id=request_id))
+        self.assertEqual(RequestTemplate(message).encode(request_id), expected)
+
+    def test_a_template_refuses_a_request_id_out_of_range_as_the_encoder_does(self):
+        template = RequestTemplate(Keepalive(request_id=1, queries=(Query(1, 6, 80),)))
+        for request_id in (-1, 0x10000):
+            with self.assertRaises(NECPError):
+                encode(Keepalive(request_id=request_id, queries=(Query(1, 6, 80),)))
+            with self.assertRaises(NECPError):
+                template.encode(request_id)
 
     @settings(max_examples=EXAMPLES // 2, deadline=None)
     @given(st.lists(messages, min_size=1, max_size=8), st.data())

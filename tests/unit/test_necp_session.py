@@ -10,6 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from lvsfeedback.necp import session as necp_session
 from lvsfeedback.necp.counters import BAD_CREDENTIAL, BAD_SEQUENCE, MALFORMED, UNEXPECTED
+from lvsfeedback.necp.framing import encode
 from lvsfeedback.necp.messages import ErrorReply, KeepaliveAck, Start, StartAck, StopAck
 from lvsfeedback.necp.session import (
     MAX_ATTEMPTS,
@@ -168,6 +169,11 @@ class KeepaliveTests(SynchronousTestCase):
             self.keepalive()
         self.assertTrue(self.session.peer_dead)
         self.assertEqual(self.session.keepalives_unanswered, 3)
+
+    def test_a_keepalives_unsigned_bytes_are_the_encoders_when_the_questions_change_or_not(self):
+        for queries in (HEALTH, HEALTH, (*HEALTH, Query.health(17, 53)), HEALTH, ()):
+            message = self.session.keepalive(queries, self.replies.append).message
+            self.assertEqual(self.session.unsigned_keepalive(message), encode(message))
 
     def test_one_answer_resets_the_count(self):
         first = self.keepalive()
