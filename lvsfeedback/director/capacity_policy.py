@@ -6,6 +6,7 @@ that calls it (lvsfeedback.director.policy).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -44,6 +45,17 @@ _COUNTED_CONNECTIONS = 10
 # Tuned on the sweep's seed 1, judged on seeds 2 and 3 (README).
 _LAG = 0.2
 _LAG_GAIN = 2.5
+# A server's dead band is at least this many times the noise of its
+# agent's reports: a step the noise alone would take is no step, or equal
+# servers' weights wander apart on it (run N; bench/policy_drift.py).
+_NOISE_BAND = 1.25
+# The noise is estimated from the change between reports a pass apart
+# (E|a - b| = 2 sigma / sqrt(pi) for two independent reports), averaged
+# over this long a half-life, each change counted up to this many times
+# the estimate so far: a real step (a hog starting) is one bounded sample,
+# not a wider band just when the weights must move.
+_NOISE_HALF_LIFE = 30.0
+_NOISE_CLIP = 3.0
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,8 @@ class Control:
     share: float | None
     share_at: float | None
     capacity: float | None
+    reported: float | None
+    noise: float | None
 
 
 def capacity_weights(
@@ -99,6 +113,7 @@ def capacity_weights(
     the traffic shows it.
     """
     utilisations = {dest: max(1 - health.smoothed / 100, settings.min_utilisation) for dest, health in feedback.items()}
+    reported = {dest: max(1 - health.latest / 100, settings.min_utilisation) for dest, health in feedback.items()}
     rates = {dest: health.packet_rate for dest, health in feedback.items()}
     rate_total = sum(rate or 0 for rate in rates.values())
     # Where the traffic really goes: with persistent connections it follows
@@ -116,6 +131,7 @@ def capacity_weights(
     shares: dict[DestKey, tuple[float | None, float | None]] = {}
     details: dict[DestKey, str] = {}
     capacities: dict[DestKey, float | None] = {}  # what the controller remembers: the latest known
+    noises: dict[DestKey, float | None] = {}
     priors: list[DestKey] = []  # new, with a capacity: weighed once the others are
     resumed: list[DestKey] = []  # at the master's weight, followed until now
     for dest, utilisation in utilisations.items():
@@ -124,6 +140,7 @@ def capacity_weights(
         share = _smoothed_share(memory, (server.current_weight or 0) / kernel_total if kernel_total else None, settings, now)
         shares[dest] = share
         capacities[dest] = server.capacity or memory.capacity
+        noises[dest] = _noise(memory, reported[dest], settings, now)
         if memory.followed and memory.target is not None:
             # The master's weight, followed until this pass (a takeover): kept.
             raw[dest] = memory.target
@@ -151,7 +168,7 @@ def capacity_weights(
         gain = _LAG_GAIN if lagging else _GAIN
         factor = min(max((mean / utilisation) ** gain, 1 / _MAX_STEP), _MAX_STEP)
         ramping = memory.ramp_start is not None and now - memory.ramp_start < settings.slow_start
-        if abs(utilisation - mean) <= settings.dead_band:
+        if abs(utilisation - mean) <= max(settings.dead_band, _NOISE_BAND * (noises[dest] or 0.0)):
             raw[dest] = memory.target
             details[dest] = f"{comparison}: balanced"
         elif ramping and factor > 1:
@@ -177,7 +194,10 @@ def capacity_weights(
         dest: Assessment(clamp(target, settings), Reason.CAPACITY, details[dest], rampable=True)
         for dest, target in targets.items()
     }
-    return weights, {dest: Control(target, *shares[dest], capacities[dest]) for dest, target in targets.items()}
+    return weights, {
+        dest: Control(target, *shares[dest], capacities[dest], reported[dest], noises[dest])
+        for dest, target in targets.items()
+    }
 
 
 def _connection_shares(servers: Mapping[DestKey, ServerInput], feedback: Mapping[DestKey, Feedback]) -> dict[DestKey, float]:
@@ -242,3 +262,18 @@ def _smoothed_share(
     if memory.share_at is None or now <= memory.share_at:
         return share, now
     return ewma(memory.share, share, now - memory.share_at, settings), now
+
+
+def _noise(memory: ServerMemory, reported: float, settings: PolicySettings, now: float) -> float | None:
+    """
+    The noise of a server's reports, from the change since the report of the
+    last pass (clipped, `_NOISE_CLIP`), averaged over `_NOISE_HALF_LIFE`
+    from 0: it grows to the reports' noise within a minute or two.
+    """
+    if memory.reported is None or memory.share_at is None or now <= memory.share_at:
+        return memory.noise
+    noise = memory.noise or 0.0  # from nothing: a first change may be a step
+    change = min(abs(reported - memory.reported) * math.sqrt(math.pi) / 2,
+                 _NOISE_CLIP * max(noise, settings.dead_band))
+    alpha = 1 - 2 ** (-(now - memory.share_at) / _NOISE_HALF_LIFE)
+    return noise + alpha * (change - noise)
