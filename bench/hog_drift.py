@@ -45,12 +45,16 @@ def equal_ratio(scenario: Scenario) -> float:
 
 
 # The policies compared, and single factors switched off to find the mechanism
-# (module constants of capacity_policy).
+# (module constants of capacity_policy; _SATURATED 2.0: no server is pinned).
 VARIANTS = {
-    "main": {"_NOISE_BAND": 0.0},
-    "prototype": {},
-    "no-lag-gain": {"_NOISE_BAND": 0.0, "_LAG_GAIN": 1.0},
-    "no-integrator": {"_NOISE_BAND": 0.0, "_INTEGRAL_GAIN": 0.0},
+    "main": {"_NOISE_BAND": 0.0, "_SATURATED": 2.0},
+    "pinned-out": {"_NOISE_BAND": 0.0},  # main's policy, pinned servers out of the others' mean
+    "both": {},  # the prototype's noise band and pinned servers out
+    "both-no-lag-gain": {"_LAG_GAIN": 1.0},
+    "both-weight-anchor": {"_COUNTED_RATE": float("inf"), "_COUNTED_CONNECTIONS": 10**9},  # no traffic anchor
+    "prototype": {"_SATURATED": 2.0},
+    "no-lag-gain": {"_NOISE_BAND": 0.0, "_SATURATED": 2.0, "_LAG_GAIN": 1.0},
+    "no-integrator": {"_NOISE_BAND": 0.0, "_SATURATED": 2.0, "_INTEGRAL_GAIN": 0.0},
 }
 
 
@@ -63,7 +67,7 @@ def main() -> None:
     parser.add_argument("--noise", type=float, action="append")
     args = parser.parse_args()
     shipped = {name: getattr(capacity_policy, name) for variant in VARIANTS.values() for name in variant}
-    for policy in args.policy or ["main", "prototype"]:
+    for policy in args.policy or ["main", "prototype", "pinned-out", "both"]:
         for name, value in {**shipped, **VARIANTS[policy]}.items():
             setattr(capacity_policy, name, value)
         for pattern in args.pattern or ["short", "persistent"]:

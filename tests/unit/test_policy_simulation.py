@@ -302,3 +302,33 @@ class TakeoverTests(SynchronousTestCase):
         at = next(record for record in history if record.time >= self.TAKEOVER)
         self.assertEqual(at.weights, before.weights)
         self.assertEqual(at.writes, 0)
+
+
+class HoggedNeighbourTests(SynchronousTestCase):
+    """
+    Equal servers beside a hogged one (#14, #17; the lab's failover
+    cluster, run O): rs1's utilisation reads saturated whatever its weight
+    (a hog in its cgroup) and it serves half as much; rs2 and rs3 are equal.
+    Counted in the mean, rs1 lifted it above both, so both always gained,
+    no dead band held them, and with persistent connections their weights
+    swung apart on the connections' lag (1.5-1.9x median, 2-3.5x worst over
+    ten seeds, bench/hog_drift.py). From the 30th pass on their weights stay
+    within 25 % of each other, at loads that leave them below saturation
+    (up to 80 %: at 90 % the hog's wasted half saturates them too) and
+    report noise within the dead band, short requests or the lab's
+    persistent connections (32, each renewed after 25 requests).
+    """
+
+    @EXAMPLES
+    @given(st.booleans(), st.floats(0.5, 0.8), st.floats(0, 0.01), st.integers(0, 2**16))
+    def test_equal_servers_beside_a_hogged_one_keep_equal_weights(self, persistent, load, noise, seed):
+        servers = [Server(5.25, 0.1, noise, busy=0.98), Server(10.49, 0.1, noise), Server(10.49, 0.1, noise)]
+        rate = load * sum(server.capacity for server in servers)
+        history = run(Scenario(
+            servers, load, 300.0, CAPACITY, packets_per_request=2.0,
+            connection_life=32 * 25 / rate if persistent else 0.0, queued_connections=persistent, connection_pool=32,
+            seed=seed,
+        ))
+        equal = [(record.weights[1] or 0, record.weights[2] or 0) for record in history[30:]]
+        ratio = max(max(pair) / max(min(pair), 1) for pair in equal)
+        self.assertLessEqual(ratio, 1.25, (persistent, load, noise, seed))
