@@ -192,9 +192,11 @@ def capacity_weights(
         gain = _LAG_GAIN if lagging else _GAIN
         factor = min(max((mean / utilisation) ** gain, 1 / _MAX_STEP), _MAX_STEP)
         ramping = memory.ramp_start is not None and now - memory.ramp_start < settings.slow_start
-        if abs(utilisation - mean) <= max(settings.dead_band, _NOISE_BAND * (noises[dest] or 0.0)):
+        band = max(settings.dead_band, _NOISE_BAND * (noises[dest] or 0.0))
+        if abs(utilisation - mean) <= band:
             raw[dest] = memory.target
-            details[dest] = f"{comparison}: balanced"
+            details[dest] = f"{comparison}: balanced" + (
+                f" (within its reports' noise, +-{band:.2f})" if band > settings.dead_band else "")
         elif ramping and factor > 1:
             raw[dest] = memory.target
             details[dest] = f"{comparison}: slow start, held"
