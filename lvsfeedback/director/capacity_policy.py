@@ -6,6 +6,7 @@ that calls it (lvsfeedback.director.policy).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -44,6 +45,28 @@ _COUNTED_CONNECTIONS = 10
 # Tuned on the sweep's seed 1, judged on seeds 2 and 3 (README).
 _LAG = 0.2
 _LAG_GAIN = 2.5
+# A server's dead band is at least this many times the noise of its
+# agent's reports: a step the noise alone would take is no step, or equal
+# servers' weights wander apart on it (run N; bench/policy_drift.py).
+_NOISE_BAND = 1.25
+# The noise is estimated from the change between reports a pass apart
+# (E|a - b| = 2 sigma / sqrt(pi) for two independent reports), averaged
+# over this long a half-life, each change counted up to this many times
+# the estimate so far: a real step (a hog starting) is one bounded sample,
+# not a wider band just when the weights must move.
+_NOISE_HALF_LIFE = 30.0
+_NOISE_CLIP = 3.0
+# A server whose utilisation reads at least `_SATURATED` though its smoothed
+# share of the weights is no more than its base share is pinned: a hog in
+# its cgroup takes whatever the requests leave, so its utilisation may no
+# longer answer its weight. It is left out of the mean the others are held
+# to: counted, it lifts that mean above equal servers, both always gain, no
+# dead band holds them, and their weights swing apart on the lag of
+# persistent connections (run O, bench/hog_drift.py). It is itself still
+# held to the mean of all, so it loses as before (a small server saturated
+# at its base share, overloaded rather than hogged, is cut no harder). One
+# saturated on more than its base share counts: the others take its excess.
+_SATURATED = 0.95
 
 
 @dataclass(frozen=True)
@@ -54,6 +77,8 @@ class Control:
     share: float | None
     share_at: float | None
     capacity: float | None
+    reported: float | None
+    noise: float | None
 
 
 def capacity_weights(
@@ -79,8 +104,9 @@ def capacity_weights(
     while the traffic lags the weights by more than `_LAG`, the gain is
     `_LAG_GAIN`, not 1: the weights lead the slow traffic, and fall back as
     it catches up. A server within `dead_band` of the mean keeps its
-    weight. The weights are then scaled to add up to the base weights (no
-    drift).
+    weight. The mean leaves out servers pinned at saturation (`_SATURATED`)
+    but for their own step. The weights are then scaled to add up to the
+    base weights (no drift).
 
     The traffic sets where a step starts, never how big it is, and a step
     starts from at least an eighth of the server's base share: a server
@@ -99,6 +125,7 @@ def capacity_weights(
     the traffic shows it.
     """
     utilisations = {dest: max(1 - health.smoothed / 100, settings.min_utilisation) for dest, health in feedback.items()}
+    reported = {dest: max(1 - health.latest / 100, settings.min_utilisation) for dest, health in feedback.items()}
     rates = {dest: health.packet_rate for dest, health in feedback.items()}
     rate_total = sum(rate or 0 for rate in rates.values())
     # Where the traffic really goes: with persistent connections it follows
@@ -109,21 +136,34 @@ def capacity_weights(
         if all(rate is not None and rate >= _COUNTED_RATE for rate in rates.values())
         else _connection_shares(servers, feedback)
     )
-    mean = sum(utilisations.values()) / len(utilisations)
     base_total = sum(servers[dest].base_weight for dest in feedback)
     kernel_total = sum(servers[dest].current_weight or 0 for dest in feedback)
+    shares = {
+        dest: _smoothed_share(
+            previous[dest] or ServerMemory(),
+            (servers[dest].current_weight or 0) / kernel_total if kernel_total else None, settings, now,
+        )
+        for dest in feedback
+    }
+    pinned = {
+        dest for dest, utilisation in utilisations.items()
+        if _pinned(utilisation, shares[dest][0], servers[dest].base_weight / base_total)
+    }
+    answering = [utilisation for dest, utilisation in utilisations.items() if dest not in pinned]
+    overall = sum(utilisations.values()) / len(utilisations)
+    answering_mean = sum(answering) / len(answering) if answering else overall
     raw: dict[DestKey, float] = {}
-    shares: dict[DestKey, tuple[float | None, float | None]] = {}
     details: dict[DestKey, str] = {}
     capacities: dict[DestKey, float | None] = {}  # what the controller remembers: the latest known
+    noises: dict[DestKey, float | None] = {}
     priors: list[DestKey] = []  # new, with a capacity: weighed once the others are
     resumed: list[DestKey] = []  # at the master's weight, followed until now
     for dest, utilisation in utilisations.items():
         memory = previous[dest] or ServerMemory()
         server = servers[dest]
-        share = _smoothed_share(memory, (server.current_weight or 0) / kernel_total if kernel_total else None, settings, now)
-        shares[dest] = share
+        share = shares[dest]
         capacities[dest] = server.capacity or memory.capacity
+        noises[dest] = _noise(memory, reported[dest], settings, now)
         if memory.followed and memory.target is not None:
             # The master's weight, followed until this pass (a takeover): kept.
             raw[dest] = memory.target
@@ -146,14 +186,17 @@ def capacity_weights(
             raw[dest] = memory.target * rescale
             details[dest] = f"capacity {memory.capacity:.2f} -> {server.capacity:.2f} CPUs: x{rescale:.2f}"
             continue
+        mean = overall if dest in pinned else answering_mean
         comparison = f"utilisation {utilisation:.2f} vs mean {mean:.2f}"
         lagging = abs(traffic.get(dest, share[0]) - share[0]) > _LAG * share[0]
         gain = _LAG_GAIN if lagging else _GAIN
         factor = min(max((mean / utilisation) ** gain, 1 / _MAX_STEP), _MAX_STEP)
         ramping = memory.ramp_start is not None and now - memory.ramp_start < settings.slow_start
-        if abs(utilisation - mean) <= settings.dead_band:
+        band = max(settings.dead_band, _NOISE_BAND * (noises[dest] or 0.0))
+        if abs(utilisation - mean) <= band:
             raw[dest] = memory.target
-            details[dest] = f"{comparison}: balanced"
+            details[dest] = f"{comparison}: balanced" + (
+                f" (within its reports' noise, +-{band:.2f})" if band > settings.dead_band else "")
         elif ramping and factor > 1:
             raw[dest] = memory.target
             details[dest] = f"{comparison}: slow start, held"
@@ -177,7 +220,15 @@ def capacity_weights(
         dest: Assessment(clamp(target, settings), Reason.CAPACITY, details[dest], rampable=True)
         for dest, target in targets.items()
     }
-    return weights, {dest: Control(target, *shares[dest], capacities[dest]) for dest, target in targets.items()}
+    return weights, {
+        dest: Control(target, *shares[dest], capacities[dest], reported[dest], noises[dest])
+        for dest, target in targets.items()
+    }
+
+
+def _pinned(utilisation: float, share: float | None, base_share: float) -> bool:
+    """Saturated on no more than its base share of the weights: a utilisation that may not answer the weight."""
+    return utilisation >= _SATURATED and share is not None and share <= base_share
 
 
 def _connection_shares(servers: Mapping[DestKey, ServerInput], feedback: Mapping[DestKey, Feedback]) -> dict[DestKey, float]:
@@ -242,3 +293,18 @@ def _smoothed_share(
     if memory.share_at is None or now <= memory.share_at:
         return share, now
     return ewma(memory.share, share, now - memory.share_at, settings), now
+
+
+def _noise(memory: ServerMemory, reported: float, settings: PolicySettings, now: float) -> float | None:
+    """
+    The noise of a server's reports, from the change since the report of the
+    last pass (clipped, `_NOISE_CLIP`), averaged over `_NOISE_HALF_LIFE`
+    from 0: it grows to the reports' noise within a minute or two.
+    """
+    if memory.reported is None or memory.share_at is None or now <= memory.share_at:
+        return memory.noise
+    noise = memory.noise or 0.0  # from nothing: a first change may be a step
+    change = min(abs(reported - memory.reported) * math.sqrt(math.pi) / 2,
+                 _NOISE_CLIP * max(noise, settings.dead_band))
+    alpha = 1 - 2 ** (-(now - memory.share_at) / _NOISE_HALF_LIFE)
+    return noise + alpha * (change - noise)

@@ -155,7 +155,8 @@ def _decide_service(
         else:
             memories[dest] = ServerMemory(
                 smoothed, smoothed_at, up, ramp_start, packets, packets_at, packet_rate,
-                control.target, control.share, control.share_at, control.capacity,
+                control.target, control.share, control.share_at, control.capacity, False,
+                control.reported, control.noise,
             )
         if panic and assessment.automatic:
             assessment = Assessment(

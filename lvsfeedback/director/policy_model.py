@@ -177,6 +177,10 @@ class ServerMemory(NamedTuple):
     # Capacity mode: the target is the master's weight this director followed
     # at the last pass, so the next pass of its own starts from it.
     followed: bool = False
+    # Capacity mode: the utilisation the latest report gave at the last pass,
+    # and the estimated noise (standard deviation) of such reports.
+    reported: float | None = None
+    noise: float | None = None
 
 
 @dataclass(frozen=True)

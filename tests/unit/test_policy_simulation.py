@@ -302,3 +302,61 @@ class TakeoverTests(SynchronousTestCase):
         at = next(record for record in history if record.time >= self.TAKEOVER)
         self.assertEqual(at.weights, before.weights)
         self.assertEqual(at.writes, 0)
+
+
+class HoggedNeighbourTests(SynchronousTestCase):
+    """
+    Equal servers beside a hogged one (#14, #17; the lab's failover
+    cluster, run O): rs1's utilisation reads saturated whatever its weight
+    (a hog in its cgroup) and it serves half as much; rs2 and rs3 are equal.
+    Counted in the mean, rs1 lifted it above both, so both always gained,
+    no dead band held them, and with persistent connections their weights
+    swung apart on the connections' lag (1.5-1.9x median, 2-3.5x worst over
+    ten seeds, bench/hog_drift.py). From the 30th pass on their weights stay
+    within 25 % of each other, at loads that leave them below saturation
+    (up to 80 %: at 90 % the hog's wasted half saturates them too) and
+    report noise within the dead band, short requests or the lab's
+    persistent connections (32, each renewed after 25 requests).
+    """
+
+    @EXAMPLES
+    @given(st.booleans(), st.floats(0.5, 0.8), st.floats(0, 0.01), st.integers(0, 2**16))
+    def test_equal_servers_beside_a_hogged_one_keep_equal_weights(self, persistent, load, noise, seed):
+        servers = [Server(5.25, 0.1, noise, busy=0.98), Server(10.49, 0.1, noise), Server(10.49, 0.1, noise)]
+        rate = load * sum(server.capacity for server in servers)
+        history = run(Scenario(
+            servers, load, 300.0, CAPACITY, packets_per_request=2.0,
+            connection_life=32 * 25 / rate if persistent else 0.0, queued_connections=persistent, connection_pool=32,
+            seed=seed,
+        ))
+        equal = [(record.weights[1] or 0, record.weights[2] or 0) for record in history[30:]]
+        ratio = max(max(pair) / max(min(pair), 1) for pair in equal)
+        self.assertLessEqual(ratio, 1.25, (persistent, load, noise, seed))
+
+
+class ReportNoiseTests(SynchronousTestCase):
+    """
+    Equal servers whose agents' reports are noisier than the dead band (run N:
+    utilisation read over a few seconds near saturation): with the dead band
+    alone, each pass's noise was a step and the weights wandered apart
+    (at noise 0.04-0.05, two to two and a half times the band, the median
+    largest ratio over ten seeds was 1.14-1.40); each server's band widens
+    to its own reports' noise, so they stay within 15 % (1.03-1.13).
+    Ten fixed seeds each, the median: a property of the controller, not of
+    one seed's luck.
+    """
+
+    def test_equal_servers_with_reports_noisier_than_the_dead_band_keep_close_weights(self) -> None:
+        for noise in (0.04, 0.05):
+            for load in (0.3, 0.6):
+                ratios = []
+                for seed in range(10):
+                    servers = [Server(capacity=100.0, floor=0.05, noise=noise) for _ in range(3)]
+                    history = run(Scenario(servers, load, 300.0, CAPACITY, seed=seed))
+                    # From 2 minutes on: the noise estimate has had four half-lives.
+                    ratios.append(max(max(weights) / min(weights) for weights in (p.weights for p in history[60:])
+                                      if all(weights)))
+                median = sorted(ratios)[len(ratios) // 2]
+                self.assertLessEqual(median, 1.15, (noise, load, sorted(ratios)))
+        # The operator reads why a server kept its weight.
+        self.assertTrue(any("within its reports' noise" in detail for record in history for detail in record.details))
