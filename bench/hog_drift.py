@@ -46,15 +46,16 @@ def equal_ratio(scenario: Scenario) -> float:
 
 # The policies compared, and single factors switched off to find the mechanism
 # (module constants of capacity_policy; _SATURATED 2.0: no server is pinned).
+# "before": the policy before 5b27ee3, neither change.
 VARIANTS = {
-    "main": {"_NOISE_BAND": 0.0, "_SATURATED": 2.0},
-    "pinned-out": {"_NOISE_BAND": 0.0},  # main's policy, pinned servers out of the others' mean
-    "both": {},  # the prototype's noise band and pinned servers out
-    "both-no-lag-gain": {"_LAG_GAIN": 1.0},
-    "both-weight-anchor": {"_COUNTED_RATE": float("inf"), "_COUNTED_CONNECTIONS": 10**9},  # no traffic anchor
-    "prototype": {"_SATURATED": 2.0},
-    "no-lag-gain": {"_NOISE_BAND": 0.0, "_SATURATED": 2.0, "_LAG_GAIN": 1.0},
-    "no-integrator": {"_NOISE_BAND": 0.0, "_SATURATED": 2.0, "_INTEGRAL_GAIN": 0.0},
+    "before": {"_NOISE_BAND": 0.0, "_SATURATED": 2.0},
+    "pinned-out-only": {"_NOISE_BAND": 0.0},  # pinned servers out of the others' mean, no noise band
+    "noise-band-only": {"_SATURATED": 2.0},
+    "shipped": {},  # the noise band and pinned servers out
+    "shipped-no-lag-gain": {"_LAG_GAIN": 1.0},
+    "shipped-weight-anchor": {"_COUNTED_RATE": float("inf"), "_COUNTED_CONNECTIONS": 10**9},  # no traffic anchor
+    "before-no-lag-gain": {"_NOISE_BAND": 0.0, "_SATURATED": 2.0, "_LAG_GAIN": 1.0},
+    "before-no-integrator": {"_NOISE_BAND": 0.0, "_SATURATED": 2.0, "_INTEGRAL_GAIN": 0.0},
 }
 
 
@@ -67,7 +68,7 @@ def main() -> None:
     parser.add_argument("--noise", type=float, action="append")
     args = parser.parse_args()
     shipped = {name: getattr(capacity_policy, name) for variant in VARIANTS.values() for name in variant}
-    for policy in args.policy or ["main", "prototype", "pinned-out", "both"]:
+    for policy in args.policy or ["before", "noise-band-only", "pinned-out-only", "shipped"]:
         for name, value in {**shipped, **VARIANTS[policy]}.items():
             setattr(capacity_policy, name, value)
         for pattern in args.pattern or ["short", "persistent"]:
@@ -75,7 +76,7 @@ def main() -> None:
                 for noise in args.noise or [0.0, 0.01, 0.03, 0.06]:
                     ratios = sorted(equal_ratio(hog_scenario(pattern == "persistent", load, noise, seed))
                                     for seed in range(args.seeds))
-                    print(f"{policy:13} {pattern:10}  load {load:.2f}  noise {noise:.2f}:  rs2/rs3 largest ratio "
+                    print(f"{policy:21} {pattern:10}  load {load:.2f}  noise {noise:.2f}:  rs2/rs3 largest ratio "
                           f"median {ratios[len(ratios) // 2]:.2f}, worst {ratios[-1]:.2f}", flush=True)
 
 
