@@ -125,7 +125,7 @@ def capacity_weights(
     the traffic shows it.
     """
     utilisations = {dest: max(1 - health.smoothed / 100, settings.min_utilisation) for dest, health in feedback.items()}
-    reported = {dest: max(1 - health.latest / 100, settings.min_utilisation) for dest, health in feedback.items()}
+    reported = {dest: reported_utilisation(health.latest, settings) for dest, health in feedback.items()}
     rates = {dest: health.packet_rate for dest, health in feedback.items()}
     rate_total = sum(rate or 0 for rate in rates.values())
     # Where the traffic really goes: with persistent connections it follows
@@ -293,6 +293,22 @@ def _smoothed_share(
     if memory.share_at is None or now <= memory.share_at:
         return share, now
     return ewma(memory.share, share, now - memory.share_at, settings), now
+
+
+def reported_utilisation(health: int, settings: PolicySettings) -> float:
+    """The utilisation one report gives, before smoothing."""
+    return max(1 - health / 100, settings.min_utilisation)
+
+
+def followed_noise(memory: ServerMemory, health: int, settings: PolicySettings, now: float) -> tuple[float, float | None]:
+    """
+    A VRRP backup's view of a server's report noise while it follows the
+    master's weight: the report's utilisation and the noise folded in as a
+    pass of its own would, so that after a takeover the dead band is the
+    one the master had rather than `dead_band` again for a minute.
+    """
+    reported = reported_utilisation(health, settings)
+    return reported, _noise(memory, reported, settings, now)
 
 
 def _noise(memory: ServerMemory, reported: float, settings: PolicySettings, now: float) -> float | None:

@@ -43,7 +43,7 @@ from dataclasses import replace
 from functools import lru_cache
 from typing import Mapping
 
-from lvsfeedback.director.capacity_policy import Control, capacity_weights
+from lvsfeedback.director.capacity_policy import Control, capacity_weights, followed_noise
 from lvsfeedback.director.policy_model import (
     DRAINED,
     FEEDBACK_REASONS,
@@ -149,7 +149,7 @@ def _decide_service(
         control = None if panic else controls.get(dest)
         # Positional, in the fields' order: keywords cost a third more, per server and pass.
         if assessment.reason is Reason.FOLLOWING:
-            memories[dest] = _followed_memory(folded[dest], up, server, settings)
+            memories[dest] = _followed_memory(folded[dest], up, server, previous[dest], settings, now)
         elif control is None:
             memories[dest] = ServerMemory(smoothed, smoothed_at, up, ramp_start, packets, packets_at, packet_rate)
         else:
@@ -233,19 +233,29 @@ def _assess(server: ServerInput, settings: PolicySettings, now: float) -> Assess
     return None
 
 
-def _followed_memory(fold: _Folded, up: bool, server: ServerInput, settings: PolicySettings) -> ServerMemory:
+def _followed_memory(
+    fold: _Folded, up: bool, server: ServerInput, previous: ServerMemory | None, settings: PolicySettings, now: float
+) -> ServerMemory:
     """
     A followed server's memory: health and traffic folded as ever; no ramp
     (the master's weight has its own); and in capacity mode the followed
-    weight as the controller's target, its share of the kernel forgotten,
-    so that a pass of its own (after a takeover) starts from that weight.
+    weight as the controller's target, its share of the kernel forgotten
+    (the pass's time kept), so that a pass of its own (after a takeover)
+    starts from that weight, and the noise of its live reports folded in as
+    the master folds it, so that it starts with the master's dead band too.
     """
     smoothed, smoothed_at, packets, packets_at, packet_rate = fold
-    if settings.mode is not Mode.CAPACITY or not server.followed:
+    if settings.mode is not Mode.CAPACITY:
         return ServerMemory(smoothed, smoothed_at, up, None, packets, packets_at, packet_rate)
+    memory = previous or _FRESH
+    reported, noise = memory.reported, memory.noise
+    if server.report is not None and _assess(server._replace(followed=None), settings, now) is None:
+        # Live feedback of its own: the reports the master's controller sees.
+        reported, noise = followed_noise(memory, server.report.value, settings, now)
+    target = float(server.followed) if server.followed else None
     return ServerMemory(
         smoothed, smoothed_at, up, None, packets, packets_at, packet_rate,
-        float(server.followed), None, None, server.capacity, True,
+        target, None, now, server.capacity, target is not None, reported, noise,
     )
 
 

@@ -170,6 +170,8 @@ class ServerMemory(NamedTuple):
     # Capacity mode: the server's share of the kernel weights of the servers
     # with feedback, smoothed like health so that it lags as utilisation does.
     share: float | None = None
+    # The pass it was folded at, which the report noise counts from too; a
+    # VRRP backup keeps it while following, when the share itself is None.
     share_at: float | None = None
     # Capacity mode: the capacity (CPUs) the server's agent reported when
     # the target was set; None when it reported none.

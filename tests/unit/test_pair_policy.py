@@ -6,6 +6,7 @@ still win, and its first pass of its own after a takeover starts from them.
 
 from __future__ import annotations
 
+import random
 from dataclasses import replace
 
 from hypothesis import assume, given
@@ -85,6 +86,52 @@ class FollowingTests(SynchronousTestCase):
         again = {dest: server._replace(current_weight=decision.servers[dest].weight) for dest, server in own.items()}
         later, _ = decide_once(again, CAPACITY, now=NOW + 4, state=state)
         self.assertNotEqual(later.servers[A].detail, "from the master's weight it followed")
+
+
+class FollowedNoiseTests(SynchronousTestCase):
+    """
+    Capacity mode's dead band widens to each server's report noise, learnt
+    pass by pass; a backup gets the same reports, so it learns the noise
+    while it follows, and a takeover keeps the master's band.
+    """
+
+    @hypothesis_settings(max_examples=100, deadline=None, derandomize=True)
+    @given(st.lists(st.tuples(st.integers(1, 100), st.integers(1, 100)), min_size=2, max_size=12))
+    def test_a_backup_learns_the_report_noise_the_master_learns(self, healths):
+        master, backup = PolicyState(), PolicyState()
+        kernel = {A: 100, B: 100}
+        now = NOW
+        for health_a, health_b in healths:
+            now += 2.0
+            inputs = {A: reporting(health_a, at=now, current_weight=kernel[A]),
+                      B: reporting(health_b, at=now, current_weight=kernel[B])}
+            decision, master = decide_once(inputs, CAPACITY, now=now, state=master)
+            _written(kernel, decision)
+            following = {dest: server._replace(followed=kernel[dest]) for dest, server in inputs.items()}
+            _, backup = decide_once(following, CAPACITY, now=now, state=backup)
+            for dest in (A, B):
+                learnt = backup.services[SERVICE][dest]
+                self.assertEqual((learnt.reported, learnt.noise),
+                                 (master.services[SERVICE][dest].reported, master.services[SERVICE][dest].noise))
+
+    def test_after_a_takeover_equal_servers_are_held_within_the_noise_learnt_while_following(self):
+        # A minute of reports scattered +-8 around health 50, followed at
+        # equal weights; then the new master's own passes see the two
+        # servers 0.06 apart, three times the dead band and within the noise.
+        scatter = random.Random(1)
+        state = PolicyState()
+        now = NOW
+        for _ in range(30):
+            now += 2.0
+            servers = {dest: reporting(50 + scatter.randint(-8, 8), at=now, current_weight=100, followed=100)
+                       for dest in (A, B)}
+            _, state = decide_once(servers, CAPACITY, now=now, state=state)
+        for health_a, health_b in ((50, 50), (47, 53)):
+            now += 2.0
+            own = {A: reporting(health_a, at=now, current_weight=100), B: reporting(health_b, at=now, current_weight=100)}
+            decision, state = decide_once(own, CAPACITY, now=now, state=state)
+        self.assertEqual({dest: d.weight for dest, d in decision.servers.items()}, {A: 100, B: 100})
+        self.assertIn("within its reports' noise", decision.servers[A].detail)
 
 
 # The takeover property -----------------------------------------------------
