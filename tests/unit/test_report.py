@@ -361,6 +361,36 @@ class RampAnalysisTests(SynchronousTestCase):
         (row,) = report.aggregate([cell])
         self.assertEqual(row["sustained"], {"median": 0.7, "min": 0.7, "max": 0.7, "n": 1})
 
+    def test_a_ramp_judges_the_generator_late_only_up_to_the_end_of_the_first_step_not_sustained(self):
+        # Sustained at 0.6 and 0.7, broken at 0.8 (10-20 s): the generator
+        # falls behind in the 0.9 step only, which no verdict reads.
+        records = step_records(0, 50, 0.1) + step_records(10, 50, 3.0, failed=10) + step_records(20, 50, 3.0)
+        lateness = [0.002] * 100 + [0.4] * 50
+        cell = report.cell_result(
+            scenario="ramp-hog", scheduler="wlc", pattern="short", repeat=0, config={"timeout": 5.0}, warmup=0,
+            measure=30, rate=1.0, static_weights=None, quotas={"rs1": 0.3}, hog_server="rs1",
+            records=[report.pack_record(record) for record in records], lateness=lateness, samples=[], events=[],
+            director=None, addresses={"rs1": ADDRESSES["rs1"]}, update_interval=None, ramp_steps=STEPS[:3])
+        self.assertEqual(cell["sustained"], 0.5)
+        self.assertEqual(cell["lateness_ms"]["max"], 2.0)
+        # Late within the step that broke: that counts.
+        lateness[60] = 0.4
+        cell = report.cell_result(
+            scenario="ramp-hog", scheduler="wlc", pattern="short", repeat=0, config={"timeout": 5.0}, warmup=0,
+            measure=30, rate=1.0, static_weights=None, quotas={"rs1": 0.3}, hog_server="rs1",
+            records=[report.pack_record(record) for record in records], lateness=lateness, samples=[], events=[],
+            director=None, addresses={"rs1": ADDRESSES["rs1"]}, update_interval=None, ramp_steps=STEPS[:3])
+        self.assertEqual(cell["lateness_ms"]["max"], 400.0)
+
+    def test_a_steady_cell_judges_all_its_lateness(self):
+        records = step_records(0, 50, 3.0, failed=10)
+        cell = report.cell_result(
+            scenario="hog", scheduler="wlc", pattern="short", repeat=0, config={"timeout": 5.0}, warmup=0,
+            measure=10, rate=1.0, static_weights=None, quotas={"rs1": 0.3}, hog_server="rs1",
+            records=[report.pack_record(record) for record in records], lateness=[0.002] * 49 + [0.4], samples=[],
+            events=[], director=None, addresses={"rs1": ADDRESSES["rs1"]}, update_interval=None)
+        self.assertEqual(cell["lateness_ms"]["max"], 400.0)
+
     def test_a_steady_cell_has_no_ramp(self):
         cell = json.loads(RECORDED.read_text())["cells"][0]
         self.assertIsNone(report.aggregate([cell])[0]["sustained"])
