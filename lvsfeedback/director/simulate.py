@@ -128,10 +128,29 @@ class Scenario:
     # stays above its share of the weights.
     queued_connections: bool = False
     connection_pool: int = 0  # with queued_connections, the clients' connections (the lab's: 32); 0: rate x life
+    # With queued_connections and a pool: the kernel places each renewed
+    # connection as IPVS's wlc does, on the server with the fewest active
+    # connections per weight, one at a time, and a server's share of the
+    # requests is its share of the pool's connections (whole ones). A new
+    # weight then fills the server's deficit of connections with the next
+    # renewals rather than a proportion of each (the default: placed by
+    # weight share, the traffic as a fluid).
+    least_connection: bool = False
     # With a TAKEOVER: active connections per server that the backup's
     # synced table holds beyond the master's (ended on the master, not in
     # the backup's table; they outlive the run on IPVS's 15-minute timer).
     stale_synced: Sequence[int] = ()
+    # The utilisation an agent reads is the CPU its server used over the
+    # report interval (the lab's cgroup metric over 1 s): whole requests,
+    # arriving Poisson at the server's share of the rate, served up to its
+    # capacity, the rest queued for the next interval; not the fluid
+    # utilisation. A server a few requests a second reads 0.2-0.4 apart
+    # from one second to the next at a steady share, as in the lab (run K's
+    # oracle cells; bench/persist_lab.py). `Server.noise` comes on top.
+    counted_utilisation: bool = False
+    # Every agent reports its server's capacity (as the lab's report their
+    # cgroup's quota), so capacity mode starts a server at its prior.
+    report_capacity: bool = False
     seed: int = 0
 
 
@@ -147,6 +166,9 @@ class Pass:
     reasons: tuple[Reason | None, ...]
     details: tuple[str, ...]
     writes: int  # weights this pass changed in the kernel
+    # With counted_utilisation: the seconds of work queued on each server
+    # (its backlog over its capacity), what a request arriving now waits.
+    waits: tuple[float, ...] = ()
 
 
 def capacity_shares(servers: Sequence[Server], up: Sequence[bool]) -> tuple[float, ...]:
@@ -204,6 +226,8 @@ class _Cluster:
         stale = list(scenario.stale_synced)
         self.stale = stale + [0] * (len(self.servers) - len(stale))
         self.ghosts = [0] * len(self.servers)  # stale entries in the kernel that passes read
+        self.backlog = [0.0] * len(self.servers)  # with counted_utilisation: requests queued on each server
+        self.reported_at: float | None = None
 
     def weight_shares(self) -> list[float]:
         weights = [w or 0 for w in self.kernel]
@@ -217,11 +241,18 @@ class _Cluster:
         """The traffic after `seconds` more of connections being renewed by the current weights."""
         target = self.weight_shares()
         life = self.scenario.connection_life
+        if life and self.scenario.least_connection and not any(self.connections):
+            if any(target) and self.rate:  # the clients open their connections once they have requests
+                self._place(self.scenario.connection_pool)
+            return
         if not life or not any(self.traffic):
             self.traffic = target
             if life:  # connections as if the weights had always been these
                 held = self.scenario.connection_pool if self.scenario.queued_connections else 0
                 self.connections = [poisson(self.random, share * (held or self.rate * life)) for share in target]
+            return
+        if self.scenario.queued_connections and self.scenario.least_connection:
+            self._advance_least_connection(seconds)
             return
         if self.scenario.queued_connections:
             self._advance_queued(seconds, target)
@@ -259,6 +290,27 @@ class _Cluster:
         ]
         ended = sum(self.connections) - sum(kept)
         self.connections = [count + poisson(self.random, share * ended) for count, share in zip(kept, target)]
+
+    def _advance_least_connection(self, seconds: float) -> None:
+        """Connections end at their server's pace; each renewal goes where wlc sends it."""
+        steps = max(1, math.ceil(seconds / 0.25))
+        for _ in range(steps):
+            lives = self.lives()
+            ended = 0
+            for i, (count, life) in enumerate(zip(self.connections, lives)):
+                gone = binomial(self.random, count, 1 - math.exp(-seconds / steps / life)) if self.alive[i] else count
+                self.connections[i] -= gone
+                ended += gone
+            self._place(ended)
+
+    def _place(self, count: int) -> None:
+        """`count` new connections, one at a time on the least connections per weight (IPVS wlc)."""
+        candidates = [i for i, weight in enumerate(self.kernel) if weight and self.alive[i]]
+        for _ in range(count if candidates else 0):
+            chosen = min(candidates, key=lambda i: self.connections[i] / (self.kernel[i] or 1))
+            self.connections[chosen] += 1
+        held = sum(self.connections)
+        self.traffic = [count / held if held else 0.0 for count in self.connections]
 
     def placed_afresh(self) -> None:
         """After a pass: without persistent connections, requests follow the new weights at once."""
@@ -306,12 +358,36 @@ class _Cluster:
 
     def report(self, now: float) -> None:
         utilisations = self.utilisations(self.shares())
+        if self.scenario.counted_utilisation:
+            utilisations = self.counted(now, utilisations)
         for i, server in enumerate(self.servers):
             if not (self.present[i] and self.alive[i]):
                 continue
             measured = utilisations[i] + (self.random.gauss(0.0, server.noise) if server.noise else 0.0)
             health = min(HEALTH_MAX, max(HEALTH_SATURATED, round(HEALTH_MAX * (1 - measured))))
             self.reports[i] = HealthReport(int(health), now)
+
+    def counted(self, now: float, fluid: Sequence[float]) -> list[float]:
+        """The utilisation over the interval since the last report, from the requests each server served in it."""
+        elapsed = now - self.reported_at if self.reported_at is not None else self.scenario.health_interval
+        self.reported_at = now
+        counted = list(fluid)
+        for i, (server, share) in enumerate(zip(self.servers, self.shares())):
+            if not self.alive[i] or elapsed <= 0:
+                self.backlog[i] = 0.0
+                continue
+            waiting = self.backlog[i] + poisson(self.random, self.rate * share * elapsed)
+            served = min(waiting, server.capacity * (1 - server.floor) * elapsed)
+            self.backlog[i] = waiting - served
+            counted[i] = min(1.0, max(server.busy, server.floor + served / server.capacity / elapsed))
+        return counted
+
+    def waits(self) -> tuple[float, ...]:
+        if not self.scenario.counted_utilisation:
+            return ()
+        return tuple(
+            backlog / (server.capacity * (1 - server.floor)) for backlog, server in zip(self.backlog, self.servers)
+        )
 
     def carry(self, seconds: float) -> None:
         """The packets each server receives over `seconds` at the current shares (the backup's: none)."""
@@ -345,6 +421,7 @@ class _Cluster:
                     else None
                 ),
                 current_weight=kernel[i],
+                capacity=server.capacity if self.scenario.report_capacity else None,
                 followed=None if followed is None else followed.get(dest(i)),
             )
             for i, server in enumerate(self.servers)
@@ -421,6 +498,7 @@ def _one_pass(cluster: _Cluster, settings: PolicySettings, state: PolicyState, n
         reasons=tuple(reasons),
         details=tuple(details),
         writes=writes,
+        waits=cluster.waits(),
     )
     return state, record
 

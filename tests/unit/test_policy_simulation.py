@@ -360,3 +360,29 @@ class ReportNoiseTests(SynchronousTestCase):
                 self.assertLessEqual(median, 1.15, (noise, load, sorted(ratios)))
         # The operator reads why a server kept its weight.
         self.assertTrue(any("within its reports' noise" in detail for record in history for detail in record.details))
+
+
+class LabModelTests(SynchronousTestCase):
+    """
+    The opt-in models of the lab's persistent pattern (bench/persist_swing.py):
+    whole requests counted per report interval, and wlc's placement of
+    renewed connections.
+    """
+
+    def lab(self, load: float, seed: int) -> list[Pass]:
+        servers = [Server(10.0, 0.1), Server(10.0, 0.1), Server(10.0, 0.1)]
+        return run(Scenario(servers, load, 120.0, CAPACITY, packets_per_request=2.0, connection_life=40.0,
+                            queued_connections=True, connection_pool=32, least_connection=True,
+                            counted_utilisation=True, report_capacity=True, seed=seed))
+
+    def test_work_queues_only_on_a_cluster_offered_more_than_it_serves(self):
+        for seed in range(3):
+            light, overloaded = self.lab(0.3, seed), self.lab(1.3, seed)
+            self.assertLess(max(max(p.waits) for p in light[10:]), 2.0, seed)
+            self.assertGreater(sum(overloaded[-1].waits), 20.0, seed)
+
+    def test_renewed_connections_fill_equal_servers_alike(self):
+        for seed in range(3):
+            history = self.lab(0.5, seed)
+            shares = history[-1].shares
+            self.assertLess(max(shares) - min(shares), 0.2, (seed, shares))
