@@ -32,6 +32,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from persist_lab import period  # noqa: E402  (one estimate of the swing's period, lab and simulator alike)
 
 from lvsfeedback.director import capacity_policy, policy, simulate  # noqa: E402
 from lvsfeedback.director.policy import Mode, PolicySettings  # noqa: E402
@@ -77,20 +80,6 @@ _counted = simulate._Cluster.counted
 def fluid_reports(cluster, now, fluid):
     _counted(cluster, now, fluid)
     return list(fluid)
-
-
-def period(series: list[float]) -> float | None:
-    mean = statistics.fmean(series)
-    x = [v - mean for v in series]
-    var = sum(v * v for v in x)
-    if not var:
-        return None
-    ac = [sum(x[i] * x[i + lag] for i in range(len(x) - lag)) / var for lag in range(len(x) // 2)]
-    crossed = next((lag for lag, a in enumerate(ac) if a < 0), None)
-    if crossed is None:
-        return None
-    peak = max(range(crossed, len(ac)), key=lambda lag: ac[lag])
-    return float(peak) if ac[peak] > 0.1 else None
 
 
 def figures(history, update_interval: float = 2.0) -> dict[str, float]:
