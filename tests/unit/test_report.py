@@ -326,6 +326,15 @@ STEPS = [{"start": 10.0 * index, "stop": 10.0 * (index + 1), "load": round(0.5 +
          for index in range(4)]
 
 
+def lateness_cell(records: list[RequestRecord], lateness: list[float], ramp_steps: list[dict] | None) -> dict:
+    """A cell of `records` over 0-30 s with the generator's `lateness` per arrival; a ramp with `ramp_steps`."""
+    return report.cell_result(
+        scenario="ramp-hog" if ramp_steps else "hog", scheduler="wlc", pattern="short", repeat=0,
+        config={"timeout": 5.0}, warmup=0, measure=30, rate=1.0, static_weights=None, quotas={"rs1": 0.3},
+        hog_server="rs1", records=[report.pack_record(record) for record in records], lateness=lateness, samples=[],
+        events=[], director=None, addresses={"rs1": ADDRESSES["rs1"]}, update_interval=None, ramp_steps=ramp_steps)
+
+
 class RampAnalysisTests(SynchronousTestCase):
     def test_each_step_has_its_requests_p99_and_failed_share(self):
         records = step_records(0, 100, 0.2) + step_records(10, 200, 0.4, failed=1) + step_records(20, 300, 1.5)
@@ -366,29 +375,17 @@ class RampAnalysisTests(SynchronousTestCase):
         # falls behind in the 0.9 step only, which no verdict reads.
         records = step_records(0, 50, 0.1) + step_records(10, 50, 3.0, failed=10) + step_records(20, 50, 3.0)
         lateness = [0.002] * 100 + [0.4] * 50
-        cell = report.cell_result(
-            scenario="ramp-hog", scheduler="wlc", pattern="short", repeat=0, config={"timeout": 5.0}, warmup=0,
-            measure=30, rate=1.0, static_weights=None, quotas={"rs1": 0.3}, hog_server="rs1",
-            records=[report.pack_record(record) for record in records], lateness=lateness, samples=[], events=[],
-            director=None, addresses={"rs1": ADDRESSES["rs1"]}, update_interval=None, ramp_steps=STEPS[:3])
+        cell = lateness_cell(records, lateness, STEPS[:3])
         self.assertEqual(cell["sustained"], 0.5)
         self.assertEqual(cell["lateness_ms"]["max"], 2.0)
         # Late within the step that broke: that counts.
         lateness[60] = 0.4
-        cell = report.cell_result(
-            scenario="ramp-hog", scheduler="wlc", pattern="short", repeat=0, config={"timeout": 5.0}, warmup=0,
-            measure=30, rate=1.0, static_weights=None, quotas={"rs1": 0.3}, hog_server="rs1",
-            records=[report.pack_record(record) for record in records], lateness=lateness, samples=[], events=[],
-            director=None, addresses={"rs1": ADDRESSES["rs1"]}, update_interval=None, ramp_steps=STEPS[:3])
+        cell = lateness_cell(records, lateness, STEPS[:3])
         self.assertEqual(cell["lateness_ms"]["max"], 400.0)
 
     def test_a_steady_cell_judges_all_its_lateness(self):
         records = step_records(0, 50, 3.0, failed=10)
-        cell = report.cell_result(
-            scenario="hog", scheduler="wlc", pattern="short", repeat=0, config={"timeout": 5.0}, warmup=0,
-            measure=10, rate=1.0, static_weights=None, quotas={"rs1": 0.3}, hog_server="rs1",
-            records=[report.pack_record(record) for record in records], lateness=[0.002] * 49 + [0.4], samples=[],
-            events=[], director=None, addresses={"rs1": ADDRESSES["rs1"]}, update_interval=None)
+        cell = lateness_cell(records, [0.002] * 49 + [0.4], None)
         self.assertEqual(cell["lateness_ms"]["max"], 400.0)
 
     def test_a_steady_cell_has_no_ramp(self):
