@@ -481,7 +481,7 @@ class NECPProtocol(Protocol):
             self.send_message(pending.message)
         else:
             # Thousands a round on the director, the same but for the request id.
-            self._send_bytes(state.unsigned_keepalive(pending.message))
+            self._send_bytes(state.unsigned_keepalive(pending))
         self._schedule_keepalive()
 
     def _keepalive_replied(self, reply: Message) -> None:
