@@ -256,7 +256,7 @@ class SessionState:
         that request for its credential or sequence number, and it may be
         sent again (see L{retry}).
         """
-        pending = self.waiting(reply.request_id)
+        pending = self._pending.get(reply.request_id)
         if pending is None:
             detail = f"ignored {opcode_name(reply.opcode)} for request {reply.request_id}: nothing waits for it"
             return (Refuse(UNEXPECTED, detail),)
@@ -373,13 +373,14 @@ class SessionState:
         given up now. Those sent after it still wait: a busy peer may answer
         a round late.
         """
-        last_answered = self._last_keepalive_answered
-        skipped = [
-            pending for pending in self._pending.values()
-            if type(pending) is KeepalivePending and pending.number < last_answered
-        ]
-        for pending in skipped:
-            self.failed(pending, f"peer answered a later {pending.name}")
+        if self._pending:  # usually nothing waits: the last one was answered
+            last_answered = self._last_keepalive_answered
+            skipped = [
+                pending for pending in self._pending.values()
+                if type(pending) is KeepalivePending and pending.number < last_answered
+            ]
+            for pending in skipped:
+                self.failed(pending, f"peer answered a later {pending.name}")
         self._unanswered += 1
         self._keepalives_sent += 1
         if queries is not self._asked:
