@@ -386,7 +386,8 @@ class NECPProtocol(Protocol):
                 self.close(f"malformed NECP input: {error}", abort=True, refused=refusal_reason(error))
                 return
             if message is None:
-                self._read(True)
+                if not self._reading:  # paused while a backlog was handled
+                    self._read(True)
                 return
             counted[message.opcode] += 1
             self.message_received(message)
@@ -498,8 +499,9 @@ class NECPProtocol(Protocol):
 
     def _schedule_keepalive(self) -> None:
         if not self.keepalive_timer_needed():
-            self._cancel(self._keepalive_call)
-            self._keepalive_call = None
+            if self._keepalive_call is not None:  # on the director, round after round, there is none
+                self._cancel(self._keepalive_call)
+                self._keepalive_call = None
             return
         factory = self.factory
         delay = factory.keepalive_interval + factory.random() * factory.keepalive_jitter
