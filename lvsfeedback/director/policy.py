@@ -135,7 +135,7 @@ def _decide_service(
     assessments.update(weights)
 
     automatic = [a for a in assessments.values() if a.automatic]
-    serving = sum(1 for a in automatic if a.weight > 0 and not a.remove)
+    serving = len([a for a in automatic if a.weight > 0 and not a.remove])
     panic = settings.panic_threshold > 0 and serving < settings.panic_threshold * len(automatic)
 
     decisions: dict[DestKey, Decision] = {}

@@ -129,7 +129,7 @@ class WeightUpdater(Service):
         self.failed_passes = 0
         self._managed: set[ServiceKey] = set()
         self._marks_set: dict[ServiceKey, SetMarkRule] = {}
-        self._first_seen_weight: dict[tuple[ServiceKey, DestKey], int] = {}
+        self._first_seen_weights: dict[tuple[ServiceKey, DestKey], int] = {}
         self._panic: set[ServiceKey] = set()
         self._adopt_until = 0.0
         self._adopting = False
@@ -371,7 +371,7 @@ class WeightUpdater(Service):
             members_by_service[service.key] = members
             inputs[service.key] = ServiceInput(
                 service.policy,
-                {dest: self._server_input(service, entry, dest, server) for dest, server in members.items()},
+                {dest: self._server_input(service, entry, dest, server, weights_only) for dest, server in members.items()},
             )
         if not weights_only:
             # A service an earlier config declared and this one does not.
@@ -425,30 +425,33 @@ class WeightUpdater(Service):
         self._marks_set[service.key] = rule
         return [rule]
 
-    def _server_input(self, service, entry: ServiceEntry | None, dest: DestKey, server: RealServer) -> ServerInput:
-        facts = self.registry.facts(service, dest)
+    def _server_input(
+        self, service, entry: ServiceEntry | None, dest: DestKey, server: RealServer, weights_only: bool
+    ) -> ServerInput:
+        agent, report, capacity = self.registry.facts(service, dest)
         kernel_dest = entry.dests.get(dest) if entry is not None else None
         # Usually there is none, and the lookup's key costs two hashes.
         override = self._overrides.get((service.key, dest)) if self._overrides else None
         # Positional, in the fields' order (base weight, agent, report, counters,
         # kernel weight, override, capacity, followed): keywords cost a third more, per server and pass.
         return ServerInput(
-            self._base_weight(service.key, dest, server, kernel_dest),
-            facts.agent,
-            facts.report,
+            self._first_seen_weight(service.key, dest, kernel_dest) if weights_only else server.weight,
+            agent,
+            report,
             kernel_dest.counters if kernel_dest else None,
             kernel_dest.server.weight if kernel_dest else None,
             override,
-            facts.capacity,
+            capacity,
             self._following.get((service.name, dest)) if self._following else None,
         )
 
-    def _base_weight(self, key: ServiceKey, dest: DestKey, server: RealServer, kernel_dest) -> int:
-        if not self.config.director.weights_only:
-            return server.weight
-        # Beside keepalived the configured weight lives in keepalived's
-        # config; the weight the kernel had when first seen stands for it.
-        first = self._first_seen_weight.setdefault((key, dest), kernel_dest.server.weight if kernel_dest else 1)
+    def _first_seen_weight(self, key: ServiceKey, dest: DestKey, kernel_dest) -> int:
+        """
+        A server's base weight beside keepalived (weights_only): its
+        configured weight lives in keepalived's config, so the weight the
+        kernel had when first seen stands for it.
+        """
+        first = self._first_seen_weights.setdefault((key, dest), kernel_dest.server.weight if kernel_dest else 1)
         return max(first, 1)
 
     @staticmethod

@@ -133,7 +133,10 @@ class Decoder:
 
     def __init__(self, authenticator: Authenticator | None = None):
         self.authenticator = authenticator
-        self._buffer = bytearray()
+        # What arrived and is not read yet starts at _offset: the chunk fed
+        # itself when nothing was held (the usual case: whole messages, read
+        # in place), else a bytearray that the rest is appended to.
+        self._buffer: bytes | bytearray = b""
         self._offset = 0
         self._failure: NECPError | None = None
 
@@ -145,10 +148,17 @@ class Decoder:
     def feed(self, data: bytes) -> None:
         if self._failure is not None:
             raise NECPError(f"no more input accepted after: {self._failure}")
-        if self._offset:
-            del self._buffer[: self._offset]
-            self._offset = 0
-        self._buffer += data
+        buffer, offset = self._buffer, self._offset
+        if offset == len(buffer) and type(data) is bytes:
+            self._buffer = data
+        else:
+            # Part of a message is held: gather it and the rest in a bytearray of our own.
+            if type(buffer) is bytearray:
+                del buffer[:offset]
+            else:
+                self._buffer = buffer = bytearray(buffer[offset:])
+            buffer += data
+        self._offset = 0
 
     def next_message(self) -> Message | None:
         """The next whole message, or None until more bytes arrive."""
@@ -170,7 +180,7 @@ class Decoder:
 
     def _fail(self, failure: NECPError) -> None:
         self._failure = failure
-        self._buffer = bytearray()
+        self._buffer = b""
         self._offset = 0
 
     def _next(self) -> Message | None:

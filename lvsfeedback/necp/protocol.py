@@ -386,7 +386,8 @@ class NECPProtocol(Protocol):
                 self.close(f"malformed NECP input: {error}", abort=True, refused=refusal_reason(error))
                 return
             if message is None:
-                self._read(True)
+                if not self._reading:  # paused while a backlog was handled
+                    self._read(True)
                 return
             counted[message.opcode] += 1
             self.message_received(message)
@@ -481,7 +482,7 @@ class NECPProtocol(Protocol):
             self.send_message(pending.message)
         else:
             # Thousands a round on the director, the same but for the request id.
-            self._send_bytes(state.unsigned_keepalive(pending.message))
+            self._send_bytes(state.unsigned_keepalive(pending))
         self._schedule_keepalive()
 
     def _keepalive_replied(self, reply: Message) -> None:
@@ -498,8 +499,9 @@ class NECPProtocol(Protocol):
 
     def _schedule_keepalive(self) -> None:
         if not self.keepalive_timer_needed():
-            self._cancel(self._keepalive_call)
-            self._keepalive_call = None
+            if self._keepalive_call is not None:  # on the director, round after round, there is none
+                self._cancel(self._keepalive_call)
+                self._keepalive_call = None
             return
         factory = self.factory
         delay = factory.keepalive_interval + factory.random() * factory.keepalive_jitter

@@ -48,22 +48,25 @@ class RequestFailed(Exception):
 
 class Waiting:
     """
-    A request waiting for its reply: the message, its attempts and its
-    deadline (None: it waits as long as the session lasts). Subclasses say
-    who learns the outcome.
+    A request waiting for its reply: its request id and opcode, its
+    attempts and its deadline (None: it waits as long as the session
+    lasts). Subclasses hold the message and say who learns the outcome.
     """
 
-    __slots__ = ("message", "attempts", "retryable", "deadline")
+    __slots__ = ("request_id", "opcode", "attempts", "retryable", "deadline")
 
-    def __init__(self, message: Message, retryable: bool, deadline: float | None):
-        self.message = message
+    message: Message
+
+    def __init__(self, request_id: int, opcode: int, retryable: bool, deadline: float | None):
+        self.request_id = request_id
+        self.opcode = opcode
         self.attempts = 1
         self.retryable = retryable
         self.deadline = deadline
 
     @property
     def name(self) -> str:
-        return opcode_name(self.message.opcode)
+        return opcode_name(self.opcode)
 
     def succeed(self, reply: Message) -> None:
         raise NotImplementedError
@@ -80,10 +83,11 @@ class Pending(Waiting):
         fails with L{RequestFailed} or the reason the session ended.
     """
 
-    __slots__ = ("deferred",)
+    __slots__ = ("message", "deferred")
 
     def __init__(self, message: Message, retryable: bool, deadline: float | None):
-        super().__init__(message, retryable, deadline)
+        super().__init__(message.request_id, message.opcode, retryable, deadline)
+        self.message = message
         self.deferred: Deferred[Message] = Deferred()
 
     def succeed(self, reply: Message) -> None:
@@ -98,18 +102,28 @@ class KeepalivePending(Waiting):
     A KEEPALIVE waiting for its reply, which goes to C{on_reply}; its
     failure (skipped by a later answer, or the session's end) to no one:
     silence counts as keepalives unanswered (L{SessionState.peer_dead}).
-    No Deferred: one per session per round, thousands a round on the
-    director, cost as much as the rest of asking.
+    No Deferred, and its message made only when it is needed (to be signed,
+    or sent again): one per session per round, thousands a round on the
+    director, each cost as much as the rest of asking.
 
     @ivar number: 1 for the session's first keepalive, and so on.
     """
 
-    __slots__ = ("number", "on_reply")
+    __slots__ = ("queries", "packed", "number", "on_reply")
 
-    def __init__(self, message: Keepalive, number: int, on_reply: Callable[[Message], object]):
-        super().__init__(message, True, None)
+    def __init__(
+        self, request_id: int, queries: tuple[Query, ...], packed: bytes, number: int,
+        on_reply: Callable[[Message], object],
+    ):
+        super().__init__(request_id, Opcode.KEEPALIVE, True, None)
+        self.queries = queries
+        self.packed = packed  # the queries' bytes
         self.number = number
         self.on_reply = on_reply
+
+    @property
+    def message(self) -> Keepalive:  # type: ignore[override]
+        return Keepalive(request_id=self.request_id, queries=self.queries, packed=self.packed)
 
     def succeed(self, reply: Message) -> None:
         self.on_reply(reply)
@@ -221,11 +235,11 @@ class SessionState:
         if type(pending) is KeepalivePending:
             self._unanswered = 0
             self._last_keepalive_answered = max(self._last_keepalive_answered, pending.number)
-        del self._pending[pending.message.request_id]
+        del self._pending[pending.request_id]
         pending.succeed(reply)
 
     def failed(self, pending: Waiting, reason: str) -> None:
-        del self._pending[pending.message.request_id]
+        del self._pending[pending.request_id]
         pending.fail(RequestFailed(reason))
 
     def retry(self, pending: Waiting) -> bool:
@@ -242,11 +256,11 @@ class SessionState:
         that request for its credential or sequence number, and it may be
         sent again (see L{retry}).
         """
-        pending = self.waiting(reply.request_id)
+        pending = self._pending.get(reply.request_id)
         if pending is None:
             detail = f"ignored {opcode_name(reply.opcode)} for request {reply.request_id}: nothing waits for it"
             return (Refuse(UNEXPECTED, detail),)
-        if reply.opcode != REPLY_OPCODE[pending.message.opcode]:
+        if reply.opcode != REPLY_OPCODE[pending.opcode]:
             return (Close(f"{opcode_name(reply.opcode)} does not answer {pending.name}", refused=UNEXPECTED),)
         if type(reply) is ErrorReply:
             if reply.flags & Flag.VERSION_MISMATCH:
@@ -283,7 +297,7 @@ class SessionState:
         pending = self.waiting(refusal.request_id)
         reason = f"{refusal.reason} (peer flags {describe_flags(refusal.flags)})"
         counted = refusal_reason(refusal)
-        if pending is None or REPLY_OPCODE[pending.message.opcode] != refusal.opcode:
+        if pending is None or REPLY_OPCODE[pending.opcode] != refusal.opcode:
             return (Refuse(counted, f"ignored unverifiable {opcode_name(refusal.opcode)}: {reason}"),)
         if not pending.retryable:
             return (Close(f"reply to {pending.name} refused: {reason}", refused=counted),)
@@ -341,14 +355,14 @@ class SessionState:
         heard, self._peer_kept_alive = self._peer_kept_alive, False
         return heard
 
-    def unsigned_keepalive(self, message: Message) -> bytes:
+    def unsigned_keepalive(self, pending: KeepalivePending) -> bytes:
         """
-        The unsigned bytes of C{message}, the last keepalive L{keepalive}
-        made: the same as L{encode}'s, from a template of its queries.
+        The unsigned bytes of C{pending}'s message, the last keepalive
+        L{keepalive} made: the same as L{encode}'s, from a template of its queries.
         """
         if self._asked_unsigned is None:
-            self._asked_unsigned = RequestTemplate(message)
-        return self._asked_unsigned.encode(message.request_id)
+            self._asked_unsigned = RequestTemplate(pending.message)
+        return self._asked_unsigned.encode(pending.request_id)
 
     def keepalive(self, queries: tuple[Query, ...], on_reply: Callable[[Message], object]) -> KeepalivePending:
         """
@@ -359,21 +373,22 @@ class SessionState:
         given up now. Those sent after it still wait: a busy peer may answer
         a round late.
         """
-        last_answered = self._last_keepalive_answered
-        skipped = [
-            pending for pending in self._pending.values()
-            if type(pending) is KeepalivePending and pending.number < last_answered
-        ]
-        for pending in skipped:
-            self.failed(pending, f"peer answered a later {pending.name}")
+        if self._pending:  # usually nothing waits: the last one was answered
+            last_answered = self._last_keepalive_answered
+            skipped = [
+                pending for pending in self._pending.values()
+                if type(pending) is KeepalivePending and pending.number < last_answered
+            ]
+            for pending in skipped:
+                self.failed(pending, f"peer answered a later {pending.name}")
         self._unanswered += 1
         self._keepalives_sent += 1
         if queries is not self._asked:
             # Most ends ask the same tuple every time: pack it once.
             self._asked, self._asked_packed = queries, b"".join([pack_unit(query) for query in queries])
             self._asked_unsigned = None
-        # Made with its request id: dataclasses.replace costs as much as the encoding.
         request_id = self._allocate_request_id()
-        message = Keepalive(request_id=request_id, queries=queries, packed=self._asked_packed)
-        pending = self._pending[request_id] = KeepalivePending(message, self._keepalives_sent, on_reply)
+        pending = self._pending[request_id] = KeepalivePending(
+            request_id, queries, self._asked_packed, self._keepalives_sent, on_reply
+        )
         return pending

@@ -261,4 +261,5 @@ def pack_units(units: tuple[Unit, ...]) -> bytes:
 
 
 def unpack_units(payload: bytes, unit_type: Callable[[tuple[int, ...]], _U]) -> tuple[_U, ...]:
-    return tuple([unit_type(data) for data in UNIT.iter_unpack(payload)])
+    # map rather than a comprehension: no function frame of its own, per message.
+    return tuple(map(unit_type, UNIT.iter_unpack(payload)))

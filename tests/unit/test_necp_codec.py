@@ -320,6 +320,22 @@ class RoundTripTests(SynchronousTestCase):
         self.assertEqual(len(drain(decoder)), 3)
         self.assertEqual(decoder.buffered, 10)
 
+    def test_decoder_changes_no_chunk_it_is_fed(self):
+        # A chunk fed while nothing is held is read in place, not copied; the
+        # part of a message left in it, and what follows, are gathered in a
+        # buffer of the decoder's own.
+        chunks = [WORKED_KEEPALIVE + WORKED_ANSWER[:10], bytearray(WORKED_ANSWER[10:20]), WORKED_ANSWER[20:],
+                  bytearray(WORKED_KEEPALIVE[:5]), WORKED_KEEPALIVE[5:]]
+        copies = [bytes(chunk) for chunk in chunks]
+        decoder = Decoder()
+        received = []
+        for chunk in chunks:
+            decoder.feed(chunk)
+            received += drain(decoder)
+        self.assertEqual(len(received), 3)
+        self.assertEqual([bytes(chunk) for chunk in chunks], copies)
+        self.assertEqual(decoder.buffered, 0)
+
 
 class MalformedInputTests(SynchronousTestCase):
     def assertFatal(self, data: bytes, reason: str) -> NECPError:

@@ -172,8 +172,8 @@ class KeepaliveTests(SynchronousTestCase):
 
     def test_a_keepalives_unsigned_bytes_are_the_encoders_when_the_questions_change_or_not(self):
         for queries in (HEALTH, HEALTH, (*HEALTH, Query.health(17, 53)), HEALTH, ()):
-            message = self.session.keepalive(queries, self.replies.append).message
-            self.assertEqual(self.session.unsigned_keepalive(message), encode(message))
+            pending = self.session.keepalive(queries, self.replies.append)
+            self.assertEqual(self.session.unsigned_keepalive(pending), encode(pending.message))
 
     def test_one_answer_resets_the_count(self):
         first = self.keepalive()

@@ -56,7 +56,7 @@ class History:
                     None if report is None else report.value,
                 )
                 names[dest] = known.get(dest) or str(dest)
-            server_names = tuple(names[dest] for dest in service_pass.members)
+            server_names = tuple([names[dest] for dest in service_pass.members])
             name = service_pass.service.name
             previous = before.get(name)
             if previous is not None and previous[0] == server_names:
