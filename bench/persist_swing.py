@@ -113,6 +113,8 @@ VARIANTS: dict[str, dict[str, float]] = {
     "no-integrator": {"_INTEGRAL_GAIN": 0.0},
     "step-1.25": {"_MAX_STEP": 1.25},
     "gain-0.5": {"_GAIN": 0.5, "_LAG_GAIN": 1.0},
+    "gain-0.5-lag-1.75": {"_GAIN": 0.5, "_LAG_GAIN": 1.75},
+    "lag-1.75": {"_LAG_GAIN": 1.75},
     "step-1.25-no-lag": {"_MAX_STEP": 1.25, "_LAG_GAIN": 1.0},
 }
 
