@@ -111,6 +111,7 @@ VARIANTS: dict[str, dict[str, float]] = {
     "oracle": {},
     "no-lag-gain": {"_LAG_GAIN": 1.0},
     "no-integrator": {"_INTEGRAL_GAIN": 0.0},
+    "raise-1": {"_RAISE_GAIN": 1.0},
     "step-1.25": {"_MAX_STEP": 1.25},
     "gain-0.5": {"_GAIN": 0.5, "_LAG_GAIN": 1.0},
     "gain-0.5-lag-1.75": {"_GAIN": 0.5, "_LAG_GAIN": 1.75},

@@ -27,6 +27,13 @@ from lvsfeedback.ipvs.model import DestKey
 # one pass.
 _GAIN = 1.0
 _MAX_STEP = 2.0
+# A server below the mean gains at this part of the gain a cut takes when
+# its traffic is counted in active connections and it holds fewer than
+# `_FEW_CONNECTIONS`: a raise then lands as whole persistent connections,
+# each a large lump of its load, and the raise that overshoots queues work
+# on it (the persistent swing, #14; bench/persist_swing.py).
+_RAISE_GAIN = 0.5
+_FEW_CONNECTIONS = 10
 _INTEGRAL_GAIN = 0.5
 # Packets a second a server must receive for its share of the traffic to be
 # counted (about a hundred packets in a smoothing window); below it, noise
@@ -131,11 +138,15 @@ def capacity_weights(
     # Where the traffic really goes: with persistent connections it follows
     # new weights only as connections are renewed, so a step taken from the
     # weights' shares would be taken again and again before it shows.
+    in_packets = all(rate is not None and rate >= _COUNTED_RATE for rate in rates.values())
     traffic = (
         {dest: rate / rate_total for dest, rate in rates.items() if rate is not None}
-        if all(rate is not None and rate >= _COUNTED_RATE for rate in rates.values())
+        if in_packets
         else _connection_shares(servers, feedback)
     )
+    # Each server's active connections, where the traffic is counted in them.
+    connections = {} if in_packets else {
+        dest: counters.active_connections for dest in traffic if (counters := servers[dest].counters) is not None}
     base_total = sum(servers[dest].base_weight for dest in feedback)
     kernel_total = sum(servers[dest].current_weight or 0 for dest in feedback)
     shares = {
@@ -189,7 +200,8 @@ def capacity_weights(
         mean = overall if dest in pinned else answering_mean
         comparison = f"utilisation {utilisation:.2f} vs mean {mean:.2f}"
         lagging = abs(traffic.get(dest, share[0]) - share[0]) > _LAG * share[0]
-        gain = _LAG_GAIN if lagging else _GAIN
+        lumpy = dest in connections and connections[dest] < _FEW_CONNECTIONS
+        gain = (_LAG_GAIN if lagging else _GAIN) * (_RAISE_GAIN if utilisation < mean and lumpy else 1.0)
         factor = min(max((mean / utilisation) ** gain, 1 / _MAX_STEP), _MAX_STEP)
         ramping = memory.ramp_start is not None and now - memory.ramp_start < settings.slow_start
         band = max(settings.dead_band, _NOISE_BAND * (noises[dest] or 0.0))
@@ -201,7 +213,13 @@ def capacity_weights(
             raw[dest] = memory.target
             details[dest] = f"{comparison}: slow start, held"
         else:
-            anchor = max(traffic.get(dest, share[0]), _LEAST_SHARE * server.base_weight / base_total)
+            start = traffic.get(dest, share[0])
+            if factor < 1 and reported[dest] >= _SATURATED and kernel_total:
+                # Saturated, its connections queue and live longer, so their
+                # share grows whatever its weight: a cut from that share
+                # would never go below half of it. It is cut from its weight.
+                start = min(start, (server.current_weight or 0) / kernel_total)
+            anchor = max(start, _LEAST_SHARE * server.base_weight / base_total)
             raw[dest] = anchor * base_total * factor
             current = server.current_weight
             if current and abs(raw[dest] - current) < settings.hysteresis * current:

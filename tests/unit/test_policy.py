@@ -425,24 +425,52 @@ class CapacityModeTests(SynchronousTestCase):
                                 settings, state=state)
         self.assertGreater(result.servers[A].weight, 1)
 
-    def connections_held(self, connections):
+    def connections_held(self, connections, health_a=40):
         """
         Weights after two passes at equal kernel weights, A at utilisation
-        0.6 and B at 0.2, each server holding `connections` active
-        connections and receiving 5 packets a second (too few to count).
+        0.6 (or 1 - `health_a` / 100) and B at 0.2, each server holding
+        `connections` active connections and receiving 5 packets a second
+        (too few to count).
         """
         def server(dest, health, packets, at):
             counters = DestCounters(active_connections=connections[dest], packets=packets)
             return reporting(health, at=at, current_weight=100, counters=counters)
 
-        _, state = decide_once({A: server(A, 40, 0, NOW - 2), B: server(B, 80, 0, NOW - 2)}, self.settings, now=NOW - 2)
-        return decide_once({A: server(A, 40, 10, NOW), B: server(B, 80, 10, NOW)}, self.settings, state=state)[0]
+        _, state = decide_once({A: server(A, health_a, 0, NOW - 2), B: server(B, 80, 0, NOW - 2)}, self.settings,
+                               now=NOW - 2)
+        return decide_once({A: server(A, health_a, 10, NOW), B: server(B, 80, 10, NOW)}, self.settings, state=state)[0]
 
     def test_with_few_packets_a_step_starts_from_the_share_of_active_connections(self):
         # Shares 0.55 and 0.45 of the connections, x0.67 and x2: 73.3 and 180, scaled to 200 in all.
         # From the kernel's equal shares it would be 50 and 150.
         result = self.connections_held({A: 110, B: 90})
         self.assertEqual((result.servers[A].weight, result.servers[B].weight), (58, 142))
+
+    def test_a_server_holding_few_persistent_connections_gains_at_half_the_gain(self):
+        # The lab's persistent pattern: 32 connections, as the weights have
+        # placed them; utilisations 0.2, 0.6 and 0.4 (the mean). A holds 5:
+        # one more is a fifth of its load, so its raise is (0.4 / 0.2) **
+        # 0.5, not x2. C, at the mean, keeps its weight.
+        def server(health, connections, packets, at):
+            counters = DestCounters(active_connections=connections, packets=packets)
+            return reporting(health, at=at, current_weight=10 * connections, counters=counters)
+
+        healths, connections = {A: 80, B: 40, C: 60}, {A: 5, B: 9, C: 18}
+        _, state = decide_once({dest: server(healths[dest], connections[dest], 0, NOW - 2) for dest in healths},
+                               self.settings, now=NOW - 2)
+        result = decide_once({dest: server(healths[dest], connections[dest], 10, NOW) for dest in healths},
+                             self.settings, state=state)[0]
+        self.assertEqual(result.servers[A].detail, "utilisation 0.20 vs mean 0.40: x1.41")
+
+    def test_a_saturated_server_is_cut_from_its_weight_not_from_the_connections_queued_on_it(self):
+        # A reads 0.98 and holds 0.55 of the connections on half the
+        # weights (its connections queue and live longer): its cut x0.60
+        # (mean 0.59) starts from 0.5, not 0.55: 60.2 beside B's 100 (B is
+        # at the mean of those not pinned at saturation), scaled to 200 in
+        # all. From 0.55 it would be 66.2, so 80 and 120.
+        result = self.connections_held({A: 110, B: 90}, health_a=2)
+        self.assertEqual((result.servers[A].weight, result.servers[B].weight), (75, 125))
+        self.assertEqual(result.servers[A].detail, "utilisation 0.98 vs mean 0.59: x0.60")
 
     def test_a_step_is_bolder_while_the_traffic_lags_the_weights(self):
         # Persistent connections still hold 3:1 while the kernel's weights are
