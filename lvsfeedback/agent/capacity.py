@@ -6,8 +6,8 @@ The setting C{capacity} is C{"auto"} (the default), a number of CPUs, or
 C{"off"} (the agent then does not announce that it answers, and a director
 never asks). With C{"auto"} a service's capacity is its C{cgroup} metric's
 C{cpu.max} quota when it has such a metric with a quota, else the CPUs the
-agent may run on. It is read when asked (directors ask rarely), never on
-a timer.
+agent may run on. It is read when asked (with each health question: a
+changed quota is known to the director a round later), never on a timer.
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ agent's session: INIT -> INIT_ACK (refusing agents that do not authenticate
 when the director holds a secret), START/STOP of services, a health query for
 every started service on every keepalive, and exceptions with their TTLs.
 An agent whose INIT announces capacity answers (a project extension) is
-also asked each started service's capacity: with the first round after
-its START, then at most every L{CAPACITY_INTERVAL} seconds; a draft-only
-agent never is.
+also asked each started service's capacity in the same rounds (a quota
+changed on a server is then seen as soon as its health would be); a
+draft-only agent never is.
 
 Events out, not policy in: what happens is reported to the L{IAgentEvents}
 provider the factory is given (the registry). Nothing here decides weights.
@@ -55,9 +55,6 @@ if TYPE_CHECKING:
 # IP protocols IPVS balances.
 BALANCED_PROTOCOLS = frozenset({6, 17, 132})
 MAX_EXCEPTIONS_PER_AGENT = 1024
-# Seconds between two rounds of capacity questions to one agent: capacity
-# changes rarely, and every question costs the director at 10,000 agents.
-CAPACITY_INTERVAL = 30.0
 
 
 def valid_service(service: Service) -> bool:
@@ -124,13 +121,10 @@ class NEProtocol(NECPProtocol):
             next(self.factory.connection_numbers),
         )
         self.services: dict[Service, None] = {}
-        self._queries: tuple[Query, ...] = ()  # of the started services, asked every round
+        self._queries: tuple[Query, ...] = ()  # health, and capacity if answered, of the started services
         # The started services each (protocol, port) answers for.
         self._answering: dict[tuple[int, int], tuple[Service, ...]] = {}
         self.answers_capacity = False
-        self._capacity_queries: tuple[Query, ...] = ()  # of the started services, asked now and then
-        self._capacity_asked_at: float | None = None  # when they last were
-        self._capacity_due: dict[Service, None] = {}  # started since, to be asked in the next round
         self.forgotten = False
         self.proving = False
         self._first_sequence: int | None = None  # what the INIT_ACK asked for
@@ -222,7 +216,7 @@ class NEProtocol(NECPProtocol):
 
     def start_received(self, request: Start) -> Message:
         invalid = [service for service in request.services if not valid_service(service)]
-        candidates = list(
+        candidates, over_limit = self._within_port_limit(
             dict.fromkeys(
                 service
                 for service in request.services
@@ -235,8 +229,6 @@ class NEProtocol(NECPProtocol):
         for service in candidates:
             if service not in refused:
                 self.services[service] = None
-                if self.answers_capacity:
-                    self._capacity_due[service] = None
         self._services_changed()
         not_allowed = [service for service in candidates if service in refused]
         if invalid:
@@ -249,7 +241,13 @@ class NEProtocol(NECPProtocol):
                 f"START of {len(not_allowed)} services no configured real server at its address provides: "
                 f"{summarise_services(not_allowed)}",
             )
-        failed = invalid + not_allowed
+        if over_limit:
+            self.refuse(
+                LIMIT,
+                f"START of {len(over_limit)} services beyond the {MAX_UNITS} ports one session answers for: "
+                f"{summarise_services(over_limit)}",
+            )
+        failed = invalid + not_allowed + over_limit
         started = [service for service in candidates if service not in refused]
         if started and self.factory.ask_on_start:
             # Ask now rather than at the next keepalive (up to 6 s away): a
@@ -260,10 +258,25 @@ class NEProtocol(NECPProtocol):
             return ErrorReply(opcode=Opcode.START_ACK, units=tuple(failed))
         return StartAck()
 
+    def _within_port_limit(self, services) -> tuple[list[Service], list[Service]]:
+        """
+        C{services} split into those this session may start and those on
+        ports beyond L{MAX_UNITS}: a round asks one health question per
+        port, and one KEEPALIVE holds at most that many.
+        """
+        ports = {(service.protocol, service.port) for service in self.services}
+        within, beyond = [], []
+        for service in services:
+            port = (service.protocol, service.port)
+            if port in ports or len(ports) < MAX_UNITS:
+                ports.add(port)
+                within.append(service)
+            else:
+                beyond.append(service)
+        return within, beyond
+
     def _services_changed(self) -> None:
-        self._queries = health_queries(self.services)
-        if self.answers_capacity:
-            self._capacity_queries = capacity_queries(self.services)
+        self._queries = self._questions(self.services)
         answering: dict[tuple[int, int], list[Service]] = {}
         for service in self.services:
             answering.setdefault((service.protocol, service.port), []).append(service)
@@ -281,35 +294,20 @@ class NEProtocol(NECPProtocol):
             # question counts toward declaring the agent dead, and a burst
             # of STARTs within one round trip is no silence.
             return
-        queries = self._queries if services is None else health_queries(services)
-        self.send_keepalive(self._with_capacity(queries))
+        self.send_keepalive(self._queries if services is None else self._questions(services))
 
-    def _with_capacity(self, queries: tuple[Query, ...]) -> tuple[Query, ...]:
+    def _questions(self, services) -> tuple[Query, ...]:
         """
-        C{queries} and the capacity questions due, if any; C{queries} itself
-        when none are: the same tuple round after round is packed once.
+        What a round asks of C{services}: their health, and their capacity
+        when the agent answers it, as far as one KEEPALIVE holds (beyond
+        half the ports a session may start, the last ones' capacity stays
+        unknown). Built when the services change, so the same tuple round
+        after round is packed once.
         """
-        capacity = self._capacity_questions() if self.answers_capacity else ()
-        return queries + capacity if capacity else queries
-
-    def _capacity_questions(self) -> tuple[Query, ...]:
-        """
-        The capacity questions due in this round: every started service's
-        once per L{CAPACITY_INTERVAL}, and in between those of services
-        started since.
-        """
-        now = self.factory.clock.seconds()
-        asked = self._capacity_asked_at
-        if asked is None or now - asked >= CAPACITY_INTERVAL:
-            if not self._capacity_queries:
-                return ()
-            self._capacity_asked_at = now
-            self._capacity_due.clear()
-            return self._capacity_queries
-        if not self._capacity_due:
-            return ()
-        due, self._capacity_due = self._capacity_due, {}
-        return capacity_queries(due)
+        health = health_queries(services)
+        if not self.answers_capacity:
+            return health
+        return health + capacity_queries(services)[: MAX_UNITS - len(health)]
 
     def stop_received(self, request: Stop) -> Message:
         # Stopping a service that is not started already holds: that makes a
@@ -322,7 +320,6 @@ class NEProtocol(NECPProtocol):
         stopped = list(dict.fromkeys(s for s in request.services if s in self.services))
         for service in stopped:
             del self.services[service]
-            self._capacity_due.pop(service, None)
         self._services_changed()
         if not self.services:
             self.resume_keepalives()
@@ -333,7 +330,7 @@ class NEProtocol(NECPProtocol):
         return StopAck()
 
     def keepalive_queries(self) -> tuple[Query, ...]:
-        return self._with_capacity(self._queries)
+        return self._queries
 
     def keepalive_timer_needed(self) -> bool:
         # The next round asks a session with services before its keepalive is due.
@@ -372,8 +369,7 @@ class NEProtocol(NECPProtocol):
         is lost.
         """
         self.answers_capacity = False
-        self._capacity_queries = ()
-        self._capacity_due.clear()
+        self._services_changed()
         self.log.warn(
             "agent {agent} announced capacity answers but refused a capacity query; asking it no more",
             agent=self.agent,

@@ -174,7 +174,7 @@ class Registry(Service):
         if previous == cpus:
             return
         session.capacity[port] = cpus
-        # Rare (asked every 30 s, logged on change): an operator sees what
+        # Logged on change only (asked every round): an operator sees what
         # the capacity-mode priors start from.
         self.log.info(
             "agent {address} {service}: capacity {change} CPUs",

@@ -13,14 +13,14 @@ from twisted.trial.unittest import SynchronousTestCase
 from lvsfeedback.agent.capacity import FixedCapacity
 from lvsfeedback.agent.protocol import HEALTH_ONLY
 from lvsfeedback.director.events import Agent
-from lvsfeedback.director.protocol import CAPACITY_INTERVAL
 from lvsfeedback.director.registry import Registry
 from lvsfeedback.director.service import DirectorService
 from lvsfeedback.director.updater import WeightUpdater
 from lvsfeedback.director.web.status import build_status
 from lvsfeedback.ipvs.memory import MemoryIPVS
 from lvsfeedback.ipvs.model import DestKey, ServiceKey
-from lvsfeedback.necp.units import CAPACITY_QUERY, HEALTH_QUERY, Query
+from lvsfeedback.necp.units import CAPACITY_QUERY, HEALTH_QUERY, Query, Service
+from lvsfeedback.necp.wire import MAX_UNITS
 from tests.helpers.director import HTTP, agent_up, director_config
 from tests.helpers.necp import DNS, WEB, EndpointTestCase
 
@@ -45,14 +45,23 @@ class AskingTests(EndpointTestCase):
     def capacity_times(self, asked):
         return [when for when, kind in asked if kind == CAPACITY_QUERY]
 
-    def test_an_announcing_agent_is_asked_with_the_first_round_then_not_again_within_thirty_seconds(self):
+    def test_an_announcing_agent_is_asked_its_capacity_in_every_health_round(self):
         _, _, asked = self.connect_agent(FixedCapacity(0.5))
-        self.elapse(61)
-        self.assertEqual(self.capacity_times(asked), [2.0, 32.0])
-        self.assertEqual(len([kind for _, kind in asked if kind == HEALTH_QUERY]), 30, "health every round")
+        self.elapse(7)
+        self.assertEqual(self.capacity_times(asked), [2.0, 4.0, 6.0])
+        self.assertEqual([when for when, kind in asked if kind == HEALTH_QUERY], [2.0, 4.0, 6.0])
         agent = Agent("10.0.0.2", 40000, 1)
-        self.assertEqual(self.events.of("capacity"), [(agent, WEB, 500, 2.0), (agent, WEB, 500, 32.0)])
-        self.assertEqual(CAPACITY_INTERVAL, 30.0)
+        self.assertEqual(self.events.of("capacity"), [(agent, WEB, 500, 2.0), (agent, WEB, 500, 4.0),
+                                                      (agent, WEB, 500, 6.0)])
+
+    def test_a_quota_changed_on_the_server_reaches_the_director_in_the_next_round(self):
+        capacity = FixedCapacity(0.3)
+        self.connect_agent(capacity)
+        self.elapse(3)
+        capacity.cpus = 0.15  # as an operator halving the cgroup's cpu.max
+        self.elapse(2)
+        agent = Agent("10.0.0.2", 40000, 1)
+        self.assertEqual(self.events.of("capacity"), [(agent, WEB, 300, 2.0), (agent, WEB, 150, 4.0)])
 
     def test_with_ask_on_start_the_capacity_comes_with_the_first_health_answer(self):
         self.connect_agent(FixedCapacity(2.0), ask_on_start=True)
@@ -66,18 +75,27 @@ class AskingTests(EndpointTestCase):
         self.elapse(10)
         link.agent.start([DNS])
         self.elapse(4)
-        asked_for = [(call[1], call[3]) for call in self.events.of("capacity")]
-        self.assertEqual(asked_for, [(WEB, 2.0), (DNS, 12.0)], "DNS alone, at the round after its START")
+        asked_for = [(call[1], call[3]) for call in self.events.of("capacity") if call[3] >= 10.0]
+        self.assertEqual(asked_for, [(WEB, 10.0), (WEB, 12.0), (DNS, 12.0), (WEB, 14.0), (DNS, 14.0)],
+                         "DNS from the round after its START")
 
-    def test_between_capacity_rounds_the_health_questions_are_not_packed_again(self):
+    def test_the_questions_are_packed_once_not_every_round(self):
         packed = self.count_packed_queries()
         self.connect_agent(FixedCapacity(1.0))
         self.elapse(40)
         self.assertEqual(len(self.events.of("health")), 20)
-        capacity, health = Query.capacity(6, 80), Query.health(6, 80)
-        # The rounds at 2 and 32 s also ask capacity; those at 4 and 34 s pack
-        # the health question again, which the 14 others reuse.
-        self.assertEqual(packed, [health, capacity, health, health, capacity, health])
+        self.assertEqual(len(self.events.of("capacity")), 20)
+        self.assertEqual(packed, [Query.health(6, 80), Query.capacity(6, 80)])
+
+    def test_capacity_questions_fill_what_one_keepalive_holds_after_the_health_ones(self):
+        ports = [Service(3, 6, port) for port in range(1, MAX_UNITS - 4)]
+        _, link, asked = self.connect_agent(FixedCapacity(1.0), services=ports)
+        self.elapse(5)
+        self.assertEqual(len([kind for _, kind in asked if kind == HEALTH_QUERY]), 2 * (MAX_UNITS - 5))
+        asked_capacity = [call[1] for call in self.events.of("capacity")]
+        self.assertEqual(len(asked_capacity), 2 * 5, "five a round")
+        self.assertLessEqual(set(asked_capacity), set(ports))
+        self.assertFalse(link.closed)
 
     def test_a_draft_only_agent_is_never_asked(self):
         _, link, asked = self.connect_agent(None)

@@ -42,7 +42,7 @@ from lvsfeedback.necp.messages import (
 )
 from lvsfeedback.necp.session import RequestFailed
 from lvsfeedback.necp.units import ExceptionRule, InstalledException, Query, Service
-from lvsfeedback.necp.wire import HEADER, Flag, Opcode
+from lvsfeedback.necp.wire import HEADER, MAX_UNITS, Flag, Opcode
 from lvsfeedback.testing.necp_link import DIRECTOR, Link
 from tests.helpers.necp import (
     DNS,
@@ -275,6 +275,19 @@ class SessionTests(EndpointTestCase):
         self.flush()
         self.assertEqual(rejected, [(bogus, DNS)])
         self.assertEqual(director.agents()[link.director.agent], (WEB,))
+
+    def test_services_on_ports_beyond_what_one_keepalive_asks_are_refused_and_the_rounds_go_on(self):
+        # One health question per port, and a KEEPALIVE holds MAX_UNITS units.
+        ports = [Service(3, 6, port) for port in range(1, MAX_UNITS + 11)]
+        director = self.director(health_interval=2.0)
+        link = self.connect(director, self.agent_factory(services=ports[: MAX_UNITS - 10]))
+        rejected = []
+        link.agent.start(ports[MAX_UNITS - 10:]).addCallback(rejected.append)
+        self.elapse(5)
+        self.assertEqual(rejected, [tuple(ports[MAX_UNITS:])])
+        self.assertEqual(len(director.agents()[link.director.agent]), MAX_UNITS)
+        self.assertEqual({call[1] for call in self.events.of("health")}, set(ports[:MAX_UNITS]))
+        self.assertFalse(link.closed)
 
     def test_starting_a_started_service_again_reports_nothing_new(self):
         link = self.connect(self.director(), self.agent_factory())
