@@ -6,9 +6,11 @@ StringTransports: no sockets, no policy, a registry that does nothing.
 The answers are encoded outside the timed part, as the agents would.
 Prints the CPU microseconds per agent in the quickest round of all (the
 machine is shared), how that splits between asking and reading, and the
-median round.
+median round. With --capacity, agents that announce capacity answers (as
+lvs-agent does by default: each round then asks and answers two units, not
+one) are measured too, alternating with draft-only ones, and the ratio given.
 
-    .venv/bin/python bench/necp_director_round.py [--agents N] [--rounds R] [--repeat K] [--secret]
+    .venv/bin/python bench/necp_director_round.py [--agents N] [--rounds R] [--repeat K] [--secret] [--capacity]
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from lvsfeedback.director.factory import NEFactory  # noqa: E402
 from lvsfeedback.necp.auth import Authenticator  # noqa: E402
 from lvsfeedback.necp.framing import Decoder, encode  # noqa: E402
 from lvsfeedback.necp.messages import Init, Start  # noqa: E402
-from lvsfeedback.necp.units import HEALTH_QUERY, Service  # noqa: E402
+from lvsfeedback.necp.units import CAPACITY_QUERY, HEALTH_QUERY, Service  # noqa: E402
 from lvsfeedback.necp.wire import CREDENTIAL_SIZE, HEADER, HEADER_SIZE, PROTOCOL_ID, UNIT, VERSION, Flag, Opcode  # noqa: E402
 
 SECRET = b"benchmark shared secret"
@@ -87,21 +89,22 @@ class ManualReactor(SelectReactor):
 class FakeAgent:
     """The agent's side of one session: what it sends, encoded, and what it reads of the director's."""
 
-    def __init__(self, factory: NEFactory, number: int, secret: bytes | None, clock: ManualReactor):
+    def __init__(self, factory: NEFactory, number: int, secret: bytes | None, clock: ManualReactor, capacity: bool):
         host = f"127.0.{1 + number // 100}.{1 + number % 100}"
         self.session = factory.buildProtocol(IPv4Address("TCP", host, 40000))
         self.transport = StringTransport(peerAddress=IPv4Address("TCP", host, 40000))
         self.session.makeConnection(self.transport)
         self.clock = clock
         self.sending = self.receiving = None
+        self.capacity = capacity
         if secret is not None:
             self.sending, self.receiving = Authenticator(secret), Authenticator(secret)
             first = Authenticator.initial_sequence(clock.seconds())
             self.receiving.start_receiving(first)
-            init = Init(request_id=1, authenticate=True, receive_sequence=first)
+            init = Init(request_id=1, authenticate=True, receive_sequence=first, answers_capacity=capacity)
             self.session.dataReceived(self.sending.encode(init, clock.seconds()))
         else:
-            self.session.dataReceived(encode(Init(request_id=1)))
+            self.session.dataReceived(encode(Init(request_id=1, answers_capacity=capacity)))
         self.decoder = Decoder(self.receiving)
         (init_ack,) = self.read()
         if secret is not None:
@@ -141,6 +144,8 @@ class FakeAgent:
 
     def answer(self, request_id: int, health: int) -> bytes:
         payload = UNIT.pack(HEALTH_QUERY, SERVICE.protocol, SERVICE.port, health, 0, 0, 0, 0)
+        if self.capacity:  # half a CPU
+            payload += UNIT.pack(CAPACITY_QUERY, SERVICE.protocol, SERVICE.port, 500, 0, 0, 0, 0)
         flags, length, sequence = Flag.BASIC_PAYLOAD, len(payload), 0
         if self.sending is not None:
             flags, length = flags | Flag.CREDENTIAL, length + CREDENTIAL_SIZE
@@ -149,11 +154,11 @@ class FakeAgent:
         return signed if self.sending is None else signed + hmac.digest(self.sending.secret, signed, "sha1")
 
 
-def run(agents: int, rounds: int, secret: bytes | None) -> list[tuple[float, float]]:
+def run(agents: int, rounds: int, secret: bytes | None, capacity: bool) -> list[tuple[float, float]]:
     """CPU seconds spent asking and reading, in each of C{rounds} rounds to C{agents} agents."""
     clock = ManualReactor()
     factory = NEFactory(Quiet(), clock=clock, secret=secret, health_interval=2.0)
-    fleet = [FakeAgent(factory, number, secret, clock) for number in range(agents)]
+    fleet = [FakeAgent(factory, number, secret, clock, capacity) for number in range(agents)]
     factory.start_asking(2.0)
     spent = []
     for round_number in range(rounds):
@@ -174,17 +179,30 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--repeat", type=int, default=3, help="best of this many runs")
     parser.add_argument("--secret", action="store_true", help="authenticated sessions")
+    parser.add_argument("--capacity", action="store_true",
+                        help="also agents that answer capacity, alternating with draft-only ones")
     options = parser.parse_args()
     secret = SECRET if options.secret else None
-    spent = sorted((round for _ in range(options.repeat) for round in run(options.agents, options.rounds, secret)), key=sum)
+    kinds = (False, True) if options.capacity else (False,)
+    spent: dict[bool, list] = {kind: [] for kind in kinds}
+    for _ in range(options.repeat):
+        for kind in kinds:
+            spent[kind].extend(run(options.agents, options.rounds, secret, kind))
     per = 1e6 / options.agents
-    # The machine is shared: the quickest round is the least disturbed one; the median says how typical it is.
-    fastest, median = spent[0], spent[len(spent) // 2]
-    print(
-        f"{'authenticated' if secret else 'plain'}: {sum(fastest) * per:.1f} us per agent per round at best "
-        f"(asking {fastest[0] * per:.1f}, reading {fastest[1] * per:.1f}), median {sum(median) * per:.1f}; "
-        f"{options.agents} agents, {len(spent)} rounds"
-    )
+    best = {}
+    for kind in kinds:
+        rounds = sorted(spent[kind], key=sum)
+        # The machine is shared: the quickest round is the least disturbed one; the median says how typical it is.
+        fastest, median = rounds[0], rounds[len(rounds) // 2]
+        best[kind] = sum(fastest)
+        print(
+            f"{'authenticated' if secret else 'plain'}{', answering capacity' if kind else ''}: "
+            f"{sum(fastest) * per:.1f} us per agent per round at best "
+            f"(asking {fastest[0] * per:.1f}, reading {fastest[1] * per:.1f}), median {sum(median) * per:.1f}; "
+            f"{options.agents} agents, {len(rounds)} rounds"
+        )
+    if options.capacity:
+        print(f"answering capacity costs {best[True] / best[False]:.2f}x the draft-only round at best")
 
 
 if __name__ == "__main__":
