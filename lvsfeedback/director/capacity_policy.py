@@ -139,14 +139,14 @@ def capacity_weights(
     # new weights only as connections are renewed, so a step taken from the
     # weights' shares would be taken again and again before it shows.
     in_packets = all(rate is not None and rate >= _COUNTED_RATE for rate in rates.values())
+    # Each server's active connections, where the traffic is counted in them.
+    connections = {} if in_packets else _counted_connections(servers, feedback)
+    connection_total = sum(connections.values())
     traffic = (
         {dest: rate / rate_total for dest, rate in rates.items() if rate is not None}
         if in_packets
-        else _connection_shares(servers, feedback)
+        else {dest: count / connection_total for dest, count in connections.items()}
     )
-    # Each server's active connections, where the traffic is counted in them.
-    connections = {} if in_packets else {
-        dest: counters.active_connections for dest in traffic if (counters := servers[dest].counters) is not None}
     base_total = sum(servers[dest].base_weight for dest in feedback)
     kernel_total = sum(servers[dest].current_weight or 0 for dest in feedback)
     shares = {
@@ -249,18 +249,16 @@ def _pinned(utilisation: float, share: float | None, base_share: float) -> bool:
     return utilisation >= _SATURATED and share is not None and share <= base_share
 
 
-def _connection_shares(servers: Mapping[DestKey, ServerInput], feedback: Mapping[DestKey, Feedback]) -> dict[DestKey, float]:
+def _counted_connections(servers: Mapping[DestKey, ServerInput], feedback: Mapping[DestKey, Feedback]) -> dict[DestKey, int]:
     """
-    Each server's share of the kernel's active connections, when they are
-    enough to count: where persistent connections are, but too few packets.
+    Each server's active connections in the kernel, when they are enough to
+    count its share of the traffic in: where persistent connections are,
+    but too few packets. Empty when they are not.
     """
-    counts = {dest: servers[dest].counters for dest in feedback}
-    if any(counters is None for counters in counts.values()):
+    counts = {dest: counters.active_connections for dest in feedback if (counters := servers[dest].counters) is not None}
+    if len(counts) < len(feedback) or sum(counts.values()) < _COUNTED_CONNECTIONS * len(counts):
         return {}
-    total = sum(counters.active_connections for counters in counts.values() if counters is not None)
-    if total < _COUNTED_CONNECTIONS * len(counts):
-        return {}
-    return {dest: counters.active_connections / total for dest, counters in counts.items() if counters is not None}
+    return counts
 
 
 def _priors(
