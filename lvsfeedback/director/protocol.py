@@ -264,7 +264,7 @@ class NEProtocol(NECPProtocol):
         ports beyond L{MAX_UNITS}: a round asks one health question per
         port, and one KEEPALIVE holds at most that many.
         """
-        ports = {(service.protocol, service.port) for service in self.services}
+        ports = set(self._answering)
         within, beyond = [], []
         for service in services:
             port = (service.protocol, service.port)
