@@ -7,7 +7,7 @@ swing from the oracle's (static weights in proportion to capacity) and what
 the queues cost, by policy variant, scenario and utilisation model, over
 seeds; beside it the static oracle itself.
 
-    .venv/bin/python bench/persist_swing.py [--seeds N] [--policy NAME]... [--scenario S]... [--model M]...
+    .venv/bin/python bench/persist_swing.py [--seeds N] [--policy NAME]... [--scenario S]... [--model M]... [--paired]
 
 Scenarios: `steady` (70 % for 400 s), `light` (40 %, 70 % from 1/3 of the
 run), `grow` (70 %; rs1's capacity doubles at 1/3 and returns at 2/3), the
@@ -22,11 +22,15 @@ seconds of work queued ahead of them on their server at each pass.
 Figures after the first 60 s: each server's share of the weights over the
 oracle's (min-max, and the time sd of that ratio, mean over servers), the
 swing's period (autocorrelation of rs1's share), wait p99 and mean excess.
+With --paired, then each policy's wait p99 over the first policy's, seed by
+seed: the geometric mean and median of the ratios, and how many seeds it
+lowers (docs/experiment.md, "Holding a cut the traffic has not seen").
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -139,7 +143,10 @@ def main() -> None:
     parser.add_argument("--model", action="append")
     parser.add_argument("--floor", type=float, default=0.1)
     parser.add_argument("--short", action="store_true", help="one request per connection instead")
+    parser.add_argument("--paired", action="store_true",
+                        help="then each policy's wait p99 against the first policy's, seed by seed")
     args = parser.parse_args()
+    p99s: dict[tuple[str, str], dict[str, list[float]]] = {}
     shipped = {name: getattr(capacity_policy, name) for variant in VARIANTS.values() for name in variant}
     original = policy.capacity_weights
     for name in args.policy or ["oracle", "shipped"]:
@@ -155,6 +162,7 @@ def main() -> None:
                 def med(key: str, rows=rows) -> float:
                     return statistics.median(r[key] for r in rows)
 
+                p99s.setdefault((scenario_name, model), {})[name] = [r["p99"] for r in rows]
                 periods = [r["period"] for r in rows if r["period"] == r["period"]]
                 print(f"{name:14} {scenario_name:7} {model:8}: rs1 share/oracle {med('lo'):.2f}-{med('hi'):.2f}, "
                       f"sd {med('sd'):.2f}, period {statistics.median(periods) if periods else float('nan'):.0f}s "
@@ -162,6 +170,30 @@ def main() -> None:
                       f"[{min(r['p99'] for r in rows):.2f}-{max(r['p99'] for r in rows):.2f}], "
                       f"excess {med('excess'):.2f}", flush=True)
     policy.capacity_weights = original
+    if args.paired:
+        for (scenario_name, model), by_policy in p99s.items():
+            first, *others = by_policy
+            for name in others:
+                print(f"{name:14} {scenario_name:7} {model:8}: {paired(by_policy[name], by_policy[first])} {first}",
+                      flush=True)
+
+
+# Waits below this count as this much in a ratio: a seed whose waits are all
+# but nil under both policies says nothing about which is better.
+LEAST_WAIT = 0.05
+
+
+def paired(p99s: list[float], baseline: list[float]) -> str:
+    """
+    One policy's wait p99 against another's over the same seeds (the same
+    arrivals): the seeds vary far more among themselves (0.7 s to 40 s
+    under one policy) than the policies do on one seed, so the ratio seed
+    by seed judges where medians over seeds do not.
+    """
+    logs = [math.log(max(a, LEAST_WAIT) / max(b, LEAST_WAIT)) for a, b in zip(p99s, baseline)]
+    lower = sum(log < 0 for log in logs)
+    return (f"wait p99 x{math.exp(statistics.fmean(logs)):.2f} (geometric mean; median x"
+            f"{math.exp(statistics.median(logs)):.2f}), lower in {lower} of {len(logs)} seeds, than")
 
 
 if __name__ == "__main__":
