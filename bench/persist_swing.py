@@ -9,7 +9,8 @@ seeds; beside it the static oracle itself.
 
     .venv/bin/python bench/persist_swing.py [--seeds N] [--policy NAME]... [--scenario S]... [--model M]... [--paired]
 
-Scenarios: `steady` (70 % for 400 s), `light` (40 %, 70 % from 1/3 of the
+Scenarios: `steady` (70 % for 400 s), `equal` (the same, three servers of
+8.6 requests/s: the lab's scenario 1), `light` (40 %, 70 % from 1/3 of the
 run), `grow` (70 %; rs1's capacity doubles at 1/3 and returns at 2/3), the
 last two over 300 s. Models of the utilisation an agent reads: `fluid`
 (the utilisation its share implies, plus Gaussian noise 0.02), `gaussN`
@@ -45,6 +46,12 @@ from lvsfeedback.director.policy import Mode, PolicySettings  # noqa: E402
 from lvsfeedback.director.simulate import Event, EventKind, Scenario, Server, run  # noqa: E402
 
 CAPACITIES = (5.1, 10.2, 20.4)
+# The lab's `equal` scenario: three servers of its middle quota.
+EQUAL = (8.6, 8.6, 8.6)
+
+
+def capacities(name: str) -> tuple[float, ...]:
+    return EQUAL if name == "equal" else CAPACITIES
 POOL, REQUESTS_PER_CONNECTION = 32, 25
 PREROLL = 20.0
 SKIPPED = 60.0
@@ -60,10 +67,10 @@ def scenario(name: str, model: str, seed: int, floor: float = 0.1, persistent: b
     noise = float(model[5:]) if model.startswith("gauss") else 0.02 if model == "fluid" else 0.0
     # As the lab: base weights alike, agents that report their quotas, and
     # an idle pre-roll of PREROLL s in which the director reaches its priors.
-    servers = [Server(c, floor, noise) for c in CAPACITIES]
-    total = sum(CAPACITIES)
+    servers = [Server(c, floor, noise) for c in capacities(name)]
+    total = sum(capacities(name))
     duration, events = 300.0, [Event(PREROLL, EventKind.LOAD, value=0.7)]
-    if name == "steady":
+    if name in ("steady", "equal"):
         duration = 400.0
     elif name == "light":
         events = [Event(PREROLL, EventKind.LOAD, value=0.4), Event(duration / 3, EventKind.LOAD, value=0.7)]
@@ -86,9 +93,9 @@ def fluid_reports(cluster, now, fluid):
     return list(fluid)
 
 
-def figures(history, update_interval: float = 2.0) -> dict[str, float]:
+def figures(history, caps: tuple[float, ...] = CAPACITIES, update_interval: float = 2.0) -> dict[str, float]:
     counted = [p for p in history if p.time >= SKIPPED]
-    oracle = [c / sum(CAPACITIES) for c in CAPACITIES]
+    oracle = [c / sum(caps) for c in caps]
     ratios = [[(p.weights[i] or 0) / sum(w or 0 for w in p.weights) / oracle[i] for p in counted] for i in range(3)]
     waits: list[tuple[float, float]] = []
     for p in counted:
@@ -124,12 +131,12 @@ VARIANTS: dict[str, dict[str, float]] = {
 }
 
 
-def oracle_weights(original):
+def oracle_weights(original, caps: tuple[float, ...]):
     def fixed(servers, feedback, previous, settings, now):
         weights, controls = original(servers, feedback, previous, settings, now)
         base = sum(servers[d].base_weight for d in weights)
-        for dest, capacity in zip(sorted(weights, key=str), CAPACITIES):
-            weights[dest].weight = round(base * capacity / sum(CAPACITIES))
+        for dest, capacity in zip(sorted(weights, key=str), caps):
+            weights[dest].weight = round(base * capacity / sum(caps))
         return weights, controls
     return fixed
 
@@ -152,11 +159,12 @@ def main() -> None:
     for name in args.policy or ["oracle", "shipped"]:
         for constant, value in {**shipped, **VARIANTS[name]}.items():
             setattr(capacity_policy, constant, value)
-        policy.capacity_weights = oracle_weights(original) if name == "oracle" else original
         for scenario_name in args.scenario or ["steady", "light", "grow"]:
+            caps = capacities(scenario_name)
+            policy.capacity_weights = oracle_weights(original, caps) if name == "oracle" else original
             for model in args.model or ["fluid", "counted"]:
                 simulate._Cluster.counted = _counted if model.startswith("counted") else fluid_reports
-                rows = [figures(run(scenario(scenario_name, model, seed, args.floor, not args.short)))
+                rows = [figures(run(scenario(scenario_name, model, seed, args.floor, not args.short)), caps)
                         for seed in range(args.first_seed, args.first_seed + args.seeds)]
 
                 def med(key: str, rows=rows) -> float:
