@@ -48,10 +48,6 @@ from lvsfeedback.director.simulate import Event, EventKind, Scenario, Server, ru
 CAPACITIES = (5.1, 10.2, 20.4)
 # The lab's `equal` scenario: three servers of its middle quota.
 EQUAL = (8.6, 8.6, 8.6)
-
-
-def capacities(name: str) -> tuple[float, ...]:
-    return EQUAL if name == "equal" else CAPACITIES
 POOL, REQUESTS_PER_CONNECTION = 32, 25
 PREROLL = 20.0
 SKIPPED = 60.0
@@ -61,6 +57,10 @@ SKIPPED = 60.0
 SETTINGS = PolicySettings(mode=Mode.CAPACITY, slow_start=0.0)
 
 
+def capacities(name: str) -> tuple[float, ...]:
+    return EQUAL if name == "equal" else CAPACITIES
+
+
 def scenario(name: str, model: str, seed: int, floor: float = 0.1, persistent: bool = True) -> Scenario:
     wlc = model.endswith("-wlc")
     model = model.removesuffix("-wlc")
@@ -68,7 +68,7 @@ def scenario(name: str, model: str, seed: int, floor: float = 0.1, persistent: b
     # As the lab: base weights alike, agents that report their quotas, and
     # an idle pre-roll of PREROLL s in which the director reaches its priors.
     servers = [Server(c, floor, noise) for c in capacities(name)]
-    total = sum(capacities(name))
+    total = sum(server.capacity for server in servers)
     duration, events = 300.0, [Event(PREROLL, EventKind.LOAD, value=0.7)]
     if name in ("steady", "equal"):
         duration = 400.0
@@ -182,7 +182,7 @@ def main() -> None:
         for (scenario_name, model), by_policy in p99s.items():
             first, *others = by_policy
             for name in others:
-                print(f"{name:14} {scenario_name:7} {model:8}: {paired(by_policy[name], by_policy[first])} {first}",
+                print(f"{name:14} {scenario_name:7} {model:8}: {paired(by_policy[name], by_policy[first], first)}",
                       flush=True)
 
 
@@ -191,7 +191,7 @@ def main() -> None:
 LEAST_WAIT = 0.05
 
 
-def paired(p99s: list[float], baseline: list[float]) -> str:
+def paired(p99s: list[float], baseline: list[float], baseline_name: str) -> str:
     """
     One policy's wait p99 against another's over the same seeds (the same
     arrivals): the seeds vary far more among themselves (0.7 s to 40 s
@@ -201,7 +201,7 @@ def paired(p99s: list[float], baseline: list[float]) -> str:
     logs = [math.log(max(a, LEAST_WAIT) / max(b, LEAST_WAIT)) for a, b in zip(p99s, baseline)]
     lower = sum(log < 0 for log in logs)
     return (f"wait p99 x{math.exp(statistics.fmean(logs)):.2f} (geometric mean; median x"
-            f"{math.exp(statistics.median(logs)):.2f}), lower in {lower} of {len(logs)} seeds, than")
+            f"{math.exp(statistics.median(logs)):.2f}), lower in {lower} of {len(logs)} seeds, than {baseline_name}")
 
 
 if __name__ == "__main__":
